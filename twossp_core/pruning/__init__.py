@@ -1,0 +1,1 @@
+"""Pruning methods. `registry` maps user-facing names to configs (torch-free) and implementations."""

@@ -1,0 +1,1 @@
+"""2SSP: two-stage structured pruning (width: FFN neurons; depth: attention modules)."""

@@ -1,0 +1,19 @@
+"""Options of the 2SSP method (torch-free)."""
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class TwoSSPConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    alpha: float = Field(1.5, gt=0.0, description="balance exponent divisor in N_attn = round(B * s^((P_mlp/P_attn)/alpha))")
+    num_attention_to_prune: int | None = Field(
+        None, ge=0, description="override the balance formula with an explicit attention count"
+    )
+    stage2_windows: int = Field(1, ge=1, description="calibration windows used to rank attention removals")
+    stage2_mode: Literal["fast", "naive"] = Field(
+        "fast", description="fast reuses the hidden states before each candidate; naive reruns the whole model"
+    )
+    batch_size: int = Field(1, ge=1, description="windows per forward pass in stage 1")

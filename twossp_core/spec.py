@@ -1,0 +1,117 @@
+"""What a pruning run is asked to do: the one request schema shared by the CLI, the API and the worker.
+
+Torch-free on purpose, so the API can validate requests before anything is queued.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from twossp_core.errors import InvalidSpec
+
+HUB_DATASETS = ("wikitext2", "c4", "fineweb-edu")
+DEFAULT_SEQ_LEN = 2048
+
+_SOURCE_RE = re.compile(r"^(?P<name>.+?)(?::(?P<start>\d*):(?P<end>\d*))?$")
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """One text source: a hub dataset name or a local file, with an optional document range."""
+
+    name: str
+    start: int | None = None
+    end: int | None = None
+
+    @property
+    def is_hub(self) -> bool:
+        return self.name in HUB_DATASETS
+
+    @property
+    def label(self) -> str:
+        if self.start is None and self.end is None:
+            return self.name
+        return f"{self.name}:{'' if self.start is None else self.start}:{'' if self.end is None else self.end}"
+
+    @classmethod
+    def parse(cls, text: str) -> DataSource:
+        """Parse `NAME` or `PATH[:START:END]` (documents START..END-1, either bound may be empty)."""
+        if not isinstance(text, str) or not text.strip():
+            raise InvalidSpec("a data source must be a non-empty string (a dataset name or PATH[:START:END])")
+        match = _SOURCE_RE.match(text.strip())
+        assert match is not None
+        start = int(match["start"]) if match["start"] else None
+        end = int(match["end"]) if match["end"] else None
+        if start is not None and end is not None and end <= start:
+            raise InvalidSpec(f"data source {text!r}: END ({end}) must be greater than START ({start})")
+        return cls(name=match["name"], start=start, end=end)
+
+
+class PruneSpec(BaseModel):
+    """A request to prune one model to one target sparsity with one method."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, description="Hugging Face hub id or local model directory")
+    sparsity: float = Field(gt=0.0, lt=1.0, description="fraction of transformer-block parameters to remove")
+    method: str = Field("2ssp", description="pruning method name")
+    options: dict[str, Any] = Field(default_factory=dict, description="method-specific options")
+    calibration: list[str] = Field(default_factory=lambda: ["c4"], min_length=1)
+    eval: list[str] = Field(default_factory=lambda: ["wikitext2"])
+    doc_separator: str | None = Field(None, description="splits a .txt file into documents")
+    seq_len: int | None = Field(None, ge=8, description=f"window length; default {DEFAULT_SEQ_LEN}, capped by context")
+    calibration_windows: int = Field(32, ge=1, description="windows used to score (stage 1)")
+    eval_windows: int | None = Field(None, ge=1, description="cap on evaluation windows per dataset")
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 0
+    measure_throughput: bool = True
+
+    @field_validator("calibration", "eval")
+    @classmethod
+    def _parse_sources(cls, value: list[str]) -> list[str]:
+        for item in value:
+            DataSource.parse(item)
+        return value
+
+    @model_validator(mode="after")
+    def _check_method(self) -> PruneSpec:
+        from twossp_core.pruning.registry import method_config
+
+        self.options = method_config(self.method, self.options).model_dump()
+        return self
+
+    def calibration_sources(self) -> list[DataSource]:
+        return [DataSource.parse(s) for s in self.calibration]
+
+    def eval_sources(self) -> list[DataSource]:
+        return [DataSource.parse(s) for s in self.eval]
+
+    def method_options(self) -> BaseModel:
+        from twossp_core.pruning.registry import method_config
+
+        return method_config(self.method, self.options)
+
+
+def parse_spec(data: dict[str, Any]) -> PruneSpec:
+    """Validate a request, turning pydantic's errors into one readable InvalidSpec."""
+    from pydantic import ValidationError
+
+    try:
+        return PruneSpec.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidSpec(format_validation_error(exc)) from None
+
+
+def format_validation_error(exc: Any) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "__root__")
+        msg = err.get("msg", "invalid")
+        msg = msg.removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts)
