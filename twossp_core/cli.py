@@ -1,0 +1,231 @@
+"""The `twossp` command line: prune, eval, and subcommands contributed through the `twossp.commands`
+entry-point group (the service adds `serve` and `keys`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+from twossp_core.errors import InvalidSpec, TwosspError
+
+EXIT_USER_ERROR = 2
+
+
+class StageBars:
+    """One progress bar per stage, on stderr."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.stage: str | None = None
+        self.bar: Any = None
+
+    def __call__(self, stage: str, fraction: float) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        if stage != self.stage:
+            self.close()
+            self.stage = stage
+            self.bar = tqdm(total=100, desc=f"{stage:<16}", unit="%", file=sys.stderr,
+                            bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed}")
+        percent = round(fraction * 100)
+        if percent > self.bar.n:
+            self.bar.update(percent - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _option_value(text: str) -> tuple[str, Any]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise InvalidSpec(f"--option expects KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(raw)
+    except json.JSONDecodeError:
+        return key, raw
+
+
+def add_data_arguments(p: argparse.ArgumentParser, *, calibration: bool = True) -> None:
+    if calibration:
+        p.add_argument("--calibration", nargs="+", action="extend", metavar="SRC",
+                       help="calibration data: wikitext2 | c4 | fineweb-edu | PATH[:START:END] (default: c4)")
+        p.add_argument("--calibration-windows", type=int, default=32, help="windows for stage 1 (default 32)")
+    p.add_argument("--eval", nargs="+", action="extend", metavar="SRC",
+                   help="evaluation data, same spelling (default: wikitext2)")
+    p.add_argument("--eval-windows", type=int, default=None, help="cap on evaluation windows per dataset")
+    p.add_argument("--doc-separator", default=None, help="split .txt files into documents on this string")
+    p.add_argument("--seq-len", type=int, default=None, help="window length (default 2048, capped by context)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--no-throughput", action="store_true", help="skip the throughput measurement")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+
+
+def spec_from_args(args: argparse.Namespace, *, sparsity: float, method: str) -> Any:
+    from twossp_core.spec import parse_spec
+
+    data: dict[str, Any] = {
+        "model": args.model,
+        "sparsity": sparsity,
+        "method": method,
+        "options": dict(_option_value(o) for o in (args.option or [])),
+        "doc_separator": args.doc_separator,
+        "seq_len": args.seq_len,
+        "calibration_windows": args.calibration_windows,
+        "eval_windows": args.eval_windows,
+        "dtype": args.dtype,
+        "device": args.device,
+        "seed": args.seed,
+        "measure_throughput": not args.no_throughput,
+    }
+    if args.calibration:
+        data["calibration"] = args.calibration
+    if args.eval is not None:
+        data["eval"] = args.eval
+    return parse_spec(data)
+
+
+def check_out_dir(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise InvalidSpec(f"--out {out}: exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise InvalidSpec(f"--out {out}: directory is not empty (pass --overwrite to replace its files)")
+
+
+def format_summary(report: dict[str, Any]) -> str:
+    p = report["params"]
+    lines = [
+        f"method {report['method']}  sparsity target {report['sparsity_target']:.4f}  "
+        f"achieved {report['sparsity_achieved']:.4f}",
+        f"block params {p['blocks_before']:,} -> {p['blocks_after']:,}   "
+        f"total {p['total_before']:,} -> {p['total_after']:,}",
+    ]
+    if report.get("removed_attention"):
+        lines.append(f"removed attention blocks: {report['removed_attention']}")
+    if report.get("removed_blocks"):
+        lines.append(f"removed blocks: {report['removed_blocks']}")
+    if report.get("kept_ffn_neurons") is not None:
+        lines.append(f"kept FFN neurons per block: {report['kept_ffn_neurons']}")
+    for row in report["perplexity"]:
+        lines.append(f"perplexity {row['dataset']}: dense {row['dense']:.3f} -> pruned {row['pruned']:.3f}")
+    tp = report.get("throughput_tokens_per_s") or {}
+    if tp.get("dense") and tp.get("pruned"):
+        lines.append(f"throughput tokens/s: dense {tp['dense']:.0f} -> pruned {tp['pruned']:.0f} "
+                     f"(x{tp['pruned'] / tp['dense']:.2f})")
+    t = report["timings"]
+    parts = [f"{k[:-2]} {v:.2f}s" for k, v in t.items() if k.endswith("_s")]
+    lines.append("timings: " + ", ".join(parts))
+    return "\n".join(lines)
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from twossp_core.pipeline import run_prune
+
+    spec = spec_from_args(args, sparsity=args.sparsity, method=args.method)
+    out = Path(args.out)
+    check_out_dir(out, args.overwrite)
+    bars = StageBars(enabled=not args.no_progress)
+    try:
+        report = run_prune(spec, out, progress=bars)
+    finally:
+        bars.close()
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(format_summary(report))
+        print(f"pruned model and report.json written to {out}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from twossp_core.pipeline import prepare
+    from twossp_core.progress import Reporter
+    from twossp_core.spec import parse_spec
+
+    data: dict[str, Any] = {
+        "model": args.model, "sparsity": 0.5, "doc_separator": args.doc_separator, "seq_len": args.seq_len,
+        "eval_windows": args.eval_windows, "dtype": args.dtype, "device": args.device,
+        "measure_throughput": not args.no_throughput, "calibration": ["unused"], "calibration_windows": 1,
+    }
+    if args.eval is not None:
+        data["eval"] = args.eval
+    spec = parse_spec(data)
+    if not spec.eval:
+        raise InvalidSpec("eval needs at least one --eval source")
+    bars = StageBars(enabled=not args.no_progress)
+    try:
+        ws = prepare(spec, Reporter(bars), with_calibration=False)
+    finally:
+        bars.close()
+    result = {
+        "model": args.model,
+        "seq_len": ws.seq_len,
+        "perplexity": [{"dataset": k, "perplexity": v} for k, v in ws.dense_perplexity.items()],
+        "throughput_tokens_per_s": ws.dense_throughput,
+        "params": ws.dense_params,
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        for row in result["perplexity"]:
+            print(f"perplexity {row['dataset']}: {row['perplexity']:.3f}")
+        if ws.dense_throughput:
+            print(f"throughput: {ws.dense_throughput:.0f} tokens/s")
+        print(f"parameters: blocks {ws.dense_params['blocks']:,}, total {ws.dense_params['total']:,}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from twossp_core.pruning.registry import method_names
+
+    parser = argparse.ArgumentParser(prog="twossp", description="2SSP structured pruning for causal LMs")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prune", help="prune a model to a target sparsity and save it")
+    p.add_argument("--model", required=True, help="Hugging Face hub id or local model directory")
+    p.add_argument("--sparsity", type=float, required=True, help="fraction of block parameters to remove")
+    p.add_argument("--method", default="2ssp", choices=method_names())
+    p.add_argument("--option", action="append", metavar="KEY=VALUE",
+                   help="method option, e.g. alpha=1.5, num_attention_to_prune=2, stage2_windows=1")
+    p.add_argument("--seed", type=int, default=0)
+    add_data_arguments(p)
+    p.add_argument("--out", required=True, help="output directory for the pruned model and report.json")
+    p.add_argument("--overwrite", action="store_true", help="allow a non-empty --out directory")
+    p.set_defaults(func=cmd_prune)
+
+    e = sub.add_parser("eval", help="evaluate any model: perplexity and throughput")
+    e.add_argument("--model", required=True)
+    add_data_arguments(e, calibration=False)
+    e.set_defaults(func=cmd_eval)
+
+    for ep in entry_points(group="twossp.commands"):
+        register: Callable[[Any], None] = ep.load()
+        register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except TwosspError as exc:
+        print(f"twossp: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("twossp: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

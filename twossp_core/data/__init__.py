@@ -1,0 +1,1 @@
+"""Calibration and evaluation text: sources (local files, hub datasets) and token windows."""

@@ -1,0 +1,1 @@
+"""Measuring models: perplexity, forward throughput, and (optionally) zero-shot tasks."""

@@ -1,0 +1,60 @@
+"""Write a pruned model as a Hugging Face directory that loads again, with or without twossp."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from twossp_core.export import remote_modeling
+from twossp_core.export.remote_modeling import STRUCTURE_KEY
+
+MODELING_FILE = "modeling_twossp.py"
+ENTRY_CLASS = "TwosspPrunedForCausalLM"
+BASE_LINE_MARK = "# twossp:base-class"
+
+
+def modeling_source(base_architecture: str) -> str:
+    """remote_modeling.py with its base class bound to the model's transformers architecture."""
+    source = Path(remote_modeling.__file__).read_text()
+    lines = source.splitlines()
+    for i, line in enumerate(lines):
+        if line.rstrip().endswith(BASE_LINE_MARK):
+            lines[i] = f"from transformers import {base_architecture} as _Base  {BASE_LINE_MARK}"
+            break
+    else:  # pragma: no cover - guarded by tests
+        raise RuntimeError("base-class marker missing from remote_modeling.py")
+    return "\n".join(lines) + "\n"
+
+
+def save_pruned(model: Any, tokenizer: Any, out_dir: Path, metadata: dict[str, Any]) -> Path:
+    """Save into `out_dir` atomically: files are written to a temporary sibling, then moved in place.
+
+    Existing files in out_dir with the same names are replaced; nothing partial is left on failure.
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".twossp-save-", dir=out_dir.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        config_path = tmp / "config.json"
+        config = json.loads(config_path.read_text())
+        config["twossp"] = metadata
+        if config.get(STRUCTURE_KEY):
+            base = config["architectures"][0]
+            (tmp / MODELING_FILE).write_text(modeling_source(base))
+            config["auto_map"] = {"AutoModelForCausalLM": f"{MODELING_FILE[:-3]}.{ENTRY_CLASS}"}
+        config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        for item in tmp.iterdir():
+            target = out_dir / item.name
+            if target.is_dir():
+                shutil.rmtree(target)
+            item.replace(target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir

@@ -1,0 +1,1 @@
+"""Model adapters, one per Hugging Face `model_type`."""

@@ -1,0 +1,239 @@
+"""The whole job: load → data → dense evaluation → prune → pruned evaluation → export + report.json.
+
+`run_prune` is what the CLI and the service workers call. `Workspace` holds what several runs on one model
+can share (the dense model, tokenized data, dense measurements), which sweeps reuse.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from twossp_core import __version__
+from twossp_core.data.windows import load_windows
+from twossp_core.errors import DataError
+from twossp_core.evaluation.perplexity import perplexity
+from twossp_core.evaluation.throughput import forward_throughput
+from twossp_core.models.base import ModelAdapter
+from twossp_core.models.registry import adapter_for
+from twossp_core.progress import CancelFn, ProgressFn, Reporter
+from twossp_core.pruning.base import PruneContext, PruneOutcome
+from twossp_core.pruning.registry import method_class, method_config
+from twossp_core.runtime.loading import load_model
+from twossp_core.spec import DEFAULT_SEQ_LEN, PruneSpec
+
+REPORT_FILE = "report.json"
+EVAL_BATCH = 4  # windows per evaluation forward pass
+
+
+@dataclass
+class Workspace:
+    spec: PruneSpec
+    model: Any
+    tokenizer: Any
+    seq_len: int
+    calibration: torch.Tensor
+    evals: dict[str, torch.Tensor]
+    dense_perplexity: dict[str, float] = field(default_factory=dict)
+    dense_throughput: float | None = None
+    dense_params: dict[str, int] = field(default_factory=dict)
+    cache: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def throughput_input(self) -> torch.Tensor:
+        first = next(iter(self.evals.values()), self.calibration)
+        return first[:1]
+
+
+def context_length(config: Any) -> int | None:
+    value = getattr(config, "max_position_embeddings", None)
+    return int(value) if value else None
+
+
+def effective_seq_len(spec: PruneSpec, config: Any) -> int:
+    limit = context_length(config)
+    wanted = spec.seq_len or DEFAULT_SEQ_LEN
+    return min(wanted, limit) if limit else wanted
+
+
+def prepare(spec: PruneSpec, reporter: Reporter, *, with_calibration: bool = True) -> Workspace:
+    """Load the model and data, and measure the dense model."""
+    torch.manual_seed(spec.seed)
+    t0 = time.perf_counter()
+    reporter.update("load", 0.0)
+    model, tokenizer = load_model(spec.model, dtype=spec.dtype, device=spec.device)
+    reporter.update("load", 1.0)
+    t1 = time.perf_counter()
+    seq_len = effective_seq_len(spec, model.config)
+    device = next(model.parameters()).device
+
+    reporter.checkpoint()
+    reporter.update("calibration", 0.0)
+    parts, remaining = [torch.empty((0, seq_len), dtype=torch.long)], spec.calibration_windows
+    for source in spec.calibration_sources() if with_calibration else []:
+        if remaining <= 0:
+            break
+        windows = load_windows(
+            source, tokenizer, seq_len=seq_len, role="calibration", doc_separator=spec.doc_separator,
+            max_windows=remaining,
+        )
+        parts.append(windows)
+        remaining -= windows.shape[0]
+    calibration = torch.cat(parts).to(device)
+    evals: dict[str, torch.Tensor] = {}
+    for source in spec.eval_sources():
+        if source.label in evals:
+            raise DataError(f"evaluation source {source.label!r} is listed twice")
+        evals[source.label] = load_windows(
+            source, tokenizer, seq_len=seq_len, role="eval", doc_separator=spec.doc_separator,
+            max_windows=spec.eval_windows,
+        ).to(device)
+    reporter.update("calibration", 1.0)
+    t2 = time.perf_counter()
+
+    ws = Workspace(spec=spec, model=model, tokenizer=tokenizer, seq_len=seq_len, calibration=calibration, evals=evals)
+    adapter = adapter_for(model)
+    ws.dense_params = {"blocks": adapter.blocks_params(), "total": adapter.total_params()}
+    ws.dense_perplexity = evaluate_perplexity(ws, adapter, "evaluate_dense", reporter)
+    if spec.measure_throughput:
+        ws.dense_throughput = forward_throughput(adapter, ws.throughput_input())
+    ws.timings.update(load_s=t1 - t0, data_s=t2 - t1, evaluate_dense_s=time.perf_counter() - t2)
+    return ws
+
+
+def evaluate_perplexity(ws: Workspace, adapter: ModelAdapter, stage: str, reporter: Reporter) -> dict[str, float]:
+    results: dict[str, float] = {}
+    n = len(ws.evals)
+    for i, (label, windows) in enumerate(ws.evals.items()):
+        reporter.checkpoint()
+        results[label] = perplexity(
+            adapter, windows, batch_size=EVAL_BATCH, on_progress=lambda f, i=i: reporter.update(stage, (i + f) / n)
+        )
+    reporter.update(stage, 1.0)
+    return results
+
+
+def prune_model(
+    ws: Workspace, method: str, sparsity: float, options: dict[str, Any], reporter: Reporter, *, copy_model: bool
+) -> tuple[Any, PruneOutcome, float]:
+    """Prune the workspace's model (or a copy of it); returns (model, outcome, seconds)."""
+    config = method_config(method, options)
+    model = copy.deepcopy(ws.model) if copy_model else ws.model
+    adapter = adapter_for(model)
+    ctx = PruneContext(adapter=adapter, calibration=ws.calibration, reporter=reporter, cache=ws.cache)
+    start = time.perf_counter()
+    outcome = method_class(method)(config).prune(ctx, sparsity)
+    return model, outcome, time.perf_counter() - start
+
+
+def measure_pruned(
+    ws: Workspace, model: Any, method: str, sparsity: float, options: dict[str, Any], outcome: PruneOutcome,
+    prune_s: float, reporter: Reporter,
+) -> dict[str, Any]:
+    """Evaluate a pruned model and build its report (the keys of report.json)."""
+    adapter = adapter_for(model)
+    t0 = time.perf_counter()
+    pruned_ppl = evaluate_perplexity(ws, adapter, "evaluate_pruned", reporter)
+    pruned_tp = forward_throughput(adapter, ws.throughput_input()) if ws.spec.measure_throughput else None
+    blocks_after, total_after = adapter.blocks_params(), adapter.total_params()
+    blocks_before = ws.dense_params["blocks"]
+    return {
+        "method": method,
+        "model": ws.spec.model,
+        "sparsity_target": sparsity,
+        "sparsity_achieved": 1.0 - blocks_after / blocks_before,
+        "removed_attention": sorted(outcome.removed_attention),
+        "removed_mlp": sorted(outcome.removed_mlp),
+        "removed_blocks": sorted(outcome.removed_blocks),
+        "kept_ffn_neurons": outcome.kept_ffn_neurons,
+        "params": {
+            "blocks_before": blocks_before,
+            "blocks_after": blocks_after,
+            "total_before": ws.dense_params["total"],
+            "total_after": total_after,
+        },
+        "perplexity": [
+            {"dataset": label, "dense": ws.dense_perplexity[label], "pruned": pruned_ppl[label]}
+            for label in ws.evals
+        ],
+        "timings": {**outcome.timings, "prune_s": prune_s, "evaluate_pruned_s": time.perf_counter() - t0},
+        "throughput_tokens_per_s": {"dense": ws.dense_throughput, "pruned": pruned_tp},
+        "options": method_config(method, options).model_dump(),
+        "method_details": outcome.details,
+        "data": {
+            "seq_len": ws.seq_len,
+            "calibration": ws.spec.calibration,
+            "calibration_windows": int(ws.calibration.shape[0]),
+            "eval": {label: int(w.shape[0]) for label, w in ws.evals.items()},
+            "doc_separator": ws.spec.doc_separator,
+        },
+        "runtime": runtime_info(ws),
+    }
+
+
+def runtime_info(ws: Workspace) -> dict[str, Any]:
+    import transformers
+
+    return {
+        "device": str(ws.device),
+        "dtype": ws.spec.dtype,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "twossp": __version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+    }
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def run_prune(
+    spec: PruneSpec,
+    out_dir: Path,
+    *,
+    progress: ProgressFn | None = None,
+    should_cancel: CancelFn | None = None,
+) -> dict[str, Any]:
+    """Run one pruning job end to end; writes the pruned model and report.json into out_dir."""
+    from twossp_core.export.save import save_pruned
+
+    reporter = Reporter(progress, should_cancel)
+    start = time.perf_counter()
+    ws = prepare(spec, reporter)
+    reporter.checkpoint()
+    model, outcome, prune_s = prune_model(ws, spec.method, spec.sparsity, spec.options, reporter, copy_model=False)
+    reporter.checkpoint()
+    report = measure_pruned(ws, model, spec.method, spec.sparsity, spec.options, outcome, prune_s, reporter)
+    reporter.checkpoint()
+    reporter.update("export", 0.0)
+    t_export = time.perf_counter()
+    metadata = {key: report[key] for key in (
+        "method", "model", "sparsity_target", "sparsity_achieved", "removed_attention", "removed_mlp",
+        "removed_blocks", "kept_ffn_neurons", "options", "data",
+    )}
+    metadata["versions"] = {k: report["runtime"][k] for k in ("torch", "transformers", "twossp")}
+    save_pruned(model, ws.tokenizer, Path(out_dir), metadata)
+    report["timings"].update(
+        {k: v for k, v in ws.timings.items()}, export_s=time.perf_counter() - t_export,
+        total_s=time.perf_counter() - start,
+    )
+    write_json_atomic(Path(out_dir) / REPORT_FILE, report)
+    reporter.update("export", 1.0)
+    return report

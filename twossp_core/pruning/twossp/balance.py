@@ -1,0 +1,58 @@
+"""How 2SSP splits a sparsity target between attention modules (depth) and FFN neurons (width).
+
+Pure arithmetic on parameter counts; no torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from twossp_core.errors import InfeasibleTarget
+
+
+@dataclass(frozen=True)
+class BalancePlan:
+    num_attention: int  # attention modules to remove (stage 2)
+    kept_neurons: int  # FFN intermediate neurons kept in every block (stage 1)
+    target_params: int  # round(s * P_blocks)
+    ffn_params_per_block: int  # parameters stage 1 removes from each block's FFN
+
+
+def attention_count(blocks: int, sparsity: float, mlp_params: int, attn_params: int, alpha: float) -> int:
+    """N_attn = round(B * s ** ((P_mlp / P_attn) / alpha)), Python rounding."""
+    return round(blocks * sparsity ** ((mlp_params / attn_params) / alpha))
+
+
+def plan_balance(
+    *,
+    blocks: int,
+    sparsity: float,
+    mlp_params: int,
+    attn_params: int,
+    block_params_total: int,
+    intermediate_size: int,
+    alpha: float = 1.5,
+    num_attention: int | None = None,
+) -> BalancePlan:
+    if not 0.0 < sparsity < 1.0:
+        raise InfeasibleTarget(f"sparsity must be strictly between 0 and 1, got {sparsity}")
+    n_attn = attention_count(blocks, sparsity, mlp_params, attn_params, alpha) if num_attention is None else num_attention
+    if n_attn > blocks:
+        raise InfeasibleTarget(f"cannot remove {n_attn} attention modules: the model has {blocks} blocks")
+    target = round(sparsity * block_params_total)
+    attn_removed = n_attn * attn_params
+    if attn_removed > target:
+        raise InfeasibleTarget(
+            f"removing {n_attn} attention modules takes {attn_removed} parameters, more than the target "
+            f"{target} (= {sparsity} x {block_params_total} block parameters); lower num_attention_to_prune "
+            "or raise the sparsity"
+        )
+    per_block = round((target - attn_removed) / blocks)
+    kept = round(intermediate_size * (1 - per_block / mlp_params))
+    if kept < 1:
+        raise InfeasibleTarget(
+            f"target {target} of {block_params_total} block parameters needs {per_block} FFN parameters per block "
+            f"but an FFN has only {mlp_params}: even removing every neuron is not enough; lower the sparsity "
+            "or remove more attention modules"
+        )
+    return BalancePlan(num_attention=n_attn, kept_neurons=kept, target_params=target, ffn_params_per_block=per_block)

@@ -1,0 +1,70 @@
+"""The 2SSP method: balance the target, prune FFN neurons (stage 1), then attention modules (stage 2)."""
+
+from __future__ import annotations
+
+import time
+
+from twossp_core.pruning.base import PruneContext, PruneOutcome, PruningMethod
+from twossp_core.pruning.twossp import stage1, stage2
+from twossp_core.pruning.twossp.balance import plan_balance
+from twossp_core.pruning.twossp.config import TwoSSPConfig
+
+SCORES_CACHE_KEY = "2ssp.neuron_scores"
+
+
+class TwoSSP(PruningMethod):
+    name = "2ssp"
+    stages = (stage1.STAGE, stage2.STAGE)
+    config: TwoSSPConfig
+
+    def plan(self, ctx: PruneContext, sparsity: float):  # noqa: ANN201 - BalancePlan
+        a = ctx.adapter
+        return plan_balance(
+            blocks=a.num_blocks,
+            sparsity=sparsity,
+            mlp_params=a.mlp_params(0),
+            attn_params=a.attention_params(0),
+            block_params_total=a.blocks_params(),
+            intermediate_size=a.intermediate_size,
+            alpha=self.config.alpha,
+            num_attention=self.config.num_attention_to_prune,
+        )
+
+    def prune(self, ctx: PruneContext, sparsity: float) -> PruneOutcome:
+        cfg = self.config
+        plan = self.plan(ctx, sparsity)
+        adapter = ctx.adapter
+
+        t0 = time.perf_counter()
+        scores = ctx.cache.get(SCORES_CACHE_KEY)
+        if scores is None:
+            scores = stage1.neuron_scores(
+                adapter, ctx.calibration, batch_size=cfg.batch_size, reporter=ctx.reporter
+            )
+            ctx.cache[SCORES_CACHE_KEY] = scores
+        stage1.apply_width(adapter, scores, plan.kept_neurons)
+        t1 = time.perf_counter()
+
+        ctx.reporter.checkpoint()
+        removals = stage2.greedy_attention_removal(
+            adapter,
+            ctx.calibration[: cfg.stage2_windows],
+            plan.num_attention,
+            mode=cfg.stage2_mode,
+            reporter=ctx.reporter,
+        )
+        t2 = time.perf_counter()
+        return PruneOutcome(
+            removed_attention=sorted(r.block for r in removals),
+            kept_ffn_neurons=plan.kept_neurons,
+            timings={"stage1_s": t1 - t0, "stage2_s": t2 - t1},
+            details={
+                "num_attention_removed": plan.num_attention,
+                "target_params": plan.target_params,
+                "removal_order": [r.block for r in removals],
+                "removal_perplexity": [r.perplexity for r in removals],
+                "alpha": cfg.alpha,
+                "stage2_windows": cfg.stage2_windows,
+                "stage2_mode": cfg.stage2_mode,
+            },
+        )

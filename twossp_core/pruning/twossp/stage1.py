@@ -1,0 +1,53 @@
+"""Stage 1 (width): score every FFN neuron on the dense model, keep the top-K in every block.
+
+Hooks on each block's down projection accumulate the per-window L2 norms on the fly (float32), so no
+activation is stored and no logits are computed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from twossp_core.models.base import ModelAdapter
+from twossp_core.progress import Reporter
+from twossp_core.pruning.twossp.scores import top_k, window_norms
+
+STAGE = "stage1"
+
+
+@torch.no_grad()
+def neuron_scores(
+    adapter: ModelAdapter, windows: torch.Tensor, *, batch_size: int = 1, reporter: Reporter | None = None
+) -> list[torch.Tensor]:
+    """Per block: (intermediate,) mean over windows of each neuron's activation L2 norm over tokens."""
+    reporter = reporter or Reporter()
+    sums = [torch.zeros(adapter.intermediate_size, dtype=torch.float32, device=windows.device)
+            for _ in range(adapter.num_blocks)]
+    handles = []
+
+    def make_hook(idx: int) -> Any:
+        def hook(module: Any, args: tuple[Any, ...]) -> None:
+            sums[idx] += window_norms(args[0])
+        return hook
+
+    for idx in range(adapter.num_blocks):
+        handles.append(adapter.down_projection(idx).register_forward_pre_hook(make_hook(idx)))
+    try:
+        n = windows.shape[0]
+        for start in range(0, n, batch_size):
+            reporter.checkpoint()
+            adapter.decoder(input_ids=windows[start : start + batch_size], use_cache=False)
+            reporter.update(STAGE, min(start + batch_size, n) / n)
+    finally:
+        for h in handles:
+            h.remove()
+    return [s / windows.shape[0] for s in sums]
+
+
+def apply_width(adapter: ModelAdapter, scores: list[torch.Tensor], kept: int) -> None:
+    """Physically keep the `kept` best neurons of every block's FFN."""
+    for idx, block_scores in enumerate(scores):
+        adapter.slice_ffn(idx, top_k(block_scores, kept))
+    adapter.set_intermediate_size(kept)

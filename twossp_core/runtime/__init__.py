@@ -1,0 +1,1 @@
+"""Running models: loading, block-wise forward passes and token log-likelihoods."""

@@ -1,0 +1,91 @@
+"""Loading causal LMs and tokenizers from a hub id or a local directory (pruned ones included)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from twossp_core.errors import InvalidSpec, ModelNotFound
+from twossp_core.export.remote_modeling import STRUCTURE_KEY, pruned_class
+from twossp_core.models.registry import check_supported
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InvalidSpec("device 'cuda' was requested but no CUDA device is available")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise InvalidSpec(f"dtype {name!r} is not one of {', '.join(DTYPES)}") from None
+
+
+def quiet_transformers() -> None:
+    """Our own progress bars and errors replace transformers' loading bars and warnings."""
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
+def load_config(model_id: str) -> Any:
+    from transformers import AutoConfig
+
+    quiet_transformers()
+
+    local = Path(model_id).expanduser()
+    if local.exists() and not (local / "config.json").is_file():
+        raise ModelNotFound(f"{model_id}: a local model directory must contain config.json")
+    try:
+        # never trust_remote_code: the adapters only cover architectures transformers ships
+        return AutoConfig.from_pretrained(str(local) if local.exists() else model_id, trust_remote_code=False)
+    except (OSError, ValueError) as exc:
+        where = "local directory" if local.exists() else "Hugging Face hub id (or no network to reach the hub)"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelNotFound(f"cannot load model config for {model_id!r} as a {where}: {first}") from None
+
+
+def load_model(model_id: str, *, dtype: str = "float32", device: str = "cpu") -> tuple[Any, Any]:
+    """Return (model in eval mode on `device`, tokenizer). Pruned twossp directories load too."""
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    quiet_transformers()
+
+    config = load_config(model_id)
+    check_supported(getattr(config, "model_type", None))
+    torch_dtype = resolve_dtype(dtype)
+    target = resolve_device(device)
+    source = str(Path(model_id).expanduser()) if Path(model_id).expanduser().exists() else model_id
+    kwargs: dict[str, Any] = {"dtype": torch_dtype, "trust_remote_code": False}
+    try:
+        if getattr(config, STRUCTURE_KEY, None):
+            base = getattr(transformers, (config.architectures or [""])[0], None)
+            if base is None:
+                raise ModelNotFound(f"{model_id}: unknown architecture {config.architectures!r} in config.json")
+            model = pruned_class(base).from_pretrained(source, config=config, **kwargs)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(source, config=config, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+    except OSError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelNotFound(f"cannot load {model_id!r}: {first}") from None
+    tokenizer.model_max_length = int(1e30)  # we cut windows ourselves; silence the length warning
+    model.to(target)
+    model.eval()
+    model.config.use_cache = False
+    return model, tokenizer
+
+
+def offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
