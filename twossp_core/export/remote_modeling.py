@@ -25,12 +25,6 @@ class RemovedAttention(nn.Module):
         self.layer_idx = layer_idx
 
     def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, None]:
-        cache = kwargs.get("past_key_values")
-        if cache is not None and hasattr(cache, "update"):
-            # keep the cache's length bookkeeping for this layer without storing anything
-            b, t = hidden_states.shape[:2]
-            empty = hidden_states.new_zeros((b, 1, t, 0))
-            cache.update(empty, empty, self.layer_idx)
         return torch.zeros_like(hidden_states), None
 
 

@@ -1,0 +1,122 @@
+"""2SSP on every supported family: exact parameter counts, and prune → save → reload → same logits."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tiny_models import FAMILIES, tiny_model, tokenizer_for  # noqa: E402
+
+from twossp_core.errors import UnsupportedModel  # noqa: E402
+from twossp_core.export.load import load_pruned  # noqa: E402
+from twossp_core.export.save import save_pruned  # noqa: E402
+from twossp_core.models.registry import adapter_for, supported_model_types  # noqa: E402
+from twossp_core.pruning.base import PruneContext  # noqa: E402
+from twossp_core.pruning.twossp.config import TwoSSPConfig  # noqa: E402
+from twossp_core.pruning.twossp.method import TwoSSP  # noqa: E402
+
+SPARSITY = 0.4
+
+
+def _windows(vocab: int, n: int = 4, length: int = 24, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab, (n, length), generator=g)
+
+
+def _norm_params(layer: torch.nn.Module, names: tuple[str, ...]) -> int:
+    return sum(p.numel() for n in names for p in getattr(layer, n).parameters())
+
+
+def _prune(family: str):
+    model = tiny_model(family)
+    adapter = adapter_for(model)
+    before = {
+        "blocks": adapter.blocks_params(),
+        "total": adapter.total_params(),
+        "attn": adapter.attention_params(0),
+        "attn_norms": _norm_params(adapter.layers[0], adapter.attention_norms),
+        "d_int": adapter.intermediate_size,
+        "per_neuron": (adapter.mlp_params(0) - sum(
+            p.numel() for n, p in adapter.mlp(0).named_parameters() if n.endswith("bias") and "fc2" in n
+        )) // adapter.intermediate_size,
+    }
+    windows = _windows(model.config.vocab_size)
+    method = TwoSSP(TwoSSPConfig())
+    plan = method.plan(PruneContext(adapter=adapter, calibration=windows), SPARSITY)
+    outcome = method.prune(PruneContext(adapter=adapter, calibration=windows), SPARSITY)
+    return model, adapter, before, plan, outcome, windows
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_parameter_counts_are_exact(family):
+    model, adapter, before, plan, outcome, _ = _prune(family)
+    blocks = adapter.num_blocks
+    assert len(outcome.removed_attention) == plan.num_attention > 0
+    assert outcome.kept_ffn_neurons == plan.kept_neurons < before["d_int"]
+    assert model.config.intermediate_size == plan.kept_neurons
+    for idx in range(blocks):
+        assert adapter.down_projection(idx).in_features == plan.kept_neurons
+    removed_ffn = blocks * (before["d_int"] - plan.kept_neurons) * before["per_neuron"]
+    removed_attn = plan.num_attention * (before["attn"] + before["attn_norms"])
+    assert adapter.blocks_params() == before["blocks"] - removed_ffn - removed_attn
+    assert adapter.total_params() == before["total"] - removed_ffn - removed_attn
+    # achieved sparsity within one neuron in every block (+ the removed attention norms) of the target
+    removed = before["blocks"] - adapter.blocks_params()
+    slack = blocks * before["per_neuron"] + plan.num_attention * before["attn_norms"]
+    assert abs(removed - plan.target_params) <= slack
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_pruned_model_reloads_both_ways_with_identical_logits(family, tmp_path):
+    model, adapter, _, _, outcome, windows = _prune(family)
+    with torch.no_grad():
+        expected = model(windows[:2]).logits
+    dense_size = sum(p.numel() for p in tiny_model(family).parameters())
+    save_pruned(model, tokenizer_for(model.config.vocab_size), tmp_path, {"method": "2ssp"})
+
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["twossp"]["method"] == "2ssp"
+    assert config["twossp_structure"]["removed_attention"] == outcome.removed_attention
+
+    ours, _ = load_pruned(tmp_path)
+    with torch.no_grad():
+        assert torch.equal(ours(windows[:2]).logits, expected)
+    assert adapter_for(ours).removed_attention == outcome.removed_attention
+
+    from transformers import AutoModelForCausalLM
+
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path, trust_remote_code=True).eval()
+    with torch.no_grad():
+        assert torch.equal(plain(windows[:2]).logits, expected)
+    # only what remains is stored
+    stored = sum(p.numel() for p in plain.parameters())
+    assert stored == adapter.total_params() < dense_size
+
+
+@pytest.mark.parametrize("removed", [[0], [0, 2], [3]])
+def test_removed_attention_keeps_generation_consistent_with_cache(removed):
+    model = tiny_model("llama")
+    adapter = adapter_for(model)
+    for idx in removed:
+        adapter.remove_attention(idx)
+    prompt = _windows(model.config.vocab_size)[:1, :8]
+    with torch.no_grad():
+        cached = model.generate(prompt, max_new_tokens=6, do_sample=False, use_cache=True)
+        uncached = model.generate(prompt, max_new_tokens=6, do_sample=False, use_cache=False)
+    assert torch.equal(cached, uncached)
+
+
+def test_unsupported_architecture_is_a_clear_error():
+    import transformers as tf
+
+    model = tf.GPT2LMHeadModel(tf.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=32))
+    with pytest.raises(UnsupportedModel) as err:
+        adapter_for(model)
+    assert "gpt2" in str(err.value)
+    for name in supported_model_types():
+        assert name in str(err.value)
