@@ -1,0 +1,78 @@
+"""Early, torch-free request checks: config-based counts equal real counts; bad requests are refused."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tiny_models import FAMILIES, save_tiny, tiny_model  # noqa: E402
+
+from twossp_core.errors import DataError, InfeasibleTarget, ModelNotFound, UnsupportedModel  # noqa: E402
+from twossp_core.models.counts import block_counts  # noqa: E402
+from twossp_core.models.registry import adapter_for  # noqa: E402
+from twossp_core.preflight import check_model  # noqa: E402
+from twossp_core.spec import parse_spec  # noqa: E402
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_config_counts_equal_model_counts(family):
+    model = tiny_model(family)
+    adapter = adapter_for(model)
+    counts = block_counts(model.config.to_dict())
+    assert counts.attention == adapter.attention_params(0)
+    assert counts.mlp == adapter.mlp_params(0)
+    assert counts.block == adapter.block_params(0)
+    assert counts.blocks_total == adapter.blocks_params()
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory):
+    return save_tiny("llama", tmp_path_factory.mktemp("m"))
+
+
+def _spec(model, text_file, **kw):
+    return parse_spec({"model": str(model), "calibration": [str(text_file)], "eval": [str(text_file)], **kw})
+
+
+def test_feasible_request_passes(llama_dir, tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("hello")
+    check_model(_spec(llama_dir, text, sparsity=0.4))
+
+
+def test_infeasible_request_is_refused(llama_dir, tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("hello")
+    with pytest.raises(InfeasibleTarget):
+        check_model(_spec(llama_dir, text, sparsity=0.1, options={"num_attention_to_prune": 4}))
+
+
+def test_unsupported_and_missing_models_are_refused(tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("hello")
+    (tmp_path / "gpt").mkdir()
+    (tmp_path / "gpt" / "config.json").write_text('{"model_type": "gpt2"}')
+    with pytest.raises(UnsupportedModel, match="gpt2"):
+        check_model(_spec(tmp_path / "gpt", text, sparsity=0.4))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelNotFound, match="config.json"):
+        check_model(_spec(tmp_path / "empty", text, sparsity=0.4))
+
+
+def test_missing_data_file_is_refused(llama_dir, tmp_path):
+    with pytest.raises(DataError, match="no such file"):
+        check_model(_spec(llama_dir, tmp_path / "nope.txt", sparsity=0.4))
+
+
+def test_request_checks_do_not_import_torch():
+    code = (
+        "import sys, twossp_core.spec, twossp_core.preflight, twossp_core.pruning.registry;"
+        "twossp_core.spec.parse_spec({'model': 'x/y', 'sparsity': 0.5});"
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
