@@ -15,6 +15,8 @@ from torch import nn
 from transformers import PreTrainedModel as _Base  # twossp:base-class
 
 STRUCTURE_KEY = "twossp_structure"
+SHORTCUT_KEY = "shortcut_rotation"  # structure entry: {"dim": sliced hidden size} (rotated-and-sliced models)
+_LAYER_ARGS = ("attention_mask", "position_ids", "past_key_values", "use_cache", "position_embeddings")
 
 
 class RemovedAttention(nn.Module):
@@ -53,6 +55,53 @@ def apply_structure(model: nn.Module, structure: dict[str, Any]) -> None:
         setattr(layer, structure["mlp_module"], RemovedMLP())
         for norm in structure.get("mlp_norms", []):
             setattr(layer, norm, nn.Identity())
+    if structure.get(SHORTCUT_KEY):
+        add_shortcut_rotations(model, structure)
+
+
+def _shortcut_forward(self: Any, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    """A pre-norm block whose residual stream changes basis twice: before adding the attention output
+    (attn_shortcut) and before adding the FFN output (mlp_shortcut)."""
+    kwargs.update(zip(_LAYER_ARGS, args, strict=False))
+    attn_name, attn_norm, mlp_name, mlp_norm = self.twossp_shortcut_names
+    h = getattr(self, attn_norm)(hidden_states) if attn_norm else hidden_states
+    attn_out = getattr(self, attn_name)(hidden_states=h, **kwargs)[0]
+    hidden_states = hidden_states @ self.attn_shortcut.to(hidden_states.dtype) + attn_out
+    h = getattr(self, mlp_norm)(hidden_states) if mlp_norm else hidden_states
+    mlp_out = getattr(self, mlp_name)(h)
+    return hidden_states @ self.mlp_shortcut.to(hidden_states.dtype) + mlp_out
+
+
+_SHORTCUT_CLASSES: dict[type, type] = {}
+
+
+def shortcut_layer_class(base: type) -> type:
+    """A subclass of a decoder-layer class whose forward applies the shortcut rotations."""
+    if getattr(base, "twossp_shortcut", False):
+        return base
+    if base not in _SHORTCUT_CLASSES:
+        attrs = {"forward": _shortcut_forward, "twossp_shortcut": True, "__module__": base.__module__}
+        _SHORTCUT_CLASSES[base] = type(base.__name__, (base,), attrs)
+    return _SHORTCUT_CLASSES[base]
+
+
+def add_shortcut_rotations(model: nn.Module, structure: dict[str, Any]) -> None:
+    """Give every block (dim x dim) shortcut matrices (identity until set or loaded) and the rotated forward."""
+    dim = int(structure[SHORTCUT_KEY]["dim"])
+    names = (
+        structure.get("attention_module", "self_attn"),
+        (structure.get("attention_norms") or [None])[0],
+        structure.get("mlp_module", "mlp"),
+        (structure.get("mlp_norms") or [None])[0],
+    )
+    for layer in decoder_layers(model):
+        ref = next(layer.parameters())
+        for name in ("attn_shortcut", "mlp_shortcut"):
+            if not isinstance(getattr(layer, name, None), nn.Parameter):
+                eye = torch.eye(dim, dtype=ref.dtype, device=ref.device)
+                layer.register_parameter(name, nn.Parameter(eye, requires_grad=False))
+        layer.twossp_shortcut_names = names
+        layer.__class__ = shortcut_layer_class(type(layer))
 
 
 class TwosspPrunedForCausalLM(_Base):

@@ -151,6 +151,42 @@ class ModelAdapter:
         self._record("removed_mlp", idx)
         apply_structure(self.model, {**self.structure(), "removed_attention": [], "removed_mlp": [idx]})
 
+    def remove_blocks(self, indices: list[int]) -> None:
+        """Physically delete whole blocks: the layer list, config.num_hidden_layers, per-layer config lists
+        (layer_types) and every layer_idx are updated, so plain transformers loads the result."""
+        drop = sorted(set(indices))
+        if any(i < 0 or i >= self.num_blocks for i in drop):
+            raise ValueError(f"block indices {drop} out of range for {self.num_blocks} blocks")
+        if len(drop) >= self.num_blocks:
+            raise ValueError("cannot remove every block")
+        keep = [i for i in range(self.num_blocks) if i not in drop]
+        new_index = {old: new for new, old in enumerate(keep)}
+        layers = nn.ModuleList([self.layers[i] for i in keep])
+        for new, layer in enumerate(layers):
+            for module in layer.modules():
+                if hasattr(module, "layer_idx"):
+                    module.layer_idx = new
+        self.decoder.layers = layers
+        layer_types = getattr(self.config, "layer_types", None)
+        if layer_types:
+            self.config.layer_types = [layer_types[i] for i in keep]
+        self.config.num_hidden_layers = len(keep)
+        structure = self.structure()
+        if structure:
+            for key in ("removed_attention", "removed_mlp"):
+                structure[key] = [new_index[i] for i in structure.get(key, []) if i in new_index]
+            setattr(self.config, STRUCTURE_KEY, structure)
+
+    def record_structure(self, **entries: Any) -> None:
+        """Add entries to the structure config (what `apply_structure` rebuilds at load time)."""
+        structure = self.structure()
+        structure.setdefault("attention_module", self.attention_module)
+        structure.setdefault("attention_norms", list(self.attention_norms))
+        structure.setdefault("mlp_module", self.mlp_module)
+        structure.setdefault("mlp_norms", list(self.mlp_norms))
+        structure.update(entries)
+        setattr(self.config, STRUCTURE_KEY, structure)
+
     @property
     def removed_attention(self) -> list[int]:
         return [i for i in range(self.num_blocks) if self.attention_removed(i)]

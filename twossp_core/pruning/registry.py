@@ -28,6 +28,31 @@ METHODS: dict[str, MethodEntry] = {
         "twossp_core.pruning.twossp.method:TwoSSP",
         "2SSP: FFN neuron pruning by activation norm, then greedy attention removal by perplexity",
     ),
+    "shortgpt": MethodEntry(
+        "twossp_core.pruning.shortgpt.config:ShortGPTConfig",
+        "twossp_core.pruning.shortgpt.method:ShortGPT",
+        "ShortGPT: delete the blocks with the lowest block influence (1 - cos(input, output), last token)",
+    ),
+    "window": MethodEntry(
+        "twossp_core.pruning.window.config:WindowConfig",
+        "twossp_core.pruning.window.method:SlidingWindow",
+        "Sliding window: delete the run of consecutive blocks with the smallest angular distance across it",
+    ),
+    "blockpruner": MethodEntry(
+        "twossp_core.pruning.blockpruner.config:BlockPrunerConfig",
+        "twossp_core.pruning.blockpruner.method:BlockPruner",
+        "BlockPruner: greedy removal of attention/FFN submodules by calibration perplexity",
+    ),
+    "slicegpt": MethodEntry(
+        "twossp_core.pruning.slicegpt.config:SliceGPTConfig",
+        "twossp_core.pruning.slicegpt.method:SliceGPT",
+        "SliceGPT: PCA rotation and hidden-dimension slicing (sparsity = hidden fraction; llama only)",
+    ),
+    "evopress": MethodEntry(
+        "twossp_core.pruning.evopress.config:EvoPressConfig",
+        "twossp_core.pruning.evopress.method:EvoPress",
+        "EvoPress: evolutionary search over dropped attention/FFN submodules by KL to the dense model",
+    ),
 }
 
 

@@ -1,0 +1,66 @@
+"""BlockPruner: each round, try removing every remaining attention and FFN submodule, measure the calibration
+perplexity, and remove the one that hurts least; stop at the parameter target.
+
+Candidates in block i reuse the recorded input of block i (BlockRunner), so a trial runs only blocks i..B.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+from twossp_core.pruning.base import PruneContext, PruneOutcome, PruningMethod
+from twossp_core.pruning.blockpruner.budget import keep_removing, target_params
+from twossp_core.pruning.blockpruner.config import BlockPrunerConfig
+from twossp_core.pruning.submodules import remaining, removal_cost, remove
+from twossp_core.runtime.forward import BlockRunner
+
+STAGE = "greedy_removal"
+
+
+class BlockPruner(PruningMethod):
+    name = "blockpruner"
+    stages = (STAGE,)
+    config: BlockPrunerConfig
+
+    @torch.no_grad()
+    def prune(self, ctx: PruneContext, sparsity: float) -> PruneOutcome:
+        adapter = ctx.adapter
+        windows = ctx.calibration[: self.config.windows]
+        target = target_params(sparsity, adapter.blocks_params())
+        runner = BlockRunner(adapter)
+        t0 = time.perf_counter()
+        removed_params = 0
+        order: list[dict[str, object]] = []
+        while True:
+            candidates = remaining(adapter)
+            costs = {c: removal_cost(adapter, *c) for c in candidates}
+            if not keep_removing(removed_params, target, min(costs.values(), default=None)):
+                break
+            records = [runner.capture(w.unsqueeze(0)) for w in windows]
+            best: tuple[float, tuple[str, int]] | None = None
+            for kind, idx in candidates:
+                ctx.reporter.checkpoint()
+                nll, tokens = 0.0, 0
+                with adapter.bypassed(kind, idx):
+                    for record in records:
+                        s, n = runner.nll_from(record, idx)
+                        nll, tokens = nll + s, tokens + n
+                if best is None or nll / tokens < best[0]:
+                    best = (nll / tokens, (kind, idx))
+            assert best is not None
+            kind, idx = best[1]
+            remove(adapter, kind, idx)  # type: ignore[arg-type]
+            removed_params += costs[(kind, idx)]  # type: ignore[index]
+            order.append({"kind": kind, "block": idx, "perplexity": math.exp(best[0])})
+            ctx.reporter.update(STAGE, min(removed_params / max(target, 1), 1.0))
+        ctx.reporter.update(STAGE, 1.0)
+        return PruneOutcome(
+            removed_attention=adapter.removed_attention,
+            removed_mlp=adapter.removed_mlp,
+            timings={"greedy_s": time.perf_counter() - t0},
+            details={"target_params": target, "removed_params": removed_params, "removal_order": order,
+                     "windows": int(windows.shape[0])},
+        )
