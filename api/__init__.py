@@ -1,0 +1,1 @@
+"""HTTP service for twossp: job submission, status, artifacts. Never imports torch."""

@@ -1,0 +1,62 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Protocol
+
+from fastapi import FastAPI
+
+from api.broker import Broker, make_broker
+from api.db.session import Database
+from api.errors import install_error_handlers
+from api.middleware import BodySizeLimit
+from api.routes import health, jobs
+from api.settings import Settings
+from api.store import make_store
+
+
+class BackgroundService(Protocol):
+    """Something that runs beside the API for its lifetime (the embedded worker)."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    broker: Broker | None = None,
+    services: Sequence[BackgroundService] = (),
+) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        for service in services:
+            service.start()
+        try:
+            yield
+        finally:
+            for service in reversed(services):
+                service.stop()
+            app.state.broker.close()
+            app.state.db.dispose()
+
+    app = FastAPI(
+        title="twossp",
+        version="0.1.0",
+        summary="Structured pruning of LLMs with 2SSP, as a batch service",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.db = Database(settings)
+    app.state.store = make_store(settings)
+    app.state.broker = broker or make_broker(settings.broker_url, settings.celery_queue)
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(jobs.router)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    return app

@@ -1,0 +1,111 @@
+"""Response bodies of the HTTP API (the request body is `twossp_core.spec.PruneSpec`)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from api.db.models import Job, JobState
+
+JOB_FIELDS_DOC = "report has the same keys as the CLI's report.json once the job succeeded"
+
+
+class JobLinks(BaseModel):
+    self: str
+    cancel: str
+    artifact: str
+    manifest: str
+
+
+class ArtifactInfo(BaseModel):
+    store: Literal["local", "s3"]
+    attempt: int
+    files: int
+    total_bytes: int
+    manifest_sha256: str = Field(description="sha256 of manifest.json; verify downloads against it")
+
+
+class JobOut(BaseModel):
+    id: str
+    state: JobState
+    stage: str | None = Field(None, description="current or last pipeline stage")
+    progress: float = Field(description="overall percent done, 0 to 100")
+    error: str | None = None
+    report: dict[str, Any] | None = Field(None, description=JOB_FIELDS_DOC)
+    model: str
+    method: str
+    sparsity: float
+    spec: dict[str, Any]
+    stage_timings: dict[str, float] = Field(description="seconds spent in each finished stage")
+    attempt: int
+    max_attempts: int
+    cancel_requested: bool
+    artifact: ArtifactInfo | None = None
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    links: JobLinks
+
+    @classmethod
+    def from_row(cls, job: Job, base: str = "") -> JobOut:
+        prefix = f"{base}/jobs/{job.id}"
+        artifact = None
+        if job.artifact and job.state == JobState.succeeded.value:
+            artifact = ArtifactInfo.model_validate(job.artifact, from_attributes=False, strict=False)
+        return cls(
+            id=job.id,
+            state=JobState(job.state),
+            stage=job.stage,
+            progress=round(job.progress, 2),
+            error=job.error,
+            report=job.report if job.state == JobState.succeeded.value else None,
+            model=job.model,
+            method=job.method,
+            sparsity=job.sparsity,
+            spec=job.spec,
+            stage_timings=job.stage_timings or {},
+            attempt=job.attempt,
+            max_attempts=job.max_attempts,
+            cancel_requested=job.cancel_requested,
+            artifact=artifact,
+            created_at=job.created_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            links=JobLinks(
+                self=prefix, cancel=f"{prefix}/cancel", artifact=f"{prefix}/artifact", manifest=f"{prefix}/manifest"
+            ),
+        )
+
+
+class JobPage(BaseModel):
+    items: list[JobOut]
+    total: int
+    limit: int
+    offset: int
+    next: str | None = Field(None, description="URL of the next page, if any")
+
+
+class PresignedFile(BaseModel):
+    path: str
+    size: int
+    sha256: str
+    url: str
+
+
+class PresignedArtifact(BaseModel):
+    kind: Literal["presigned"] = "presigned"
+    expires_in: int
+    manifest_sha256: str
+    manifest_url: str
+    files: list[PresignedFile]
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, str]

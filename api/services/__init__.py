@@ -1,0 +1,1 @@
+"""Service-layer operations shared by the routes and the CLI."""

@@ -1,0 +1,90 @@
+"""Checks on a job request before anything is queued: the spec itself, model ids, local paths, feasibility."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from api.errors import InputRejected
+from api.settings import Settings
+from twossp_core.errors import ModelNotFound
+from twossp_core.spec import DataSource, PruneSpec, parse_spec
+
+# `name` or `org/name`: letters, digits, `-`, `_`, `.`; no `--`/`..` runs, at most 96 characters per part
+HUB_ID_RE = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9._-]{0,95}/)?[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+ROOTS_RULE = "local paths must be absolute and inside TWOSSP_ALLOWED_LOCAL_ROOTS"
+
+
+def _looks_local(value: str) -> bool:
+    return value.startswith(("/", "./", "../", "~", "\\")) or value in {".", ".."} or "\\" in value
+
+
+def resolve_local(value: str, settings: Settings, what: str) -> Path:
+    """The real path of `value` if it is absolute and inside an allowed root; InputRejected otherwise."""
+    roots = settings.resolved_roots()
+    if not roots:
+        raise InputRejected(f"{what} {value!r}: local paths are not accepted (TWOSSP_ALLOWED_LOCAL_ROOTS is empty)")
+    if not value.startswith("/") or "\x00" in value:
+        raise InputRejected(f"{what} {value!r}: {ROOTS_RULE}")
+    real = Path(value).resolve()
+    if not any(real == root or real.is_relative_to(root) for root in roots):
+        raise InputRejected(f"{what} {value!r}: {ROOTS_RULE}")
+    return real
+
+
+def check_model_id(model: str, settings: Settings) -> str:
+    """Return the model id to store: a real local path, or the hub id unchanged."""
+    if _looks_local(model):
+        path = resolve_local(model, settings, "model")
+        if not path.is_dir():
+            raise ModelNotFound(f"model {model!r}: no such model directory")
+        if not (path / "config.json").is_file():
+            raise ModelNotFound(f"model {model!r}: a local model directory must contain config.json")
+        return str(path)
+    if ".." in model or "--" in model or not HUB_ID_RE.match(model):
+        raise InputRejected(
+            f"model {model!r}: not a Hugging Face hub id (`org/name`) nor an absolute local path ({ROOTS_RULE})"
+        )
+    if not settings.allow_hub:
+        raise InputRejected(f"model {model!r}: hub models are disabled (TWOSSP_ALLOW_HUB=false); {ROOTS_RULE}")
+    return model
+
+
+def check_source(text: str, settings: Settings, what: str) -> str:
+    source = DataSource.parse(text)
+    if source.is_hub:
+        if not settings.allow_hub:
+            raise InputRejected(f"{what} {text!r}: hub datasets are disabled (TWOSSP_ALLOW_HUB=false)")
+        return text
+    path = resolve_local(source.name, settings, what)
+    if not path.is_file():
+        raise InputRejected(f"{what} {text!r}: no such file (or not a regular file)")
+    rng = "" if source.start is None and source.end is None else source.label[len(source.name) :]
+    return f"{path}{rng}"
+
+
+def preflight(spec: PruneSpec) -> None:
+    """Reject unsupported architectures, infeasible targets and missing files before queueing (torch-free)."""
+    from twossp_core.preflight import check_model
+
+    check_model(spec)
+
+
+def validate_request(body: Any, settings: Settings) -> PruneSpec:
+    """The normalized spec for a request body, or an exception that maps to a 4xx with the reason."""
+    if not isinstance(body, dict):
+        raise InputRejected("request body must be a JSON object")
+    spec = parse_spec(body)
+    spec.model = check_model_id(spec.model, settings)
+    spec.calibration = [check_source(s, settings, "calibration source") for s in spec.calibration]
+    spec.eval = [check_source(s, settings, "eval source") for s in spec.eval]
+    preflight(spec)
+    return spec
+
+
+def request_hash(spec: PruneSpec) -> str:
+    canonical = json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()

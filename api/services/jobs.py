@@ -1,0 +1,137 @@
+"""Job submission (idempotent, with an outbox), lookup scoped to the owner, listing and cancellation."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from api.broker import Broker
+from api.db.models import TERMINAL_STATES, Job, JobState, User
+from api.db.types import utcnow
+from api.errors import Conflict, InputRejected, NotFound
+from api.services.inputs import request_hash, validate_request
+from api.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Submission:
+    job: Job
+    created: bool
+
+
+def submit_job(
+    session: Session, broker: Broker, settings: Settings, user: User, body: Any, idempotency_key: str | None
+) -> Submission:
+    spec = validate_request(body, settings)
+    digest = request_hash(spec)
+    if idempotency_key is not None:
+        if not (1 <= len(idempotency_key) <= 200):
+            raise InputRejected("Idempotency-Key must be 1 to 200 characters")
+        existing = _by_idempotency_key(session, user, idempotency_key)
+        if existing is not None:
+            return _replay(existing, digest)
+
+    job = Job(
+        owner_id=user.id,
+        idempotency_key=idempotency_key,
+        request_hash=digest,
+        spec=spec.model_dump(mode="json"),
+        model=spec.model,
+        method=spec.method,
+        sparsity=spec.sparsity,
+        state=JobState.queued.value,
+        progress=0.0,
+        stage_timings={},
+        history=[],
+        cancel_requested=False,
+        attempt=0,
+        max_attempts=settings.max_attempts,
+        time_limit_s=settings.job_time_limit_s,
+        dispatched=False,
+    )
+    session.add(job)
+    try:
+        session.commit()  # the row is the outbox entry: dispatched=false until the broker has it
+    except IntegrityError:
+        session.rollback()
+        existing = _by_idempotency_key(session, user, idempotency_key) if idempotency_key else None
+        if existing is None:
+            raise
+        return _replay(existing, digest)
+    dispatch(session, broker, job.id)
+    session.refresh(job)
+    return Submission(job, created=True)
+
+
+def _by_idempotency_key(session: Session, user: User, key: str) -> Job | None:
+    return session.scalar(select(Job).where(Job.owner_id == user.id, Job.idempotency_key == key))
+
+
+def _replay(job: Job, digest: str) -> Submission:
+    if job.request_hash != digest:
+        raise InputRejected("Idempotency-Key was already used with a different request body")
+    return Submission(job, created=False)
+
+
+def dispatch(session: Session, broker: Broker, job_id: str) -> bool:
+    """Publish a queued job and mark it dispatched. A failure leaves it for the dispatcher loop."""
+    try:
+        broker.publish(job_id)
+    except Exception as exc:  # broker down: the reaper/dispatcher republishes undispatched rows
+        log.warning("could not publish job %s (will retry from the outbox): %s", job_id, exc)
+        return False
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.state == JobState.queued.value)
+        .values(dispatched=True, dispatched_at=utcnow())
+    )
+    session.commit()
+    return True
+
+
+def get_job(session: Session, user: User, job_id: str) -> Job:
+    job = session.get(Job, job_id)
+    if job is None or job.owner_id != user.id:
+        raise NotFound(f"job {job_id} not found")
+    return job
+
+
+def list_jobs(
+    session: Session, user: User, state: JobState | None, limit: int, offset: int
+) -> tuple[list[Job], int]:
+    query = select(Job).where(Job.owner_id == user.id)
+    if state is not None:
+        query = query.where(Job.state == state.value)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = session.scalars(query.order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)).all()
+    return list(rows), total
+
+
+def cancel_job(session: Session, user: User, job_id: str) -> Job:
+    job = get_job(session, user, job_id)
+    if job.state in (JobState.succeeded.value, JobState.failed.value):
+        raise Conflict(f"job {job_id} already {job.state}")
+    now = utcnow()
+    # queued: cancelled at once; running: the worker stops at its next safe point
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.state == JobState.queued.value)
+        .values(state=JobState.cancelled.value, cancel_requested=True, finished_at=now, error="cancelled by user")
+    )
+    session.execute(
+        update(Job).where(Job.id == job_id, Job.state == JobState.running.value).values(cancel_requested=True)
+    )
+    session.commit()
+    session.refresh(job)
+    return job
+
+
+def is_terminal(job: Job) -> bool:
+    return job.state in {s.value for s in TERMINAL_STATES}

@@ -1,0 +1,128 @@
+"""All service settings in one object, read from `TWOSSP_*` environment variables.
+
+With nothing set, everything is embedded: SQLite and artifacts under `TWOSSP_DATA_DIR` (default
+`./twossp-data`), no broker (an in-process worker polls the database), local artifact folder.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TWOSSP_", extra="ignore")
+
+    # storage locations
+    data_dir: Path = Field(Path("twossp-data"), description="root for the embedded database and artifacts")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite under data_dir")
+    broker_url: str | None = Field(None, description="Celery broker (redis://...); unset → embedded worker")
+    auto_migrate: bool = Field(True, description="run `alembic upgrade head` when serving / creating keys")
+
+    # artifacts
+    artifact_store: Literal["local", "s3"] = "local"
+    artifact_dir: Path | None = Field(None, description="local store root; default data_dir/artifacts")
+    s3_endpoint_url: str | None = None
+    s3_bucket: str = "twossp-artifacts"
+    s3_region: str = "us-east-1"
+    s3_access_key: str | None = None
+    s3_secret_key: SecretStr | None = None
+    s3_prefix: str = ""
+    presign_expiry_s: int = Field(300, ge=10, le=7 * 24 * 3600)
+
+    # request validation
+    allowed_local_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list, description="`:`-separated roots under which local models/data are accepted"
+    )
+    allow_hub: bool = Field(True, description="accept Hugging Face hub ids for models and hub dataset names")
+    max_body_bytes: int = Field(64 * 1024, ge=1024)
+    page_size_max: int = 100
+
+    # jobs
+    job_soft_time_limit_s: float = Field(6 * 3600, gt=0)
+    job_time_limit_s: float = Field(6 * 3600 + 300, gt=0)
+    lease_seconds: float = Field(60.0, gt=0)
+    heartbeat_interval_s: float | None = Field(None, gt=0, description="default: min(1, lease/4)")
+    max_attempts: int = Field(3, ge=1)
+    reaper_interval_s: float = Field(10.0, gt=0)
+    dispatch_grace_s: float = Field(5.0, ge=0, description="age before an undispatched job is republished")
+    redispatch_after_s: float = Field(900.0, gt=0, description="republish a job queued this long")
+    cancel_grace_s: float = Field(15.0, ge=0, description="embedded worker kills a job this long after cancel")
+
+    # workers
+    worker_concurrency: int = Field(1, ge=1, description="jobs at once per worker (one per GPU)")
+    worker_max_tasks_per_child: int | None = Field(1, ge=1)
+    embedded_worker: bool = Field(True, description="run the in-process worker when no broker is set")
+    embedded_poll_s: float = Field(1.0, gt=0)
+    celery_queue: str = "twossp"
+    work_dir: Path | None = Field(None, description="scratch space for running jobs; default data_dir/work")
+
+    @field_validator("allowed_local_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part for part in value.split(":") if part.strip()]
+        return value
+
+    @field_validator("broker_url", "database_url", "s3_endpoint_url", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("job_time_limit_s")
+    @classmethod
+    def _hard_after_soft(cls, value: float, info) -> float:  # type: ignore[no-untyped-def]
+        soft = info.data.get("job_soft_time_limit_s")
+        if soft is not None and value < soft:
+            raise ValueError("job_time_limit_s must be >= job_soft_time_limit_s")
+        return value
+
+    # derived values
+    @cached_property
+    def resolved_data_dir(self) -> Path:
+        return self.data_dir.expanduser().resolve()
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.resolved_data_dir / 'twossp.db'}"
+
+    @property
+    def artifact_root(self) -> Path:
+        return (self.artifact_dir or self.resolved_data_dir / "artifacts").expanduser().resolve()
+
+    @property
+    def scratch_root(self) -> Path:
+        return (self.work_dir or self.resolved_data_dir / "work").expanduser().resolve()
+
+    @property
+    def embedded(self) -> bool:
+        return self.broker_url is None
+
+    @property
+    def heartbeat_s(self) -> float:
+        return self.heartbeat_interval_s or min(1.0, self.lease_seconds / 4)
+
+    def resolved_roots(self) -> list[Path]:
+        return [Path(p).expanduser().resolve() for p in self.allowed_local_roots]
+
+    def to_env(self) -> dict[str, str]:
+        """The settings as `TWOSSP_*` variables, for child processes."""
+        env: dict[str, str] = {}
+        for name, value in self.model_dump(mode="json").items():
+            if value is None:
+                continue
+            if name == "data_dir":
+                env["TWOSSP_DATA_DIR"] = str(self.resolved_data_dir)
+            elif name == "allowed_local_roots":
+                env["TWOSSP_ALLOWED_LOCAL_ROOTS"] = ":".join(str(p) for p in value)
+            elif name == "s3_secret_key":
+                env["TWOSSP_S3_SECRET_KEY"] = self.s3_secret_key.get_secret_value() if self.s3_secret_key else ""
+            else:
+                env[f"TWOSSP_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+        return env

@@ -1,0 +1,119 @@
+"""The artifact store interface and the manifest that makes an upload verifiable.
+
+Layout: `jobs/{job_id}/attempt-{n}/files/...` holds the pruned model; `jobs/{job_id}/attempt-{n}/manifest.json`
+is written last and lists every file with its size and sha256. An attempt without a manifest is incomplete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypedDict
+
+MANIFEST_NAME = "manifest.json"
+CHUNK = 1024 * 1024
+
+
+class ManifestFile(TypedDict):
+    path: str
+    size: int
+    sha256: str
+
+
+class Manifest(TypedDict):
+    job_id: str
+    attempt: int
+    created_at: str
+    files: list[ManifestFile]
+    total_bytes: int
+
+
+def attempt_prefix(job_id: str, attempt: int) -> str:
+    return f"jobs/{job_id}/attempt-{attempt}"
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def local_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def build_manifest(root: Path, job_id: str, attempt: int) -> Manifest:
+    files: list[ManifestFile] = []
+    for path in local_files(root):
+        files.append(
+            {"path": path.relative_to(root).as_posix(), "size": path.stat().st_size, "sha256": file_sha256(path)}
+        )
+    return {
+        "job_id": job_id,
+        "attempt": attempt,
+        "created_at": datetime.now(UTC).isoformat(),
+        "files": files,
+        "total_bytes": sum(f["size"] for f in files),
+    }
+
+
+def manifest_bytes(manifest: Manifest) -> bytes:
+    return json.dumps(manifest, indent=2, sort_keys=True).encode()
+
+
+class ArtifactStore(ABC):
+    """Minimal object-store operations; keys are `/`-separated relative paths."""
+
+    kind: str
+
+    @abstractmethod
+    def put_file(self, key: str, path: Path) -> None: ...
+
+    @abstractmethod
+    def put_bytes(self, key: str, data: bytes) -> None: ...
+
+    @abstractmethod
+    def get_bytes(self, key: str) -> bytes: ...
+
+    @abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def iter_bytes(self, key: str) -> Iterator[bytes]: ...
+
+    @abstractmethod
+    def presigned_url(self, key: str, expires_s: int) -> str | None:
+        """A short-lived GET URL, or None where the store cannot make one (local)."""
+
+    @abstractmethod
+    def check(self) -> None:
+        """Raise if the store is unreachable or not writable."""
+
+    def upload_dir(self, root: Path, job_id: str, attempt: int) -> dict[str, Any]:
+        """Upload every file, then the manifest (last). Returns the artifact record for the job row."""
+        prefix = attempt_prefix(job_id, attempt)
+        manifest = build_manifest(root, job_id, attempt)
+        for entry in manifest["files"]:
+            self.put_file(f"{prefix}/files/{entry['path']}", root / entry["path"])
+        data = manifest_bytes(manifest)
+        self.put_bytes(f"{prefix}/{MANIFEST_NAME}", data)
+        if not self.exists(f"{prefix}/{MANIFEST_NAME}"):
+            raise RuntimeError(f"manifest {prefix}/{MANIFEST_NAME} not found after upload")
+        return {
+            "store": self.kind,
+            "prefix": prefix,
+            "attempt": attempt,
+            "manifest_key": f"{prefix}/{MANIFEST_NAME}",
+            "manifest_sha256": hashlib.sha256(data).hexdigest(),
+            "files": len(manifest["files"]),
+            "total_bytes": manifest["total_bytes"],
+        }
+
+    def read_manifest(self, artifact: dict[str, Any]) -> Manifest:
+        return json.loads(self.get_bytes(artifact["manifest_key"]))

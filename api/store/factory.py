@@ -1,0 +1,23 @@
+"""Build the configured artifact store."""
+
+from __future__ import annotations
+
+from api.settings import Settings
+from api.store.base import ArtifactStore
+
+
+def make_store(settings: Settings) -> ArtifactStore:
+    if settings.artifact_store == "s3":
+        from api.store.s3 import S3Store
+
+        return S3Store(
+            settings.s3_bucket,
+            endpoint_url=settings.s3_endpoint_url,
+            region=settings.s3_region,
+            access_key=settings.s3_access_key,
+            secret_key=settings.s3_secret_key.get_secret_value() if settings.s3_secret_key else None,
+            prefix=settings.s3_prefix,
+        )
+    from api.store.local import LocalStore
+
+    return LocalStore(settings.artifact_root)

@@ -1,0 +1,1 @@
+"""Alembic migrations: the only way the service schema is created or changed."""

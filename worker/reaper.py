@@ -1,0 +1,49 @@
+"""`python -m worker.reaper`: the periodic reaper/dispatcher loop for the distributed setup.
+
+Run one or more (transitions are compare-and-set); it needs the database and the broker, never torch.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+from api.broker import make_broker
+from api.db.session import Database
+from api.settings import Settings
+from worker.maintenance import run_maintenance
+
+log = logging.getLogger("twossp.reaper")
+
+
+def serve_forever(settings: Settings, stop: threading.Event) -> None:
+    db = Database(settings)
+    broker = make_broker(settings.broker_url, settings.celery_queue)
+    try:
+        while not stop.is_set():
+            try:
+                result = run_maintenance(db, broker, settings)
+                if result.requeued or result.failed or result.dispatched or result.cancelled:
+                    log.info(
+                        "requeued=%s failed=%s cancelled=%s dispatched=%s",
+                        result.requeued, result.failed, result.cancelled, result.dispatched,
+                    )
+            except Exception:
+                log.exception("maintenance pass failed; retrying")
+            stop.wait(settings.reaper_interval_s)
+    finally:
+        broker.close()
+        db.dispose()
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    serve_forever(Settings(), stop)
+
+
+if __name__ == "__main__":
+    main()

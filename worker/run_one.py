@@ -1,0 +1,32 @@
+"""`python -m worker.run_one JOB_ID`: run one job in this process (the embedded worker's child).
+
+Settings come from `TWOSSP_*` variables set by the parent. Exits 0 whatever the job's outcome; the
+outcome is in the database.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from api.settings import Settings
+from worker.runner import JobRunner
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m worker.run_one JOB_ID", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    runner = JobRunner(Settings())
+    try:
+        state = runner.run(args[0])
+    finally:
+        runner.db.dispose()
+    print(state)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

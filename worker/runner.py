@@ -1,0 +1,184 @@
+"""Running one job: claim it, run the pipeline with a heartbeat, upload the artifact, record the outcome.
+
+Plain code, shared by the Celery task and the embedded worker's child process. The job row is the source
+of truth; every write is fenced by the attempt number, so a stale attempt can never overwrite a newer one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from api.db.models import JobState
+from api.db.session import Database
+from api.settings import Settings
+from api.store import ArtifactStore, make_store
+from worker import jobs_db
+from worker.jobs_db import Claim
+from worker.progress import ProgressTracker
+
+log = logging.getLogger(__name__)
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class StopReason:
+    cancelled = "cancelled"
+    timeout = "timeout"
+    fenced = "fenced"
+
+
+class Heartbeat(threading.Thread):
+    """Renews the lease, publishes progress, and notices cancellation, fencing and the soft time limit."""
+
+    def __init__(self, runner: JobRunner, claim: Claim, tracker: ProgressTracker, soft_limit_s: float) -> None:
+        super().__init__(name=f"heartbeat-{claim.job_id}", daemon=True)
+        self.runner = runner
+        self.claim = claim
+        self.tracker = tracker
+        self.soft_limit_s = soft_limit_s
+        self.started = time.monotonic()
+        self.stop_reason: str | None = None
+        self._halt = threading.Event()
+
+    def beat(self) -> None:
+        stage, percent, timings = self.tracker.snapshot()
+        try:
+            with self.runner.db.session() as session:
+                cancel = jobs_db.heartbeat(
+                    session, self.claim, self.runner.settings.lease_seconds, stage, percent, timings
+                )
+        except Exception as exc:  # a transient DB error must not kill the job; the lease has slack
+            log.warning("heartbeat for job %s failed: %s", self.claim.job_id, exc)
+            return
+        if cancel is None:
+            self.stop_reason = self.stop_reason or StopReason.fenced
+        elif cancel:
+            self.stop_reason = self.stop_reason or StopReason.cancelled
+        if time.monotonic() - self.started > self.soft_limit_s:
+            self.stop_reason = self.stop_reason or StopReason.timeout
+
+    def run(self) -> None:
+        while not self._halt.wait(self.runner.settings.heartbeat_s):
+            self.beat()
+
+    def halt(self) -> None:
+        self._halt.set()
+        self.join(timeout=10)
+
+
+class JobRunner:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        db: Database | None = None,
+        store: ArtifactStore | None = None,
+        worker_id: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.db = db or Database(settings)
+        self.store = store or make_store(settings)
+        self.worker_id = worker_id or default_worker_id()
+
+    def run(self, job_id: str, *, timeout_exceptions: tuple[type[BaseException], ...] = ()) -> str:
+        """Run the job if it can be claimed; returns the final state, or "skipped"/"fenced"."""
+        with self.db.session() as session:
+            claim = jobs_db.claim(session, job_id, self.worker_id, self.settings.lease_seconds)
+        if claim is None:
+            log.info("job %s not claimable (not queued, cancelled, or taken); skipping", job_id)
+            return "skipped"
+        log.info("job %s attempt %d started on %s", job_id, claim.attempt, self.worker_id)
+        work = self.settings.scratch_root / job_id / f"attempt-{claim.attempt}"
+        shutil.rmtree(work, ignore_errors=True)
+        (work / "out").mkdir(parents=True)
+        try:
+            return self._run_claimed(claim, work, timeout_exceptions)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def _run_claimed(self, claim: Claim, work: Path, timeout_exceptions: tuple[type[BaseException], ...]) -> str:
+        soft_limit = min(self.settings.job_soft_time_limit_s, claim.time_limit_s)
+        tracker = ProgressTracker()
+        heartbeat = Heartbeat(self, claim, tracker, soft_limit)
+        heartbeat.start()
+
+        def should_cancel() -> bool:
+            return heartbeat.stop_reason is not None
+
+        def finish(state: JobState, error: str | None = None, **values: Any) -> str:
+            heartbeat.halt()
+            tracker.finish()
+            stage, _, timings = tracker.snapshot()
+            with self.db.session() as session:
+                done = jobs_db.finish(session, claim, state, error=error, stage=stage, stage_timings=timings, **values)
+            if not done:
+                log.warning("job %s attempt %d: not recorded as %s (fenced out)", claim.job_id, claim.attempt, state)
+                return StopReason.fenced
+            log.info("job %s attempt %d -> %s %s", claim.job_id, claim.attempt, state.value, error or "")
+            return state.value
+
+        def timeout_message() -> str:
+            return f"timeout: the job exceeded its time limit of {soft_limit:g} s"
+
+        from twossp_core.errors import Cancelled, TwosspError
+
+        previous_cwd = os.getcwd()
+        os.chdir(work)  # hub ids must never resolve against whatever directory the worker started in
+        try:
+            report = self._prune(claim, work / "out", tracker.update, should_cancel)
+            if heartbeat.stop_reason is not None:
+                raise Cancelled("stopped after the last stage")
+            tracker.update("upload", 0.0)
+            artifact = self.store.upload_dir(work / "out", claim.job_id, claim.attempt)
+            tracker.update("upload", 1.0)
+            if heartbeat.stop_reason == StopReason.fenced:
+                heartbeat.halt()
+                return StopReason.fenced
+            # the manifest exists now; succeed unless a cancel arrived meanwhile
+            state = finish(JobState.succeeded, require_no_cancel=True, progress=100.0, report=report, artifact=artifact)
+            if state == StopReason.fenced:
+                return finish(JobState.cancelled, "cancelled by user")
+            return state
+        except Cancelled:
+            reason = heartbeat.stop_reason
+            if reason == StopReason.timeout:
+                return finish(JobState.failed, timeout_message())
+            if reason == StopReason.fenced:
+                heartbeat.halt()
+                return StopReason.fenced
+            return finish(JobState.cancelled, "cancelled by user")
+        except timeout_exceptions:
+            return finish(JobState.failed, timeout_message())
+        except TwosspError as exc:
+            return finish(JobState.failed, f"{type(exc).__name__}: {exc}")
+        except Exception as exc:
+            log.error("job %s failed:\n%s", claim.job_id, traceback.format_exc())
+            return finish(JobState.failed, f"internal error: {type(exc).__name__}: {exc}")
+        finally:
+            os.chdir(previous_cwd)
+            heartbeat.halt()
+
+    def _prune(
+        self,
+        claim: Claim,
+        out_dir: Path,
+        progress: Callable[[str, float], None],
+        should_cancel: Callable[[], bool],
+    ) -> dict[str, Any]:
+        from twossp_core.pipeline import run_prune  # torch is imported here, in the process running the job
+        from twossp_core.spec import parse_spec
+
+        spec = parse_spec(claim.spec)
+        return run_prune(spec, out_dir, progress=progress, should_cancel=should_cancel)
+
