@@ -25,6 +25,7 @@ from twossp_core.evaluation.throughput import forward_throughput
 from twossp_core.models.base import ModelAdapter
 from twossp_core.models.registry import adapter_for
 from twossp_core.progress import CancelFn, ProgressFn, Reporter
+from twossp_core.preflight import check_model
 from twossp_core.pruning.base import PruneContext, PruneOutcome
 from twossp_core.pruning.registry import method_class, method_config
 from twossp_core.runtime.loading import load_model
@@ -216,6 +217,7 @@ def run_prune(
 
     reporter = Reporter(progress, should_cancel)
     start = time.perf_counter()
+    check_model(spec)
     ws = prepare(spec, reporter)
     reporter.checkpoint()
     model, outcome, prune_s = prune_model(ws, spec.method, spec.sparsity, spec.options, reporter, copy_model=False)

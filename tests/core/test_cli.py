@@ -1,0 +1,108 @@
+"""The `twossp` command line on the real stories260k model, and its refusals of bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from twossp_core.cli import main
+
+REPORT_KEYS = {
+    "method", "sparsity_target", "sparsity_achieved", "removed_attention", "kept_ffn_neurons", "params",
+    "perplexity", "timings", "throughput_tokens_per_s",
+}
+
+
+def _twossp(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).with_name("twossp")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "twossp_core.cli"]
+    return subprocess.run([*cmd, *args], capture_output=True, text=True, cwd=cwd, env={**os.environ}, timeout=600)
+
+
+def test_contract_command_writes_report_and_loadable_model(stories_model, stories_text, tmp_path):
+    out = tmp_path / "OUT"
+    result = _twossp(
+        "prune", "--model", str(stories_model), "--sparsity", "0.375",
+        "--calibration", f"{stories_text}:0:500", "--eval", f"{stories_text}:500:1000",
+        "--doc-separator", "<|endoftext|>", "--seq-len", "512", "--out", str(out),
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((out / "report.json").read_text())
+    assert REPORT_KEYS <= report.keys()
+    assert report["method"] == "2ssp" and report["sparsity_target"] == 0.375
+    p = report["params"]
+    assert report["sparsity_achieved"] == pytest.approx(1 - p["blocks_after"] / p["blocks_before"])
+    assert abs(report["sparsity_achieved"] - 0.375) < 0.01
+    assert report["removed_attention"] == sorted(report["removed_attention"])
+    assert report["data"]["calibration_windows"] == 32 and report["data"]["seq_len"] == 512
+    (row,) = report["perplexity"]
+    assert 1 < row["dense"] < row["pruned"]
+    assert {"stage1_s", "stage2_s", "total_s"} <= report["timings"].keys()
+    assert report["throughput_tokens_per_s"]["dense"] > 0 and report["throughput_tokens_per_s"]["pruned"] > 0
+    assert "perplexity" in result.stdout and "achieved" in result.stdout
+
+    # the saved model evaluates to the pruned perplexity the report states
+    ev = _twossp("eval", "--model", str(out), "--eval", f"{stories_text}:500:1000", "--doc-separator",
+                 "<|endoftext|>", "--seq-len", "512", "--json", "--no-throughput", "--no-progress")
+    assert ev.returncode == 0, ev.stderr[-2000:]
+    assert json.loads(ev.stdout)["perplexity"][0]["perplexity"] == pytest.approx(row["pruned"], rel=1e-5)
+
+
+@pytest.mark.parametrize("sparsity", [0.25, 0.5])
+def test_other_sparsities(stories_model, stories_text, tmp_path, sparsity, capsys):
+    code = main([
+        "prune", "--model", str(stories_model), "--sparsity", str(sparsity),
+        "--calibration", f"{stories_text}:0:500", "--eval", f"{stories_text}:500:600",
+        "--doc-separator", "<|endoftext|>", "--seq-len", "512", "--out", str(tmp_path / "o"),
+        "--no-throughput", "--no-progress", "--json",
+    ])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert abs(report["sparsity_achieved"] - sparsity) < 0.01
+    assert report["perplexity"][0]["pruned"] > report["perplexity"][0]["dense"]
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--sparsity", "1.5"], "sparsity"),
+        (["--sparsity", "0.5", "--option", "alpha=-2"], "alpha"),
+        (["--sparsity", "0.5", "--option", "bogus=1"], "bogus"),
+        (["--sparsity", "0.1", "--option", "num_attention_to_prune=5"], "missing-eval.txt"),
+        (["--sparsity", "0.5", "--calibration", "/nonexistent/file.txt"], "no such file"),
+    ],
+)
+def test_bad_input_exits_nonzero_with_one_line(stories_model, tmp_path, capsys, args, needle):
+    code = main(["prune", "--model", str(stories_model), "--out", str(tmp_path / "o"), "--no-progress",
+                 "--eval", str(tmp_path / "missing-eval.txt"), *args])
+    assert code != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and needle in err
+    assert not (tmp_path / "o" / "report.json").exists()
+
+
+def test_infeasible_target_is_refused_before_loading(stories_model, stories_text, tmp_path, capsys):
+    code = main(["prune", "--model", str(stories_model), "--sparsity", "0.1", "--option",
+                 "num_attention_to_prune=5", "--calibration", str(stories_text), "--eval", str(stories_text),
+                 "--out", str(tmp_path / "o"), "--no-progress"])
+    assert code != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "more than the target" in err
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_unknown_model_and_busy_out_dir(tmp_path, capsys, stories_model):
+    assert main(["prune", "--model", str(tmp_path / "nope"), "--sparsity", "0.5", "--out", str(tmp_path / "o"),
+                 "--no-progress"]) != 0
+    assert "cannot load" in capsys.readouterr().err
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "keep.txt").write_text("x")
+    assert main(["prune", "--model", str(stories_model), "--sparsity", "0.5", "--out", str(busy)]) != 0
+    assert "not empty" in capsys.readouterr().err
+    assert (busy / "keep.txt").read_text() == "x"
