@@ -162,6 +162,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     spec = parse_spec(data)
     if not spec.eval:
         raise InvalidSpec("eval needs at least one --eval source")
+    if args.tasks:
+        from twossp_core.evaluation.zeroshot import require_lm_eval
+
+        require_lm_eval()
     bars = StageBars(enabled=not args.no_progress)
     try:
         ws = prepare(spec, Reporter(bars), with_calibration=False)
@@ -174,9 +178,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
         "throughput_tokens_per_s": ws.dense_throughput,
         "params": ws.dense_params,
     }
+    if args.tasks:
+        from twossp_core.evaluation.zeroshot import PAPER_TASKS, zero_shot
+
+        tasks = list(PAPER_TASKS) if args.tasks == "paper" else [t for t in args.tasks.split(",") if t]
+        result["zero_shot"] = zero_shot(ws.model, ws.tokenizer, tasks)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
+        for task, acc in result.get("zero_shot", {}).items():
+            print(f"zero-shot {task}: {acc:.4f}")
         for row in result["perplexity"]:
             print(f"perplexity {row['dataset']}: {row['perplexity']:.3f}")
         if ws.dense_throughput:
@@ -205,8 +216,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="evaluate any model: perplexity and throughput")
     e.add_argument("--model", required=True)
+    e.add_argument("--tasks", default=None,
+                   help="zero-shot tasks through lm-eval-harness, comma-separated, or 'paper' for the six "
+                        "of the paper (needs the zeroshot extra and network access)")
     add_data_arguments(e, calibration=False)
     e.set_defaults(func=cmd_eval)
+
+    from twossp_core.sweep_cli import register as register_sweep
+
+    register_sweep(sub)
 
     for ep in entry_points(group="twossp.commands"):
         register: Callable[[Any], None] = ep.load()
