@@ -58,6 +58,7 @@ class Settings(BaseSettings):
     worker_max_tasks_per_child: int | None = Field(1, ge=1)
     embedded_worker: bool = Field(True, description="run the in-process worker when no broker is set")
     embedded_poll_s: float = Field(1.0, gt=0)
+    torch_threads: int | None = Field(None, ge=1, description="CPU threads per job (torch.set_num_threads)")
     celery_queue: str = "twossp"
     work_dir: Path | None = Field(None, description="scratch space for running jobs; default data_dir/work")
 

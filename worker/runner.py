@@ -179,6 +179,10 @@ class JobRunner:
         from twossp_core.pipeline import run_prune  # torch is imported here, in the process running the job
         from twossp_core.spec import parse_spec
 
+        if self.settings.torch_threads:
+            import torch
+
+            torch.set_num_threads(self.settings.torch_threads)
         spec = parse_spec(claim.spec)
         return run_prune(spec, out_dir, progress=progress, should_cancel=should_cancel)
 

@@ -1,0 +1,188 @@
+"""Shared fixtures for the service tests: real Postgres, Redis and an S3 server on loopback.
+
+A missing service skips locally and fails in CI (CI=true). Each test gets its own freshly migrated
+Postgres database; Redis uses a dedicated DB number that is flushed around each test.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from api.db.migrate import upgrade_head
+from api.settings import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+IN_CI = os.environ.get("CI", "").lower() == "true"
+PG_ADMIN_DSN = os.environ.get("TWOSSP_TEST_PG_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=test")
+PG_URL_TEMPLATE = os.environ.get("TWOSSP_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/{name}")
+REDIS_URL = os.environ.get("TWOSSP_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
+
+
+def unavailable(reason: str) -> None:
+    if IN_CI:
+        pytest.fail(f"{reason} (CI=true: required services must be present)")
+    pytest.skip(reason)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def test_data() -> Path:
+    root = Path(os.environ.get("TWOSSP_TEST_DATA", REPO.parent / "shared" / "data")).resolve()
+    if not (root / "models" / "stories260k" / "config.json").is_file():
+        unavailable(f"test data not found under {root} (set TWOSSP_TEST_DATA)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def stories_model(test_data: Path) -> Path:
+    return test_data / "models" / "stories260k"
+
+
+@pytest.fixture(scope="session")
+def stories_text(test_data: Path) -> Path:
+    return test_data / "text" / "tinystories-val-1000.txt"
+
+
+# ---- Postgres ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def pg_factory() -> Iterator[Callable[[], str]]:
+    """Creates uniquely named, migrated databases on the test server; drops them all at the end."""
+    try:
+        import psycopg
+
+        admin = psycopg.connect(PG_ADMIN_DSN, autocommit=True, connect_timeout=3)
+    except Exception as exc:
+        unavailable(f"Postgres not reachable ({PG_ADMIN_DSN}): {exc}")
+    created: list[str] = []
+
+    def create() -> str:
+        name = f"twossp_test_{uuid.uuid4().hex[:12]}"
+        admin.execute(f'CREATE DATABASE "{name}"')
+        created.append(name)
+        url = PG_URL_TEMPLATE.format(name=name)
+        upgrade_head(Settings(database_url=url))
+        return url
+
+    yield create
+    for name in created:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.close()
+
+
+@pytest.fixture
+def pg_url(pg_factory: Callable[[], str]) -> str:
+    return pg_factory()
+
+
+# ---- Redis --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[str]:
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3)
+    try:
+        client.ping()
+    except Exception as exc:
+        unavailable(f"Redis not reachable ({REDIS_URL}): {exc}")
+    client.flushdb()
+    yield REDIS_URL
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def redis_url(redis_server: str) -> Iterator[str]:
+    import redis
+
+    client = redis.Redis.from_url(redis_server)
+    client.flushdb()
+    yield redis_server
+    client.flushdb()
+    client.close()
+
+
+# ---- S3 (moto's real HTTP server on loopback) --------------------------------------------------------
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    try:
+        from moto.server import ThreadedMotoServer
+    except ImportError as exc:
+        unavailable(f"moto[server] not installed: {exc}")
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint: str) -> str:
+    import boto3
+
+    name = f"twossp-test-{uuid.uuid4().hex[:10]}"
+    client = boto3.client(
+        "s3", endpoint_url=s3_endpoint, region_name="us-east-1", aws_access_key_id="test",
+        aws_secret_access_key="test",
+    )
+    client.create_bucket(Bucket=name)
+    return name
+
+
+def s3_settings(endpoint: str, bucket: str) -> dict[str, object]:
+    return {
+        "artifact_store": "s3",
+        "s3_endpoint_url": endpoint,
+        "s3_bucket": bucket,
+        "s3_region": "us-east-1",
+        "s3_access_key": "test",
+        "s3_secret_key": "test",
+    }
+
+
+# ---- a slower model for fault tests -------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def slow_model(tmp_path_factory: pytest.TempPathFactory, stories_model: Path) -> Path:
+    """A randomly initialised 8-block Llama (hidden 256) with the stories260k tokenizer: jobs on it run
+    long enough to be killed, cancelled or timed out mid-way."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    out = tmp_path_factory.mktemp("models") / "slow-llama"
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=512, hidden_size=256, intermediate_size=688, num_hidden_layers=8, num_attention_heads=8,
+        num_key_value_heads=4, max_position_embeddings=512, tie_word_embeddings=True, bos_token_id=1,
+        eos_token_id=2,
+    )
+    LlamaForCausalLM(config).save_pretrained(out)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(stories_model / name, out / name)
+    return out
+
+
+def job_body(model: Path, text: Path, **overrides: object) -> dict[str, object]:
+    """The real-model protocol, kept small: a few windows so a job takes seconds."""
+    body: dict[str, object] = {
+        "model": str(model),
+        "sparsity": 0.375,
+        "calibration": [f"{text}:0:500"],
+        "eval": [f"{text}:500:520"],
+        "doc_separator": "<|endoftext|>",
+        "seq_len": 512,
+        "calibration_windows": 8,
+        "measure_throughput": False,
+    }
+    body.update(overrides)
+    return body
