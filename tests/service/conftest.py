@@ -81,9 +81,24 @@ def pg_factory() -> Iterator[Callable[[], str]]:
     admin.close()
 
 
-@pytest.fixture
-def pg_url(pg_factory: Callable[[], str]) -> str:
+@pytest.fixture(scope="session")
+def pg_database(pg_factory: Callable[[], str]) -> str:
     return pg_factory()
+
+
+@pytest.fixture
+def pg_url(pg_database: str, pg_factory: Callable[[], str]) -> str:
+    """The session's migrated database, emptied for this test (a fresh one if it cannot be emptied)."""
+    import psycopg
+
+    dsn = pg_database.replace("postgresql+psycopg://", "postgresql://")
+    try:
+        with psycopg.connect(dsn, autocommit=True, connect_timeout=3) as conn:
+            conn.execute("SET lock_timeout = '3s'")
+            conn.execute("TRUNCATE jobs, api_keys, users")
+    except psycopg.errors.LockNotAvailable:
+        return pg_factory()
+    return pg_database
 
 
 # ---- Redis --------------------------------------------------------------------------------------------

@@ -1,0 +1,111 @@
+"""Claims, heartbeats, fencing and the reaper, on Postgres, without running a model."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import update
+
+from api.broker import CeleryBroker
+from api.db.models import Job, JobState
+from api.db.session import Database
+from api.db.types import utcnow
+from api.services.jobs import submit_job
+from api.services.keys import create_key, user_for_key
+from api.settings import Settings
+from tests.service.conftest import job_body
+from worker import jobs_db
+from worker.maintenance import run_maintenance
+
+
+@pytest.fixture
+def env(tmp_path: Path, pg_url: str, redis_url: str, test_data: Path, stories_model: Path, stories_text: Path):
+    settings = Settings(
+        data_dir=tmp_path, database_url=pg_url, broker_url=redis_url, allowed_local_roots=[test_data],
+        max_attempts=2, lease_seconds=30, dispatch_grace_s=0,
+    )
+    db = Database(settings)
+    broker = CeleryBroker(redis_url, settings.celery_queue)
+    with db.session() as session:
+        user = user_for_key(session, create_key(session, "alice"))
+        job = submit_job(session, broker, settings, user, job_body(stories_model, stories_text), None).job
+    yield settings, db, broker, job.id
+    broker.close()
+    db.dispose()
+
+
+def expire(db: Database, job_id: str, started_ago_s: float = 1.0) -> None:
+    with db.session() as session:
+        now = utcnow()
+        session.execute(
+            update(Job).where(Job.id == job_id).values(
+                lease_until=now - timedelta(seconds=1), started_at=now - timedelta(seconds=started_ago_s)
+            )
+        )
+        session.commit()
+
+
+def state(db: Database, job_id: str) -> Job:
+    with db.session() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        return job
+
+
+def test_claim_is_exclusive_and_attempts_fence_stale_workers(env) -> None:
+    settings, db, broker, job_id = env
+    with db.session() as session:
+        first = jobs_db.claim(session, job_id, "w1", 30)
+        assert first is not None and first.attempt == 1
+        assert jobs_db.claim(session, job_id, "w2", 30) is None  # already running
+        assert jobs_db.heartbeat(session, first, 30, "stage1", 40.0, {"load": 1.0}) is False
+    assert state(db, job_id).stage == "stage1"
+
+    expire(db, job_id)
+    assert run_maintenance(db, broker, settings).requeued == [job_id]
+    with db.session() as session:
+        second = jobs_db.claim(session, job_id, "w2", 30)
+        assert second is not None and second.attempt == 2
+        # the first worker comes back: it is fenced out of every write
+        assert jobs_db.heartbeat(session, first, 30, "stage2", 90.0, {}) is None
+        assert not jobs_db.finish(session, first, JobState.succeeded)
+        assert jobs_db.finish(session, second, JobState.failed, error="boom")
+    job = state(db, job_id)
+    assert job.state == "failed" and job.error == "boom" and job.attempt == 2
+
+
+def test_reaper_fails_after_the_attempt_limit(env) -> None:
+    settings, db, broker, job_id = env
+    for attempt in (1, 2):
+        with db.session() as session:
+            assert jobs_db.claim(session, job_id, f"w{attempt}", 30).attempt == attempt
+        expire(db, job_id)
+        run_maintenance(db, broker, settings)
+    job = state(db, job_id)
+    assert job.state == "failed"
+    assert "lease expired" in job.error and "no attempts left" in job.error
+    assert job.finished_at is not None
+
+
+def test_reaper_fails_jobs_past_their_time_limit_with_timeout(env) -> None:
+    settings, db, broker, job_id = env
+    with db.session() as session:
+        jobs_db.claim(session, job_id, "w1", 30)
+    expire(db, job_id, started_ago_s=settings.job_time_limit_s + 5)
+    result = run_maintenance(db, broker, settings)
+    assert result.failed == [job_id]
+    assert state(db, job_id).error.startswith("timeout")
+
+
+def test_cancel_requested_on_a_lost_job_ends_cancelled(env) -> None:
+    settings, db, broker, job_id = env
+    with db.session() as session:
+        claim = jobs_db.claim(session, job_id, "w1", 30)
+        session.execute(update(Job).where(Job.id == job_id).values(cancel_requested=True))
+        session.commit()
+        assert jobs_db.heartbeat(session, claim, 30, None, 0.0, {}) is True
+    expire(db, job_id)
+    assert run_maintenance(db, broker, settings).cancelled == [job_id]
+    assert state(db, job_id).state == "cancelled"
