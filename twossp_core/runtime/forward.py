@@ -3,11 +3,13 @@
 `BlockRunner.capture` records, for one batch of windows, the hidden state entering every block together
 with the keyword arguments the decoder passed to it (masks, rotary embeddings). Re-running blocks i..B from
 that record reproduces the model's computation exactly, which lets depth-pruning searches skip the blocks
-before a candidate.
+before a candidate. The capture stops the decoder as soon as the last block's input is known, so the last
+block and the final norm are never computed for it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,8 +20,21 @@ from twossp_core.models.base import ModelAdapter
 LOGIT_CHUNK = 512  # positions per LM-head chunk: bounds the logits' memory for large vocabularies
 
 
+class StopForward(Exception):
+    """Raised from a hook to end a forward pass once everything it was run for has been seen."""
+
+
 def _block_output(out: Any) -> torch.Tensor:
     return out[0] if isinstance(out, tuple) else out
+
+
+def _chunk_nll(
+    adapter: ModelAdapter, normed: torch.Tensor, input_ids: torch.Tensor, start: int, end: int
+) -> torch.Tensor:
+    logits = adapter.head(normed[:, start:end]).float()
+    targets = input_ids[:, start + 1 : end + 1]
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum")
+    return loss.double()
 
 
 @torch.no_grad()
@@ -28,14 +43,28 @@ def nll_sum(adapter: ModelAdapter, normed: torch.Tensor, input_ids: torch.Tensor
     total = torch.zeros((), dtype=torch.float64, device=normed.device)
     seq = input_ids.shape[1]
     for start in range(0, seq - 1, LOGIT_CHUNK):
-        end = min(start + LOGIT_CHUNK, seq - 1)
-        logits = adapter.head(normed[:, start:end]).float()
-        targets = input_ids[:, start + 1 : end + 1]
-        loss = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum"
-        )
-        total += loss.double()
+        total += _chunk_nll(adapter, normed, input_ids, start, min(start + LOGIT_CHUNK, seq - 1))
     return float(total), int(input_ids.shape[0] * (seq - 1))
+
+
+@torch.no_grad()
+def nll_sum_until(
+    adapter: ModelAdapter, normed: torch.Tensor, input_ids: torch.Tensor, give_up: Callable[[float], bool]
+) -> tuple[float, int, bool]:
+    """`nll_sum`, computed chunk by chunk in the same order, that stops as soon as `give_up(partial)` holds.
+
+    Every chunk adds a non-negative amount, so a partial sum never exceeds the complete one: a caller that
+    gives up when the partial sum already loses a comparison takes the decision the complete sum would.
+    Returns (sum, tokens, complete); the sum is bit-identical to `nll_sum` when complete.
+    """
+    total = torch.zeros((), dtype=torch.float64, device=normed.device)
+    seq = input_ids.shape[1]
+    for start in range(0, seq - 1, LOGIT_CHUNK):
+        end = min(start + LOGIT_CHUNK, seq - 1)
+        total += _chunk_nll(adapter, normed, input_ids, start, end)
+        if end < seq - 1 and give_up(float(total)):
+            return float(total), int(input_ids.shape[0] * (seq - 1)), False
+    return float(total), int(input_ids.shape[0] * (seq - 1)), True
 
 
 @torch.no_grad()
@@ -67,6 +96,7 @@ class BlockRunner:
     def capture(self, input_ids: torch.Tensor) -> BlockInputs:
         record = BlockInputs(input_ids=input_ids)
         handles = []
+        last = self.adapter.num_blocks - 1
 
         def hook(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
             if args:
@@ -77,11 +107,15 @@ class BlockRunner:
             record.hidden.append(hidden)
             record.args.append(rest)
             record.kwargs.append({k: v for k, v in kwargs.items() if k != "hidden_states"})
+            if len(record.hidden) > last:
+                raise StopForward  # the last block's input is all that was needed
 
         for layer in self.adapter.layers:
             handles.append(layer.register_forward_pre_hook(hook, with_kwargs=True))
         try:
             self.adapter.decoder(input_ids=input_ids, use_cache=False)
+        except StopForward:
+            pass
         finally:
             for h in handles:
                 h.remove()
@@ -90,10 +124,16 @@ class BlockRunner:
         return record
 
     @torch.no_grad()
-    def run_from(self, record: BlockInputs, start: int) -> torch.Tensor:
-        """Output of the last block, starting from the recorded input of block `start`."""
+    def run_from(self, record: BlockInputs, start: int, states: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Output of the last block, starting from the recorded input of block `start`.
+
+        With `states`, the hidden state entering each later block (start+1 .. B-1) is appended to it, so a
+        caller that adopts this run's structure can update the record without recomputing it.
+        """
         hidden = record.hidden[start]
         for idx in range(start, self.adapter.num_blocks):
+            if states is not None and idx > start:
+                states.append(hidden)
             hidden = _block_output(self.adapter.layers[idx](hidden, *record.args[idx], **record.kwargs[idx]))
         return hidden
 

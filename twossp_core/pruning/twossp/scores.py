@@ -6,9 +6,11 @@ import torch
 
 
 def window_norms(activation: torch.Tensor) -> torch.Tensor:
-    """(windows, tokens, neurons) → (neurons,) sum over windows of each neuron's L2 norm over tokens."""
-    act = activation.float()
-    return act.square().sum(dim=1).sqrt().sum(dim=0)
+    """(windows, tokens, neurons) → (neurons,) sum over windows of each neuron's L2 norm over tokens.
+
+    The norm is reduced in float32 whatever the activation dtype, in one pass without a squared copy.
+    """
+    return torch.linalg.vector_norm(activation, ord=2, dim=1, dtype=torch.float32).sum(dim=0)
 
 
 def top_k(scores: torch.Tensor, k: int) -> torch.Tensor:

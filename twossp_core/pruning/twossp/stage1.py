@@ -1,7 +1,8 @@
 """Stage 1 (width): score every FFN neuron on the dense model, keep the top-K in every block.
 
 Hooks on each block's down projection accumulate the per-window L2 norms on the fly (float32), so no
-activation is stored and no logits are computed.
+activation is stored, no logits are computed, and the pass stops as soon as the last block's down
+projection has shown its input: the rest of that block, the final norm and the LM head never run.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import torch
 from twossp_core.models.base import ModelAdapter
 from twossp_core.progress import Reporter
 from twossp_core.pruning.twossp.scores import top_k, window_norms
+from twossp_core.runtime.forward import StopForward
 
 STAGE = "stage1"
 
@@ -25,21 +27,29 @@ def neuron_scores(
     reporter = reporter or Reporter()
     sums = [torch.zeros(adapter.intermediate_size, dtype=torch.float32, device=windows.device)
             for _ in range(adapter.num_blocks)]
+    hooked = [i for i in range(adapter.num_blocks) if not adapter.mlp_removed(i)]
+    last = hooked[-1] if hooked else -1
     handles = []
 
     def make_hook(idx: int) -> Any:
         def hook(module: Any, args: tuple[Any, ...]) -> None:
             sums[idx] += window_norms(args[0])
+            if idx == last:
+                raise StopForward  # nothing after this point contributes to any score
         return hook
 
-    for idx in range(adapter.num_blocks):
+    for idx in hooked:
         handles.append(adapter.down_projection(idx).register_forward_pre_hook(make_hook(idx)))
     try:
         n = windows.shape[0]
-        for start in range(0, n, batch_size):
-            reporter.checkpoint()
-            adapter.decoder(input_ids=windows[start : start + batch_size], use_cache=False)
-            reporter.update(STAGE, min(start + batch_size, n) / n)
+        with torch.inference_mode():
+            for start in range(0, n, batch_size):
+                reporter.checkpoint()
+                try:
+                    adapter.decoder(input_ids=windows[start : start + batch_size], use_cache=False)
+                except StopForward:
+                    pass
+                reporter.update(STAGE, min(start + batch_size, n) / n)
     finally:
         for h in handles:
             h.remove()

@@ -1,0 +1,90 @@
+"""The benchmark's models and calibration data: randomly initialised Llamas fed real tokenized text.
+
+The weights are random but spread (fixed seed, per-layer scaled normal init, non-unit norm gains) so that
+removing different attention modules changes the calibration perplexity by clearly different amounts:
+with the default near-zero init every candidate scores about the same and a greedy search ranks ties.
+The vocabulary is the real 4,096-token byte-level BPE of `c4llama-8l`, and the windows are real C4 text.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("TWOSSP_TEST_DATA", REPO.parent / "shared" / "data")).resolve()
+
+
+@dataclass(frozen=True)
+class BenchModel:
+    name: str
+    layers: int
+    hidden: int
+    intermediate: int
+    heads: int
+    seq_len: int
+    calibration_windows: int  # stage 1 (and BlockPruner/EvoPress) calibration windows
+    vocab: int = 4096
+    seed: int = 0
+
+    def describe(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+FULL = BenchModel("full", layers=12, hidden=512, intermediate=1376, heads=8, seq_len=1024, calibration_windows=32)
+QUICK = BenchModel("quick", layers=12, hidden=256, intermediate=688, heads=4, seq_len=512, calibration_windows=8)
+
+
+def build_model(spec: BenchModel) -> Any:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=spec.vocab,
+        hidden_size=spec.hidden,
+        intermediate_size=spec.intermediate,
+        num_hidden_layers=spec.layers,
+        num_attention_heads=spec.heads,
+        num_key_value_heads=spec.heads,
+        max_position_embeddings=max(2048, spec.seq_len),
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(spec.seed)
+    model = LlamaForCausalLM(config).to(torch.float32)
+    gen = torch.Generator().manual_seed(spec.seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() >= 2:
+                fan_in = p.shape[1]
+                gain = 1.0 if "embed" in name else 1.6 / math.sqrt(fan_in)
+                p.copy_(torch.randn(p.shape, generator=gen) * gain)
+            elif "norm" in name:
+                p.copy_(torch.rand(p.shape, generator=gen) + 0.5)
+    model.eval()
+    return model
+
+
+def calibration_windows(spec: BenchModel, count: int) -> torch.Tensor:
+    """`count` windows of real C4 text tokenized with the c4llama-8l tokenizer (vocab 4,096)."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(data_dir() / "models" / "c4llama-8l")
+    needed = count * spec.seq_len
+    ids: list[int] = []
+    with open(data_dir() / "text" / "c4-validation-2k.jsonl") as fh:
+        for line in fh:
+            ids.extend(tokenizer(json.loads(line)["text"] + "\n\n", add_special_tokens=False)["input_ids"])
+            if len(ids) >= needed:
+                break
+    if len(ids) < needed:
+        raise RuntimeError(f"not enough calibration text for {count} windows of {spec.seq_len} tokens")
+    return torch.tensor(ids[:needed], dtype=torch.long).view(count, spec.seq_len)
