@@ -1,0 +1,87 @@
+"""The pipeline end to end on tiny local models: half precision, determinism, progress and cancellation."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tiny_models import save_tiny  # noqa: E402
+
+from twossp_core.errors import Cancelled  # noqa: E402
+from twossp_core.export.load import load_pruned  # noqa: E402
+from twossp_core.export.save import save_pruned  # noqa: E402
+from twossp_core.pipeline import prepare, prune_model, run_prune  # noqa: E402
+from twossp_core.progress import Reporter  # noqa: E402
+from twossp_core.spec import parse_spec  # noqa: E402
+
+TEXT = " ".join(["the cat sat on the mat and it was fun to see a dog run in the park"] * 200)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    save_tiny("llama", root / "model")
+    (root / "text.txt").write_text(TEXT)
+    return root
+
+
+def _spec(workdir: Path, **kw):
+    data = {
+        "model": str(workdir / "model"), "sparsity": 0.4, "calibration": [str(workdir / "text.txt")],
+        "eval": [str(workdir / "text.txt")], "seq_len": 32, "calibration_windows": 8, "eval_windows": 4,
+        "measure_throughput": False, **kw,
+    }
+    return parse_spec(data)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_prune_save_reload(workdir, tmp_path, dtype):
+    spec = _spec(workdir, dtype=dtype)
+    ws = prepare(spec, Reporter())
+    model, outcome, _ = prune_model(ws, "2ssp", spec.sparsity, spec.options, Reporter(), copy_model=False)
+    assert next(model.parameters()).dtype == getattr(torch, dtype)
+    save_pruned(model, ws.tokenizer, tmp_path, {"method": "2ssp"})
+    reloaded, _ = load_pruned(tmp_path, dtype=dtype)
+    batch = ws.calibration[:2]
+    with torch.no_grad():
+        assert torch.equal(reloaded(batch).logits, model(batch).logits)
+    assert outcome.removed_attention
+
+
+def test_same_seed_same_result(workdir, tmp_path):
+    a = run_prune(_spec(workdir), tmp_path / "a")
+    b = run_prune(_spec(workdir), tmp_path / "b")
+    for key in ("removed_attention", "kept_ffn_neurons", "params", "perplexity", "sparsity_achieved"):
+        assert a[key] == b[key]
+    wa, wb = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert json.loads((tmp_path / "a" / "report.json").read_text())["perplexity"] == a["perplexity"]
+
+
+def test_progress_covers_every_stage_in_order(workdir, tmp_path):
+    seen: list[tuple[str, float]] = []
+    run_prune(_spec(workdir), tmp_path / "o", progress=lambda stage, f: seen.append((stage, f)))
+    stages = list(dict.fromkeys(s for s, _ in seen))
+    assert stages == ["load", "calibration", "evaluate_dense", "stage1", "stage2", "evaluate_pruned", "export"]
+    for stage in stages:
+        fractions = [f for s, f in seen if s == stage]
+        assert fractions == sorted(fractions) and fractions[-1] == 1.0
+
+
+def test_cancel_stops_at_a_safe_point_and_writes_nothing(workdir, tmp_path):
+    calls = {"n": 0}
+
+    def should_cancel() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 3
+
+    out = tmp_path / "o"
+    with pytest.raises(Cancelled):
+        run_prune(_spec(workdir), out, should_cancel=should_cancel)
+    assert not (out / "report.json").exists() and not (out / "model.safetensors").exists()
