@@ -1,0 +1,154 @@
+"""The distributed setup, all real processes: API (`twossp serve` with a broker), Celery workers on Redis,
+the reaper, Postgres, and an S3 server on loopback. Includes the fault tests (kill, cancel, time limit)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import boto3
+import pytest
+import redis
+
+from api.client import download_artifact
+from api.settings import Settings
+from tests.service.checks import check_model_perplexity, check_succeeded_job
+from tests.service.conftest import job_body, s3_settings
+from tests.service.procs import Api, Proc, create_key, start_api, start_reaper, start_worker, wait_until
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    base: str
+    alice: Api
+    bob: Api
+    logs: Path
+    workers: list[Proc]
+
+    def worker(self, **env: str) -> Proc:
+        """A Celery worker; stop it before the test ends (another test's jobs must not land on it)."""
+        proc = start_worker(self.settings, self.logs, **env)
+        self.workers.append(proc)
+        return proc
+
+
+@pytest.fixture(scope="module")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory,
+    pg_factory: Callable[[], str],
+    redis_server: str,
+    s3_endpoint: str,
+    test_data: Path,
+    slow_model: Path,
+) -> Iterator[Stack]:
+    bucket = "twossp-e2e"
+    boto3.client(
+        "s3", endpoint_url=s3_endpoint, region_name="us-east-1", aws_access_key_id="test",
+        aws_secret_access_key="test",
+    ).create_bucket(Bucket=bucket)
+    redis.Redis.from_url(redis_server).flushdb()
+    root = tmp_path_factory.mktemp("distributed")
+    logs = root / "logs"
+    logs.mkdir()
+    settings = Settings(
+        data_dir=root / "data",
+        database_url=pg_factory(),
+        broker_url=redis_server,
+        allowed_local_roots=[test_data, slow_model.parent],
+        lease_seconds=3,
+        reaper_interval_s=0.5,
+        dispatch_grace_s=1,
+        max_attempts=3,
+        torch_threads=1,
+        **s3_settings(s3_endpoint, bucket),
+    )
+    api, base = start_api(settings, logs)
+    reaper = start_reaper(settings, logs)
+    stack = Stack(
+        settings, base, Api(base, create_key(settings, "alice")), Api(base, create_key(settings, "bob")), logs, []
+    )
+    yield stack
+    for proc in [*stack.workers, reaper, api]:
+        proc.stop()
+
+
+@pytest.fixture
+def worker(stack: Stack) -> Iterator[Proc]:
+    proc = stack.worker()
+    yield proc
+    proc.stop()
+
+
+def slow_body(slow_model: Path, stories_text: Path) -> dict:
+    return job_body(slow_model, stories_text, calibration_windows=16, sparsity=0.5)
+
+
+def test_job_end_to_end_on_the_real_model(
+    stack: Stack, worker: Proc, stories_model: Path, stories_text: Path, tmp_path: Path
+) -> None:
+    submitted = stack.alice.submit(job_body(stories_model, stories_text))
+    assert submitted.status_code == 202, submitted.text
+    job_id = submitted.json()["id"]
+    job = stack.alice.wait_done(job_id, timeout=90)
+    check_succeeded_job(job)
+    assert job["attempt"] == 1 and job["artifact"]["store"] == "s3"
+
+    listing = stack.alice.http.get(f"/jobs/{job_id}/artifact").json()
+    assert listing["kind"] == "presigned" and listing["expires_in"] == stack.settings.presign_expiry_s
+    model_dir = download_artifact(stack.base, stack.alice.key, job_id, tmp_path / "download")
+    assert (model_dir / "config.json").is_file() and (model_dir / "report.json").is_file()
+    check_model_perplexity(model_dir, job)
+
+    # another user sees nothing
+    assert stack.bob.http.get(f"/jobs/{job_id}").status_code == 404
+    assert stack.bob.http.get(f"/jobs/{job_id}/artifact").status_code == 404
+
+
+def test_worker_killed_mid_job_is_rerun(stack: Stack, slow_model: Path, stories_text: Path) -> None:
+    first = stack.worker()
+    job_id = stack.alice.submit(slow_body(slow_model, stories_text)).json()["id"]
+    stack.alice.wait_state(job_id, {"running"}, timeout=60)
+    wait_until(lambda: stack.alice.job(job_id)["stage"] in {"stage1", "stage2"}, 60, "stage 1")
+    first.kill()  # SIGKILL to the worker and its pool child
+    assert stack.alice.job(job_id)["state"] == "running"
+    second = stack.worker()
+    try:
+        job = stack.alice.wait_done(job_id, timeout=90)
+    finally:
+        second.stop()
+    assert job["state"] == "succeeded", job
+    assert job["attempt"] == 2
+
+
+def test_cancel_a_running_job_then_the_next_job_runs(
+    stack: Stack, worker: Proc, slow_model: Path, stories_model: Path, stories_text: Path
+) -> None:
+    job_id = stack.alice.submit(slow_body(slow_model, stories_text)).json()["id"]
+    wait_until(lambda: stack.alice.job(job_id)["stage"] in {"stage1", "stage2"}, 60, "stage 1")
+    assert stack.bob.cancel(job_id).status_code == 404
+    response = stack.alice.cancel(job_id)
+    assert response.status_code == 202 and response.json()["cancel_requested"]
+    started = time.monotonic()
+    job = stack.alice.wait_done(job_id, timeout=10)
+    assert job["state"] == "cancelled" and time.monotonic() - started < 10
+    assert stack.alice.cancel(job_id).json()["state"] == "cancelled"
+
+    next_id = stack.alice.submit(job_body(stories_model, stories_text, seed=1)).json()["id"]
+    assert stack.alice.wait_done(next_id, timeout=60)["state"] == "succeeded"
+    assert stack.alice.cancel(next_id).status_code == 409
+
+
+def test_a_job_past_its_time_limit_fails_with_timeout(stack: Stack, slow_model: Path, stories_text: Path) -> None:
+    limited = stack.worker(TWOSSP_JOB_SOFT_TIME_LIMIT_S="2", TWOSSP_JOB_TIME_LIMIT_S="6")
+    try:
+        job_id = stack.alice.submit(slow_body(slow_model, stories_text)).json()["id"]
+        job = stack.alice.wait_done(job_id, timeout=40)
+    finally:
+        limited.stop()
+    assert job["state"] == "failed", job
+    assert "timeout" in job["error"]
