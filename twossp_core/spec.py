@@ -51,15 +51,12 @@ class DataSource:
         return cls(name=match["name"], start=start, end=end)
 
 
-class PruneSpec(BaseModel):
-    """A request to prune one model to one target sparsity with one method."""
+class JobSpecBase(BaseModel):
+    """What every job on one model shares: the model, its data, precision, device and seed."""
 
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field(min_length=1, description="Hugging Face hub id or local model directory")
-    sparsity: float = Field(gt=0.0, lt=1.0, description="fraction of transformer-block parameters to remove")
-    method: str = Field("2ssp", description="pruning method name")
-    options: dict[str, Any] = Field(default_factory=dict, description="method-specific options")
     calibration: list[str] = Field(default_factory=lambda: ["c4"], min_length=1)
     eval: list[str] = Field(default_factory=lambda: ["wikitext2"])
     doc_separator: str | None = Field(None, description="splits a .txt file into documents")
@@ -78,6 +75,23 @@ class PruneSpec(BaseModel):
             DataSource.parse(item)
         return value
 
+    def calibration_sources(self) -> list[DataSource]:
+        return [DataSource.parse(s) for s in self.calibration]
+
+    def eval_sources(self) -> list[DataSource]:
+        return [DataSource.parse(s) for s in self.eval]
+
+    def shared_fields(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in JobSpecBase.model_fields}
+
+
+class PruneSpec(JobSpecBase):
+    """A request to prune one model to one target sparsity with one method."""
+
+    sparsity: float = Field(gt=0.0, lt=1.0, description="fraction of transformer-block parameters to remove")
+    method: str = Field("2ssp", description="pruning method name")
+    options: dict[str, Any] = Field(default_factory=dict, description="method-specific options")
+
     @model_validator(mode="after")
     def _check_method(self) -> PruneSpec:
         from twossp_core.pruning.registry import method_config
@@ -85,16 +99,57 @@ class PruneSpec(BaseModel):
         self.options = method_config(self.method, self.options).model_dump()
         return self
 
-    def calibration_sources(self) -> list[DataSource]:
-        return [DataSource.parse(s) for s in self.calibration]
-
-    def eval_sources(self) -> list[DataSource]:
-        return [DataSource.parse(s) for s in self.eval]
-
     def method_options(self) -> BaseModel:
         from twossp_core.pruning.registry import method_config
 
         return method_config(self.method, self.options)
+
+
+class SweepSpec(JobSpecBase):
+    """A request to compare methods x sparsities on one model (data and dense statistics shared)."""
+
+    methods: list[str] = Field(default_factory=lambda: ["all"], min_length=1,
+                               description="method names, or ['all'] (also a comma-separated string)")
+    sparsities: list[float] = Field(min_length=1, description="target sparsities, each in (0, 1)")
+    options: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per-method options")
+    save_models: bool = Field(False, description="also export every pruned model under models/")
+
+    @field_validator("methods", mode="before")
+    @classmethod
+    def _expand_methods(cls, value: Any) -> Any:
+        from twossp_core.pruning.registry import method_names
+
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, list) and "all" in value:
+            value = method_names()
+        return value
+
+    @field_validator("sparsities", mode="before")
+    @classmethod
+    def _split_sparsities(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _check_methods(self) -> SweepSpec:
+        from twossp_core.pruning.registry import method_config
+
+        self.methods = list(dict.fromkeys(self.methods))
+        self.sparsities = sorted(set(self.sparsities))
+        if any(not 0.0 < s < 1.0 for s in self.sparsities):
+            raise ValueError("every sparsity must be strictly between 0 and 1")
+        unknown = sorted(set(self.options) - set(self.methods))
+        if unknown:
+            raise ValueError(f"options given for methods not in the sweep: {', '.join(unknown)}")
+        for name in self.methods:
+            self.options[name] = method_config(name, self.options.get(name)).model_dump()
+        return self
+
+    def prune_spec(self, method: str, sparsity: float) -> PruneSpec:
+        """The single-run request one cell of the sweep corresponds to."""
+        return PruneSpec(**self.shared_fields(), sparsity=sparsity, method=method, options=self.options[method])
 
 
 def parse_spec(data: dict[str, Any]) -> PruneSpec:
@@ -103,6 +158,16 @@ def parse_spec(data: dict[str, Any]) -> PruneSpec:
 
     try:
         return PruneSpec.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidSpec(format_validation_error(exc)) from None
+
+
+def parse_sweep_spec(data: dict[str, Any]) -> SweepSpec:
+    """Validate a sweep request, turning pydantic's errors into one readable InvalidSpec."""
+    from pydantic import ValidationError
+
+    try:
+        return SweepSpec.model_validate(data)
     except ValidationError as exc:
         raise InvalidSpec(format_validation_error(exc)) from None
 

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Six methods (2ssp, shortgpt, window, blockpruner, slicegpt, evopress) at 25 / 37.5 / 50 % on the two real
+# models; each comparison is one `twossp sweep` command. Usage: bench/compare.sh [stories260k|c4llama-8l|all]
+# Data: $TWOSSP_TEST_DATA (default ../shared/data). Results: bench/results/comparison-<model>/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA="${TWOSSP_TEST_DATA:-../shared/data}"
+TWOSSP="${TWOSSP:-.venv/bin/twossp}"
+which="${1:-all}"
+
+if [[ "$which" == "stories260k" || "$which" == "all" ]]; then
+  "$TWOSSP" sweep --model "$DATA/models/stories260k" --methods all --sparsities 0.25,0.375,0.5 \
+    --calibration "$DATA/text/tinystories-val-1000.txt:0:500" \
+    --eval "$DATA/text/tinystories-val-1000.txt:500:1000" \
+    --doc-separator '<|endoftext|>' --seq-len 512 --calibration-windows 32 \
+    --out bench/results/comparison-stories260k --overwrite --no-progress
+fi
+
+if [[ "$which" == "c4llama-8l" || "$which" == "all" ]]; then
+  "$TWOSSP" sweep --model "$DATA/models/c4llama-8l" --methods all --sparsities 0.25,0.375,0.5 \
+    --calibration "$DATA/text/c4-validation-2k.jsonl:0:1000" \
+    --eval "$DATA/text/c4-validation-2k.jsonl:1000:1200" \
+    --seq-len 512 --calibration-windows 32 \
+    --out bench/results/comparison-c4llama-8l --overwrite --no-progress
+fi

@@ -1,0 +1,102 @@
+"""The comparison of a sweep as a Markdown table and a perplexity-vs-sparsity plot (matplotlib, Agg)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def datasets(rows: list[dict[str, Any]], dense: dict[str, Any]) -> list[str]:
+    return [d["dataset"] for d in dense["perplexity"]]
+
+
+def _ppl(row: dict[str, Any], dataset: str) -> float | None:
+    for item in row.get("perplexity") or []:
+        if item["dataset"] == dataset:
+            return item["pruned"]
+    return None
+
+
+def comparison_markdown(rows: list[dict[str, Any]], dense: dict[str, Any], *, title: str = "Comparison") -> str:
+    names = datasets(rows, dense)
+    lines = [f"# {title}", ""]
+    dense_ppl = ", ".join(f"{d['dataset']} {d['perplexity']:.3f}" for d in dense["perplexity"])
+    tp = dense.get("throughput_tokens_per_s")
+    lines.append(f"Dense model: perplexity {dense_ppl}" + (f"; throughput {tp:.0f} tokens/s" if tp else "") + ".")
+    lines.append("")
+    # pivot: perplexity per method x target sparsity (first dataset), the headline view
+    if names and rows:
+        first = names[0]
+        targets = sorted({r["sparsity_target"] for r in rows})
+        methods = list(dict.fromkeys(r["method"] for r in rows))
+        lines += [f"Perplexity on `{first}` (achieved sparsity in parentheses):", ""]
+        lines.append("| method | " + " | ".join(f"{t:.1%}" for t in targets) + " |")
+        lines.append("|---|" + "---|" * len(targets))
+        for m in methods:
+            cells = []
+            for t in targets:
+                row = next((r for r in rows if r["method"] == m and r["sparsity_target"] == t), None)
+                if row is None or row.get("error"):
+                    cells.append("error" if row else "—")
+                else:
+                    cells.append(f"{_ppl(row, first):.3f} ({row['sparsity_achieved']:.1%})")
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        lines.append("")
+    header = ["method", "target", "achieved", *[f"ppl {n}" for n in names], "prune s", "tokens/s", "speedup"]
+    lines += ["All runs:", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in sorted(rows, key=lambda r: (r["sparsity_target"], r["method"])):
+        if r.get("error"):
+            cells = [r["method"], f"{r['sparsity_target']:.1%}", "—", *["—"] * len(names), "—", "—", r["error"]]
+        else:
+            tps = (r.get("throughput_tokens_per_s") or {}).get("pruned")
+            cells = [
+                r["method"], f"{r['sparsity_target']:.1%}", f"{r['sparsity_achieved']:.1%}",
+                *[_fmt(_ppl(r, n), ".3f") for n in names], _fmt(r["prune_s"], ".2f"), _fmt(tps, ".0f"),
+                _fmt(r.get("speedup"), ".2f") + ("x" if r.get("speedup") else ""),
+            ]
+        lines.append("| " + " | ".join(cells) + " |")
+    notes = sorted({r["note"] for r in rows if r.get("note")})
+    if notes:
+        lines += ["", *[f"Note — {n}." for n in notes]]
+    return "\n".join(lines) + "\n"
+
+
+def plot_comparison(
+    rows: list[dict[str, Any]], dense: dict[str, Any], paths: Sequence[Path], *, title: str = ""
+) -> None:
+    """Perplexity (log scale) against achieved sparsity, one line per method, one panel per dataset."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = datasets(rows, dense)
+    fig, axes = plt.subplots(1, max(len(names), 1), figsize=(6.4 * max(len(names), 1), 4.6), squeeze=False)
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    markers = "osD^vP*Xh"
+    for ax, name in zip(axes[0], names, strict=False):
+        for i, m in enumerate(methods):
+            points = sorted(
+                (r["sparsity_achieved"], _ppl(r, name)) for r in rows
+                if r["method"] == m and not r.get("error") and _ppl(r, name) is not None
+            )
+            if points:
+                xs, ys = zip(*points, strict=True)
+                ax.plot([x * 100 for x in xs], ys, marker=markers[i % len(markers)], label=m)
+        dense_value = next(d["perplexity"] for d in dense["perplexity"] if d["dataset"] == name)
+        ax.axhline(dense_value, color="gray", linestyle="--", linewidth=1, label="dense")
+        ax.set_yscale("log")
+        ax.set_xlabel("achieved sparsity of block parameters (%)")
+        ax.set_ylabel("perplexity (log scale)")
+        ax.set_title(f"{title} — {Path(name).name}" if title else Path(name).name, fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    for path in paths:
+        fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,86 @@
+"""The `twossp sweep` subcommand: methods x sparsities on one model, written as a comparison."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from twossp_core.errors import InvalidSpec
+
+
+def _method_option(text: str) -> tuple[str, str, Any]:
+    from twossp_core.cli import _option_value
+
+    key, value = _option_value(text)
+    method, dot, name = key.partition(".")
+    if not dot or not method or not name:
+        raise InvalidSpec(f"--option expects METHOD.KEY=VALUE in a sweep, got {text!r}")
+    return method, name, value
+
+
+def spec_from_args(args: argparse.Namespace) -> Any:
+    from twossp_core.spec import parse_sweep_spec
+
+    options: dict[str, dict[str, Any]] = {}
+    for text in args.option or []:
+        method, name, value = _method_option(text)
+        options.setdefault(method, {})[name] = value
+    data: dict[str, Any] = {
+        "model": args.model,
+        "methods": args.methods,
+        "sparsities": args.sparsities,
+        "options": options,
+        "doc_separator": args.doc_separator,
+        "seq_len": args.seq_len,
+        "calibration_windows": args.calibration_windows,
+        "eval_windows": args.eval_windows,
+        "dtype": args.dtype,
+        "device": args.device,
+        "seed": args.seed,
+        "measure_throughput": not args.no_throughput,
+        "save_models": args.save_models,
+    }
+    if args.calibration:
+        data["calibration"] = args.calibration
+    if args.eval is not None:
+        data["eval"] = args.eval
+    return parse_sweep_spec(data)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from twossp_core.cli import StageBars, check_out_dir
+    from twossp_core.sweep import run_sweep
+
+    spec = spec_from_args(args)
+    out = Path(args.out)
+    check_out_dir(out, args.overwrite)
+    bars = StageBars(enabled=not args.no_progress)
+    try:
+        result = run_sweep(spec, out, progress=bars)
+    finally:
+        bars.close()
+    if args.json:
+        print(json.dumps(result["rows"], indent=2))
+    else:
+        print((out / "comparison.md").read_text())
+        print(f"comparison.json, comparison.md, comparison.png/.svg written to {out}")
+    return 0
+
+
+def register(sub: Any) -> None:
+    from twossp_core.cli import add_data_arguments
+
+    p = sub.add_parser("sweep", help="compare methods x sparsities on one model")
+    p.add_argument("--model", required=True, help="Hugging Face hub id or local model directory")
+    p.add_argument("--methods", default="all", help="comma-separated method names, or 'all' (default)")
+    p.add_argument("--sparsities", required=True, help="comma-separated target sparsities, e.g. 0.25,0.375,0.5")
+    p.add_argument("--option", action="append", metavar="METHOD.KEY=VALUE",
+                   help="method option, e.g. evopress.generations=20, 2ssp.alpha=1.5")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save-models", action="store_true", help="also export every pruned model under OUT/models/")
+    add_data_arguments(p)
+    p.add_argument("--out", required=True, help="output directory for the comparison")
+    p.add_argument("--overwrite", action="store_true", help="allow a non-empty --out directory")
+    p.set_defaults(func=cmd_sweep)
