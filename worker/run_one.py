@@ -7,10 +7,26 @@ outcome is in the database.
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import threading
+import time
 
 from api.settings import Settings
 from worker.runner import JobRunner
+
+
+def exit_with_parent(interval_s: float = 0.5) -> None:
+    """Die with the embedded worker: an orphaned job would keep running unsupervised (no time limit)."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval_s)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m worker.run_one JOB_ID", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    exit_with_parent()
     runner = JobRunner(Settings())
     try:
         state = runner.run(args[0])

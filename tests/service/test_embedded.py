@@ -1,0 +1,125 @@
+"""`twossp serve` with no settings: SQLite and a local artifact folder under ./twossp-data, an in-process
+worker running each job in a child process; the same job flow end to end."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from api.client import download_artifact
+from tests.service.checks import check_model_perplexity, check_succeeded_job
+from tests.service.conftest import free_port, job_body
+from tests.service.procs import REPO, Api, Proc, wait_until
+
+pytestmark = pytest.mark.slow
+
+
+def bare_env(roots: list[Path], **extra: str) -> dict[str, str]:
+    """The environment without any TWOSSP_* setting except the allowed roots (and what a test adds)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TWOSSP_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env["TWOSSP_ALLOWED_LOCAL_ROOTS"] = ":".join(str(r) for r in roots)
+    env["TWOSSP_TORCH_THREADS"] = "1"  # keeps CPU jobs fast on small shared machines
+    env.update(extra)
+    return env
+
+
+class Embedded:
+    def __init__(self, cwd: Path, env: dict[str, str]) -> None:
+        self.cwd, self.env = cwd, env
+        key_out = subprocess.run(
+            [sys.executable, "-m", "api.cli", "keys", "create", "alice"],
+            cwd=cwd, env=env, capture_output=True, text=True, check=True,
+        )
+        self.key = key_out.stdout.strip().splitlines()[-1]
+        port = free_port()
+        self.proc = Proc("serve", [sys.executable, "-m", "api.cli", "serve", "--port", str(port)], env, cwd, cwd=cwd)
+        self.base = f"http://127.0.0.1:{port}"
+        wait_until(self._up, 30, "twossp serve")
+        self.api = Api(self.base, self.key)
+
+    def _up(self) -> bool:
+        if self.proc.popen.poll() is not None:
+            raise RuntimeError(self.proc.output())
+        try:
+            return httpx.get(f"{self.base}/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+
+@pytest.fixture
+def serve(tmp_path: Path, test_data: Path, slow_model: Path) -> Iterator[Embedded]:
+    server = Embedded(tmp_path, bare_env([test_data, slow_model.parent]))
+    yield server
+    server.proc.stop()
+
+
+def test_embedded_default_runs_the_whole_flow(
+    serve: Embedded, tmp_path: Path, stories_model: Path, stories_text: Path, slow_model: Path
+) -> None:
+    assert serve.api.http.get("/readyz").json()["checks"] == {"database": "ok", "broker": "ok", "store": "ok"}
+    data_dir = tmp_path / "twossp-data"
+    assert (data_dir / "twossp.db").is_file()
+
+    headers = {"Idempotency-Key": "first"}
+    response = serve.api.submit(job_body(stories_model, stories_text), **headers)
+    assert response.status_code == 202, response.text
+    job_id = response.json()["id"]
+    assert serve.api.submit(job_body(stories_model, stories_text), **headers).json()["id"] == job_id
+    job = serve.api.wait_done(job_id, timeout=90)
+    check_succeeded_job(job)
+    assert job["artifact"]["store"] == "local"
+    assert (data_dir / "artifacts" / "jobs" / job_id / "attempt-1" / "manifest.json").is_file()
+
+    archive = serve.api.http.get(f"/jobs/{job_id}/artifact")
+    assert archive.headers["content-type"] == "application/x-tar"
+    assert archive.headers["x-manifest-sha256"] == job["artifact"]["manifest_sha256"]
+    model_dir = download_artifact(serve.base, serve.key, job_id, tmp_path / "download")
+    check_model_perplexity(model_dir, job)
+
+    # cancel a running job, then the next one still runs
+    slow_id = serve.api.submit(job_body(slow_model, stories_text, calibration_windows=16)).json()["id"]
+    wait_until(lambda: serve.api.job(slow_id)["stage"] in {"stage1", "stage2"}, 60, "stage 1")
+    assert serve.api.cancel(slow_id).status_code == 202
+    assert serve.api.wait_done(slow_id, timeout=10)["state"] == "cancelled"
+    next_id = serve.api.submit(job_body(stories_model, stories_text, seed=3)).json()["id"]
+    assert serve.api.wait_done(next_id, timeout=60)["state"] == "succeeded"
+    listing = serve.api.http.get("/jobs").json()
+    assert listing["total"] == 3
+
+
+def test_embedded_time_limit_fails_the_job_with_timeout(
+    tmp_path: Path, test_data: Path, slow_model: Path, stories_text: Path
+) -> None:
+    env = bare_env(
+        [test_data, slow_model.parent], TWOSSP_JOB_SOFT_TIME_LIMIT_S="2", TWOSSP_JOB_TIME_LIMIT_S="3"
+    )
+    server = Embedded(tmp_path, env)
+    try:
+        job_id = server.api.submit(job_body(slow_model, stories_text, calibration_windows=16)).json()["id"]
+        job = server.api.wait_done(job_id, timeout=30)
+    finally:
+        server.proc.stop()
+    assert job["state"] == "failed" and "timeout" in job["error"], job
+
+
+def test_embedded_restart_after_a_kill_reruns_the_job(
+    tmp_path: Path, test_data: Path, slow_model: Path, stories_text: Path
+) -> None:
+    env = bare_env([test_data, slow_model.parent], TWOSSP_LEASE_SECONDS="2")
+    first = Embedded(tmp_path, env)
+    job_id = first.api.submit(job_body(slow_model, stories_text, calibration_windows=16)).json()["id"]
+    wait_until(lambda: first.api.job(job_id)["stage"] in {"stage1", "stage2"}, 60, "stage 1")
+    first.proc.kill()  # SIGKILL the server; its job child exits with it
+    second = Embedded(tmp_path, env)
+    try:
+        job = second.api.wait_done(job_id, timeout=60)
+    finally:
+        second.proc.stop()
+    assert job["state"] == "succeeded" and job["attempt"] == 2, job
