@@ -62,6 +62,26 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_download(args: argparse.Namespace) -> int:
+    import os
+    from pathlib import Path
+
+    from api.client import VerificationError, download_artifact
+
+    key = args.key or os.environ.get("TWOSSP_API_KEY")
+    if not key:
+        print("twossp: error: pass --key or set TWOSSP_API_KEY", file=sys.stderr)
+        return 2
+    try:
+        model_dir = download_artifact(args.api, key, args.job_id, Path(args.out))
+    except VerificationError as exc:
+        print(f"twossp: error: verification failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"verified every file against the manifest; model in {model_dir}", file=sys.stderr)
+    print(model_dir)
+    return 0
+
+
 def _redact(url: str) -> str:
     from sqlalchemy.engine import make_url
 
@@ -84,11 +104,21 @@ def register_keys(subparsers: Any) -> None:
     create.set_defaults(func=cmd_keys_create)
 
 
+def register_download(subparsers: Any) -> None:
+    p = subparsers.add_parser("download", help="download a job's pruned model and verify it against its manifest")
+    p.add_argument("job_id")
+    p.add_argument("--api", default="http://127.0.0.1:8000", help="service base URL")
+    p.add_argument("--key", help="API key (default: $TWOSSP_API_KEY)")
+    p.add_argument("--out", required=True, help="directory for manifest.json and model/")
+    p.set_defaults(func=cmd_download)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="twossp")
     sub = parser.add_subparsers(dest="command", required=True)
     register_serve(sub)
     register_keys(sub)
+    register_download(sub)
     return parser
 
 

@@ -24,8 +24,14 @@ class Claim:
     time_limit_s: float
 
 
-def claim(session: Session, job_id: str, worker_id: str, lease_s: float) -> Claim | None:
-    """queued → running with attempt+1 and a fresh lease; None if someone else has it or it is not queued."""
+def claim(
+    session: Session, job_id: str, worker_id: str, lease_s: float, time_limit_s: float | None = None
+) -> Claim | None:
+    """queued → running with attempt+1 and a fresh lease; None if someone else has it or it is not queued.
+
+    `time_limit_s` is this worker's hard limit: the row keeps the smaller of it and the submitted limit, so
+    the reaper judges a lost attempt by the limit that actually applied to it.
+    """
     now = utcnow()
     row = session.execute(
         update(Job)
@@ -44,10 +50,17 @@ def claim(session: Session, job_id: str, worker_id: str, lease_s: float) -> Clai
         )
         .returning(Job.attempt, Job.spec, Job.time_limit_s)
     ).first()
-    session.commit()
     if row is None:
+        session.commit()
         return None
-    return Claim(job_id=job_id, attempt=row[0], spec=row[1], time_limit_s=row[2])
+    limit = row[2]
+    if time_limit_s is not None and time_limit_s < limit:
+        limit = time_limit_s
+        session.execute(
+            update(Job).where(Job.id == job_id, Job.attempt == row[0]).values(time_limit_s=time_limit_s)
+        )
+    session.commit()
+    return Claim(job_id=job_id, attempt=row[0], spec=row[1], time_limit_s=limit)
 
 
 def heartbeat(

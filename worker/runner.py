@@ -94,7 +94,9 @@ class JobRunner:
     def run(self, job_id: str, *, timeout_exceptions: tuple[type[BaseException], ...] = ()) -> str:
         """Run the job if it can be claimed; returns the final state, or "skipped"/"fenced"."""
         with self.db.session() as session:
-            claim = jobs_db.claim(session, job_id, self.worker_id, self.settings.lease_seconds)
+            claim = jobs_db.claim(
+                session, job_id, self.worker_id, self.settings.lease_seconds, self.settings.job_time_limit_s
+            )
         if claim is None:
             log.info("job %s not claimable (not queued, cancelled, or taken); skipping", job_id)
             return "skipped"

@@ -82,7 +82,8 @@ def start_api(settings: Settings, log_dir: Path, cwd: Path | None = None, **extr
     port = free_port()
     proc = Proc(
         "api",
-        [sys.executable, "-m", "api.cli", "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+        [sys.executable, "-m", "api.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+         "--log-level", "warning"],
         child_env(settings, **extra_env),
         log_dir,
         cwd=cwd,

@@ -109,3 +109,13 @@ def test_cancel_requested_on_a_lost_job_ends_cancelled(env) -> None:
     expire(db, job_id)
     assert run_maintenance(db, broker, settings).cancelled == [job_id]
     assert state(db, job_id).state == "cancelled"
+
+
+def test_a_claim_records_the_worker_time_limit_when_smaller(env) -> None:
+    settings, db, broker, job_id = env
+    with db.session() as session:
+        claim = jobs_db.claim(session, job_id, "w1", 30, time_limit_s=5)
+    assert claim.time_limit_s == 5 and state(db, job_id).time_limit_s == 5
+    expire(db, job_id, started_ago_s=10)
+    assert run_maintenance(db, broker, settings).failed == [job_id]
+    assert state(db, job_id).error.startswith("timeout")

@@ -44,7 +44,8 @@ def test_upload_writes_files_then_a_verifiable_manifest(store: ArtifactStore, tm
     assert hashlib.sha256(raw).hexdigest() == info["manifest_sha256"]
     manifest = json.loads(raw)
     assert [f["path"] for f in manifest["files"]] == ["config.json", "model.safetensors", "sub/extra.txt"]
-    assert manifest["total_bytes"] == info["total_bytes"] == sum(p.stat().st_size for p in src.rglob("*") if p.is_file())
+    on_disk = sum(p.stat().st_size for p in src.rglob("*") if p.is_file())
+    assert manifest["total_bytes"] == info["total_bytes"] == on_disk
     for entry in manifest["files"]:
         data = b"".join(store.iter_bytes(f"{info['prefix']}/files/{entry['path']}"))
         assert hashlib.sha256(data).hexdigest() == entry["sha256"] and len(data) == entry["size"]
