@@ -4,6 +4,7 @@ The weights are random but spread (fixed seed, per-layer scaled normal init, non
 removing different attention modules changes the calibration perplexity by clearly different amounts:
 with the default near-zero init every candidate scores about the same and a greedy search ranks ties.
 The vocabulary is the real 4,096-token byte-level BPE of `c4llama-8l`, and the windows are real C4 text.
+Attention is grouped-query (2 query heads per key/value head), as in current Llama-family models.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class BenchModel:
     hidden: int
     intermediate: int
     heads: int
+    kv_heads: int  # grouped-query attention, as in current Llama-family models
     seq_len: int
     calibration_windows: int  # stage 1 (and BlockPruner/EvoPress) calibration windows
     vocab: int = 4096
@@ -39,8 +41,11 @@ class BenchModel:
         return asdict(self)
 
 
-FULL = BenchModel("full", layers=12, hidden=512, intermediate=1376, heads=8, seq_len=1024, calibration_windows=32)
-QUICK = BenchModel("quick", layers=12, hidden=256, intermediate=688, heads=4, seq_len=512, calibration_windows=8)
+FULL = BenchModel("full", layers=12, hidden=512, intermediate=1376, heads=8, kv_heads=4, seq_len=1024,
+                  calibration_windows=32)
+QUICK = BenchModel("quick", layers=12, hidden=128, intermediate=344, heads=4, kv_heads=2, seq_len=256,
+                   calibration_windows=8)
+SPECS = {m.name: m for m in (FULL, QUICK)}
 
 
 def build_model(spec: BenchModel) -> Any:
@@ -52,7 +57,7 @@ def build_model(spec: BenchModel) -> Any:
         intermediate_size=spec.intermediate,
         num_hidden_layers=spec.layers,
         num_attention_heads=spec.heads,
-        num_key_value_heads=spec.heads,
+        num_key_value_heads=spec.kv_heads,
         max_position_embeddings=max(2048, spec.seq_len),
         tie_word_embeddings=False,
     )
