@@ -1,0 +1,119 @@
+"""Sweeps: the request schema, one CLI job over methods x sparsities, its comparison files, shared statistics,
+progress and cancellation."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tiny_models import save_tiny  # noqa: E402
+
+from twossp_core.cli import main  # noqa: E402
+from twossp_core.errors import Cancelled, InvalidSpec  # noqa: E402
+from twossp_core.pruning.registry import method_names  # noqa: E402
+from twossp_core.spec import JobSpecBase, PruneSpec, SweepSpec, parse_sweep_spec  # noqa: E402
+from twossp_core.sweep import run_sweep  # noqa: E402
+
+TEXT = " ".join(["the cat sat on the mat and it was fun to see a dog run in the park"] * 200)
+EVO = {"generations": 2, "offspring": 3, "selection_windows": [1, 2], "selection_survivors": [2, 1]}
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    save_tiny("llama", root / "model")
+    (root / "text.txt").write_text(TEXT)
+    return root
+
+
+def _data(workdir: Path, **kw):
+    return {
+        "model": str(workdir / "model"), "calibration": [str(workdir / "text.txt")],
+        "eval": [str(workdir / "text.txt")],
+        "seq_len": 32, "calibration_windows": 4, "eval_windows": 2, "measure_throughput": False, **kw,
+    }
+
+
+def test_sweep_spec_shares_the_job_fields_of_prune_spec():
+    shared = set(JobSpecBase.model_fields)
+    assert shared <= set(PruneSpec.model_fields) and shared <= set(SweepSpec.model_fields)
+    spec = parse_sweep_spec({"model": "m", "sparsities": "0.5,0.25", "methods": "all", "seq_len": 64,
+                             "options": {"evopress": {"generations": 2}}})
+    assert spec.methods == method_names() and spec.sparsities == [0.25, 0.5]
+    one = spec.prune_spec("evopress", 0.5)
+    assert isinstance(one, PruneSpec) and one.seq_len == 64 and one.options["generations"] == 2
+
+
+@pytest.mark.parametrize("bad", [
+    {"sparsities": [0.0]}, {"sparsities": [1.2]}, {"methods": ["nope"]},
+    {"methods": ["2ssp"], "options": {"window": {}}},
+    {"options": {"evopress": {"generations": -1}}}, {"sparsities": []},
+])
+def test_bad_sweeps_are_refused(bad):
+    with pytest.raises(InvalidSpec):
+        parse_sweep_spec({"model": "m", "sparsities": [0.5], **bad})
+
+
+def test_cli_sweep_writes_the_comparison(workdir, tmp_path):
+    out = tmp_path / "cmp"
+    args = ["sweep", "--model", str(workdir / "model"), "--methods", "2ssp,shortgpt,slicegpt,evopress",
+            "--sparsities", "0.25,0.5", "--calibration", str(workdir / "text.txt"), "--eval", str(workdir / "text.txt"),
+            "--seq-len", "32", "--calibration-windows", "4", "--eval-windows", "2", "--no-progress", "--out", str(out)]
+    for key, value in EVO.items():
+        args += ["--option", f"evopress.{key}={json.dumps(value)}"]
+    assert main(args) == 0
+    rows = json.loads((out / "comparison.json").read_text())
+    assert [(r["method"], r["sparsity_target"]) for r in rows] == [
+        (m, s) for m in ("2ssp", "shortgpt", "slicegpt", "evopress") for s in (0.25, 0.5)
+    ]
+    for r in rows:
+        assert r["error"] is None and 0 < r["sparsity_achieved"] < 1 and r["prune_s"] >= 0
+        assert r["perplexity"][0]["pruned"] > 0 and r["perplexity"][0]["dense"] > 0
+        assert (out / "runs" / f"{r['method']}-{r['sparsity_target']:g}" / "report.json").is_file()
+    assert rows[-1]["params"]["blocks_after"] < rows[-1]["params"]["blocks_before"]
+    assert "slicegpt" in rows[4]["method"] and "hidden dimension" in rows[4]["note"]
+    md = (out / "comparison.md").read_text()
+    assert all(m in md for m in ("2ssp", "shortgpt", "slicegpt", "evopress")) and "| method |" in md
+    assert (out / "comparison.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "comparison.svg").read_text().lstrip().startswith("<?xml")
+    sweep = json.loads((out / "sweep.json").read_text())
+    assert sweep["spec"]["sparsities"] == [0.25, 0.5]
+
+
+def test_statistics_computed_once_per_sweep(workdir, tmp_path, monkeypatch):
+    import twossp_core.pruning.hidden_states as hs
+
+    calls = []
+    original = hs.last_token_states
+    monkeypatch.setattr(hs, "last_token_states", lambda *a, **k: calls.append(1) or original(*a, **k))
+    spec = parse_sweep_spec(_data(workdir, methods=["shortgpt", "window"], sparsities=[0.25, 0.5]))
+    result = run_sweep(spec, tmp_path / "o")
+    assert len(result["rows"]) == 4 and len(calls) == 1
+
+
+def test_infeasible_cells_become_error_rows(workdir, tmp_path):
+    spec = parse_sweep_spec(_data(workdir, methods=["shortgpt"], sparsities=[0.05, 0.5]))
+    rows = run_sweep(spec, tmp_path / "o")["rows"]
+    assert rows[0]["error"].startswith("InfeasibleTarget") and rows[1]["error"] is None
+    assert "error" in (tmp_path / "o" / "comparison.md").read_text()
+
+
+def test_progress_names_runs_and_cancel_stops(workdir, tmp_path):
+    stages: list[str] = []
+    spec = parse_sweep_spec(_data(workdir, methods=["shortgpt", "window"], sparsities=[0.25]))
+    run_sweep(spec, tmp_path / "a", progress=lambda s, f: stages.append(s))
+    assert stages[0] == "load" and "shortgpt@0.25/evaluate_pruned" in stages and stages[-1] == "comparison"
+    assert stages.index("shortgpt@0.25/evaluate_pruned") < stages.index("window@0.25/evaluate_pruned")
+
+    seen: list[str] = []
+
+    def should_cancel() -> bool:
+        return any(s.startswith("window@") for s in seen)
+
+    with pytest.raises(Cancelled):
+        run_sweep(spec, tmp_path / "b", progress=lambda s, f: seen.append(s), should_cancel=should_cancel)
+    assert not (tmp_path / "b" / "comparison.md").exists()
