@@ -6,7 +6,6 @@ With nothing set, everything is embedded: SQLite and artifacts under `TWOSSP_DAT
 
 from __future__ import annotations
 
-from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -83,7 +82,7 @@ class Settings(BaseSettings):
         return value
 
     # derived values
-    @cached_property
+    @property
     def resolved_data_dir(self) -> Path:
         return self.data_dir.expanduser().resolve()
 

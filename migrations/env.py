@@ -5,6 +5,7 @@ from __future__ import annotations
 from logging.config import fileConfig
 
 from alembic import context
+
 from api.db.models import Base
 from api.db.session import make_engine
 from api.settings import Settings

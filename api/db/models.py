@@ -102,7 +102,6 @@ class Job(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     report: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     artifact: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
-    history: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
 
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)

@@ -49,7 +49,6 @@ def submit_job(
         state=JobState.queued.value,
         progress=0.0,
         stage_timings={},
-        history=[],
         cancel_requested=False,
         attempt=0,
         max_attempts=settings.max_attempts,

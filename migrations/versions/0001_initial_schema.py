@@ -69,7 +69,6 @@ def upgrade() -> None:
         sa.Column("error", sa.Text(), nullable=True),
         sa.Column("report", sa.JSON(), nullable=True),
         sa.Column("artifact", sa.JSON(), nullable=True),
-        sa.Column("history", sa.JSON(), nullable=False),
         _ts("created_at"),
         _ts("updated_at"),
         _ts("started_at", nullable=True),

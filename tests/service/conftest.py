@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,6 +16,8 @@ import pytest
 
 from api.db.migrate import upgrade_head
 from api.settings import Settings
+
+from .support import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -29,12 +30,6 @@ def unavailable(reason: str) -> None:
     if IN_CI:
         pytest.fail(f"{reason} (CI=true: required services must be present)")
     pytest.skip(reason)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -155,17 +150,6 @@ def s3_bucket(s3_endpoint: str) -> str:
     return name
 
 
-def s3_settings(endpoint: str, bucket: str) -> dict[str, object]:
-    return {
-        "artifact_store": "s3",
-        "s3_endpoint_url": endpoint,
-        "s3_bucket": bucket,
-        "s3_region": "us-east-1",
-        "s3_access_key": "test",
-        "s3_secret_key": "test",
-    }
-
-
 # ---- a slower model for fault tests -------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def slow_model(tmp_path_factory: pytest.TempPathFactory, stories_model: Path) -> Path:
@@ -187,17 +171,3 @@ def slow_model(tmp_path_factory: pytest.TempPathFactory, stories_model: Path) ->
     return out
 
 
-def job_body(model: Path, text: Path, **overrides: object) -> dict[str, object]:
-    """The real-model protocol, kept small: a few windows so a job takes seconds."""
-    body: dict[str, object] = {
-        "model": str(model),
-        "sparsity": 0.375,
-        "calibration": [f"{text}:0:500"],
-        "eval": [f"{text}:500:520"],
-        "doc_separator": "<|endoftext|>",
-        "seq_len": 512,
-        "calibration_windows": 8,
-        "measure_throughput": False,
-    }
-    body.update(overrides)
-    return body

@@ -77,7 +77,7 @@ class Proc:
 
 
 def start_api(settings: Settings, log_dir: Path, cwd: Path | None = None, **extra_env: str) -> tuple[Proc, str]:
-    from tests.service.conftest import free_port
+    from .support import free_port
 
     port = free_port()
     proc = Proc(

@@ -17,8 +17,9 @@ from api.db.models import Job
 from api.db.session import Database
 from api.services.keys import create_key
 from api.settings import Settings
-from tests.service.conftest import free_port, job_body
 from worker.maintenance import run_maintenance
+
+from .support import free_port, job_body
 
 
 def queued_messages(redis_url: str, queue: str = "twossp") -> int:

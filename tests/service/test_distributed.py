@@ -14,9 +14,10 @@ import redis
 
 from api.client import download_artifact
 from api.settings import Settings
-from tests.service.checks import check_model_perplexity, check_succeeded_job
-from tests.service.conftest import job_body, s3_settings
-from tests.service.procs import Api, Proc, create_key, start_api, start_reaper, start_worker, wait_until
+
+from .checks import check_model_perplexity, check_succeeded_job
+from .procs import Api, Proc, create_key, start_api, start_reaper, start_worker, wait_until
+from .support import job_body, s3_settings
 
 pytestmark = pytest.mark.slow
 
@@ -60,7 +61,7 @@ def stack(
         database_url=pg_factory(),
         broker_url=redis_server,
         allowed_local_roots=[test_data, slow_model.parent],
-        lease_seconds=3,
+        lease_seconds=4,
         reaper_interval_s=0.5,
         dispatch_grace_s=1,
         max_attempts=3,
@@ -85,7 +86,7 @@ def worker(stack: Stack) -> Iterator[Proc]:
 
 
 def slow_body(slow_model: Path, stories_text: Path) -> dict:
-    return job_body(slow_model, stories_text, calibration_windows=16, sparsity=0.5)
+    return job_body(slow_model, stories_text, calibration_windows=12, sparsity=0.5)
 
 
 def test_job_end_to_end_on_the_real_model(

@@ -13,9 +13,10 @@ import httpx
 import pytest
 
 from api.client import download_artifact
-from tests.service.checks import check_model_perplexity, check_succeeded_job
-from tests.service.conftest import free_port, job_body
-from tests.service.procs import REPO, Api, Proc, wait_until
+
+from .checks import check_model_perplexity, check_succeeded_job
+from .procs import REPO, Api, Proc, wait_until
+from .support import free_port, job_body
 
 pytestmark = pytest.mark.slow
 
@@ -84,7 +85,7 @@ def test_embedded_default_runs_the_whole_flow(
     check_model_perplexity(model_dir, job)
 
     # cancel a running job, then the next one still runs
-    slow_id = serve.api.submit(job_body(slow_model, stories_text, calibration_windows=16)).json()["id"]
+    slow_id = serve.api.submit(job_body(slow_model, stories_text, calibration_windows=12)).json()["id"]
     wait_until(lambda: serve.api.job(slow_id)["stage"] in {"stage1", "stage2"}, 60, "stage 1")
     assert serve.api.cancel(slow_id).status_code == 202
     assert serve.api.wait_done(slow_id, timeout=10)["state"] == "cancelled"
@@ -102,7 +103,7 @@ def test_embedded_time_limit_fails_the_job_with_timeout(
     )
     server = Embedded(tmp_path, env)
     try:
-        job_id = server.api.submit(job_body(slow_model, stories_text, calibration_windows=16)).json()["id"]
+        job_id = server.api.submit(job_body(slow_model, stories_text, calibration_windows=12)).json()["id"]
         job = server.api.wait_done(job_id, timeout=30)
     finally:
         server.proc.stop()
@@ -114,7 +115,7 @@ def test_embedded_restart_after_a_kill_reruns_the_job(
 ) -> None:
     env = bare_env([test_data, slow_model.parent], TWOSSP_LEASE_SECONDS="2")
     first = Embedded(tmp_path, env)
-    job_id = first.api.submit(job_body(slow_model, stories_text, calibration_windows=16)).json()["id"]
+    job_id = first.api.submit(job_body(slow_model, stories_text, calibration_windows=12)).json()["id"]
     wait_until(lambda: first.api.job(job_id)["stage"] in {"stage1", "stage2"}, 60, "stage 1")
     first.proc.kill()  # SIGKILL the server; its job child exits with it
     second = Embedded(tmp_path, env)

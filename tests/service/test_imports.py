@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from tests.service.procs import REPO
+from .procs import REPO
 
 CHECK = """
 import sys

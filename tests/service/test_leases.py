@@ -15,9 +15,10 @@ from api.db.types import utcnow
 from api.services.jobs import submit_job
 from api.services.keys import create_key, user_for_key
 from api.settings import Settings
-from tests.service.conftest import job_body
 from worker import jobs_db
 from worker.maintenance import run_maintenance
+
+from .support import job_body
 
 
 @pytest.fixture

@@ -13,7 +13,8 @@ from api.client import VerificationError, verify_model_dir
 from api.settings import Settings
 from api.store import make_store
 from api.store.base import MANIFEST_NAME, ArtifactStore
-from tests.service.conftest import s3_settings
+
+from .support import s3_settings
 
 
 def model_dir(root: Path) -> Path:
