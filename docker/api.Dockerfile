@@ -25,7 +25,8 @@ RUN python -c "import sys, api.app, api.cli, worker.reaper; assert 'torch' not i
 
 RUN useradd --system --uid 10001 --home-dir /app twossp && mkdir -p /data && chown twossp /data
 USER twossp
-ENV TWOSSP_DATA_DIR=/data
+ENV TWOSSP_DATA_DIR=/data \
+    PYTHONPATH=/app
 
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \

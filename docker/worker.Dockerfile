@@ -27,7 +27,8 @@ COPY alembic.ini /app/alembic.ini
 RUN useradd --system --uid 10001 --home-dir /app twossp \
  && mkdir -p /data /cache/huggingface && chown twossp /data /cache/huggingface
 USER twossp
-ENV TWOSSP_DATA_DIR=/data
+ENV TWOSSP_DATA_DIR=/data \
+    PYTHONPATH=/app
 
 # One job per process on the GPU: concurrency 1, prefetch 1, a fresh pool child per job (torch and CUDA
 # are only ever imported in that child, never in the parent).

@@ -43,3 +43,11 @@ def check_model_perplexity(model_dir: Path, job: dict[str, Any]) -> None:
             doc_separator=spec["doc_separator"], max_windows=spec["eval_windows"],
         )
         assert perplexity(adapter, windows, batch_size=4) == pytest.approx(entry["pruned"], rel=1e-3)
+
+
+def assert_torch_not_loaded(pid: int) -> None:
+    """The process never loaded torch (so never initialised CUDA): no libtorch mapped into it."""
+    maps = Path(f"/proc/{pid}/maps")
+    if not maps.exists():
+        pytest.skip("needs /proc")
+    assert "libtorch" not in maps.read_text(), f"process {pid} loaded torch"

@@ -15,7 +15,7 @@ import redis
 from api.client import download_artifact
 from api.settings import Settings
 
-from .checks import check_model_perplexity, check_succeeded_job
+from .checks import assert_torch_not_loaded, check_model_perplexity, check_succeeded_job
 from .procs import Api, Proc, create_key, start_api, start_reaper, start_worker, wait_until
 from .support import job_body, s3_settings
 
@@ -98,6 +98,7 @@ def test_job_end_to_end_on_the_real_model(
     job = stack.alice.wait_done(job_id, timeout=90)
     check_succeeded_job(job)
     assert job["attempt"] == 1 and job["artifact"]["store"] == "s3"
+    assert_torch_not_loaded(worker.pid)  # the job ran in a pool child; the parent never imported torch
 
     listing = stack.alice.http.get(f"/jobs/{job_id}/artifact").json()
     assert listing["kind"] == "presigned" and listing["expires_in"] == stack.settings.presign_expiry_s

@@ -14,7 +14,7 @@ import pytest
 
 from api.client import download_artifact
 
-from .checks import check_model_perplexity, check_succeeded_job
+from .checks import assert_torch_not_loaded, check_model_perplexity, check_succeeded_job
 from .procs import REPO, Api, Proc, wait_until
 from .support import free_port, job_body
 
@@ -76,6 +76,7 @@ def test_embedded_default_runs_the_whole_flow(
     job = serve.api.wait_done(job_id, timeout=90)
     check_succeeded_job(job)
     assert job["artifact"]["store"] == "local"
+    assert_torch_not_loaded(serve.proc.pid)  # the job ran in a child process
     assert (data_dir / "artifacts" / "jobs" / job_id / "attempt-1" / "manifest.json").is_file()
 
     archive = serve.api.http.get(f"/jobs/{job_id}/artifact")
@@ -83,6 +84,13 @@ def test_embedded_default_runs_the_whole_flow(
     assert archive.headers["x-manifest-sha256"] == job["artifact"]["manifest_sha256"]
     model_dir = download_artifact(serve.base, serve.key, job_id, tmp_path / "download")
     check_model_perplexity(model_dir, job)
+    cli = subprocess.run(
+        [sys.executable, "-m", "api.cli", "download", job_id, "--api", serve.base, "--key", serve.key,
+         "--out", str(tmp_path / "cli-download")],
+        cwd=tmp_path, env=serve.env, capture_output=True, text=True,
+    )
+    assert cli.returncode == 0, cli.stderr
+    assert Path(cli.stdout.strip().splitlines()[-1]) == tmp_path / "cli-download" / "model"
 
     # cancel a running job, then the next one still runs
     slow_id = serve.api.submit(job_body(slow_model, stories_text, calibration_windows=12)).json()["id"]

@@ -80,3 +80,16 @@ def test_verification_detects_tampering(tmp_path: Path) -> None:
     (src / "config.json").unlink()
     with pytest.raises(VerificationError, match="missing"):
         verify_model_dir(src, dict(manifest))
+
+
+def test_readiness_fails_when_the_bucket_is_missing(s3_endpoint: str, tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+
+    settings = Settings(data_dir=tmp_path, **s3_settings(s3_endpoint, "no-such-bucket"))
+    with TestClient(create_app(settings)) as client:
+        ready = client.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.json()["checks"]["store"].startswith("error")
+    assert ready.json()["checks"]["database"] == "ok"
