@@ -1,0 +1,109 @@
+"""The main job on the embedded default, as a user would run it.
+
+Starts `twossp serve` (SQLite + local artifact folder + in-process worker), creates an API key, submits a
+2SSP job on the real stories260k model, follows its stage and percent, downloads and verifies the pruned
+model against the job's manifest, loads it with plain transformers and prints the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def twossp(*args: str, env: dict[str, str]) -> list[str]:
+    exe = Path(sys.executable).with_name("twossp")
+    return [str(exe), *args]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=os.environ.get("TWOSSP_EXAMPLE_DATA", str(REPO.parent / "shared" / "data")),
+                        help="folder with models/stories260k and text/tinystories-val-1000.txt")
+    parser.add_argument("--sparsity", type=float, default=0.375)
+    parser.add_argument("--workdir", default=str(REPO / "twossp-data"), help="TWOSSP_DATA_DIR for the service")
+    args = parser.parse_args()
+
+    data = Path(args.data).resolve()
+    model, text = data / "models" / "stories260k", data / "text" / "tinystories-val-1000.txt"
+    if not model.is_dir() or not text.is_file():
+        print(f"quickstart: {model} or {text} not found (pass --data)", file=sys.stderr)
+        return 1
+    env = {**os.environ, "TWOSSP_DATA_DIR": args.workdir, "TWOSSP_ALLOWED_LOCAL_ROOTS": str(data)}
+    for key in ("TWOSSP_DATABASE_URL", "TWOSSP_BROKER_URL", "TWOSSP_ARTIFACT_STORE"):
+        env.pop(key, None)  # the embedded default: nothing configured
+    port = free_port()
+    api = f"http://127.0.0.1:{port}"
+
+    key = subprocess.run(twossp("keys", "create", "quickstart", env=env), env=env, check=True,
+                         capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    server = subprocess.Popen(twossp("serve", "--port", str(port), "--log-level", "warning", env=env), env=env)
+    try:
+        with httpx.Client(base_url=api, headers={"Authorization": f"Bearer {key}"}, timeout=30) as client:
+            for _ in range(120):
+                try:
+                    if client.get("/healthz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.5)
+            else:
+                print("quickstart: the server did not start", file=sys.stderr)
+                return 1
+            body = {
+                "model": str(model), "sparsity": args.sparsity, "method": "2ssp",
+                "calibration": [f"{text}:0:500"], "eval": [f"{text}:500:1000"],
+                "doc_separator": "<|endoftext|>", "seq_len": 512,
+            }
+            job = client.post("/jobs", json=body).raise_for_status().json()
+            print(f"submitted job {job['id']} to {api}")
+            last = None
+            while True:
+                job = client.get(f"/jobs/{job['id']}").raise_for_status().json()
+                line = f"  {job['state']:<10} {job.get('stage') or '':<16} {round(job.get('progress') or 0):>3}%"
+                if line != last:
+                    print(line, flush=True)
+                    last = line
+                if job["state"] in ("succeeded", "failed", "cancelled"):
+                    break
+                time.sleep(0.5)
+            if job["state"] != "succeeded":
+                print(f"quickstart: job {job['state']}: {job.get('error')}", file=sys.stderr)
+                return 1
+
+        from api.client import download_artifact
+        from twossp_core.cli import format_summary
+
+        dest = Path(args.workdir) / "downloads" / job["id"]
+        model_dir = download_artifact(api, key, job["id"], dest)
+        print(f"downloaded and verified against the manifest: {model_dir}")
+        from transformers import AutoModelForCausalLM
+
+        pruned = AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=True)
+        print(f"loaded with transformers: {pruned.num_parameters():,} parameters")
+        print(format_summary(job["report"]))
+        (dest / "job.json").write_text(json.dumps(job, indent=2))
+        return 0
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
