@@ -3,7 +3,9 @@
 The weights are random but spread (fixed seed, per-layer scaled normal init, non-unit norm gains) so that
 removing different attention modules changes the calibration perplexity by clearly different amounts:
 with the default near-zero init every candidate scores about the same and a greedy search ranks ties.
-The vocabulary is the real 4,096-token byte-level BPE of `c4llama-8l`, and the windows are real C4 text.
+The full model uses the real 4,096-token byte-level BPE of `c4llama-8l` and real C4 text; the quick one the
+512-token vocabulary of `stories260k` and TinyStories text, which keeps its LM head / block size ratio close to
+that of real LLMs.
 Attention is grouped-query (2 query heads per key/value head), as in current Llama-family models.
 """
 
@@ -34,6 +36,8 @@ class BenchModel:
     kv_heads: int  # grouped-query attention, as in current Llama-family models
     seq_len: int
     calibration_windows: int  # stage 1 (and BlockPruner/EvoPress) calibration windows
+    tokenizer: str = "c4llama-8l"  # a model directory under data/models whose tokenizer and vocabulary are used
+    text: str = "c4-validation-2k.jsonl"  # under data/text: JSON lines with "text", or plain text
     vocab: int = 4096
     seed: int = 0
 
@@ -44,7 +48,7 @@ class BenchModel:
 FULL = BenchModel("full", layers=12, hidden=512, intermediate=1376, heads=8, kv_heads=4, seq_len=1024,
                   calibration_windows=32)
 QUICK = BenchModel("quick", layers=12, hidden=128, intermediate=344, heads=4, kv_heads=2, seq_len=256,
-                   calibration_windows=8)
+                   calibration_windows=8, tokenizer="stories260k", text="tinystories-val-1000.txt", vocab=512)
 SPECS = {m.name: m for m in (FULL, QUICK)}
 
 
@@ -77,17 +81,20 @@ def build_model(spec: BenchModel) -> Any:
 
 
 def calibration_windows(spec: BenchModel, count: int) -> torch.Tensor:
-    """`count` windows of real C4 text tokenized with the c4llama-8l tokenizer (vocab 4,096)."""
+    """`count` consecutive windows of real text tokenized with a real tokenizer (see the spec)."""
     import json
 
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(data_dir() / "models" / "c4llama-8l")
+    tokenizer = AutoTokenizer.from_pretrained(data_dir() / "models" / spec.tokenizer)
+    if len(tokenizer) > spec.vocab:
+        raise ValueError(f"the {spec.tokenizer} tokenizer has {len(tokenizer)} tokens, more than vocab {spec.vocab}")
     needed = count * spec.seq_len
     ids: list[int] = []
-    with open(data_dir() / "text" / "c4-validation-2k.jsonl") as fh:
+    with open(data_dir() / "text" / spec.text) as fh:
         for line in fh:
-            ids.extend(tokenizer(json.loads(line)["text"] + "\n\n", add_special_tokens=False)["input_ids"])
+            text = json.loads(line)["text"] + "\n\n" if spec.text.endswith(".jsonl") else line
+            ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
             if len(ids) >= needed:
                 break
     if len(ids) < needed:

@@ -121,6 +121,8 @@ def _try_candidate(
             for block in range(start, adapter.num_blocks):
                 if block == keep_at:
                     kept.append(hidden)
+                    if not complete:
+                        break
                 hidden = _block_output(adapter.layers[block](hidden, *record.args[block], **record.kwargs[block]))
             if not complete:
                 continue  # this candidate already lost; only the state to keep is still wanted
