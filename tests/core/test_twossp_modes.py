@@ -56,20 +56,19 @@ def _assert_identical(result: dict[str, Any], count: int) -> None:
     windows = result["windows"]
     assert naive["block_calls"] == blocks * sum(blocks - r for r in range(count)) * windows
     expected, known, removed = blocks, {}, set()
-    for k in [r.block for r in naive["removals"]]:
+    for r, k in enumerate(r.block for r in naive["removals"]):
         starts = {j: known.get(j, j) for j in range(blocks) if j not in removed}
         expected += sum(blocks - start for start in starts.values())
         known = {j: k for j, start in starts.items() if j < k and start <= k}
         removed.add(k)
-        expected += blocks - 1 - k
+        expected += blocks - 1 - k if r + 1 < count else 0
     if windows == 1:
         assert fast["block_calls"] == expected
     else:  # a candidate that already lost after some windows may skip the rest
         assert fast["block_calls"] <= expected * windows
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen3", "gemma2"])
-@pytest.mark.parametrize("num_windows", [1, 3])
+@pytest.mark.parametrize(("family", "num_windows"), [("llama", 1), ("llama", 3), ("qwen3", 1), ("gemma2", 2)])
 def test_fast_and_naive_stage2_agree_on_tiny_models(family: str, num_windows: int) -> None:
     model = tiny_model(family, seed=3)
     windows = _windows(model.config.vocab_size, num_windows, 48)

@@ -154,7 +154,7 @@ def _fast(adapter: ModelAdapter, windows: torch.Tensor, count: int, reporter: Re
     records: list[BlockInputs] = [runner.capture(w.unsqueeze(0)) for w in windows] if count else []
     tokens = sum(int(w.shape[0]) - 1 for w in windows)  # every candidate predicts the same tokens
     entries: dict[int, _Entry] = {}  # candidate → reusable state from the previous round
-    for _ in range(count):
+    for round_idx in range(count):
         candidates = sorted((i for i in range(adapter.num_blocks) if not adapter.attention_removed(i)), reverse=True)
         best: tuple[float, int] | None = None
         for idx in candidates:
@@ -176,8 +176,9 @@ def _fast(adapter: ModelAdapter, windows: torch.Tensor, count: int, reporter: Re
         k = best[1]
         adapter.remove_attention(k)
         entries = {i: e for i, e in entries.items() if i < k and e.block == k}
-        for record in records:
-            _refresh_record(adapter, record, k)
+        if round_idx + 1 < count:
+            for record in records:
+                _refresh_record(adapter, record, k)
         removals.append(Removal(block=k, perplexity=math.exp(best[0])))
     reporter.update(STAGE, 1.0)
     return removals
