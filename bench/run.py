@@ -337,23 +337,27 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     scores_cache: dict[str, Any] = {}  # stage-1 scores of the dense model, shared by the untimed set-ups
-    if "stage1" not in skip:
-        log("stage 1: optimized vs straightforward")
-        result["stage1"] = bench_stage1(base, calibration, repeats)
-    if "stage2" not in skip:
-        log("stage 2: fast vs naive")
-        result["stage2_by_sparsity"] = {
-            str(sp): bench_stage2(base, calibration, repeats, scores_cache, sp) for sp in SPARSITIES
-        }
+
+    def section(key: str, title: str, fn: Callable[[], Any]) -> None:
+        if key in skip or key.split("_")[0] in skip:
+            return
+        log(title)
+        try:
+            result[key] = fn()
+        except Exception as exc:  # one failing section must not lose the others' measurements
+            log(f"{key} failed: {exc!r}")
+            result[key] = {"error": repr(exc)}
+
+    section("stage1", "stage 1: optimized vs straightforward", lambda: bench_stage1(base, calibration, repeats))
+    section("stage2_by_sparsity", "stage 2: fast vs naive", lambda: {
+        str(sp): bench_stage2(base, calibration, repeats, scores_cache, sp) for sp in SPARSITIES})
+    if "stage2_by_sparsity" in result and "error" not in result["stage2_by_sparsity"]:
         result["stage2"] = result["stage2_by_sparsity"][str(MAIN_SPARSITY)]
-    log("whole prune: 2SSP vs BlockPruner vs EvoPress")
-    result["methods"] = bench_methods(base, calibration, repeats, skip)
-    if "throughput" not in skip:
-        log("throughput: dense vs pruned")
-        result["throughput"] = bench_throughput(base, calibration, 10 if args.quick else 6, scores_cache)
-    if "memory" not in skip:
-        log("peak RSS while pruning (child process)")
-        result["memory"] = bench_memory(spec, calibration, args.threads)
+    section("methods", "whole prune: 2SSP vs BlockPruner vs EvoPress",
+            lambda: bench_methods(base, calibration, repeats, skip))
+    section("throughput", "throughput: dense vs pruned",
+            lambda: bench_throughput(base, calibration, 10 if args.quick else 6, scores_cache))
+    section("memory", "peak RSS while pruning (child process)", lambda: bench_memory(spec, calibration, args.threads))
 
     summarize(result)
     result["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
@@ -377,7 +381,7 @@ def summarize(result: dict[str, Any]) -> None:
     """Headline numbers and targets at the top level of the JSON."""
     s2 = result.get("stage2", {})
     result["stage2_speedup_vs_naive"] = s2.get("stage2_speedup_vs_naive")
-    by_sparsity = result.get("stage2_by_sparsity", {})
+    by_sparsity = result.get("stage2_by_sparsity", {}) if "stage2" in result else {}
     result["decisions_identical"] = all(v["decisions_identical"] for v in by_sparsity.values()) if s2 else None
     result["stage2_speedup_vs_naive_by_sparsity"] = {k: v["stage2_speedup_vs_naive"] for k, v in by_sparsity.items()}
     result["stage1_speedup_vs_straightforward"] = result.get("stage1", {}).get("stage1_speedup_vs_straightforward")
@@ -390,7 +394,7 @@ def summarize(result: dict[str, Any]) -> None:
             reasons[label] = result.get("methods", {}).get(label, {}).get("skipped", "not measured")
     if reasons:
         result["null_reasons"] = reasons
-    tp = result.get("throughput", {})
+    tp = result.get("throughput", {}) if "error" not in result.get("throughput", {}) else {}
     result["param_ratio"] = tp.get("param_ratio")
     result["throughput_ratio"] = tp.get("throughput_ratio")
     result["peak_rss_over_weights"] = result.get("memory", {}).get("peak_rss_over_weights")
