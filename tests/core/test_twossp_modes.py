@@ -97,6 +97,20 @@ def test_candidates_that_provably_lose_stop_early_without_changing_decisions(
     assert False in outcomes  # some candidate was abandoned part-way
 
 
+def test_exact_ties_go_to_the_lower_block_in_both_modes() -> None:
+    """Blocks 1-3 get a zero attention output projection: removing any of them changes nothing, so they tie
+    exactly; the fast mode tries candidates in another order and must still pick the lowest tied block."""
+    model = tiny_model("llama", seed=4)
+    with torch.no_grad():
+        for idx in (1, 2, 3):
+            model.model.layers[idx].self_attn.o_proj.weight.zero_()
+    result = _both_modes(model, _windows(model.config.vocab_size, 1, 48), 2)
+    _assert_identical(result, 2)
+    removed = [r.block for r in result["naive"]["removals"]]
+    tied_first = [b for b in removed if b != 0]
+    assert tied_first == sorted(tied_first) and tied_first[0] == 1
+
+
 def test_scores_differ_between_candidates() -> None:
     """Guards the test above against a degenerate model where every candidate ties."""
     model = tiny_model("llama", seed=3)

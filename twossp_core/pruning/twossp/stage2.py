@@ -38,9 +38,15 @@ class Removal:
     perplexity: float  # calibration perplexity right after this removal
 
 
+def _rank(score: float, idx: int) -> tuple[bool, float, int]:
+    """A total order on (score, block): lower score first, NaN last, equal scores → lower block index first."""
+    nan = math.isnan(score)
+    return nan, 0.0 if nan else score, idx
+
+
 def _beats(score: float, idx: int, best: tuple[float, int] | None) -> bool:
-    """The naive order: lower score wins; on equal scores the lower block index wins."""
-    return best is None or score < best[0] or (score == best[0] and idx < best[1])
+    """Whether candidate idx ranks before the best so far: the winner never depends on the trial order."""
+    return best is None or _rank(score, idx) < _rank(*best)
 
 
 @torch.no_grad()
