@@ -1,4 +1,4 @@
-"""Response bodies of the HTTP API (the request body is `twossp_core.spec.PruneSpec`)."""
+"""Response bodies of the HTTP API (request bodies: `twossp_core.spec.PruneSpec` or `SweepSpec`, see routes)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from api.db.models import Job, JobState
+from api.db.models import Job, JobKind, JobState
 
-JOB_FIELDS_DOC = "report has the same keys as the CLI's report.json once the job succeeded"
+JOB_FIELDS_DOC = (
+    "set once the job succeeded. prune: the CLI's report.json. sweep: the comparison, "
+    "{rows (comparison.json: one row per method and target sparsity), dense, data, timings, runtime}"
+)
 
 
 class JobLinks(BaseModel):
@@ -34,10 +37,11 @@ class JobOut(BaseModel):
     progress: float = Field(description="overall percent done, 0 to 100")
     error: str | None = None
     report: dict[str, Any] | None = Field(None, description=JOB_FIELDS_DOC)
+    kind: JobKind = Field(description="prune: one method at one sparsity; sweep: methods x sparsities")
     model: str
-    method: str
-    sparsity: float
-    spec: dict[str, Any]
+    method: str | None = Field(description="the pruning method (null for a sweep: see spec.methods)")
+    sparsity: float | None = Field(description="the target sparsity (null for a sweep: see spec.sparsities)")
+    spec: dict[str, Any] = Field(description="the normalized request (PruneSpec or SweepSpec fields)")
     stage_timings: dict[str, float] = Field(description="seconds spent in each finished stage")
     attempt: int
     max_attempts: int
@@ -61,6 +65,7 @@ class JobOut(BaseModel):
             progress=round(job.progress, 2),
             error=job.error,
             report=job.report if job.state == JobState.succeeded.value else None,
+            kind=JobKind(job.kind),
             model=job.model,
             method=job.method,
             sparsity=job.sparsity,

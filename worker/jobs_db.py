@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from api.db.models import Job, JobState
+from api.db.models import Job, JobKind, JobState
 from api.db.types import utcnow
 
 RUNNING = JobState.running.value
@@ -22,6 +22,7 @@ class Claim:
     attempt: int
     spec: dict[str, Any]
     time_limit_s: float
+    kind: str = JobKind.prune.value
 
 
 def claim(
@@ -48,7 +49,7 @@ def claim(
             error=None,
             updated_at=now,
         )
-        .returning(Job.attempt, Job.spec, Job.time_limit_s)
+        .returning(Job.attempt, Job.spec, Job.time_limit_s, Job.kind)
     ).first()
     if row is None:
         session.commit()
@@ -60,7 +61,7 @@ def claim(
             update(Job).where(Job.id == job_id, Job.attempt == row[0]).values(time_limit_s=time_limit_s)
         )
     session.commit()
-    return Claim(job_id=job_id, attempt=row[0], spec=row[1], time_limit_s=limit)
+    return Claim(job_id=job_id, attempt=row[0], spec=row[1], time_limit_s=limit, kind=row[3])
 
 
 def heartbeat(

@@ -1,4 +1,4 @@
-"""Running one job: claim it, run the pipeline with a heartbeat, upload the artifact, record the outcome.
+"""Running one job: claim it, run the pipeline (or a sweep) with a heartbeat, upload the output, record the outcome.
 
 Plain code, shared by the Celery task and the embedded worker's child process. The job row is the source
 of truth; every write is fenced by the attempt number, so a stale attempt can never overwrite a newer one.
@@ -17,13 +17,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from api.db.models import JobState
+from api.db.models import JobKind, JobState
 from api.db.session import Database
 from api.settings import Settings
 from api.store import ArtifactStore, make_store
 from worker import jobs_db
 from worker.jobs_db import Claim
-from worker.progress import ProgressTracker
+from worker.progress import ProgressTracker, sweep_run_names
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ class JobRunner:
 
     def _run_claimed(self, claim: Claim, work: Path, timeout_exceptions: tuple[type[BaseException], ...]) -> str:
         soft_limit = min(self.settings.job_soft_time_limit_s, claim.time_limit_s)
-        tracker = ProgressTracker()
+        tracker = ProgressTracker(self._run_names(claim))
         heartbeat = Heartbeat(self, claim, tracker, soft_limit)
         heartbeat.start()
 
@@ -138,7 +138,7 @@ class JobRunner:
         previous_cwd = os.getcwd()
         os.chdir(work)  # hub ids must never resolve against whatever directory the worker started in
         try:
-            report = self._prune(claim, work / "out", tracker.update, should_cancel)
+            report = self._execute(claim, work / "out", tracker.update, should_cancel)
             if heartbeat.stop_reason is not None:
                 raise Cancelled("stopped after the last stage")
             tracker.update("upload", 0.0)
@@ -171,20 +171,32 @@ class JobRunner:
             os.chdir(previous_cwd)
             heartbeat.halt()
 
-    def _prune(
+    @staticmethod
+    def _run_names(claim: Claim) -> list[str]:
+        if claim.kind != JobKind.sweep.value:
+            return []
+        return sweep_run_names(claim.spec.get("methods") or [], claim.spec.get("sparsities") or [])
+
+    def _execute(
         self,
         claim: Claim,
         out_dir: Path,
         progress: Callable[[str, float], None],
         should_cancel: Callable[[], bool],
     ) -> dict[str, Any]:
-        from twossp_core.pipeline import run_prune  # torch is imported here, in the process running the job
-        from twossp_core.spec import parse_spec
-
+        """Run the job's pipeline into out_dir; returns the job's report."""
         if self.settings.torch_threads:
-            import torch
+            import torch  # torch is imported only here, in the process running the job
 
             torch.set_num_threads(self.settings.torch_threads)
-        spec = parse_spec(claim.spec)
-        return run_prune(spec, out_dir, progress=progress, should_cancel=should_cancel)
+        if claim.kind == JobKind.sweep.value:
+            from twossp_core.spec import parse_sweep_spec
+            from twossp_core.sweep import run_sweep
 
+            summary = run_sweep(parse_sweep_spec(claim.spec), out_dir, progress=progress, should_cancel=should_cancel)
+            # the request is the job's spec and the files are in the manifest; the rest is the comparison
+            return {k: v for k, v in summary.items() if k not in ("spec", "files")}
+        from twossp_core.pipeline import run_prune
+        from twossp_core.spec import parse_spec
+
+        return run_prune(parse_spec(claim.spec), out_dir, progress=progress, should_cancel=should_cancel)

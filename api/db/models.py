@@ -33,6 +33,11 @@ class JobState(enum.StrEnum):
     cancelled = "cancelled"
 
 
+class JobKind(enum.StrEnum):
+    prune = "prune"
+    sweep = "sweep"
+
+
 TERMINAL_STATES = frozenset({JobState.succeeded, JobState.failed, JobState.cancelled})
 
 
@@ -77,10 +82,12 @@ class Job(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
     request_hash: Mapped[str] = mapped_column(String(64))
 
+    # prune: one method at one sparsity; sweep: methods x sparsities (method and sparsity are null, see spec)
+    kind: Mapped[str] = mapped_column(String(16), default=JobKind.prune.value, server_default=JobKind.prune.value)
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     model: Mapped[str] = mapped_column(String(1000))
-    method: Mapped[str] = mapped_column(String(50))
-    sparsity: Mapped[float] = mapped_column(Float)
+    method: Mapped[str | None] = mapped_column(String(50), nullable=True)
+    sparsity: Mapped[float | None] = mapped_column(Float, nullable=True)
 
     state: Mapped[str] = mapped_column(String(16), default=JobState.queued.value)
     stage: Mapped[str | None] = mapped_column(String(50), nullable=True)

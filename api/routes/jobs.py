@@ -10,12 +10,12 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from api.archive import stream_tar
-from api.db.models import JobState
+from api.db.models import JobKind, JobState
 from api.deps import BrokerDep, SessionDep, SettingsDep, StoreDep, UserDep
 from api.errors import Conflict, InputRejected
 from api.schemas import JobOut, JobPage, PresignedArtifact, PresignedFile
 from api.services import jobs as service
-from twossp_core.spec import PruneSpec
+from twossp_core.spec import PruneSpec, SweepSpec
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -25,9 +25,37 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 _DETAIL = {"content": {"application/json": {"schema": {"properties": {"detail": {"type": "string"}}}}}}
 
-# the body is validated by the core's parse_spec (one validator for CLI, API and worker); document its schema
+
+def _request_schema(kind: JobKind) -> dict[str, Any]:
+    """The core's spec schema plus the `kind` discriminator (`prune` is the default and may be left out)."""
+    spec_cls = SweepSpec if kind is JobKind.sweep else PruneSpec
+    schema = spec_cls.model_json_schema()
+    kind_schema: dict[str, Any] = {"type": "string", "const": kind.value, "title": "Kind"}
+    if kind is JobKind.prune:
+        kind_schema["default"] = kind.value
+    else:
+        schema["required"] = ["kind", *schema.get("required", [])]
+        # the validator also takes comma-separated strings ("2ssp,shortgpt", "0.25,0.5")
+        props = schema["properties"]
+        for name in ("methods", "sparsities"):
+            array = {k: v for k, v in props[name].items() if k not in ("title", "description", "default")}
+            props[name] = {
+                "anyOf": [array, {"type": "string", "description": "comma-separated"}],
+                **{k: v for k, v in props[name].items() if k in ("title", "description", "default")},
+            }
+    schema["properties"] = {"kind": kind_schema, **schema["properties"]}
+    schema["title"] = f"{kind.value.capitalize()}JobRequest"
+    return schema
+
+
+# the body is validated by the core's parse_spec / parse_sweep_spec (one validator for CLI, API and worker)
 SUBMIT_BODY = {
-    "requestBody": {"required": True, "content": {"application/json": {"schema": PruneSpec.model_json_schema()}}}
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"oneOf": [_request_schema(JobKind.prune), _request_schema(JobKind.sweep)]}}
+        },
+    }
 }
 
 
@@ -35,7 +63,12 @@ SUBMIT_BODY = {
     "",
     status_code=202,
     response_model=JobOut,
-    summary="Submit a pruning job",
+    summary="Submit a pruning job or a sweep (methods x sparsities)",
+    description=(
+        "`kind` selects the job: `prune` (the default) prunes one model with one method to one sparsity; "
+        "`sweep` runs every method at every sparsity on one model and reports the comparison. "
+        "The request is validated and preflighted before anything is queued."
+    ),
     openapi_extra=SUBMIT_BODY,
     responses={
         200: {"model": JobOut, "description": "replay of an earlier request with the same Idempotency-Key"},
@@ -72,16 +105,19 @@ def list_jobs(
     settings: SettingsDep,
     user: UserDep,
     state: JobState | None = None,
+    kind: JobKind | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> JobPage:
     limit = min(limit, settings.page_size_max)
-    rows, total = service.list_jobs(session, user, state, limit, offset)
+    rows, total = service.list_jobs(session, user, state, limit, offset, kind)
     nxt = None
     if offset + len(rows) < total:
         params = {"limit": str(limit), "offset": str(offset + limit)}
         if state is not None:
             params["state"] = state.value
+        if kind is not None:
+            params["kind"] = kind.value
         nxt = str(request.url.include_query_params(**params))
     return JobPage(items=[JobOut.from_row(j) for j in rows], total=total, limit=limit, offset=offset, next=nxt)
 
@@ -121,10 +157,11 @@ def manifest(job_id: str, session: SessionDep, user: UserDep, store: StoreDep) -
 
 @router.get(
     "/{job_id}/artifact",
-    summary="Download the pruned model",
+    summary="Download the job's output (the pruned model, or a sweep's comparison files)",
     description=(
         "Local store: a streamed tar (`manifest.json` + `model/...`). S3 store: JSON with short-lived presigned "
-        "URLs for the manifest and every file."
+        "URLs for the manifest and every file. A sweep's output holds comparison.json, comparison.md, "
+        "comparison.png, comparison.svg, sweep.json and runs/<method>-<sparsity>/report.json."
     ),
     responses={
         **ERRORS,

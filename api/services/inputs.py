@@ -8,10 +8,13 @@ import re
 from pathlib import Path
 from typing import Any
 
+from api.db.models import JobKind
 from api.errors import InputRejected
 from api.settings import Settings
-from twossp_core.errors import ModelNotFound
-from twossp_core.spec import DataSource, PruneSpec, parse_spec
+from twossp_core.errors import InfeasibleTarget, ModelNotFound
+from twossp_core.spec import DataSource, PruneSpec, SweepSpec, parse_spec, parse_sweep_spec
+
+JobSpec = PruneSpec | SweepSpec
 
 # `name` or `org/name`: letters, digits, `-`, `_`, `.`; no `--`/`..` runs, at most 96 characters per part
 HUB_ID_RE = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9._-]{0,95}/)?[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
@@ -66,25 +69,45 @@ def check_source(text: str, settings: Settings, what: str) -> str:
     return f"{path}{rng}"
 
 
-def preflight(spec: PruneSpec) -> None:
-    """Reject unsupported architectures, infeasible targets and missing files before queueing (torch-free)."""
+def preflight(spec: JobSpec) -> None:
+    """Reject unsupported architectures, infeasible targets and missing files before queueing (torch-free).
+
+    A sweep is checked cell by cell, so an infeasible (method, sparsity) pair is reported before anything runs.
+    """
     from twossp_core.preflight import check_model
 
-    check_model(spec)
+    if isinstance(spec, PruneSpec):
+        check_model(spec)
+        return
+    for method in spec.methods:
+        for sparsity in spec.sparsities:
+            try:
+                check_model(spec.prune_spec(method, sparsity))
+            except InfeasibleTarget as exc:
+                raise InfeasibleTarget(f"{method} at sparsity {sparsity:g}: {exc}") from None
 
 
-def validate_request(body: Any, settings: Settings) -> PruneSpec:
-    """The normalized spec for a request body, or an exception that maps to a 4xx with the reason."""
+def job_kind(body: dict[str, Any]) -> JobKind:
+    kind = body.get("kind", JobKind.prune.value)
+    if kind not in [k.value for k in JobKind]:
+        raise InputRejected(f"kind: must be one of {', '.join(repr(k.value) for k in JobKind)}, not {kind!r}")
+    return JobKind(kind)
+
+
+def validate_request(body: Any, settings: Settings) -> tuple[JobKind, JobSpec]:
+    """The job kind and normalized spec for a request body, or an exception that maps to a 4xx with the reason."""
     if not isinstance(body, dict):
         raise InputRejected("request body must be a JSON object")
-    spec = parse_spec(body)
+    kind = job_kind(body)
+    fields = {k: v for k, v in body.items() if k != "kind"}
+    spec: JobSpec = parse_sweep_spec(fields) if kind is JobKind.sweep else parse_spec(fields)
     spec.model = check_model_id(spec.model, settings)
     spec.calibration = [check_source(s, settings, "calibration source") for s in spec.calibration]
     spec.eval = [check_source(s, settings, "eval source") for s in spec.eval]
     preflight(spec)
-    return spec
+    return kind, spec
 
 
-def request_hash(spec: PruneSpec) -> str:
-    canonical = json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+def request_hash(kind: JobKind, spec: JobSpec) -> str:
+    canonical = json.dumps({"kind": kind.value, **spec.model_dump(mode="json")}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()

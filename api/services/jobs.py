@@ -11,11 +11,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.broker import Broker
-from api.db.models import TERMINAL_STATES, Job, JobState, User
+from api.db.models import TERMINAL_STATES, Job, JobKind, JobState, User
 from api.db.types import utcnow
 from api.errors import Conflict, InputRejected, NotFound
 from api.services.inputs import request_hash, validate_request
 from api.settings import Settings
+from twossp_core.spec import PruneSpec
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +30,8 @@ class Submission:
 def submit_job(
     session: Session, broker: Broker, settings: Settings, user: User, body: Any, idempotency_key: str | None
 ) -> Submission:
-    spec = validate_request(body, settings)
-    digest = request_hash(spec)
+    kind, spec = validate_request(body, settings)
+    digest = request_hash(kind, spec)
     if idempotency_key is not None:
         if not (1 <= len(idempotency_key) <= 200):
             raise InputRejected("Idempotency-Key must be 1 to 200 characters")
@@ -42,10 +43,11 @@ def submit_job(
         owner_id=user.id,
         idempotency_key=idempotency_key,
         request_hash=digest,
+        kind=kind.value,
         spec=spec.model_dump(mode="json"),
         model=spec.model,
-        method=spec.method,
-        sparsity=spec.sparsity,
+        method=spec.method if isinstance(spec, PruneSpec) else None,
+        sparsity=spec.sparsity if isinstance(spec, PruneSpec) else None,
         state=JobState.queued.value,
         progress=0.0,
         stage_timings={},
@@ -103,11 +105,13 @@ def get_job(session: Session, user: User, job_id: str) -> Job:
 
 
 def list_jobs(
-    session: Session, user: User, state: JobState | None, limit: int, offset: int
+    session: Session, user: User, state: JobState | None, limit: int, offset: int, kind: JobKind | None = None
 ) -> tuple[list[Job], int]:
     query = select(Job).where(Job.owner_id == user.id)
     if state is not None:
         query = query.where(Job.state == state.value)
+    if kind is not None:
+        query = query.where(Job.kind == kind.value)
     total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
     rows = session.scalars(query.order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)).all()
     return list(rows), total
