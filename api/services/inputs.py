@@ -88,6 +88,8 @@ def preflight(spec: JobSpec) -> None:
 
 
 def job_kind(body: dict[str, Any]) -> JobKind:
+    if "kind" not in body and {"methods", "sparsities"} & body.keys():
+        raise InputRejected('methods and sparsities are fields of a sweep: add "kind": "sweep" to the request')
     kind = body.get("kind", JobKind.prune.value)
     if kind not in [k.value for k in JobKind]:
         raise InputRejected(f"kind: must be one of {', '.join(repr(k.value) for k in JobKind)}, not {kind!r}")

@@ -94,7 +94,8 @@ def test_openapi_documents_the_routes(client: TestClient) -> None:
     routes = {"/jobs", "/jobs/{job_id}", "/jobs/{job_id}/cancel", "/jobs/{job_id}/artifact", "/healthz", "/readyz"}
     assert routes <= set(spec["paths"])
     submit = spec["paths"]["/jobs"]["post"]
-    schema = submit["requestBody"]["content"]["application/json"]["schema"]
+    variants = submit["requestBody"]["content"]["application/json"]["schema"]["oneOf"]
+    schema = next(v for v in variants if v["properties"]["kind"]["const"] == "prune")
     assert {"model", "sparsity", "method", "calibration", "eval", "doc_separator", "seq_len"} <= set(
         schema["properties"]
     )

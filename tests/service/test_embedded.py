@@ -3,55 +3,20 @@ worker running each job in a child process; the same job flow end to end."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from api.client import download_artifact
 
 from .checks import assert_torch_not_loaded, check_model_perplexity, check_succeeded_job
-from .procs import REPO, Api, Proc, wait_until
-from .support import free_port, job_body
+from .procs import Embedded, bare_env, wait_until
+from .support import job_body
 
 pytestmark = pytest.mark.slow
-
-
-def bare_env(roots: list[Path], **extra: str) -> dict[str, str]:
-    """The environment without any TWOSSP_* setting except the allowed roots (and what a test adds)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TWOSSP_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    env["TWOSSP_ALLOWED_LOCAL_ROOTS"] = ":".join(str(r) for r in roots)
-    env["TWOSSP_TORCH_THREADS"] = "1"  # keeps CPU jobs fast on small shared machines
-    env.update(extra)
-    return env
-
-
-class Embedded:
-    def __init__(self, cwd: Path, env: dict[str, str]) -> None:
-        self.cwd, self.env = cwd, env
-        key_out = subprocess.run(
-            [sys.executable, "-m", "api.cli", "keys", "create", "alice"],
-            cwd=cwd, env=env, capture_output=True, text=True, check=True,
-        )
-        self.key = key_out.stdout.strip().splitlines()[-1]
-        port = free_port()
-        self.proc = Proc("serve", [sys.executable, "-m", "api.cli", "serve", "--port", str(port)], env, cwd, cwd=cwd)
-        self.base = f"http://127.0.0.1:{port}"
-        wait_until(self._up, 30, "twossp serve")
-        self.api = Api(self.base, self.key)
-
-    def _up(self) -> bool:
-        if self.proc.popen.poll() is not None:
-            raise RuntimeError(self.proc.output())
-        try:
-            return httpx.get(f"{self.base}/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
 
 
 @pytest.fixture
