@@ -163,3 +163,23 @@ def test_sweep_job_runs_on_the_embedded_default(
     assert run["method"] == "shortgpt" and run["perplexity"] == next(
         r["perplexity"] for r in rows if r["method"] == "shortgpt" and r["sparsity_target"] == 0.5
     )
+
+
+def test_sweep_progress_advances_run_by_run() -> None:
+    from worker.progress import ProgressTracker, sweep_run_names
+
+    runs = sweep_run_names(["2ssp", "shortgpt"], [0.25, 0.5])
+    assert runs == ["2ssp@0.25", "2ssp@0.5", "shortgpt@0.25", "shortgpt@0.5"]
+    tracker = ProgressTracker(runs)
+    stages = ["load", "calibration", "evaluate_dense"]
+    stages += [f"{run}/{sub}" for run in runs[:2] for sub in ("stage1", "stage2", "evaluate_pruned")]
+    stages += [f"{run}/{sub}" for run in runs[2:] for sub in ("influence", "evaluate_pruned")]
+    seen = []
+    for stage in [*stages, "comparison", "upload"]:
+        for fraction in (0.0, 0.5, 1.0):
+            tracker.update(stage, fraction)
+            seen.append(tracker.snapshot()[1])
+    assert seen == sorted(seen) and seen[-1] == 100.0
+    assert seen[3 * 3 - 1] == 25.0  # the shared setup
+    assert seen[(3 + 3) * 3 - 1] == pytest.approx(25.0 + 70.0 / 4)  # the first run
+    assert len(set(seen)) > len(seen) // 2
