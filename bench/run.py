@@ -46,6 +46,9 @@ SPARSITIES = (0.25, 0.375, 0.5)
 MAIN_SPARSITY = 0.375
 
 DEFINITIONS = {
+    "clock": "all times and ratios use this clock: cpu = CPU time of the benchmark process (torch on 1 thread by "
+    "default, so it equals the time on an otherwise idle core and is robust to other load on a shared machine), "
+    "wall = elapsed time; wall times are recorded next to every cpu time (wall_runs_s, *_wall ratios)",
     "stage2_speedup_vs_naive": "min wall time of 2SSP stage 2 in naive mode / in fast mode, same width-pruned model, "
     "sparsity 0.375 (stage2_speedup_vs_naive_by_sparsity: the same at each sparsity)",
     "decisions_identical": "fast and naive stage 2 removed the same attention modules in the same order with "
@@ -98,10 +101,17 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-    start = time.perf_counter()
+CLOCK = "cpu"  # which clock the ratios use; both are always recorded
+
+
+def timed(fn: Callable[[], Any], walls: list[float] | None = None) -> tuple[float, Any]:
+    """Seconds by CLOCK ("cpu": this process's CPU time, "wall": elapsed time); the wall time goes to `walls`."""
+    wall, cpu = time.perf_counter(), time.process_time()
     out = fn()
-    return time.perf_counter() - start, out
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    if walls is not None:
+        walls.append(wall)
+    return (cpu if CLOCK == "cpu" else wall), out
 
 
 def ctx_for(model: Any, calibration: torch.Tensor) -> PruneContext:
@@ -123,10 +133,11 @@ def bench_stage1(base: Any, calibration: torch.Tensor, repeats: int) -> dict[str
     windows = calibration[: min(8, calibration.shape[0])]
     adapter = adapter_for(base)
     fast_t, ref_t, max_diff = [], [], 0.0
+    walls: dict[str, list[float]] = {"straightforward": [], "optimized": []}
     for _ in range(repeats):
-        t, ref = timed(lambda: straightforward_neuron_scores(adapter, windows))
+        t, ref = timed(lambda: straightforward_neuron_scores(adapter, windows), walls["straightforward"])
         ref_t.append(t)
-        t, got = timed(lambda: stage1.neuron_scores(adapter, windows))
+        t, got = timed(lambda: stage1.neuron_scores(adapter, windows), walls["optimized"])
         fast_t.append(t)
         max_diff = max(max_diff, max(float((a - b).abs().max() / b.abs().max()) for a, b in zip(got, ref, strict=True)))
     return {
@@ -134,6 +145,7 @@ def bench_stage1(base: Any, calibration: torch.Tensor, repeats: int) -> dict[str
         "straightforward_s": min(ref_t),
         "optimized_s": min(fast_t),
         "stage1_speedup_vs_straightforward": min(ref_t) / min(fast_t),
+        "wall_runs_s": walls,
         "max_relative_score_difference": max_diff,
     }
 
@@ -152,13 +164,15 @@ def bench_stage2(
     times: dict[str, list[float]] = {"naive": [], "fast": []}
     decisions: dict[str, list[Any]] = {"naive": [], "fast": []}
     calls: dict[str, int] = {}
+    walls: dict[str, list[float]] = {"naive": [], "fast": []}
     for rep in range(repeats):
         for mode in ("naive", "fast") if rep % 2 == 0 else ("fast", "naive"):
             model = copy.deepcopy(widened)
             counter, remove = count_block_calls(model)
             t, removals = timed(
                 lambda m=model, mode=mode: stage2.greedy_attention_removal(adapter_for(m), windows, plan.num_attention,
-                                                                          mode=mode)
+                                                                          mode=mode),
+                walls[mode],
             )
             remove()
             times[mode].append(t)
@@ -177,6 +191,8 @@ def bench_stage2(
         "naive_runs_s": times["naive"],
         "fast_runs_s": times["fast"],
         "stage2_speedup_vs_naive": min(times["naive"]) / min(times["fast"]),
+        "wall_runs_s": walls,
+        "stage2_speedup_vs_naive_wall": min(walls["naive"]) / min(walls["fast"]),
         "block_calls": calls,
         "block_call_ratio": calls["naive"] / max(calls["fast"], 1),
         "decisions_identical": identical,
@@ -201,12 +217,13 @@ def bench_methods(base: Any, calibration: torch.Tensor, repeats: int, skip: set[
             out[label] = {"skipped": f"method {method!r} is not registered"}
             continue
         times: list[float] = []
+        walls: list[float] = []
         details: dict[str, Any] = {}
         for _ in range(reps):
             model = copy.deepcopy(base)
             ctx = ctx_for(model, calibration)
             t, outcome = timed(lambda m=method, o=options, c=ctx: method_class(m)(method_config(m, o)).prune(
-                c, MAIN_SPARSITY))
+                c, MAIN_SPARSITY), walls)
             times.append(t)
             details = {
                 "removed_attention": outcome.removed_attention,
@@ -216,7 +233,8 @@ def bench_methods(base: Any, calibration: torch.Tensor, repeats: int, skip: set[
                 "options": method_config(method, options).model_dump(),
             }
             del model, ctx
-        out[label] = {"prune_s": min(times), "runs_s": times, **details}
+        out[label] = {"prune_s": min(times), "runs_s": times, "prune_wall_s": min(walls), "wall_runs_s": walls,
+                      **details}
         log(f"{label}: {min(times):.2f} s")
     return out
 
@@ -224,9 +242,8 @@ def bench_methods(base: Any, calibration: torch.Tensor, repeats: int, skip: set[
 def forward_seconds(model: Any, window: torch.Tensor) -> float:
     adapter = adapter_for(model)
     with torch.inference_mode():
-        start = time.perf_counter()
-        adapter.head(adapter.decoder(input_ids=window, use_cache=False).last_hidden_state)
-        return time.perf_counter() - start
+        t, _ = timed(lambda: adapter.head(adapter.decoder(input_ids=window, use_cache=False).last_hidden_state))
+        return t
 
 
 def bench_throughput(base: Any, calibration: torch.Tensor, rounds: int, cache: dict[str, Any]) -> dict[str, Any]:
@@ -315,18 +332,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", help="results file name (default: full or quick)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: stable timings on a shared machine)")
+    parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
+                        help="clock of the reported times and ratios (default cpu: this process's CPU time, robust to "
+                        "other load on a shared machine at 1 thread); wall times are recorded as well")
     parser.add_argument("--repeats", type=int, default=None, help="repetitions of the timed 2SSP runs")
     parser.add_argument("--skip", default="", help="comma-separated: stage1,stage2,blockpruner,evopress,"
                         "2ssp_naive_stage2,throughput,memory")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    global CLOCK
+    CLOCK = args.clock
     spec = QUICK if args.quick else FULL
     name = args.name or spec.name
     repeats = args.repeats or (2 if args.quick else 2)
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
 
     started = time.perf_counter()
-    result: dict[str, Any] = {"name": name, "machine": machine(args.threads), "model": spec.describe()}
+    result: dict[str, Any] = {"name": name, "clock": CLOCK, "machine": machine(args.threads), "model": spec.describe()}
     log(f"building {spec.name} model and {spec.calibration_windows} calibration windows")
     base = build_model(spec)
     calibration = calibration_windows(spec, spec.calibration_windows)
@@ -381,15 +403,19 @@ def summarize(result: dict[str, Any]) -> None:
     """Headline numbers and targets at the top level of the JSON."""
     s2 = result.get("stage2", {})
     result["stage2_speedup_vs_naive"] = s2.get("stage2_speedup_vs_naive")
+    result["stage2_speedup_vs_naive_wall"] = s2.get("stage2_speedup_vs_naive_wall")
     by_sparsity = result.get("stage2_by_sparsity", {}) if "stage2" in result else {}
     result["decisions_identical"] = all(v["decisions_identical"] for v in by_sparsity.values()) if s2 else None
     result["stage2_speedup_vs_naive_by_sparsity"] = {k: v["stage2_speedup_vs_naive"] for k, v in by_sparsity.items()}
     result["stage1_speedup_vs_straightforward"] = result.get("stage1", {}).get("stage1_speedup_vs_straightforward")
     ours = _prune_s(result, "2ssp")
     reasons: dict[str, str] = {}
+    ours_wall = result.get("methods", {}).get("2ssp", {}).get("prune_wall_s")
     for label in ("blockpruner", "evopress"):
         theirs = _prune_s(result, label)
         result[f"speedup_vs_{label}"] = theirs / ours if theirs is not None and ours else None
+        theirs_wall = result.get("methods", {}).get(label, {}).get("prune_wall_s")
+        result[f"speedup_vs_{label}_wall"] = theirs_wall / ours_wall if theirs_wall and ours_wall else None
         if result[f"speedup_vs_{label}"] is None:
             reasons[label] = result.get("methods", {}).get(label, {}).get("skipped", "not measured")
     if reasons:
