@@ -3,8 +3,8 @@
 Run by `bench/run.py` as `python bench/rss_child.py MODEL WINDOWS.pt SPARSITY`; prints one JSON line.
 The baseline is the RSS after importing torch, transformers and twossp_core, loading the (small) token
 windows and pruning a throw-away 2-block model of the same family (which loads the code and kernels that
-are imported or initialised lazily), before the benchmark model exists. The peak is the larger of a 1 ms
-psutil poll during the prune and the process's lifetime `ru_maxrss`.
+are imported or initialised lazily), before the benchmark model exists. The peak is a 1 ms psutil poll during
+the prune; `ru_maxrss` is reported too, but on Linux it carries over the RSS the parent had at fork time.
 """
 
 from __future__ import annotations
