@@ -24,8 +24,8 @@ from twossp_core.evaluation.perplexity import perplexity
 from twossp_core.evaluation.throughput import forward_throughput
 from twossp_core.models.base import ModelAdapter
 from twossp_core.models.registry import adapter_for
-from twossp_core.progress import CancelFn, ProgressFn, Reporter
 from twossp_core.preflight import check_model
+from twossp_core.progress import CancelFn, ProgressFn, Reporter
 from twossp_core.pruning.base import PruneContext, PruneOutcome
 from twossp_core.pruning.registry import method_class, method_config
 from twossp_core.runtime.loading import load_model

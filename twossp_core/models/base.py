@@ -30,7 +30,8 @@ def slice_linear(linear: nn.Linear, keep: torch.Tensor, dim: int) -> nn.Linear:
     weight = linear.weight.data.index_select(dim, keep.to(linear.weight.device)).clone()
     bias = None
     if linear.bias is not None:
-        bias = linear.bias.data.index_select(0, keep.to(linear.bias.device)).clone() if dim == 0 else linear.bias.data.clone()
+        source = linear.bias.data
+        bias = source.index_select(0, keep.to(source.device)).clone() if dim == 0 else source.clone()
     out_features, in_features = weight.shape
     new = nn.Linear(in_features, out_features, bias=bias is not None, device=weight.device, dtype=weight.dtype)
     new.weight.data.copy_(weight)

@@ -36,7 +36,9 @@ def plan_balance(
 ) -> BalancePlan:
     if not 0.0 < sparsity < 1.0:
         raise InfeasibleTarget(f"sparsity must be strictly between 0 and 1, got {sparsity}")
-    n_attn = attention_count(blocks, sparsity, mlp_params, attn_params, alpha) if num_attention is None else num_attention
+    n_attn = num_attention
+    if n_attn is None:
+        n_attn = attention_count(blocks, sparsity, mlp_params, attn_params, alpha)
     if n_attn > blocks:
         raise InfeasibleTarget(f"cannot remove {n_attn} attention modules: the model has {blocks} blocks")
     target = round(sparsity * block_params_total)

@@ -8,7 +8,9 @@ from pydantic import BaseModel, ConfigDict, Field
 class TwoSSPConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    alpha: float = Field(1.5, gt=0.0, description="balance exponent divisor in N_attn = round(B * s^((P_mlp/P_attn)/alpha))")
+    alpha: float = Field(
+        1.5, gt=0.0, description="balance exponent divisor in N_attn = round(B * s^((P_mlp/P_attn)/alpha))"
+    )
     num_attention_to_prune: int | None = Field(
         None, ge=0, description="override the balance formula with an explicit attention count"
     )
