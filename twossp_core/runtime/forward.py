@@ -24,7 +24,8 @@ class StopForward(Exception):
     """Raised from a hook to end a forward pass once everything it was run for has been seen."""
 
 
-def _block_output(out: Any) -> torch.Tensor:
+def block_output(out: Any) -> torch.Tensor:
+    """The hidden state a decoder block returns (some return a tuple, some the tensor)."""
     return out[0] if isinstance(out, tuple) else out
 
 
@@ -134,7 +135,7 @@ class BlockRunner:
         for idx in range(start, self.adapter.num_blocks):
             if states is not None and idx > start:
                 states.append(hidden)
-            hidden = _block_output(self.adapter.layers[idx](hidden, *record.args[idx], **record.kwargs[idx]))
+            hidden = block_output(self.adapter.layers[idx](hidden, *record.args[idx], **record.kwargs[idx]))
         return hidden
 
     @torch.no_grad()

@@ -27,7 +27,7 @@ import torch
 
 from twossp_core.models.base import ModelAdapter
 from twossp_core.progress import Reporter
-from twossp_core.runtime.forward import BlockInputs, BlockRunner, _block_output, nll_sum_until, window_nll
+from twossp_core.runtime.forward import BlockInputs, BlockRunner, block_output, nll_sum_until, window_nll
 
 STAGE = "stage2"
 
@@ -129,7 +129,7 @@ def _try_candidate(
                     kept.append(hidden)
                     if not complete:
                         break
-                hidden = _block_output(adapter.layers[block](hidden, *record.args[block], **record.kwargs[block]))
+                hidden = block_output(adapter.layers[block](hidden, *record.args[block], **record.kwargs[block]))
             if not complete:
                 continue  # this candidate already lost; only the state to keep is still wanted
             normed = adapter.final_norm(hidden)
@@ -148,7 +148,7 @@ def _refresh_record(adapter: ModelAdapter, record: BlockInputs, removed: int) ->
     """Recompute the inputs of the blocks after `removed` under the current structure."""
     hidden = record.hidden[removed]
     for block in range(removed, adapter.num_blocks - 1):
-        hidden = _block_output(adapter.layers[block](hidden, *record.args[block], **record.kwargs[block]))
+        hidden = block_output(adapter.layers[block](hidden, *record.args[block], **record.kwargs[block]))
         record.hidden[block + 1] = hidden
 
 
