@@ -71,14 +71,10 @@ def add_data_arguments(p: argparse.ArgumentParser, *, calibration: bool = True) 
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
 
 
-def spec_from_args(args: argparse.Namespace, *, sparsity: float, method: str) -> Any:
-    from twossp_core.spec import parse_spec
-
+def job_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The request fields `prune` and `sweep` share (model, data options, device, dtype, seed)."""
     data: dict[str, Any] = {
         "model": args.model,
-        "sparsity": sparsity,
-        "method": method,
-        "options": dict(_option_value(o) for o in (args.option or [])),
         "doc_separator": args.doc_separator,
         "seq_len": args.seq_len,
         "calibration_windows": args.calibration_windows,
@@ -92,7 +88,14 @@ def spec_from_args(args: argparse.Namespace, *, sparsity: float, method: str) ->
         data["calibration"] = args.calibration
     if args.eval is not None:
         data["eval"] = args.eval
-    return parse_spec(data)
+    return data
+
+
+def spec_from_args(args: argparse.Namespace, *, sparsity: float, method: str) -> Any:
+    from twossp_core.spec import parse_spec
+
+    options = dict(_option_value(o) for o in (args.option or []))
+    return parse_spec({**job_fields(args), "sparsity": sparsity, "method": method, "options": options})
 
 
 def check_out_dir(out: Path, overwrite: bool) -> None:

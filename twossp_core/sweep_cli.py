@@ -21,6 +21,7 @@ def _method_option(text: str) -> tuple[str, str, Any]:
 
 
 def spec_from_args(args: argparse.Namespace) -> Any:
+    from twossp_core.cli import job_fields
     from twossp_core.spec import parse_sweep_spec
 
     options: dict[str, dict[str, Any]] = {}
@@ -28,24 +29,12 @@ def spec_from_args(args: argparse.Namespace) -> Any:
         method, name, value = _method_option(text)
         options.setdefault(method, {})[name] = value
     data: dict[str, Any] = {
-        "model": args.model,
+        **job_fields(args),
         "methods": args.methods,
         "sparsities": args.sparsities,
         "options": options,
-        "doc_separator": args.doc_separator,
-        "seq_len": args.seq_len,
-        "calibration_windows": args.calibration_windows,
-        "eval_windows": args.eval_windows,
-        "dtype": args.dtype,
-        "device": args.device,
-        "seed": args.seed,
-        "measure_throughput": not args.no_throughput,
         "save_models": args.save_models,
     }
-    if args.calibration:
-        data["calibration"] = args.calibration
-    if args.eval is not None:
-        data["eval"] = args.eval
     return parse_sweep_spec(data)
 
 
