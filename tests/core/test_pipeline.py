@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tiny_models import save_tiny  # noqa: E402
+from tiny_models import FAMILIES, save_tiny  # noqa: E402
 
 from twossp_core.errors import Cancelled  # noqa: E402
 from twossp_core.export.load import load_pruned  # noqa: E402
@@ -40,9 +40,23 @@ def _spec(workdir: Path, **kw):
     return parse_spec(data)
 
 
+@pytest.fixture(scope="module")
+def family_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("families")
+    (root / "text.txt").write_text(TEXT)
+    return root
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-def test_half_precision_prune_save_reload(workdir, tmp_path, dtype):
-    spec = _spec(workdir, dtype=dtype)
+def test_half_precision_prune_save_reload(family_dirs, tmp_path, dtype, family):
+    if not (family_dirs / family).exists():
+        save_tiny(family, family_dirs / family)
+    spec = parse_spec({
+        "model": str(family_dirs / family), "sparsity": 0.4, "calibration": [str(family_dirs / "text.txt")],
+        "eval": [str(family_dirs / "text.txt")], "seq_len": 32, "calibration_windows": 8, "eval_windows": 2,
+        "measure_throughput": False, "dtype": dtype,
+    })
     ws = prepare(spec, Reporter())
     model, outcome, _ = prune_model(ws, "2ssp", spec.sparsity, spec.options, Reporter(), copy_model=False)
     assert next(model.parameters()).dtype == getattr(torch, dtype)
