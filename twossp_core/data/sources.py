@@ -86,7 +86,7 @@ def _hub_documents(source: DataSource, role: Role) -> Iterator[str]:
     except ImportError:
         raise DataError(
             f"data source {source.name!r} comes from the Hugging Face hub: install the 'datasets' package "
-            "(pip install 'twossp[hub]') or pass a local .txt/.jsonl/.parquet file"
+            "or pass a local .txt/.jsonl/.parquet file"
         ) from None
     args = dict(_HUB[source.name][role])
     split = args.pop("split")
