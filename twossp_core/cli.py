@@ -151,18 +151,23 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
     from twossp_core.pipeline import prepare
     from twossp_core.progress import Reporter
-    from twossp_core.spec import parse_spec
+    from twossp_core.spec import JobSpecBase, format_validation_error
 
     data: dict[str, Any] = {
-        "model": args.model, "sparsity": 0.5, "doc_separator": args.doc_separator, "seq_len": args.seq_len,
+        "model": args.model, "doc_separator": args.doc_separator, "seq_len": args.seq_len,
         "eval_windows": args.eval_windows, "dtype": args.dtype, "device": args.device,
-        "measure_throughput": not args.no_throughput, "calibration": ["unused"], "calibration_windows": 1,
+        "measure_throughput": not args.no_throughput,
     }
     if args.eval is not None:
         data["eval"] = args.eval
-    spec = parse_spec(data)
+    try:
+        spec = JobSpecBase.model_validate(data)  # evaluation only: the calibration fields go unused
+    except ValidationError as exc:
+        raise InvalidSpec(format_validation_error(exc)) from None
     if not spec.eval:
         raise InvalidSpec("eval needs at least one --eval source")
     if args.tasks:

@@ -29,7 +29,7 @@ from twossp_core.progress import CancelFn, ProgressFn, Reporter
 from twossp_core.pruning.base import PruneContext, PruneOutcome
 from twossp_core.pruning.registry import method_class, method_config
 from twossp_core.runtime.loading import load_model
-from twossp_core.spec import DEFAULT_SEQ_LEN, PruneSpec
+from twossp_core.spec import DEFAULT_SEQ_LEN, JobSpecBase, PruneSpec
 
 REPORT_FILE = "report.json"
 EVAL_BATCH = 4  # windows per evaluation forward pass
@@ -37,7 +37,7 @@ EVAL_BATCH = 4  # windows per evaluation forward pass
 
 @dataclass
 class Workspace:
-    spec: PruneSpec
+    spec: JobSpecBase
     model: Any
     tokenizer: Any
     seq_len: int
@@ -63,13 +63,13 @@ def context_length(config: Any) -> int | None:
     return int(value) if value else None
 
 
-def effective_seq_len(spec: PruneSpec, config: Any) -> int:
+def effective_seq_len(spec: JobSpecBase, config: Any) -> int:
     limit = context_length(config)
     wanted = spec.seq_len or DEFAULT_SEQ_LEN
     return min(wanted, limit) if limit else wanted
 
 
-def prepare(spec: PruneSpec, reporter: Reporter, *, with_calibration: bool = True) -> Workspace:
+def prepare(spec: JobSpecBase, reporter: Reporter, *, with_calibration: bool = True) -> Workspace:
     """Load the model and data, and measure the dense model."""
     torch.manual_seed(spec.seed)
     t0 = time.perf_counter()
