@@ -131,17 +131,23 @@ def format_summary(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def run_into_out_dir(args: argparse.Namespace, run: Callable[..., dict[str, Any]], spec: Any) -> dict[str, Any]:
+    """Check --out, then run a job (run_prune or run_sweep) into it with progress bars."""
+    out = Path(args.out)
+    check_out_dir(out, args.overwrite)
+    bars = StageBars(enabled=not args.no_progress)
+    try:
+        return run(spec, out, progress=bars)
+    finally:
+        bars.close()
+
+
 def cmd_prune(args: argparse.Namespace) -> int:
     from twossp_core.pipeline import run_prune
 
     spec = spec_from_args(args, sparsity=args.sparsity, method=args.method)
     out = Path(args.out)
-    check_out_dir(out, args.overwrite)
-    bars = StageBars(enabled=not args.no_progress)
-    try:
-        report = run_prune(spec, out, progress=bars)
-    finally:
-        bars.close()
+    report = run_into_out_dir(args, run_prune, spec)
     if args.json:
         print(json.dumps(report, indent=2))
     else:

@@ -39,17 +39,12 @@ def spec_from_args(args: argparse.Namespace) -> Any:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from twossp_core.cli import StageBars, check_out_dir
+    from twossp_core.cli import run_into_out_dir
     from twossp_core.sweep import run_sweep
 
     spec = spec_from_args(args)
     out = Path(args.out)
-    check_out_dir(out, args.overwrite)
-    bars = StageBars(enabled=not args.no_progress)
-    try:
-        result = run_sweep(spec, out, progress=bars)
-    finally:
-        bars.close()
+    result = run_into_out_dir(args, run_sweep, spec)
     if args.json:
         print(json.dumps(result["rows"], indent=2))
     else:
