@@ -231,6 +231,7 @@ def bench_methods(base: Any, calibration: torch.Tensor, repeats: int, skip: set[
                 "kept_ffn_neurons": outcome.kept_ffn_neurons,
                 "timings": outcome.timings,
                 "options": method_config(method, options).model_dump(),
+                "details": outcome.details,
             }
             del model, ctx
         out[label] = {"prune_s": min(times), "runs_s": times, "prune_wall_s": min(walls), "wall_runs_s": walls,

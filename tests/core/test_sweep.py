@@ -19,7 +19,8 @@ from twossp_core.spec import JobSpecBase, PruneSpec, SweepSpec, parse_sweep_spec
 from twossp_core.sweep import run_sweep  # noqa: E402
 
 TEXT = " ".join(["the cat sat on the mat and it was fun to see a dog run in the park"] * 200)
-EVO = {"generations": 2, "offspring": 3, "selection_windows": [1, 2], "selection_survivors": [2, 1]}
+EVO = {"generations": 2, "offspring": 3, "initial_candidates": 4, "selection_tokens": [1, 64],
+       "selection_survivors": [2, 1]}
 
 
 @pytest.fixture(scope="module")

@@ -2,13 +2,16 @@
 dense model's next-token distributions on calibration tokens.
 
 The dense block inputs are recorded once (BlockRunner); a candidate runs only from its first removed block on,
-with its submodules bypassed. Dense log-probabilities of the calibration windows are kept in memory
-(windows x seq_len x vocab floats) and shared across a sweep.
+with its submodules bypassed. Every selection step draws its windows from all calibration windows, so the dense
+block inputs and log-probabilities of all of them are kept in memory (windows x seq_len x (blocks x hidden + vocab)
+floats) and shared across a sweep.
 """
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Sequence
 from contextlib import ExitStack
 from typing import Any
 
@@ -20,7 +23,7 @@ from twossp_core.pruning.base import PruneContext, PruneOutcome, PruningMethod
 from twossp_core.pruning.blockpruner.budget import target_params
 from twossp_core.pruning.evopress.config import EvoPressConfig
 from twossp_core.pruning.evopress.divergence import kl_sum
-from twossp_core.pruning.evopress.search import Genome, evolve, plan_counts
+from twossp_core.pruning.evopress.search import Genome, default_generations, evolve, plan_counts
 from twossp_core.pruning.submodules import removal_cost
 from twossp_core.runtime.forward import LOGIT_CHUNK, BlockInputs, BlockRunner
 
@@ -29,7 +32,7 @@ CACHE_KEY = "evopress.dense_reference"
 
 
 class DenseReference:
-    """Recorded block inputs and dense log-probs of the first `n` calibration windows."""
+    """Recorded block inputs and dense log-probs of every calibration window."""
 
     def __init__(self, adapter: ModelAdapter, windows: torch.Tensor) -> None:
         runner = BlockRunner(adapter)
@@ -42,7 +45,8 @@ class DenseReference:
 
 
 @torch.no_grad()
-def candidate_kl(adapter: ModelAdapter, ref: DenseReference, genome: Genome, windows: int) -> float:
+def candidate_kl(adapter: ModelAdapter, ref: DenseReference, genome: Genome, windows: Sequence[int]) -> float:
+    """Mean per-token KL(dense || candidate) over the given calibration windows."""
     runner = BlockRunner(adapter)
     attn, mlp = genome
     start = min([*attn, *mlp], default=adapter.num_blocks - 1)
@@ -52,7 +56,7 @@ def candidate_kl(adapter: ModelAdapter, ref: DenseReference, genome: Genome, win
             stack.enter_context(adapter.bypassed("attention", idx))
         for idx in mlp:
             stack.enter_context(adapter.bypassed("mlp", idx))
-        for w in range(windows):
+        for w in windows:
             normed = adapter.final_norm(runner.run_from(ref.records[w], start))[0]
             for s in range(0, normed.shape[0], LOGIT_CHUNK):
                 total += kl_sum(ref.logprobs[w][s : s + LOGIT_CHUNK], adapter.head(normed[s : s + LOGIT_CHUNK]))
@@ -65,12 +69,12 @@ class EvoPress(PruningMethod):
     stages = (STAGE,)
     config: EvoPressConfig
 
-    def reference(self, ctx: PruneContext, windows: int) -> DenseReference:
-        key = (CACHE_KEY, windows, int(ctx.calibration.shape[1]))
+    def reference(self, ctx: PruneContext) -> DenseReference:
+        key = (CACHE_KEY, *ctx.calibration.shape)
         ref: Any = ctx.cache.get(key)
         if ref is None:
             with torch.no_grad():
-                ref = DenseReference(ctx.adapter, ctx.calibration[:windows])
+                ref = DenseReference(ctx.adapter, ctx.calibration)
             ctx.cache[key] = ref
         return ref
 
@@ -85,20 +89,25 @@ class EvoPress(PruningMethod):
         counts = plan_counts(blocks, attn_cost, mlp_cost, target)
         if sum(counts) == 0:
             raise InfeasibleTarget(f"sparsity {sparsity} is below the smallest submodule; nothing to remove")
-        available = int(ctx.calibration.shape[0])
-        steps = [(min(w, available), s) for w, s in zip(cfg.selection_windows, cfg.selection_survivors, strict=True)]
+        available, seq_len = int(ctx.calibration.shape[0]), int(ctx.calibration.shape[1])
+
+        def windows_for(tokens: int) -> int:
+            return min(available, math.ceil(tokens / seq_len))
+
+        steps = [(windows_for(t), s) for t, s in zip(cfg.selection_tokens, cfg.selection_survivors, strict=True)]
+        generations = default_generations(blocks, counts) if cfg.generations is None else cfg.generations
         t0 = time.perf_counter()
-        ref = self.reference(ctx, steps[-1][0])
+        ref = self.reference(ctx)
         t1 = time.perf_counter()
 
-        def fitness(genome: Genome, windows: int) -> float:
+        def fitness(genome: Genome, windows: Sequence[int]) -> float:
             ctx.reporter.checkpoint()
             return candidate_kl(adapter, ref, genome, windows)
 
         result = evolve(
-            blocks=blocks, counts=counts, fitness=fitness, generations=cfg.generations, offspring=cfg.offspring,
-            steps=steps, seed=cfg.seed,
-            on_generation=lambda g: ctx.reporter.update(STAGE, g / max(cfg.generations, 1)),
+            blocks=blocks, counts=counts, fitness=fitness, generations=generations, offspring=cfg.offspring,
+            initial=(windows_for(cfg.initial_tokens), cfg.initial_candidates), steps=steps, available=available,
+            seed=cfg.seed, on_generation=lambda g: ctx.reporter.update(STAGE, g / max(generations, 1)),
         )
         t2 = time.perf_counter()
         for idx in result.best[0]:
@@ -116,10 +125,13 @@ class EvoPress(PruningMethod):
                 "attention_removed": counts[0],
                 "mlp_removed": counts[1],
                 "kl_divergence": result.fitness,
+                "kl_windows": list(result.windows),
                 "kl_history": result.history,
                 "evaluations": result.evaluations,
+                "initial_selection": {
+                    "windows": windows_for(cfg.initial_tokens), "candidates": cfg.initial_candidates},
                 "selection_steps": [{"windows": w, "survivors": s} for w, s in steps],
-                "generations": cfg.generations,
+                "generations": generations,
                 "offspring": cfg.offspring,
                 "seed": cfg.seed,
             },
