@@ -41,6 +41,7 @@ from twossp_core.pruning.registry import METHODS, method_class, method_config  #
 from twossp_core.pruning.twossp import stage1, stage2  # noqa: E402
 from twossp_core.pruning.twossp.config import TwoSSPConfig  # noqa: E402
 from twossp_core.pruning.twossp.method import SCORES_CACHE_KEY, TwoSSP  # noqa: E402
+from twossp_core.runtime.forward import BlockInputs, BlockRunner, block_output, nll_sum  # noqa: E402
 
 SPARSITIES = (0.25, 0.375, 0.5)
 MAIN_SPARSITY = 0.375
@@ -51,6 +52,8 @@ DEFINITIONS = {
     "wall = elapsed time; wall times are recorded next to every cpu time (wall_runs_s, *_wall ratios)",
     "stage2_speedup_vs_naive": "min wall time of 2SSP stage 2 in naive mode / in fast mode, same width-pruned model, "
     "sparsity 0.375 (stage2_speedup_vs_naive_by_sparsity: the same at each sparsity)",
+    "one_round_bound": "per sparsity: the largest stage-2 speed-up input reuse can give in a round with nothing "
+    "carried over, B(B+H) / (B-1 + B(B+1)/2 + B*H), H = LM head + NLL time / one block's time, both measured here",
     "decisions_identical": "fast and naive stage 2 removed the same attention modules in the same order with "
     "bit-identical calibration perplexities, in every repetition at every sparsity",
     "stage1_speedup_vs_straightforward": "straightforward stage 1 (full causal-LM pass incl. LM head, no_grad, norm "
@@ -161,6 +164,7 @@ def bench_stage2(
         cache[SCORES_CACHE_KEY] = stage1.neuron_scores(adapter_for(base), calibration)
     stage1.apply_width(adapter_for(widened), cache[SCORES_CACHE_KEY], plan.kept_neurons)
     windows = calibration[: cfg.stage2_windows]
+    bound = one_round_bound(widened, windows)
     times: dict[str, list[float]] = {"naive": [], "fast": []}
     decisions: dict[str, list[Any]] = {"naive": [], "fast": []}
     calls: dict[str, int] = {}
@@ -195,10 +199,40 @@ def bench_stage2(
         "stage2_speedup_vs_naive_wall": min(walls["naive"]) / min(walls["fast"]),
         "block_calls": calls,
         "block_call_ratio": calls["naive"] / max(calls["fast"], 1),
+        "one_round_bound": bound,
         "decisions_identical": identical,
         "removal_order": [b for b, _ in reference],
         "removal_perplexity": [p for _, p in reference],
     }
+
+
+def one_round_bound(model: Any, windows: torch.Tensor) -> dict[str, float]:
+    """The best speed-up over naive that input reuse can give in a round with nothing carried over.
+
+    Naive runs B blocks and the LM head per candidate: B(B + H) block-equivalents, H = head (final norm, LM head,
+    NLL) / one block. Reuse runs the recording pass (B - 1 blocks), then B - i blocks and the head for candidate i:
+    B - 1 + B(B + 1)/2 + B·H. Block and head times are measured on this model and window."""
+    adapter = adapter_for(model)
+    record = BlockRunner(adapter).capture(windows[:1])
+    blocks = adapter.num_blocks
+    block_s, head_s = [], []
+    with torch.inference_mode():
+        for _ in range(3):
+            t, hidden = timed(lambda: record_pass(adapter, record))
+            block_s.append(t / blocks)
+            t, _ = timed(lambda h=hidden: nll_sum(adapter, adapter.final_norm(h), record.input_ids))
+            head_s.append(t)
+    head = min(head_s) / min(block_s)
+    naive = blocks * (blocks + head)
+    reuse = blocks - 1 + blocks * (blocks + 1) / 2 + blocks * head
+    return {"block_s": min(block_s), "head_s": min(head_s), "head_in_blocks": head, "bound": naive / reuse}
+
+
+def record_pass(adapter: Any, record: BlockInputs) -> torch.Tensor:
+    hidden = record.hidden[0]
+    for idx, layer in enumerate(adapter.layers):
+        hidden = block_output(layer(hidden, *record.args[idx], **record.kwargs[idx]))
+    return hidden
 
 
 def bench_methods(base: Any, calibration: torch.Tensor, repeats: int, skip: set[str]) -> dict[str, Any]:
