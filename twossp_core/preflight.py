@@ -56,4 +56,5 @@ def check_model(spec: PruneSpec) -> None:
             intermediate_size=counts.intermediate_size,
             alpha=options.alpha,  # type: ignore[attr-defined]
             num_attention=options.num_attention_to_prune,  # type: ignore[attr-defined]
+            round_to=options.round_to,  # type: ignore[attr-defined]
         )

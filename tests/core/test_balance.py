@@ -30,6 +30,28 @@ def test_plan_matches_hand_computation(sparsity, n_attn, per_block, kept):
     assert plan.kept_neurons == kept
 
 
+@pytest.mark.parametrize(("sparsity", "round_to", "kept"), [
+    (0.25, 8, 112), (0.375, 8, 96), (0.5, 8, 64), (0.5, 16, 64), (0.25, 32, 128), (0.5, 1, 66),
+])
+def test_kept_neurons_round_to_the_nearest_multiple(sparsity, round_to, kept):
+    exact = plan_balance(sparsity=sparsity, **STORIES)
+    plan = plan_balance(sparsity=sparsity, round_to=round_to, **STORIES)
+    assert plan.kept_neurons == kept and kept % round_to == 0
+    assert abs(plan.kept_neurons - exact.kept_neurons) <= round_to / 2
+    assert (plan.num_attention, plan.target_params) == (exact.num_attention, exact.target_params)
+
+
+def test_rounding_stays_within_one_multiple_and_the_ffn():
+    assert plan_balance(sparsity=0.9, num_attention=5, round_to=64, **STORIES).kept_neurons == 64  # exact: 7
+    assert plan_balance(sparsity=0.01, num_attention=0, round_to=64, **STORIES).kept_neurons == 172  # 192 > FFN
+
+
+def test_the_method_rounds_to_eight_by_default():
+    from twossp_core.pruning.registry import method_config
+
+    assert method_config("2ssp", {}).round_to == 8
+
+
 def test_attention_count_uses_python_rounding():
     # P_mlp / P_attn == alpha makes the exponent 1: N = round(5 * 0.5) = round(2.5) = 2 (half to even)
     assert attention_count(5, 0.5, 15, 10, 1.5) == 2

@@ -63,7 +63,9 @@ def test_other_sparsities(stories_model, stories_text, tmp_path, sparsity, capsy
     ])
     assert code == 0
     report = json.loads(capsys.readouterr().out)
-    assert abs(report["sparsity_achieved"] - sparsity) < 0.01
+    # K moves to the nearest multiple of 8: at most 4 of 172 neurons x 192 parameters x 5 blocks = 1.35 %
+    assert abs(report["sparsity_achieved"] - sparsity) < 0.0135
+    assert report["kept_ffn_neurons"] % 8 == 0
     assert report["perplexity"][0]["pruned"] > report["perplexity"][0]["dense"]
 
 

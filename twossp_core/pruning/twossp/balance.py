@@ -13,9 +13,9 @@ from twossp_core.errors import InfeasibleTarget
 @dataclass(frozen=True)
 class BalancePlan:
     num_attention: int  # attention modules to remove (stage 2)
-    kept_neurons: int  # FFN intermediate neurons kept in every block (stage 1)
+    kept_neurons: int  # FFN intermediate neurons kept in every block (stage 1), a multiple of round_to
     target_params: int  # round(s * P_blocks)
-    ffn_params_per_block: int  # parameters stage 1 removes from each block's FFN
+    ffn_params_per_block: int  # parameters stage 1 should remove from each block's FFN (before rounding K)
 
 
 def attention_count(blocks: int, sparsity: float, mlp_params: int, attn_params: int, alpha: float) -> int:
@@ -33,7 +33,11 @@ def plan_balance(
     intermediate_size: int,
     alpha: float = 1.5,
     num_attention: int | None = None,
+    round_to: int = 1,
 ) -> BalancePlan:
+    """round_to > 1 moves the kept neuron count to the nearest multiple (at least one multiple, at most the FFN
+    size): matrix shapes that are multiples of 8 run markedly faster than odd ones, for a change of the achieved
+    sparsity of at most round_to / 2 neurons per block."""
     if not 0.0 < sparsity < 1.0:
         raise InfeasibleTarget(f"sparsity must be strictly between 0 and 1, got {sparsity}")
     n_attn = num_attention
@@ -57,4 +61,6 @@ def plan_balance(
             f"but an FFN has only {mlp_params}: even removing every neuron is not enough; lower the sparsity "
             "or remove more attention modules"
         )
+    if round_to > 1:
+        kept = min(intermediate_size, max(round_to, round(kept / round_to) * round_to))
     return BalancePlan(num_attention=n_attn, kept_neurons=kept, target_params=target, ffn_params_per_block=per_block)

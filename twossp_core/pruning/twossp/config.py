@@ -14,6 +14,9 @@ class TwoSSPConfig(BaseModel):
     num_attention_to_prune: int | None = Field(
         None, ge=0, description="override the balance formula with an explicit attention count"
     )
+    round_to: int = Field(
+        8, ge=1, description="kept FFN neurons are a multiple of this (fast matrix shapes); 1 keeps the exact count"
+    )
     stage2_windows: int = Field(1, ge=1, description="calibration windows used to rank attention removals")
     stage2_mode: Literal["fast", "naive"] = Field(
         "fast", description="fast reuses the hidden states before each candidate; naive reruns the whole model"

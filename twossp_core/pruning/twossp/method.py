@@ -28,6 +28,7 @@ class TwoSSP(PruningMethod):
             intermediate_size=a.intermediate_size,
             alpha=self.config.alpha,
             num_attention=self.config.num_attention_to_prune,
+            round_to=self.config.round_to,
         )
 
     def prune(self, ctx: PruneContext, sparsity: float) -> PruneOutcome:
@@ -64,6 +65,7 @@ class TwoSSP(PruningMethod):
                 "removal_order": [r.block for r in removals],
                 "removal_perplexity": [r.perplexity for r in removals],
                 "alpha": cfg.alpha,
+                "round_to": cfg.round_to,
                 "stage2_windows": cfg.stage2_windows,
                 "stage2_mode": cfg.stage2_mode,
             },
