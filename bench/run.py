@@ -41,7 +41,7 @@ from twossp_core.pruning.registry import METHODS, method_class, method_config  #
 from twossp_core.pruning.twossp import stage1, stage2  # noqa: E402
 from twossp_core.pruning.twossp.config import TwoSSPConfig  # noqa: E402
 from twossp_core.pruning.twossp.method import SCORES_CACHE_KEY, TwoSSP  # noqa: E402
-from twossp_core.runtime.forward import BlockInputs, BlockRunner, block_output, nll_sum  # noqa: E402
+from twossp_core.runtime.forward import BlockRunner, nll_sum  # noqa: E402
 
 SPARSITIES = (0.25, 0.375, 0.5)
 MAIN_SPARSITY = 0.375
@@ -213,12 +213,13 @@ def one_round_bound(model: Any, windows: torch.Tensor) -> dict[str, float]:
     NLL) / one block. Reuse runs the recording pass (B - 1 blocks), then B - i blocks and the head for candidate i:
     B - 1 + B(B + 1)/2 + B·H. Block and head times are measured on this model and window."""
     adapter = adapter_for(model)
-    record = BlockRunner(adapter).capture(windows[:1])
+    runner = BlockRunner(adapter)
+    record = runner.capture(windows[:1])
     blocks = adapter.num_blocks
     block_s, head_s = [], []
     with torch.inference_mode():
         for _ in range(3):
-            t, hidden = timed(lambda: record_pass(adapter, record))
+            t, hidden = timed(lambda: runner.run_from(record, 0))
             block_s.append(t / blocks)
             t, _ = timed(lambda h=hidden: nll_sum(adapter, adapter.final_norm(h), record.input_ids))
             head_s.append(t)
@@ -226,13 +227,6 @@ def one_round_bound(model: Any, windows: torch.Tensor) -> dict[str, float]:
     naive = blocks * (blocks + head)
     reuse = blocks - 1 + blocks * (blocks + 1) / 2 + blocks * head
     return {"block_s": min(block_s), "head_s": min(head_s), "head_in_blocks": head, "bound": naive / reuse}
-
-
-def record_pass(adapter: Any, record: BlockInputs) -> torch.Tensor:
-    hidden = record.hidden[0]
-    for idx, layer in enumerate(adapter.layers):
-        hidden = block_output(layer(hidden, *record.args[idx], **record.kwargs[idx]))
-    return hidden
 
 
 def bench_methods(base: Any, calibration: torch.Tensor, repeats: int, skip: set[str]) -> dict[str, Any]:

@@ -69,6 +69,17 @@ def save_tiny(family: str, path: Path, seed: int = 0) -> Path:
     return path
 
 
+TINY_TEXT = " ".join(["the cat sat on the mat and it was fun to see a dog run in the park"] * 200)
+
+
+def tiny_workdir(root: Path, family: str | None = "llama") -> Path:
+    """`root` holding text.txt (TINY_TEXT) and, unless family is None, a tiny model saved in model/."""
+    (root / "text.txt").write_text(TINY_TEXT)
+    if family is not None:
+        save_tiny(family, root / "model")
+    return root
+
+
 def tokenizer_for(vocab_size: int) -> Any:
     """A small word-level tokenizer whose ids stay below vocab_size."""
     from tokenizers import Tokenizer, models, pre_tokenizers

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tiny_models import FAMILIES, save_tiny  # noqa: E402
+from tiny_models import FAMILIES, save_tiny, tiny_workdir  # noqa: E402
 
 from twossp_core.errors import Cancelled  # noqa: E402
 from twossp_core.export.load import load_pruned  # noqa: E402
@@ -20,15 +20,10 @@ from twossp_core.pipeline import prepare, prune_model, run_prune  # noqa: E402
 from twossp_core.progress import Reporter  # noqa: E402
 from twossp_core.spec import parse_spec  # noqa: E402
 
-TEXT = " ".join(["the cat sat on the mat and it was fun to see a dog run in the park"] * 200)
-
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pipeline")
-    save_tiny("llama", root / "model")
-    (root / "text.txt").write_text(TEXT)
-    return root
+    return tiny_workdir(tmp_path_factory.mktemp("pipeline"))
 
 
 def _spec(workdir: Path, **kw):
@@ -42,9 +37,7 @@ def _spec(workdir: Path, **kw):
 
 @pytest.fixture(scope="module")
 def family_dirs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("families")
-    (root / "text.txt").write_text(TEXT)
-    return root
+    return tiny_workdir(tmp_path_factory.mktemp("families"), family=None)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

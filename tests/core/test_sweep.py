@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tiny_models import save_tiny  # noqa: E402
+from tiny_models import tiny_workdir  # noqa: E402
 
 from twossp_core.cli import main  # noqa: E402
 from twossp_core.errors import Cancelled, InvalidSpec  # noqa: E402
@@ -18,17 +18,13 @@ from twossp_core.pruning.registry import method_names  # noqa: E402
 from twossp_core.spec import JobSpecBase, PruneSpec, SweepSpec, parse_sweep_spec  # noqa: E402
 from twossp_core.sweep import run_sweep  # noqa: E402
 
-TEXT = " ".join(["the cat sat on the mat and it was fun to see a dog run in the park"] * 200)
 EVO = {"generations": 2, "offspring": 3, "initial_candidates": 4, "selection_tokens": [1, 64],
        "selection_survivors": [2, 1]}
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sweep")
-    save_tiny("llama", root / "model")
-    (root / "text.txt").write_text(TEXT)
-    return root
+    return tiny_workdir(tmp_path_factory.mktemp("sweep"))
 
 
 def _data(workdir: Path, **kw):
