@@ -42,6 +42,14 @@ def pruned_tiny(method: str, sparsity: float, family: str = "llama", **kw: Any) 
     return dense, model, prune(method, model, sparsity, **kw)
 
 
+def make_identity(model: Any, idx: int) -> None:
+    """Zero the outputs of block idx's attention and FFN (llama layout): the block then passes its input through."""
+    layer = model.model.layers[idx]
+    with torch.no_grad():
+        layer.self_attn.o_proj.weight.zero_()
+        layer.mlp.down_proj.weight.zero_()
+
+
 def logits(model: Any, ids: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return model(input_ids=ids).logits

@@ -1,4 +1,5 @@
-"""2SSP on every supported family: exact parameter counts, and prune → save → reload → same logits."""
+"""Every supported family: 2SSP's exact parameter counts, prune → save → reload → same logits, and deletion of
+emptied blocks."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from twossp_core.export.load import load_pruned  # noqa: E402
 from twossp_core.export.save import save_pruned  # noqa: E402
 from twossp_core.models.registry import adapter_for, supported_model_types  # noqa: E402
 from twossp_core.pruning.base import PruneContext  # noqa: E402
+from twossp_core.pruning.submodules import delete_emptied_blocks  # noqa: E402
 from twossp_core.pruning.twossp.config import TwoSSPConfig  # noqa: E402
 from twossp_core.pruning.twossp.method import TwoSSP  # noqa: E402
 
@@ -99,6 +101,46 @@ def test_pruned_model_reloads_both_ways_with_identical_logits(family, tmp_path):
     # only what remains is stored
     stored = sum(p.numel() for p in plain.parameters())
     assert stored == adapter.total_params() < dense_size
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("partial", [False, True])
+def test_emptied_blocks_are_deleted_and_reload_as_plain_architecture(family, partial, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model = tiny_model(family).eval()
+    adapter = adapter_for(model)
+    blocks = adapter.num_blocks
+    attention, mlp = [1, 3] if partial else [1], [1]
+    for idx in attention:
+        adapter.remove_attention(idx)
+    adapter.remove_mlp(1)
+    ids = _windows(model.config.vocab_size)[:2]
+    with torch.no_grad():
+        expected = model(ids).logits
+    params = adapter.total_params()
+    leftover = sum(p.numel() for p in adapter.layers[1].parameters())  # phi's shared input norm stays until now
+
+    kept = delete_emptied_blocks(adapter, attention, mlp)
+    assert kept == ([3] if partial else [], [], [1])
+    assert adapter.num_blocks == model.config.num_hidden_layers == blocks - 1
+    assert adapter.removed_attention == ([2] if partial else [])  # renumbered after the deleted block
+    assert adapter.total_params() == params - leftover
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, expected)
+    layer_types = getattr(model.config, "layer_types", None)
+    if layer_types is not None:
+        assert len(layer_types) == blocks - 1
+
+    save_pruned(model, tokenizer_for(model.config.vocab_size), tmp_path, {"method": "test"})
+    assert (tmp_path / "modeling_twossp.py").exists() == partial
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path, trust_remote_code=partial).eval()
+    prompt = ids[:1, :8]
+    with torch.no_grad():
+        torch.testing.assert_close(plain(ids).logits, expected, rtol=1e-5, atol=1e-5)
+        cached = plain.generate(prompt, max_new_tokens=5, do_sample=False, use_cache=True)
+        uncached = plain.generate(prompt, max_new_tokens=5, do_sample=False, use_cache=False)
+    assert torch.equal(cached, uncached)
 
 
 @pytest.mark.parametrize("removed", [[0], [0, 2], [3]])

@@ -97,11 +97,13 @@ def test_prune_is_deterministic_and_removes_planned_counts(tmp_path):
     out_b = prune("evopress", b, 0.375, options={**SMALL, "seed": 3})
     assert (out_a.removed_attention, out_a.removed_mlp) == (out_b.removed_attention, out_b.removed_mlp)
     d = out_a.details
-    assert len(out_a.removed_attention) == d["attention_removed"] and len(out_a.removed_mlp) == d["mlp_removed"]
+    whole = len(out_a.removed_blocks)
+    assert len(out_a.removed_attention) + whole == d["attention_removed"]
+    assert len(out_a.removed_mlp) + whole == d["mlp_removed"]
     removed = adapter_for(dense).blocks_params() - adapter_for(a).blocks_params()
     assert removed == d["removed_params"]
     assert d["kl_history"] == sorted(d["kl_history"], reverse=True)
-    assert_reloads_equal(a, tmp_path, remote_code=True)
+    assert_reloads_equal(a, tmp_path, remote_code=bool(out_a.removed_attention or out_a.removed_mlp))
 
 
 def test_options_are_validated():
@@ -127,6 +129,8 @@ def test_stories260k_evopress_beats_random_choices(stories_model, stories_text):
     counts = (details["attention_removed"], details["mlp_removed"])
     windows = details["kl_windows"]
     randoms = [candidate_kl(adapter, ref, random_genome(rng, 5, counts), windows) for _ in range(4)]
-    chosen = candidate_kl(adapter, ref, (tuple(report["removed_attention"]), tuple(report["removed_mlp"])), windows)
+    whole = report["removed_blocks"]
+    genome = (tuple(sorted(report["removed_attention"] + whole)), tuple(sorted(report["removed_mlp"] + whole)))
+    chosen = candidate_kl(adapter, ref, genome, windows)
     assert chosen == pytest.approx(details["kl_divergence"], rel=1e-6)
     assert chosen <= min(randoms) + 1e-9

@@ -6,7 +6,16 @@ import copy
 
 import pytest
 import torch
-from methods_common import assert_reloads_equal, calibration, logits, ppl, prune, prune_stories, stories_workspace
+from methods_common import (
+    assert_reloads_equal,
+    calibration,
+    logits,
+    make_identity,
+    ppl,
+    prune,
+    prune_stories,
+    stories_workspace,
+)
 from tiny_models import tiny_model
 
 from twossp_core.errors import InfeasibleTarget
@@ -14,14 +23,6 @@ from twossp_core.models.registry import adapter_for
 from twossp_core.pruning.block_count import blocks_to_remove
 from twossp_core.pruning.hidden_states import last_token_states
 from twossp_core.pruning.shortgpt.influence import block_influence, least_influential
-
-
-def make_identity(model, idx: int) -> None:
-    """Zero the outputs of block idx's attention and FFN: the block then passes its input through."""
-    layer = model.model.layers[idx]
-    with torch.no_grad():
-        layer.self_attn.o_proj.weight.zero_()
-        layer.mlp.down_proj.weight.zero_()
 
 
 @pytest.mark.parametrize(("blocks", "s", "rounding", "n"), [

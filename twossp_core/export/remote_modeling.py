@@ -37,6 +37,12 @@ class RemovedMLP(nn.Module):
         return torch.zeros_like(hidden_states)
 
 
+def needs_structure(structure: dict[str, Any] | None) -> bool:
+    """Whether `structure` changes anything the base architecture builds (removed submodules, rotations)."""
+    structure = structure or {}
+    return bool(structure.get("removed_attention") or structure.get("removed_mlp") or structure.get(SHORTCUT_KEY))
+
+
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     inner = model.get_decoder() if hasattr(model, "get_decoder") else model.model
     return inner.layers

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from twossp_core.export import remote_modeling
-from twossp_core.export.remote_modeling import STRUCTURE_KEY
+from twossp_core.export.remote_modeling import STRUCTURE_KEY, needs_structure
 
 MODELING_FILE = "modeling_twossp.py"
 ENTRY_CLASS = "TwosspPrunedForCausalLM"
@@ -45,7 +45,7 @@ def save_pruned(model: Any, tokenizer: Any, out_dir: Path, metadata: dict[str, A
         config_path = tmp / "config.json"
         config = json.loads(config_path.read_text())
         config["twossp"] = metadata
-        if config.get(STRUCTURE_KEY):
+        if needs_structure(config.get(STRUCTURE_KEY)):
             base = config["architectures"][0]
             (tmp / MODELING_FILE).write_text(modeling_source(base))
             config["auto_map"] = {"AutoModelForCausalLM": f"{MODELING_FILE[:-3]}.{ENTRY_CLASS}"}

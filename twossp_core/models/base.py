@@ -18,6 +18,7 @@ from twossp_core.export.remote_modeling import (
     RemovedAttention,
     RemovedMLP,
     apply_structure,
+    needs_structure,
 )
 
 
@@ -176,7 +177,10 @@ class ModelAdapter:
         if structure:
             for key in ("removed_attention", "removed_mlp"):
                 structure[key] = [new_index[i] for i in structure.get(key, []) if i in new_index]
-            setattr(self.config, STRUCTURE_KEY, structure)
+            if needs_structure(structure):
+                setattr(self.config, STRUCTURE_KEY, structure)
+            else:  # nothing left that plain transformers cannot build
+                delattr(self.config, STRUCTURE_KEY)
 
     def record_structure(self, **entries: Any) -> None:
         """Add entries to the structure config (what `apply_structure` rebuilds at load time)."""

@@ -43,3 +43,19 @@ def remaining(adapter: ModelAdapter) -> list[tuple[Kind, int]]:
     for kind in ("attention", "mlp"):
         out += [(kind, i) for i in range(adapter.num_blocks) if not is_removed(adapter, kind, i)]  # type: ignore[misc]
     return out
+
+
+def delete_emptied_blocks(
+    adapter: ModelAdapter, attention: list[int], mlp: list[int]
+) -> tuple[list[int], list[int], list[int]]:
+    """Physically delete the blocks that lost both their attention and their FFN (each only passed its input on),
+    so the model gets shallower and, with nothing else removed, loads as its plain architecture.
+
+    Takes the removed attention and FFN indices; returns (attention-only, FFN-only, deleted blocks), all in the
+    numbering before deletion. A model whose every block was emptied keeps its (empty) blocks.
+    """
+    empty = sorted(set(attention) & set(mlp))
+    if not empty or len(empty) >= adapter.num_blocks:
+        return sorted(attention), sorted(mlp), []
+    adapter.remove_blocks(empty)
+    return sorted(set(attention) - set(empty)), sorted(set(mlp) - set(empty)), empty

@@ -1,5 +1,6 @@
 """BlockPruner: each round, try removing every remaining attention and FFN submodule, measure the calibration
-perplexity, and remove the one that hurts least; stop at the parameter target.
+perplexity, and remove the one that hurts least; stop at the parameter target. Blocks that lose both submodules
+are deleted at the end.
 
 Candidates in block i reuse the recorded input of block i (BlockRunner), so a trial runs only blocks i..B.
 """
@@ -14,7 +15,7 @@ import torch
 from twossp_core.pruning.base import PruneContext, PruneOutcome, PruningMethod
 from twossp_core.pruning.blockpruner.budget import keep_removing, target_params
 from twossp_core.pruning.blockpruner.config import BlockPrunerConfig
-from twossp_core.pruning.submodules import remaining, removal_cost, remove
+from twossp_core.pruning.submodules import delete_emptied_blocks, remaining, removal_cost, remove
 from twossp_core.runtime.forward import BlockRunner
 
 STAGE = "greedy_removal"
@@ -57,9 +58,11 @@ class BlockPruner(PruningMethod):
             order.append({"kind": kind, "block": idx, "perplexity": math.exp(best[0])})
             ctx.reporter.update(STAGE, min(removed_params / max(target, 1), 1.0))
         ctx.reporter.update(STAGE, 1.0)
+        attention, mlp, blocks = delete_emptied_blocks(adapter, adapter.removed_attention, adapter.removed_mlp)
         return PruneOutcome(
-            removed_attention=adapter.removed_attention,
-            removed_mlp=adapter.removed_mlp,
+            removed_attention=attention,
+            removed_mlp=mlp,
+            removed_blocks=blocks,
             timings={"greedy_s": time.perf_counter() - t0},
             details={"target_params": target, "removed_params": removed_params, "removal_order": order,
                      "windows": int(windows.shape[0])},

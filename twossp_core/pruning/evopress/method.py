@@ -24,7 +24,7 @@ from twossp_core.pruning.blockpruner.budget import target_params
 from twossp_core.pruning.evopress.config import EvoPressConfig
 from twossp_core.pruning.evopress.divergence import kl_sum
 from twossp_core.pruning.evopress.search import Genome, default_generations, evolve, plan_counts
-from twossp_core.pruning.submodules import removal_cost
+from twossp_core.pruning.submodules import delete_emptied_blocks, removal_cost
 from twossp_core.runtime.forward import LOGIT_CHUNK, BlockInputs, BlockRunner
 
 STAGE = "evolution"
@@ -114,10 +114,12 @@ class EvoPress(PruningMethod):
             adapter.remove_attention(idx)
         for idx in result.best[1]:
             adapter.remove_mlp(idx)
+        attention, mlp, blocks = delete_emptied_blocks(adapter, list(result.best[0]), list(result.best[1]))
         ctx.reporter.update(STAGE, 1.0)
         return PruneOutcome(
-            removed_attention=list(result.best[0]),
-            removed_mlp=list(result.best[1]),
+            removed_attention=attention,
+            removed_mlp=mlp,
+            removed_blocks=blocks,
             timings={"reference_s": t1 - t0, "search_s": t2 - t1},
             details={
                 "target_params": target,
