@@ -16,6 +16,10 @@ class Broker(Protocol):
 
     def publish(self, job_id: str) -> None: ...
 
+    def stop(self, job_id: str) -> bool:
+        """Kill the job's run wherever it executes; False if this transport cannot (its worker does it)."""
+        ...
+
     def check(self) -> None: ...
 
     def close(self) -> None: ...
@@ -31,6 +35,9 @@ class EmbeddedBroker:
 
     def publish(self, job_id: str) -> None:
         self.wake.set()
+
+    def stop(self, job_id: str) -> bool:
+        return False  # the embedded worker kills its own child once the cancel grace is over
 
     def check(self) -> None:
         return None
@@ -54,13 +61,21 @@ class CeleryBroker:
         )
 
     def publish(self, job_id: str) -> None:
+        # the task id is the job id, so a run can be revoked knowing only the job
         self.app.send_task(
             RUN_JOB_TASK,
             args=[job_id],
+            task_id=job_id,
             queue=self.queue,
             retry=True,
             retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.3, "interval_max": 1},
         )
+
+    def stop(self, job_id: str) -> bool:
+        """Revoke the job's task on every worker: the pool process running it is killed, and a copy of the
+        message still in a queue is discarded when it arrives."""
+        self.app.control.revoke(job_id, terminate=True, signal="SIGKILL")
+        return True
 
     def check(self) -> None:
         with self.app.connection_for_write() as conn:

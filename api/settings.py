@@ -50,7 +50,9 @@ class Settings(BaseSettings):
     reaper_interval_s: float = Field(10.0, gt=0)
     dispatch_grace_s: float = Field(5.0, ge=0, description="age before an undispatched job is republished")
     redispatch_after_s: float = Field(900.0, gt=0, description="republish a job queued this long")
-    cancel_grace_s: float = Field(15.0, ge=0, description="embedded worker kills a job this long after cancel")
+    cancel_grace_s: float = Field(
+        15.0, ge=0, description="a running job that has not stopped this long after its cancel is killed"
+    )
 
     # workers
     worker_concurrency: int = Field(1, ge=1, description="jobs at once per worker (one per GPU)")

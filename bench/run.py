@@ -256,6 +256,7 @@ def bench_methods(base: Any, calibration: torch.Tensor, repeats: int, skip: set[
             details = {
                 "removed_attention": outcome.removed_attention,
                 "removed_mlp": outcome.removed_mlp,
+                "removed_blocks": outcome.removed_blocks,
                 "kept_ffn_neurons": outcome.kept_ffn_neurons,
                 "timings": outcome.timings,
                 "options": method_config(method, options).model_dump(),

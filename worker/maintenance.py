@@ -2,6 +2,9 @@
 
 - A running job whose lease expired lost its worker (killed, crashed, partitioned): it is re-queued with a
   new dispatch if attempts remain, failed with `timeout` if it ran past its time limit, otherwise failed.
+- A running job asked to cancel that has not stopped within `cancel_grace_s` (stuck in a step with no safe
+  point, e.g. a long download) is killed through the broker and recorded as cancelled. The embedded broker
+  cannot do this; there the embedded worker kills its own child.
 - A queued job that was never handed to the broker (the API died or the broker was down right after the
   commit) is published; so is one that has waited in the queue suspiciously long (a lost message).
 Every transition is a compare-and-set on (id, attempt, state), so several reapers may run at once.
@@ -77,6 +80,36 @@ def reap_expired_leases(db: Database, settings: Settings, result: MaintenanceRes
                 bucket.append(job_id)
 
 
+def stop_overdue_cancels(db: Database, broker: Broker, settings: Settings, result: MaintenanceResult) -> None:
+    now = utcnow()
+    overdue = now - timedelta(seconds=settings.cancel_grace_s)
+    with db.session() as session:
+        jobs = session.execute(
+            select(Job.id, Job.attempt)
+            .where(Job.state == RUNNING, Job.cancel_requested.is_(True), Job.cancel_requested_at <= overdue)
+            .limit(500)
+        ).all()
+        for job_id, attempt in jobs:
+            if not broker.stop(job_id):
+                return
+            changed = session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.attempt == attempt, Job.state == RUNNING)
+                .values(
+                    state=JobState.cancelled.value,
+                    error="cancelled by user (killed: it did not stop within the cancel grace)",
+                    worker_id=None,
+                    lease_until=None,
+                    updated_at=now,
+                    finished_at=now,
+                )
+            ).rowcount  # type: ignore[attr-defined]
+            session.commit()
+            if changed:
+                log.warning("job %s: killed %g s after its cancel", job_id, settings.cancel_grace_s)
+                result.cancelled.append(job_id)
+
+
 def dispatch_outbox(db: Database, broker: Broker, settings: Settings, result: MaintenanceResult) -> None:
     now = utcnow()
     grace = now - timedelta(seconds=settings.dispatch_grace_s)
@@ -103,6 +136,7 @@ def dispatch_outbox(db: Database, broker: Broker, settings: Settings, result: Ma
 def run_maintenance(db: Database, broker: Broker, settings: Settings) -> MaintenanceResult:
     result = MaintenanceResult()
     reap_expired_leases(db, settings, result)
+    stop_overdue_cancels(db, broker, settings, result)
     # re-queued jobs go out at once; the grace only protects fresh submissions the API is still publishing
     with db.session() as session:
         for job_id in result.requeued:

@@ -94,6 +94,7 @@ class Job(Base):
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     stage_timings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
     # execution: attempt fences stale workers; lease_until is renewed by the running worker's heartbeat
     attempt: Mapped[int] = mapped_column(Integer, default=0)

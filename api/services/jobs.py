@@ -122,14 +122,19 @@ def cancel_job(session: Session, user: User, job_id: str) -> Job:
     if job.state in (JobState.succeeded.value, JobState.failed.value):
         raise Conflict(f"job {job_id} already {job.state}")
     now = utcnow()
-    # queued: cancelled at once; running: the worker stops at its next safe point
+    # queued: cancelled at once; running: the worker stops at its next safe point, or is killed after the grace
     session.execute(
         update(Job)
         .where(Job.id == job_id, Job.state == JobState.queued.value)
-        .values(state=JobState.cancelled.value, cancel_requested=True, finished_at=now, error="cancelled by user")
+        .values(
+            state=JobState.cancelled.value, cancel_requested=True, cancel_requested_at=now, finished_at=now,
+            error="cancelled by user",
+        )
     )
     session.execute(
-        update(Job).where(Job.id == job_id, Job.state == JobState.running.value).values(cancel_requested=True)
+        update(Job)
+        .where(Job.id == job_id, Job.state == JobState.running.value)
+        .values(cancel_requested=True, cancel_requested_at=func.coalesce(Job.cancel_requested_at, now))
     )
     session.commit()
     session.refresh(job)

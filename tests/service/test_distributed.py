@@ -20,6 +20,7 @@ from .procs import Api, Proc, create_key, start_api, start_reaper, start_worker,
 from .support import job_body, s3_settings
 
 pytestmark = pytest.mark.slow
+CANCEL_GRACE_S = 2.0
 
 
 @dataclass
@@ -64,6 +65,7 @@ def stack(
         lease_seconds=4,
         reaper_interval_s=0.5,
         dispatch_grace_s=1,
+        cancel_grace_s=CANCEL_GRACE_S,
         max_attempts=3,
         torch_threads=1,
         **s3_settings(s3_endpoint, bucket),
@@ -143,6 +145,27 @@ def test_cancel_a_running_job_then_the_next_job_runs(
     next_id = stack.alice.submit(job_body(stories_model, stories_text, seed=1)).json()["id"]
     assert stack.alice.wait_done(next_id, timeout=60)["state"] == "succeeded"
     assert stack.alice.cancel(next_id).status_code == 409
+
+
+def test_a_cancelled_job_stuck_in_one_step_is_killed_after_the_grace(
+    stack: Stack, worker: Proc, slow_model: Path, stories_model: Path, stories_text: Path
+) -> None:
+    # one 12 MB document: tokenizing it is a single call of many seconds with no safe point to stop at
+    document = slow_model.parent / "one-long-document.txt"
+    document.write_text(stories_text.read_text().replace("<|endoftext|>", "") * 15)
+    body = job_body(stories_model, stories_text, calibration=[str(document)])
+    job_id = stack.alice.submit(body).json()["id"]
+    wait_until(lambda: stack.alice.job(job_id)["stage"] == "calibration", 60, "calibration")
+    asked = time.monotonic()
+    assert stack.alice.cancel(job_id).status_code == 202
+    job = stack.alice.wait_done(job_id, timeout=30)
+    assert job["state"] == "cancelled", job
+    assert "killed" in job["error"]  # the reaper had it killed; the job itself never reached a safe point
+    assert time.monotonic() - asked < CANCEL_GRACE_S + 6
+
+    # the worker replaced its killed pool process and takes the next job
+    next_id = stack.alice.submit(job_body(stories_model, stories_text, seed=2)).json()["id"]
+    assert stack.alice.wait_done(next_id, timeout=60)["state"] == "succeeded"
 
 
 def test_a_job_past_its_time_limit_fails_with_timeout(stack: Stack, slow_model: Path, stories_text: Path) -> None:

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import update
 
-from api.broker import CeleryBroker
+from api.broker import CeleryBroker, EmbeddedBroker
 from api.db.models import Job, JobState
 from api.db.session import Database
 from api.db.types import utcnow
-from api.services.jobs import submit_job
+from api.services.jobs import cancel_job, submit_job
 from api.services.keys import create_key, user_for_key
 from api.settings import Settings
 from worker import jobs_db
@@ -110,6 +110,27 @@ def test_cancel_requested_on_a_lost_job_ends_cancelled(env) -> None:
     expire(db, job_id)
     assert run_maintenance(db, broker, settings).cancelled == [job_id]
     assert state(db, job_id).state == "cancelled"
+
+
+def test_a_running_job_not_stopping_after_its_cancel_is_killed_once_the_grace_is_over(env) -> None:
+    settings, db, broker, job_id = env
+    with db.session() as session:
+        claim = jobs_db.claim(session, job_id, "w1", 30)
+        cancel_job(session, user_for_key(session, create_key(session, "alice")), job_id)  # the API's cancel
+        assert jobs_db.heartbeat(session, claim, 30, "calibration", 10.0, {}) is True  # still running, told
+    assert run_maintenance(db, broker, settings).cancelled == []  # within the grace: the job may still stop
+    with db.session() as session:
+        asked = utcnow() - timedelta(seconds=settings.cancel_grace_s + 1)
+        session.execute(update(Job).where(Job.id == job_id).values(cancel_requested_at=asked))
+        session.commit()
+    # the embedded broker cannot reach a worker process; its embedded worker kills its own child instead
+    assert run_maintenance(db, EmbeddedBroker(), settings).cancelled == []
+    assert state(db, job_id).state == "running"
+    assert run_maintenance(db, broker, settings).cancelled == [job_id]  # revoked through the broker
+    job = state(db, job_id)
+    assert job.state == "cancelled" and "killed" in job.error and job.finished_at is not None
+    with db.session() as session:
+        assert not jobs_db.finish(session, claim, JobState.succeeded)  # the killed attempt is fenced out
 
 
 def test_a_claim_records_the_worker_time_limit_when_smaller(env) -> None:
