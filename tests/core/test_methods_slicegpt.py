@@ -1,5 +1,5 @@
 """SliceGPT: rotation is exact before slicing, sliced shapes and counts, reload both ways, restrictions, PCA
-beats a random basis on the real model."""
+beats a random basis and the sequential bases beat one-shot dense bases on the real model."""
 
 from __future__ import annotations
 
@@ -13,14 +13,9 @@ from tiny_models import tiny_model
 from twossp_core.errors import UnsupportedModel
 from twossp_core.evaluation.perplexity import perplexity
 from twossp_core.models.registry import adapter_for
-from twossp_core.pruning.slicegpt.activations import norm_input_grams
 from twossp_core.pruning.slicegpt.pca import principal_basis, sliced_size
 from twossp_core.pruning.slicegpt.rotate import rotate_and_slice
-
-
-def bases_of(model, windows):
-    attn, mlp, final = norm_input_grams(adapter_for(model), windows, stage="pca")
-    return [principal_basis(g) for g in attn], [principal_basis(g) for g in mlp], principal_basis(final)
+from twossp_core.pruning.slicegpt.sequential import sequential_bases
 
 
 def test_principal_basis_orders_by_variance():
@@ -34,7 +29,7 @@ def test_principal_basis_orders_by_variance():
 def test_rotation_without_slicing_is_exact(tmp_path):
     dense = tiny_model("llama")
     model = copy.deepcopy(dense)
-    rotate_and_slice(adapter_for(model), *bases_of(model, calibration()), kept=32)
+    rotate_and_slice(adapter_for(model), *sequential_bases(adapter_for(model), calibration(), 32, stage="pca"), kept=32)
     ids = calibration(2, 20, seed=3)
     torch.testing.assert_close(logits(model, ids), logits(dense, ids), rtol=1e-4, atol=1e-4)
     assert model.lm_head.weight.data_ptr() != model.model.embed_tokens.weight.data_ptr()
@@ -68,16 +63,6 @@ def test_other_families_are_refused(family):
         prune("slicegpt", tiny_model(family), 0.25)
 
 
-def test_bases_are_cached_across_sparsities():
-    cache: dict = {}
-    dense = tiny_model("llama")
-    prune("slicegpt", copy.deepcopy(dense), 0.25, cache=cache)
-    (key,) = list(cache)
-    first = cache[key]
-    prune("slicegpt", copy.deepcopy(dense), 0.5, cache=cache)
-    assert list(cache) == [key] and cache[key] is first
-
-
 def test_stories260k_slicegpt_pca_beats_random_basis(stories_model, stories_text):
     ws = stories_workspace(str(stories_model), str(stories_text))
     report = prune_stories(ws, "slicegpt", 0.25)
@@ -92,3 +77,21 @@ def test_stories260k_slicegpt_pca_beats_random_basis(stories_model, stories_text
     rotate_and_slice(adapter_for(rand_model), random_bases[:5], random_bases[5:10], random_bases[10], kept=48)
     windows = next(iter(ws.evals.values()))[:8]
     assert perplexity(adapter_for(model), windows) < perplexity(adapter_for(rand_model), windows)
+
+
+def test_stories260k_sequential_bases_beat_dense_bases(stories_model, stories_text):
+    """Each basis computed on the already-sliced model's signals (SliceGPT's recipe) slices better than bases
+    computed once on the dense model (what keeping every dimension gives)."""
+    ws = stories_workspace(str(stories_model), str(stories_text))
+    adapter = adapter_for(ws.model)
+    dense_bases = sequential_bases(adapter, ws.calibration, 64, stage="pca")
+    sequential = sequential_bases(adapter, ws.calibration, 40, stage="pca")
+    for a, b in zip(dense_bases[0][1:], sequential[0][1:], strict=True):
+        assert not torch.allclose(a, b)  # downstream bases follow the slicing upstream
+    windows = next(iter(ws.evals.values()))[:8]
+    scores = []
+    for bases in (dense_bases, sequential):
+        model = copy.deepcopy(ws.model)
+        rotate_and_slice(adapter_for(model), *bases, kept=40)
+        scores.append(perplexity(adapter_for(model), windows))
+    assert scores[1] < 0.8 * scores[0]

@@ -94,10 +94,12 @@ class BlockRunner:
         self.adapter = adapter
 
     @torch.no_grad()
-    def capture(self, input_ids: torch.Tensor) -> BlockInputs:
+    def capture(self, input_ids: torch.Tensor, blocks: int | None = None) -> BlockInputs:
+        """The inputs of the first `blocks` blocks (default: all of them)."""
         record = BlockInputs(input_ids=input_ids)
         handles = []
-        last = self.adapter.num_blocks - 1
+        wanted = self.adapter.num_blocks if blocks is None else min(blocks, self.adapter.num_blocks)
+        last = wanted - 1
 
         def hook(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
             if args:
@@ -120,8 +122,8 @@ class BlockRunner:
         finally:
             for h in handles:
                 h.remove()
-        if len(record.hidden) != self.adapter.num_blocks:
-            raise RuntimeError("could not capture the input of every block")
+        if len(record.hidden) != wanted:
+            raise RuntimeError(f"could not capture the inputs of {wanted} blocks")
         return record
 
     @torch.no_grad()

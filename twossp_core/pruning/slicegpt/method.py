@@ -1,9 +1,9 @@
-"""SliceGPT: PCA of the dense model's normalized residual stream at every norm input, then rotate every block
-into those bases and slice the hidden dimension.
+"""SliceGPT: PCA of the normalized residual stream at every norm input, each computed on the signals of the
+model already sliced before it (SliceGPT's sequential recipe), then rotate every block into those bases and
+slice the hidden dimension.
 
 The requested sparsity is the fraction of the hidden dimension removed (the SliceGPT convention); the achieved
-fraction of block parameters is lower because every block gains two (k x k) shortcut matrices. Bases are
-computed once on the dense model and reused by every sparsity of a sweep. Llama family only.
+fraction of block parameters is lower because every block gains two (k x k) shortcut matrices. Llama family only.
 """
 
 from __future__ import annotations
@@ -12,13 +12,12 @@ import time
 
 from twossp_core.errors import InfeasibleTarget, UnsupportedModel
 from twossp_core.pruning.base import PruneContext, PruneOutcome, PruningMethod
-from twossp_core.pruning.slicegpt.activations import norm_input_grams
 from twossp_core.pruning.slicegpt.config import SliceGPTConfig
-from twossp_core.pruning.slicegpt.pca import principal_basis, sliced_size
+from twossp_core.pruning.slicegpt.pca import sliced_size
 from twossp_core.pruning.slicegpt.rotate import llama_like, rotate_and_slice
+from twossp_core.pruning.slicegpt.sequential import sequential_bases
 
 STAGE = "pca"
-CACHE_KEY = "slicegpt.bases"
 SPARSITY_MEANING = (
     "slicegpt: sparsity_target is the fraction of the hidden dimension sliced away; sparsity_achieved is the "
     "fraction of transformer-block parameters removed (shortcut matrices included)"
@@ -44,15 +43,10 @@ class SliceGPT(PruningMethod):
         if kept >= hidden:
             raise InfeasibleTarget(f"slicing {sparsity} of hidden size {hidden} keeps every dimension")
         t0 = time.perf_counter()
-        key = (CACHE_KEY, tuple(ctx.calibration.shape))
-        bases = ctx.cache.get(key)
-        if bases is None:
-            attn, mlp, final = norm_input_grams(adapter, ctx.calibration, stage=STAGE, reporter=ctx.reporter)
-            bases = ([principal_basis(g) for g in attn], [principal_basis(g) for g in mlp], principal_basis(final))
-            ctx.cache[key] = bases
+        attn, mlp, final = sequential_bases(adapter, ctx.calibration, kept, stage=STAGE, reporter=ctx.reporter)
         t1 = time.perf_counter()
         ctx.reporter.checkpoint()
-        rotate_and_slice(adapter, bases[0], bases[1], bases[2], kept)
+        rotate_and_slice(adapter, attn, mlp, final, kept)
         ctx.reporter.update("rotate", 1.0)
         return PruneOutcome(
             timings={"pca_s": t1 - t0, "rotate_s": time.perf_counter() - t1},
