@@ -115,6 +115,8 @@ def format_summary(report: dict[str, Any]) -> str:
     ]
     if report.get("removed_attention"):
         lines.append(f"removed attention blocks: {report['removed_attention']}")
+    if report.get("removed_mlp"):
+        lines.append(f"removed FFN blocks: {report['removed_mlp']}")
     if report.get("removed_blocks"):
         lines.append(f"removed blocks: {report['removed_blocks']}")
     if report.get("kept_ffn_neurons") is not None:

@@ -119,3 +119,18 @@ def test_zero_shot_without_lm_eval_is_refused_up_front(stories_model, capsys):
     code = main(["eval", "--model", str(stories_model), "--eval", "/nonexistent.txt", "--tasks", "paper"])
     assert code != 0
     assert "twossp[zeroshot]" in capsys.readouterr().err
+
+
+def test_summary_names_every_kind_of_removal():
+    from twossp_core.cli import format_summary
+
+    report = {
+        "method": "blockpruner", "sparsity_target": 0.5, "sparsity_achieved": 0.5,
+        "params": {"blocks_before": 10, "blocks_after": 5, "total_before": 20, "total_after": 15},
+        "removed_attention": [1], "removed_mlp": [3], "removed_blocks": [4], "kept_ffn_neurons": None,
+        "perplexity": [], "timings": {"prune_s": 1.0},
+    }
+    lines = format_summary(report).splitlines()
+    assert "removed attention blocks: [1]" in lines
+    assert "removed FFN blocks: [3]" in lines
+    assert "removed blocks: [4]" in lines
