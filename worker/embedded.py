@@ -21,6 +21,7 @@ from api.db.models import Job, JobState
 from api.db.session import Database
 from api.db.types import utcnow
 from api.settings import Settings
+from worker.jobs_db import CANCEL_KILLED
 from worker.maintenance import run_maintenance
 
 log = logging.getLogger(__name__)
@@ -133,7 +134,7 @@ class EmbeddedWorker:
         if reason == "timeout":
             values = {"state": JobState.failed.value, "error": "timeout: the job exceeded its hard time limit"}
         else:
-            values = {"state": JobState.cancelled.value, "error": "cancelled by user"}
+            values = {"state": JobState.cancelled.value, "error": CANCEL_KILLED}
         with self.db.session() as session:
             session.execute(
                 update(Job)

@@ -14,6 +14,7 @@ from api.db.types import utcnow
 
 RUNNING = JobState.running.value
 QUEUED = JobState.queued.value
+CANCEL_KILLED = "cancelled by user (killed: it did not stop within the cancel grace)"
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from api.db.session import Database
 from api.db.types import utcnow
 from api.services.jobs import dispatch
 from api.settings import Settings
+from worker.jobs_db import CANCEL_KILLED
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ def stop_overdue_cancels(db: Database, broker: Broker, settings: Settings, resul
                 .where(Job.id == job_id, Job.attempt == attempt, Job.state == RUNNING)
                 .values(
                     state=JobState.cancelled.value,
-                    error="cancelled by user (killed: it did not stop within the cancel grace)",
+                    error=CANCEL_KILLED,
                     worker_id=None,
                     lease_until=None,
                     updated_at=now,

@@ -37,3 +37,12 @@ def job_body(model: Path, text: Path, **overrides: object) -> dict[str, object]:
     }
     body.update(overrides)
     return body
+
+
+def stuck_body(models_dir: Path, model: Path, text: Path) -> dict[str, object]:
+    """A job whose calibration is one 12 MB document (written into models_dir, an allowed root): tokenizing it
+    is a single call of many seconds with no safe point to stop at."""
+    document = models_dir / "one-long-document.txt"
+    if not document.exists():
+        document.write_text(text.read_text().replace("<|endoftext|>", "") * 15)
+    return job_body(model, text, calibration=[str(document)])

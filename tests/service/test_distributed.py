@@ -17,7 +17,7 @@ from api.settings import Settings
 
 from .checks import assert_torch_not_loaded, check_model_perplexity, check_succeeded_job
 from .procs import Api, Proc, create_key, start_api, start_reaper, start_worker, wait_until
-from .support import job_body, s3_settings
+from .support import job_body, s3_settings, stuck_body
 
 pytestmark = pytest.mark.slow
 CANCEL_GRACE_S = 2.0
@@ -147,19 +147,10 @@ def test_cancel_a_running_job_then_the_next_job_runs(
     assert stack.alice.cancel(next_id).status_code == 409
 
 
-def stuck_body(slow_model: Path, stories_model: Path, stories_text: Path) -> dict:
-    """A job whose calibration is one 12 MB document: tokenizing it is a single call of many seconds with no
-    safe point to stop at."""
-    document = slow_model.parent / "one-long-document.txt"
-    if not document.exists():
-        document.write_text(stories_text.read_text().replace("<|endoftext|>", "") * 15)
-    return job_body(stories_model, stories_text, calibration=[str(document)])
-
-
 def test_a_cancelled_job_stuck_in_one_step_is_killed_after_the_grace(
     stack: Stack, worker: Proc, slow_model: Path, stories_model: Path, stories_text: Path
 ) -> None:
-    body = stuck_body(slow_model, stories_model, stories_text)
+    body = stuck_body(slow_model.parent, stories_model, stories_text)
     job_id = stack.alice.submit(body).json()["id"]
     wait_until(lambda: stack.alice.job(job_id)["stage"] == "calibration", 60, "calibration")
     asked = time.monotonic()
@@ -192,7 +183,7 @@ def test_a_job_stuck_past_the_hard_time_limit_is_killed_and_failed(
     # process, and the reaper fails the job once its lease runs out
     limited = stack.worker(TWOSSP_JOB_SOFT_TIME_LIMIT_S="4", TWOSSP_JOB_TIME_LIMIT_S="5")
     try:
-        job_id = stack.alice.submit(stuck_body(slow_model, stories_model, stories_text)).json()["id"]
+        job_id = stack.alice.submit(stuck_body(slow_model.parent, stories_model, stories_text)).json()["id"]
         job = stack.alice.wait_done(job_id, timeout=40)
     finally:
         limited.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from api.client import download_artifact
 
 from .checks import assert_torch_not_loaded, check_model_perplexity, check_succeeded_job
 from .procs import Embedded, bare_env, wait_until
-from .support import job_body
+from .support import job_body, stuck_body
 
 pytestmark = pytest.mark.slow
 
@@ -81,6 +82,24 @@ def test_embedded_time_limit_fails_the_job_with_timeout(
     finally:
         server.proc.stop()
     assert job["state"] == "failed" and "timeout" in job["error"], job
+
+
+def test_embedded_kills_a_cancelled_job_stuck_in_one_step_after_the_grace(
+    tmp_path: Path, test_data: Path, slow_model: Path, stories_model: Path, stories_text: Path
+) -> None:
+    server = Embedded(tmp_path, bare_env([test_data, slow_model.parent], TWOSSP_CANCEL_GRACE_S="1"))
+    try:
+        job_id = server.api.submit(stuck_body(slow_model.parent, stories_model, stories_text)).json()["id"]
+        wait_until(lambda: server.api.job(job_id)["stage"] == "calibration", 60, "calibration")
+        asked = time.monotonic()
+        assert server.api.cancel(job_id).status_code == 202
+        job = server.api.wait_done(job_id, timeout=30)
+        assert job["state"] == "cancelled" and "killed" in job["error"], job
+        assert time.monotonic() - asked < 1 + 6
+        next_id = server.api.submit(job_body(stories_model, stories_text, seed=4)).json()["id"]
+        assert server.api.wait_done(next_id, timeout=60)["state"] == "succeeded"
+    finally:
+        server.proc.stop()
 
 
 def test_embedded_restart_after_a_kill_reruns_the_job(
