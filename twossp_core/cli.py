@@ -95,7 +95,8 @@ def spec_from_args(args: argparse.Namespace, *, sparsity: float, method: str) ->
     from twossp_core.spec import parse_spec
 
     options = dict(_option_value(o) for o in (args.option or []))
-    return parse_spec({**job_fields(args), "sparsity": sparsity, "method": method, "options": options})
+    return parse_spec({**job_fields(args), "sparsity": sparsity, "method": method, "options": options,
+                       "export": getattr(args, "export", "compact")})
 
 
 def check_out_dir(out: Path, overwrite: bool) -> None:
@@ -228,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_arguments(p)
     p.add_argument("--out", required=True, help="output directory for the pruned model and report.json")
     p.add_argument("--overwrite", action="store_true", help="allow a non-empty --out directory")
+    p.add_argument("--export", default="compact", choices=["compact", "portable"],
+                   help="compact (default): only what remains, loads with twossp or trust_remote_code; portable: "
+                   "the plain base architecture with removed submodules stored as zeros, loads anywhere")
     p.set_defaults(func=cmd_prune)
 
     e = sub.add_parser("eval", help="evaluate any model: perplexity and throughput")

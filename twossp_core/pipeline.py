@@ -231,7 +231,9 @@ def run_prune(
         "removed_blocks", "kept_ffn_neurons", "options", "data",
     )}
     metadata["versions"] = {k: report["runtime"][k] for k in ("torch", "transformers", "twossp")}
-    save_pruned(model, ws.tokenizer, Path(out_dir), metadata)
+    metadata["export"] = spec.export
+    save_pruned(model, ws.tokenizer, Path(out_dir), metadata, portable=spec.export == "portable")
+    report["export"] = {"format": spec.export, "stored_params": adapter_for(model).total_params()}
     report["timings"].update(
         {k: v for k, v in ws.timings.items()}, export_s=time.perf_counter() - t_export,
         total_s=time.perf_counter() - start,

@@ -91,12 +91,20 @@ class PruneSpec(JobSpecBase):
     sparsity: float = Field(gt=0.0, lt=1.0, description="fraction of transformer-block parameters to remove")
     method: str = Field("2ssp", description="pruning method name")
     options: dict[str, Any] = Field(default_factory=dict, description="method-specific options")
+    export: Literal["compact", "portable"] = Field(
+        "compact",
+        description="compact: only what remains, with modeling_twossp.py to rebuild it (trust_remote_code); "
+        "portable: the plain base architecture, removed submodules stored as zeros (loads anywhere)",
+    )
 
     @model_validator(mode="after")
     def _check_method(self) -> PruneSpec:
         from twossp_core.pruning.registry import method_config
 
-        self.options = method_config(self.method, self.options).model_dump()
+        config = method_config(self.method, self.options)
+        self.options = config.model_dump()
+        if self.export == "portable" and not getattr(config, "portable_export", True):
+            raise ValueError(f"method {self.method} cannot be exported as 'portable'; use export 'compact'")
         return self
 
     def method_options(self) -> BaseModel:

@@ -69,6 +69,25 @@ def test_other_sparsities(stories_model, stories_text, tmp_path, sparsity, capsy
     assert report["perplexity"][0]["pruned"] > report["perplexity"][0]["dense"]
 
 
+def test_portable_export_is_a_plain_model_with_the_reported_perplexity(stories_model, stories_text, tmp_path, capsys):
+    out = tmp_path / "o"
+    data = ["--eval", f"{stories_text}:500:560", "--doc-separator", "<|endoftext|>", "--seq-len", "512"]
+    code = main(["prune", "--model", str(stories_model), "--sparsity", "0.375", "--calibration",
+                 f"{stories_text}:0:500", *data, "--out", str(out), "--export", "portable", "--no-throughput",
+                 "--no-progress", "--json"])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["removed_attention"]  # something had to be rebuilt
+    config = json.loads((out / "config.json").read_text())
+    assert "twossp_structure" not in config and not (out / "modeling_twossp.py").exists()
+    assert config["twossp"]["export"] == "portable"
+    assert report["export"]["format"] == "portable"
+    assert report["export"]["stored_params"] > report["params"]["total_after"]  # the zeroed attention modules
+    assert main(["eval", "--model", str(out), *data, "--json", "--no-throughput", "--no-progress"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)["perplexity"][0]["perplexity"]
+    assert evaluated == pytest.approx(report["perplexity"][0]["pruned"], rel=1e-5)
+
+
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
@@ -77,6 +96,7 @@ def test_other_sparsities(stories_model, stories_text, tmp_path, sparsity, capsy
         (["--sparsity", "0.5", "--option", "bogus=1"], "bogus"),
         (["--sparsity", "0.1", "--option", "num_attention_to_prune=5"], "missing-eval.txt"),
         (["--sparsity", "0.5", "--calibration", "/nonexistent/file.txt"], "no such file"),
+        (["--sparsity", "0.25", "--method", "slicegpt", "--export", "portable"], "portable"),
     ],
 )
 def test_bad_input_exits_nonzero_with_one_line(stories_model, tmp_path, capsys, args, needle):

@@ -104,6 +104,32 @@ def test_pruned_model_reloads_both_ways_with_identical_logits(family, tmp_path):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+def test_portable_export_loads_as_the_plain_architecture_with_identical_logits(family, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model, adapter, before, plan, outcome, windows = _prune(family)
+    adapter.remove_mlp(2)  # a removed FFN too, as BlockPruner and EvoPress leave them
+    with torch.no_grad():
+        expected = model(windows[:2]).logits
+    size = adapter.total_params()
+    save_pruned(model, tokenizer_for(model.config.vocab_size), tmp_path, {"method": "2ssp"}, portable=True)
+
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert "twossp_structure" not in config and "auto_map" not in config
+    assert not (tmp_path / "modeling_twossp.py").exists()
+    assert config["intermediate_size"] == plan.kept_neurons
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path).eval()  # no remote code
+    with torch.no_grad():
+        torch.testing.assert_close(plain(windows[:2]).logits, expected, rtol=1e-5, atol=1e-5)
+    # the removed submodules are stored as zeros: the attention modules (and their norms) and one FFN
+    fresh = adapter_for(tiny_model(family))
+    rebuilt = plan.num_attention * (before["attn"] + before["attn_norms"])
+    rebuilt += plan.kept_neurons * before["per_neuron"] + _norm_params(fresh.layers[0], fresh.mlp_norms)
+    rebuilt += sum(p.numel() for n, p in fresh.mlp(0).named_parameters() if n.endswith("bias") and "fc2" in n)
+    assert sum(p.numel() for p in plain.parameters()) == size + rebuilt
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("partial", [False, True])
 def test_emptied_blocks_are_deleted_and_reload_as_plain_architecture(family, partial, tmp_path):
     from transformers import AutoModelForCausalLM

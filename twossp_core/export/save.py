@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from twossp_core.export import remote_modeling
+from twossp_core.export.portable import make_portable
 from twossp_core.export.remote_modeling import STRUCTURE_KEY, needs_structure
 
 MODELING_FILE = "modeling_twossp.py"
@@ -29,12 +30,17 @@ def modeling_source(base_architecture: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def save_pruned(model: Any, tokenizer: Any, out_dir: Path, metadata: dict[str, Any]) -> Path:
+def save_pruned(
+    model: Any, tokenizer: Any, out_dir: Path, metadata: dict[str, Any], *, portable: bool = False
+) -> Path:
     """Save into `out_dir` atomically: files are written to a temporary sibling, then moved in place.
 
     Existing files in out_dir with the same names are replaced; nothing partial is left on failure.
+    `portable` first turns the model (in place) into its plain base architecture (see export.portable).
     """
     out_dir = Path(out_dir)
+    if portable:
+        make_portable(model)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     out_dir.mkdir(exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".twossp-save-", dir=out_dir.parent))

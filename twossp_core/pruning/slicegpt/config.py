@@ -4,10 +4,13 @@ For SliceGPT the requested sparsity is the fraction of the hidden dimension that
 SliceGPT paper, not a fraction of parameters; the report gives the achieved parameter sparsity separately.
 """
 
+from typing import ClassVar
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
 class SliceGPTConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    portable_export: ClassVar[bool] = False  # the rotated residual stream has no plain-architecture equivalent
 
     round_to: int = Field(1, ge=1, description="round the sliced hidden size to a multiple of this (e.g. 8)")

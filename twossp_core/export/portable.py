@@ -1,0 +1,49 @@
+"""Portable export: give a pruned model back the plain layout of its base architecture, so that any runtime that
+reads that architecture (plain transformers without remote code, serving engines, converters) can load it.
+
+Every removed attention or FFN submodule is rebuilt as the base architecture's own module with all parameters
+zero: its output is exactly zero, as the removal's was, so the logits do not change. The FFN slicing (one width
+for every block) and deleted blocks are plain already. The price is storing the rebuilt submodules (reported);
+a rotated-and-sliced residual stream (SliceGPT) has no plain equivalent.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from twossp_core.export.remote_modeling import SHORTCUT_KEY, STRUCTURE_KEY, decoder_layers
+
+KINDS = ("attention", "mlp")
+
+
+class NotPortable(ValueError):
+    """The pruned structure cannot be written as the plain base architecture."""
+
+
+@torch.no_grad()
+def make_portable(model: Any) -> int:
+    """Rebuild the removed submodules of `model` in place as zero-output modules and drop the pruned structure
+    from its config; returns the number of parameters added."""
+    structure = dict(getattr(model.config, STRUCTURE_KEY, None) or {})
+    if structure.get(SHORTCUT_KEY):
+        raise NotPortable("a rotated-and-sliced model (slicegpt) has no plain equivalent; export it as 'compact'")
+    layers = decoder_layers(model)
+    ref = next(model.parameters())
+    added = 0
+    for kind in KINDS:
+        names = [structure.get(f"{kind}_module"), *structure.get(f"{kind}_norms", [])]
+        for idx in structure.get(f"removed_{kind}", []):
+            layer = layers[idx]
+            fresh = type(layer)(model.config, idx).to(device=ref.device, dtype=ref.dtype)
+            module = getattr(fresh, names[0])
+            for param in module.parameters():
+                param.zero_()
+            for name in names:
+                part = getattr(fresh, name)
+                setattr(layer, name, part)
+                added += sum(p.numel() for p in part.parameters())
+    if hasattr(model.config, STRUCTURE_KEY):
+        delattr(model.config, STRUCTURE_KEY)
+    return added
