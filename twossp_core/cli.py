@@ -71,6 +71,12 @@ def add_data_arguments(p: argparse.ArgumentParser, *, calibration: bool = True) 
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
 
 
+def add_export_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--export", default="compact", choices=["compact", "portable"],
+                   help="compact (default): only what remains, loads with twossp or trust_remote_code; portable: "
+                   "the plain base architecture with removed submodules stored as zeros, loads anywhere")
+
+
 def job_fields(args: argparse.Namespace) -> dict[str, Any]:
     """The request fields `prune` and `sweep` share (model, data options, device, dtype, seed)."""
     data: dict[str, Any] = {
@@ -229,9 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_arguments(p)
     p.add_argument("--out", required=True, help="output directory for the pruned model and report.json")
     p.add_argument("--overwrite", action="store_true", help="allow a non-empty --out directory")
-    p.add_argument("--export", default="compact", choices=["compact", "portable"],
-                   help="compact (default): only what remains, loads with twossp or trust_remote_code; portable: "
-                   "the plain base architecture with removed submodules stored as zeros, loads anywhere")
+    add_export_argument(p)
     p.set_defaults(func=cmd_prune)
 
     e = sub.add_parser("eval", help="evaluate any model: perplexity and throughput")

@@ -67,6 +67,11 @@ class JobSpecBase(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
     measure_throughput: bool = True
+    export: Literal["compact", "portable"] = Field(
+        "compact",
+        description="how pruned models are saved; compact: only what remains, with modeling_twossp.py to rebuild "
+        "it (trust_remote_code); portable: the plain base architecture, removed submodules stored as zeros",
+    )
 
     @field_validator("calibration", "eval")
     @classmethod
@@ -91,11 +96,6 @@ class PruneSpec(JobSpecBase):
     sparsity: float = Field(gt=0.0, lt=1.0, description="fraction of transformer-block parameters to remove")
     method: str = Field("2ssp", description="pruning method name")
     options: dict[str, Any] = Field(default_factory=dict, description="method-specific options")
-    export: Literal["compact", "portable"] = Field(
-        "compact",
-        description="compact: only what remains, with modeling_twossp.py to rebuild it (trust_remote_code); "
-        "portable: the plain base architecture, removed submodules stored as zeros (loads anywhere)",
-    )
 
     @model_validator(mode="after")
     def _check_method(self) -> PruneSpec:
@@ -103,8 +103,8 @@ class PruneSpec(JobSpecBase):
 
         config = method_config(self.method, self.options)
         self.options = config.model_dump()
-        if self.export == "portable" and not getattr(config, "portable_export", True):
-            raise ValueError(f"method {self.method} cannot be exported as 'portable'; use export 'compact'")
+        if self.export == "portable":
+            check_portable([self.method])
         return self
 
     def method_options(self) -> BaseModel:
@@ -153,11 +153,22 @@ class SweepSpec(JobSpecBase):
             raise ValueError(f"options given for methods not in the sweep: {', '.join(unknown)}")
         for name in self.methods:
             self.options[name] = method_config(name, self.options.get(name)).model_dump()
+        if self.export == "portable":
+            check_portable(self.methods)
         return self
 
     def prune_spec(self, method: str, sparsity: float) -> PruneSpec:
         """The single-run request one cell of the sweep corresponds to."""
         return PruneSpec(**self.shared_fields(), sparsity=sparsity, method=method, options=self.options[method])
+
+
+def check_portable(methods: list[str]) -> None:
+    """Refuse methods whose pruned models have no plain-architecture form (their configs say so)."""
+    from twossp_core.pruning.registry import method_config
+
+    refused = [m for m in methods if not getattr(method_config(m, None), "portable_export", True)]
+    if refused:
+        raise ValueError(f"export 'portable' cannot hold a model pruned by {', '.join(refused)}; use 'compact'")
 
 
 def parse_spec(data: dict[str, Any]) -> PruneSpec:

@@ -92,6 +92,32 @@ def test_statistics_computed_once_per_sweep(workdir, tmp_path, monkeypatch):
     assert len(result["rows"]) == 4 and len(calls) == 1
 
 
+@pytest.mark.parametrize("export", ["compact", "portable"])
+def test_saved_models_load_again_in_either_format(workdir, tmp_path, export):
+    from transformers import AutoModelForCausalLM
+
+    spec = parse_sweep_spec(_data(workdir, methods=["2ssp", "shortgpt"], sparsities=[0.5], save_models=True,
+                                  export=export))
+    run_sweep(spec, tmp_path / "o")
+    for name in ("2ssp-0.5", "shortgpt-0.5"):
+        model_dir = tmp_path / "o" / "models" / name
+        report = json.loads((tmp_path / "o" / "runs" / name / "report.json").read_text())
+        config = json.loads((model_dir / "config.json").read_text())
+        assert config["twossp"]["export"] == report["export"]["format"] == export
+        # 2SSP removes attention: only the compact form needs the remote code; ShortGPT's is plain either way
+        needs_code = export == "compact" and name.startswith("2ssp")
+        assert (model_dir / "modeling_twossp.py").exists() == needs_code
+        model = AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=needs_code)
+        assert sum(p.numel() for p in model.parameters()) == report["export"]["stored_params"]
+        if export == "portable" and name.startswith("2ssp"):
+            assert report["export"]["stored_params"] > report["params"]["total_after"]
+
+
+def test_portable_export_refuses_slicegpt():
+    with pytest.raises(InvalidSpec, match="slicegpt"):
+        parse_sweep_spec({"model": "m", "sparsities": [0.5], "methods": ["2ssp", "slicegpt"], "export": "portable"})
+
+
 def test_infeasible_cells_become_error_rows(workdir, tmp_path):
     spec = parse_sweep_spec(_data(workdir, methods=["shortgpt"], sparsities=[0.05, 0.5]))
     rows = run_sweep(spec, tmp_path / "o")["rows"]
