@@ -145,6 +145,8 @@ def _bad_inputs(test_data: Path, body: dict, tmp_root: Path) -> list[tuple[str, 
         ("unknown field", {**body, "trust_remote_code": True}, "trust_remote_code"),
         ("infeasible", {**body, "options": {"num_attention_to_prune": 99}}, ""),
         ("bad range", {**body, "eval": [f"{text}:9:3"]}, "END"),
+        ("export format", {**body, "export": "zip"}, "export"),
+        ("not portable", {**body, "method": "slicegpt", "export": "portable"}, "portable"),
         ("not an object", [1, 2], "JSON object"),
     ]
     return cases
