@@ -12,6 +12,7 @@ from tiny_models import tiny_model
 
 from twossp_core.errors import UnsupportedModel
 from twossp_core.evaluation.perplexity import perplexity
+from twossp_core.export.portable import NotPortable, make_portable
 from twossp_core.models.registry import adapter_for
 from twossp_core.pruning.slicegpt.pca import principal_basis, sliced_size
 from twossp_core.pruning.slicegpt.rotate import rotate_and_slice
@@ -55,6 +56,14 @@ def test_sliced_model_shapes_counts_and_reload(tmp_path):
     assert 0 < 1 - after / before < 0.25  # shortcut matrices cost part of the hidden-dimension saving
     assert "hidden dimension" in outcome.details["sparsity_meaning"]
     assert_reloads_equal(model, tmp_path, remote_code=True)
+
+
+def test_a_sliced_model_cannot_be_made_portable():
+    model = tiny_model("llama")
+    prune("slicegpt", model, 0.25)
+    with pytest.raises(NotPortable, match="compact"):
+        make_portable(model)
+    assert model.config.twossp_structure  # untouched: the compact export still works
 
 
 @pytest.mark.parametrize("family", ["qwen2", "phi"])

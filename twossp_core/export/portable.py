@@ -13,12 +13,13 @@ from typing import Any
 
 import torch
 
+from twossp_core.errors import InvalidSpec
 from twossp_core.export.remote_modeling import SHORTCUT_KEY, STRUCTURE_KEY, decoder_layers
 
 KINDS = ("attention", "mlp")
 
 
-class NotPortable(ValueError):
+class NotPortable(InvalidSpec):
     """The pruned structure cannot be written as the plain base architecture."""
 
 
