@@ -246,9 +246,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_arguments(e, calibration=False)
     e.set_defaults(func=cmd_eval)
 
+    from twossp_core.export_cli import register as register_export
     from twossp_core.sweep_cli import register as register_sweep
 
     register_sweep(sub)
+    register_export(sub)
 
     for ep in entry_points(group="twossp.commands"):
         register: Callable[[Any], None] = ep.load()

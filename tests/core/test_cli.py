@@ -88,6 +88,28 @@ def test_portable_export_is_a_plain_model_with_the_reported_perplexity(stories_m
     assert evaluated == pytest.approx(report["perplexity"][0]["pruned"], rel=1e-5)
 
 
+def test_export_turns_a_compact_directory_portable(stories_model, stories_text, tmp_path, capsys):
+    compact, portable = tmp_path / "compact", tmp_path / "portable"
+    data = ["--eval", f"{stories_text}:500:560", "--doc-separator", "<|endoftext|>", "--seq-len", "512"]
+    assert main(["prune", "--model", str(stories_model), "--sparsity", "0.375", "--calibration",
+                 f"{stories_text}:0:500", *data, "--out", str(compact), "--no-throughput", "--no-progress",
+                 "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (compact / "modeling_twossp.py").exists()
+    assert main(["export", "--model", str(compact), "--out", str(portable)]) == 0
+    assert "portable model written" in capsys.readouterr().out
+    config = json.loads((portable / "config.json").read_text())
+    assert "twossp_structure" not in config and not (portable / "modeling_twossp.py").exists()
+    assert config["twossp"]["method"] == "2ssp" and config["twossp"]["export"] == "portable"
+    assert main(["eval", "--model", str(portable), *data, "--json", "--no-throughput", "--no-progress"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)["perplexity"][0]["perplexity"]
+    assert evaluated == pytest.approx(report["perplexity"][0]["pruned"], rel=1e-5)
+    # refusals: the same directory, a directory that is not a model
+    assert main(["export", "--model", str(compact), "--out", str(compact)]) != 0
+    assert main(["export", "--model", str(tmp_path), "--out", str(tmp_path / "x")]) != 0
+    assert len(capsys.readouterr().err.strip().splitlines()) == 2
+
+
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
