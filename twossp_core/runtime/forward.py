@@ -32,10 +32,18 @@ def block_output(out: Any) -> torch.Tensor:
 def _chunk_nll(
     adapter: ModelAdapter, normed: torch.Tensor, input_ids: torch.Tensor, start: int, end: int
 ) -> torch.Tensor:
+    """Sum (float64) of -log p(next token) over positions start..end-1.
+
+    The log-sum-exp is taken in place on the chunk's logits, so the chunk holds one (positions x vocab) buffer
+    instead of the two a log-softmax needs (a few hundred MB per chunk for 128k-150k vocabularies).
+    """
     logits = adapter.head(normed[:, start:end]).float()
-    targets = input_ids[:, start + 1 : end + 1]
-    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum")
-    return loss.double()
+    targets = input_ids[:, start + 1 : end + 1].unsqueeze(-1)
+    picked = logits.gather(-1, targets).squeeze(-1)
+    peak = logits.amax(dim=-1, keepdim=True)
+    logits.sub_(peak).exp_()
+    log_total = logits.sum(dim=-1).log_() + peak.squeeze(-1)
+    return (log_total - picked).sum(dtype=torch.float64)
 
 
 @torch.no_grad()
