@@ -1,7 +1,7 @@
 """twossp benchmark suite: one command, every ratio measured within the same run.
 
-    python bench/run.py            # full: 12 blocks, hidden 512, 1,024-token windows (about 45 min on 2 cores)
-    python bench/run.py --quick    # the same measurements on a small model (under 2 min on 2 cores)
+    python bench/run.py            # full: 12 blocks, hidden 512, 1,024-token windows (25-45 min on 2 cores)
+    python bench/run.py --quick    # the same measurements on a small model (1-2 min on 2 cores)
 
 Writes bench/results/<name>.json (full.json / quick.json). See bench/README.md for what each number means.
 """

@@ -102,7 +102,7 @@ def spec_from_args(args: argparse.Namespace, *, sparsity: float, method: str) ->
 
     options = dict(_option_value(o) for o in (args.option or []))
     return parse_spec({**job_fields(args), "sparsity": sparsity, "method": method, "options": options,
-                       "export": getattr(args, "export", "compact")})
+                       "export": args.export})
 
 
 def check_out_dir(out: Path, overwrite: bool) -> None:

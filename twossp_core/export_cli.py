@@ -22,7 +22,7 @@ def stored_dtype(config: dict[str, Any]) -> str:
 def cmd_export(args: argparse.Namespace) -> int:
     from twossp_core.cli import check_out_dir
     from twossp_core.export.load import load_pruned
-    from twossp_core.export.save import save_pruned
+    from twossp_core.pipeline import export_model
 
     source, out = Path(args.model), Path(args.out)
     config_path = source / "config.json"
@@ -33,10 +33,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     check_out_dir(out, args.overwrite)
     config = json.loads(config_path.read_text())
     model, tokenizer = load_pruned(source, dtype=stored_dtype(config))
-    metadata = {**(config.get("twossp") or {}), "export": args.format}
-    save_pruned(model, tokenizer, out, metadata, portable=args.format == "portable")
-    params = sum(p.numel() for p in model.parameters())
-    print(f"{args.format} model written to {out} ({params:,} parameters)")
+    entry = export_model(model, tokenizer, out, config.get("twossp") or {}, args.format)
+    print(f"{args.format} model written to {out} ({entry['stored_params']:,} parameters)")
     return 0
 
 

@@ -205,6 +205,14 @@ def write_json_atomic(path: Path, data: Any) -> None:
     tmp.replace(path)
 
 
+def export_model(model: Any, tokenizer: Any, out_dir: Path, metadata: dict[str, Any], export: str) -> dict[str, Any]:
+    """Save a pruned model in the requested format (compact or portable); returns the report's `export` entry."""
+    from twossp_core.export.save import save_pruned
+
+    save_pruned(model, tokenizer, out_dir, {**metadata, "export": export}, portable=export == "portable")
+    return {"format": export, "stored_params": adapter_for(model).total_params()}
+
+
 def run_prune(
     spec: PruneSpec,
     out_dir: Path,
@@ -213,8 +221,6 @@ def run_prune(
     should_cancel: CancelFn | None = None,
 ) -> dict[str, Any]:
     """Run one pruning job end to end; writes the pruned model and report.json into out_dir."""
-    from twossp_core.export.save import save_pruned
-
     reporter = Reporter(progress, should_cancel)
     start = time.perf_counter()
     check_model(spec)
@@ -231,9 +237,7 @@ def run_prune(
         "removed_blocks", "kept_ffn_neurons", "options", "data",
     )}
     metadata["versions"] = {k: report["runtime"][k] for k in ("torch", "transformers", "twossp")}
-    metadata["export"] = spec.export
-    save_pruned(model, ws.tokenizer, Path(out_dir), metadata, portable=spec.export == "portable")
-    report["export"] = {"format": spec.export, "stored_params": adapter_for(model).total_params()}
+    report["export"] = export_model(model, ws.tokenizer, Path(out_dir), metadata, spec.export)
     report["timings"].update(
         {k: v for k, v in ws.timings.items()}, export_s=time.perf_counter() - t_export,
         total_s=time.perf_counter() - start,

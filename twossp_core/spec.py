@@ -101,8 +101,7 @@ class PruneSpec(JobSpecBase):
     def _check_method(self) -> PruneSpec:
         from twossp_core.pruning.registry import method_config
 
-        config = method_config(self.method, self.options)
-        self.options = config.model_dump()
+        self.options = method_config(self.method, self.options).model_dump()
         if self.export == "portable":
             check_portable([self.method])
         return self

@@ -18,8 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from twossp_core.errors import InfeasibleTarget, UnsupportedModel
-from twossp_core.models.registry import adapter_for
-from twossp_core.pipeline import measure_pruned, prepare, prune_model, runtime_info, write_json_atomic
+from twossp_core.pipeline import (
+    export_model,
+    measure_pruned,
+    prepare,
+    prune_model,
+    runtime_info,
+    write_json_atomic,
+)
 from twossp_core.progress import CancelFn, ProgressFn, Reporter
 from twossp_core.report_table import comparison_markdown, plot_comparison
 from twossp_core.spec import SweepSpec
@@ -110,14 +116,10 @@ def run_sweep(
             run_dir = out_dir / "runs" / name
             run_dir.mkdir(parents=True, exist_ok=True)
             if spec.save_models:
-                from twossp_core.export.save import save_pruned
-
                 metadata = {
                     k: report[k] for k in ("method", "model", "sparsity_target", "sparsity_achieved", "options")
                 }
-                save_pruned(model, ws.tokenizer, out_dir / "models" / name, {**metadata, "export": spec.export},
-                            portable=spec.export == "portable")
-                report["export"] = {"format": spec.export, "stored_params": adapter_for(model).total_params()}
+                report["export"] = export_model(model, ws.tokenizer, out_dir / "models" / name, metadata, spec.export)
             write_json_atomic(run_dir / "report.json", report)
             rows.append(comparison_row(report))
             del model

@@ -24,15 +24,14 @@ class NotPortable(InvalidSpec):
 
 
 @torch.no_grad()
-def make_portable(model: Any) -> int:
+def make_portable(model: Any) -> None:
     """Rebuild the removed submodules of `model` in place as zero-output modules and drop the pruned structure
-    from its config; returns the number of parameters added."""
+    from its config."""
     structure = dict(getattr(model.config, STRUCTURE_KEY, None) or {})
     if structure.get(SHORTCUT_KEY):
         raise NotPortable("a rotated-and-sliced model (slicegpt) has no plain equivalent; export it as 'compact'")
     layers = decoder_layers(model)
     ref = next(model.parameters())
-    added = 0
     for kind in KINDS:
         names = [structure.get(f"{kind}_module"), *structure.get(f"{kind}_norms", [])]
         for idx in structure.get(f"removed_{kind}", []):
@@ -42,9 +41,6 @@ def make_portable(model: Any) -> int:
             for param in module.parameters():
                 param.zero_()
             for name in names:
-                part = getattr(fresh, name)
-                setattr(layer, name, part)
-                added += sum(p.numel() for p in part.parameters())
+                setattr(layer, name, getattr(fresh, name))
     if hasattr(model.config, STRUCTURE_KEY):
         delattr(model.config, STRUCTURE_KEY)
-    return added
