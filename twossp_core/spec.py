@@ -12,11 +12,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from twossp_core.errors import InvalidSpec
+from twossp_core.spec_limits import MAX_DOCUMENT_INDEX, MAX_EVAL_WINDOWS, MAX_SEED, MAX_SEQ_LEN, MAX_WINDOWS
 
 HUB_DATASETS = ("wikitext2", "c4", "fineweb-edu")
 DEFAULT_SEQ_LEN = 2048
 
-_SOURCE_RE = re.compile(r"^(?P<name>.+?)(?::(?P<start>\d*):(?P<end>\d*))?$")
+_SOURCE_RE = re.compile(r"(?P<name>.+?)(?::(?P<start>\d*):(?P<end>\d*))?", re.DOTALL)
+# a tail that looks like a document range but is not two plain integers (`:1e23`, `:-1:5`, `:0:1.5`)
+_BAD_RANGE_RE = re.compile(r":[^:/\\]*:[^:/\\]*$")
 
 
 @dataclass(frozen=True)
@@ -42,10 +45,17 @@ class DataSource:
         """Parse `NAME` or `PATH[:START:END]` (documents START..END-1, either bound may be empty)."""
         if not isinstance(text, str) or not text.strip():
             raise InvalidSpec("a data source must be a non-empty string (a dataset name or PATH[:START:END])")
-        match = _SOURCE_RE.match(text.strip())
+        if any(ch in text for ch in "\x00\n\r"):
+            raise InvalidSpec(f"data source {text!r}: control characters are not allowed")
+        match = _SOURCE_RE.fullmatch(text.strip())
         assert match is not None
+        if match["start"] is None and _BAD_RANGE_RE.search(match["name"]):
+            raise InvalidSpec(f"data source {text!r}: a document range is PATH:START:END with plain integers")
         start = int(match["start"]) if match["start"] else None
         end = int(match["end"]) if match["end"] else None
+        for bound in (start, end):
+            if bound is not None and bound > MAX_DOCUMENT_INDEX:
+                raise InvalidSpec(f"data source {text!r}: document indices are at most {MAX_DOCUMENT_INDEX:,}")
         if start is not None and end is not None and end <= start:
             raise InvalidSpec(f"data source {text!r}: END ({end}) must be greater than START ({start})")
         return cls(name=match["name"], start=start, end=end)
@@ -54,18 +64,24 @@ class DataSource:
 class JobSpecBase(BaseModel):
     """What every job on one model shares: the model, its data, precision, device and seed."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    model: str = Field(min_length=1, description="Hugging Face hub id or local model directory")
-    calibration: list[str] = Field(default_factory=lambda: ["c4"], min_length=1)
-    eval: list[str] = Field(default_factory=lambda: ["wikitext2"])
-    doc_separator: str | None = Field(None, description="splits a .txt file into documents")
-    seq_len: int | None = Field(None, ge=8, description=f"window length; default {DEFAULT_SEQ_LEN}, capped by context")
-    calibration_windows: int = Field(32, ge=1, description="windows used to score (stage 1)")
-    eval_windows: int | None = Field(None, ge=1, description="cap on evaluation windows per dataset")
+    model: str = Field(min_length=1, max_length=4096, description="Hugging Face hub id or local model directory")
+    calibration: list[str] = Field(default_factory=lambda: ["c4"], min_length=1, max_length=16)
+    eval: list[str] = Field(default_factory=lambda: ["wikitext2"], max_length=16)
+    doc_separator: str | None = Field(
+        None, min_length=1, max_length=1000, description="splits a .txt file into documents (non-empty)"
+    )
+    seq_len: int | None = Field(
+        None, ge=8, le=MAX_SEQ_LEN, description=f"window length; default {DEFAULT_SEQ_LEN}, capped by context"
+    )
+    calibration_windows: int = Field(32, ge=1, le=MAX_WINDOWS, description="windows used to score (stage 1)")
+    eval_windows: int | None = Field(
+        None, ge=1, le=MAX_EVAL_WINDOWS, description="cap on evaluation windows per dataset"
+    )
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="random seed (0 to 2**63-1)")
     measure_throughput: bool = True
     export: Literal["compact", "portable"] = Field(
         "compact",
@@ -117,7 +133,7 @@ class SweepSpec(JobSpecBase):
 
     methods: list[str] = Field(default_factory=lambda: ["all"], min_length=1,
                                description="method names, or ['all'] (also a comma-separated string)")
-    sparsities: list[float] = Field(min_length=1, description="target sparsities, each in (0, 1)")
+    sparsities: list[float] = Field(min_length=1, max_length=64, description="target sparsities, each in (0, 1)")
     options: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per-method options")
     save_models: bool = Field(False, description="also export every pruned model under models/")
 

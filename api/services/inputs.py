@@ -47,7 +47,7 @@ def check_model_id(model: str, settings: Settings) -> str:
         if not (path / "config.json").is_file():
             raise ModelNotFound(f"model {model!r}: a local model directory must contain config.json")
         return str(path)
-    if ".." in model or "--" in model or not HUB_ID_RE.match(model):
+    if ".." in model or "--" in model or not HUB_ID_RE.fullmatch(model):
         raise InputRejected(
             f"model {model!r}: not a Hugging Face hub id (`org/name`) nor an absolute local path ({ROOTS_RULE})"
         )

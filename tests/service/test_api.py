@@ -148,6 +148,13 @@ def _bad_inputs(test_data: Path, body: dict, tmp_root: Path) -> list[tuple[str, 
         ("export format", {**body, "export": "zip"}, "export"),
         ("not portable", {**body, "method": "slicegpt", "export": "portable"}, "portable"),
         ("not an object", [1, 2], "JSON object"),
+        ("hub id with a newline", {**body, "model": "org/name\n"}, "hub id"),
+        ("empty separator", {**body, "doc_separator": ""}, "doc_separator"),
+        ("huge seed", {**body, "seed": 2**70}, "seed"),
+        ("range end 1e23", {**body, "eval": [f"{text}:0:1e23"]}, "plain integers"),
+        ("range end too large", {**body, "eval": [f"{text}:0:{10**23}"]}, "at most"),
+        ("endless search", {**body, "method": "evopress", "options": {"generations": 10**9}}, "generations"),
+        ("window count", {**body, "calibration_windows": 10**7}, "calibration_windows"),
     ]
     return cases
 
@@ -175,6 +182,9 @@ def test_bad_inputs_are_rejected_before_queueing(
             "/jobs", content=b"{not json", headers={**auth(key), "content-type": "application/json"}
         )
         assert response.status_code == 422
+        infinite = json.dumps({**body, "options": {"alpha": 1.5}}).replace("1.5", "Infinity").encode()
+        response = client.post("/jobs", content=infinite, headers={**auth(key), "content-type": "application/json"})
+        assert response.status_code == 422 and "alpha" in response.json()["detail"], response.text
         huge = {**body, "doc_separator": "x" * 20_000}
         response = client.post("/jobs", json=huge, headers=auth(key))
         assert response.status_code == 413 and "larger than" in response.json()["detail"]

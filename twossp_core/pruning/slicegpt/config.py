@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class SliceGPTConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     portable_export: ClassVar[bool] = False  # the rotated residual stream has no plain-architecture equivalent
 
-    round_to: int = Field(1, ge=1, description="round the sliced hidden size to a multiple of this (e.g. 8)")
+    round_to: int = Field(1, ge=1, le=4096, description="round the sliced hidden size to a multiple of this (e.g. 8)")

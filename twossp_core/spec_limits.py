@@ -1,0 +1,11 @@
+"""Upper bounds shared by the request schema and the method options (torch-free).
+
+They refuse requests whose cost no worker could meet (a window count in the millions, say); a service can set
+lower caps on top of them.
+"""
+
+MAX_WINDOWS = 4096
+MAX_EVAL_WINDOWS = 100_000
+MAX_SEQ_LEN = 131_072
+MAX_DOCUMENT_INDEX = 10**9
+MAX_SEED = 2**63 - 1
