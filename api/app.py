@@ -8,13 +8,13 @@ from typing import Protocol
 
 from fastapi import FastAPI
 
-from api.broker import Broker, make_broker
-from api.db.session import Database
 from api.errors import install_error_handlers
 from api.middleware import BodySizeLimit
 from api.routes import health, jobs
-from api.settings import Settings
-from api.store import make_store
+from service.broker import Broker, make_broker
+from service.db.session import Database
+from service.settings import Settings
+from service.store import make_store
 
 
 class BackgroundService(Protocol):

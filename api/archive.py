@@ -11,8 +11,8 @@ import threading
 import time
 from collections.abc import Iterator
 
-from api.store import ArtifactStore
-from api.store.base import Manifest
+from service.store import ArtifactStore
+from service.store.base import Manifest
 
 _DONE = object()
 

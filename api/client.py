@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from api.store.base import CHUNK, file_sha256
+from service.store.base import CHUNK, file_sha256
 
 
 class VerificationError(Exception):

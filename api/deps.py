@@ -9,13 +9,13 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from api.broker import Broker
-from api.db.models import User
-from api.db.session import Database
 from api.errors import Unauthorized
-from api.services.keys import user_for_key
-from api.settings import Settings
-from api.store import ArtifactStore
+from service.broker import Broker
+from service.db.models import User
+from service.db.session import Database
+from service.keys import user_for_key
+from service.settings import Settings
+from service.store import ArtifactStore
 
 bearer = HTTPBearer(auto_error=False, description="an API key from `twossp keys create NAME`")
 

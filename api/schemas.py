@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from api.db.models import Job, JobKind, JobState
+from service.db.models import Job, JobKind, JobState
 
 JOB_FIELDS_DOC = (
     "set once the job succeeded. prune: the CLI's report.json. sweep: the comparison, "

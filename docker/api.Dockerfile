@@ -15,13 +15,15 @@ COPY docker/requirements-api.txt /tmp/requirements-api.txt
 RUN pip install -r /tmp/requirements-api.txt
 
 COPY twossp_core/ /app/twossp_core/
+COPY service/ /app/service/
 COPY api/ /app/api/
+COPY server/ /app/server/
 COPY worker/ /app/worker/
 COPY migrations/ /app/migrations/
 COPY alembic.ini /app/alembic.ini
 
 # fail the build if anything on the API path pulls in torch
-RUN python -c "import sys, api.app, api.cli, worker.reaper; assert 'torch' not in sys.modules"
+RUN python -c "import sys, api.app, server.cli, worker.reaper; assert 'torch' not in sys.modules"
 
 RUN useradd --system --uid 10001 --home-dir /app twossp && mkdir -p /data && chown twossp /data
 USER twossp
@@ -32,4 +34,4 @@ EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
   CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2).status != 200)"
 
-CMD ["python", "-m", "api.cli", "serve", "--host", "0.0.0.0", "--port", "8000"]
+CMD ["python", "-m", "server.cli", "serve", "--host", "0.0.0.0", "--port", "8000"]

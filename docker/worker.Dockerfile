@@ -19,7 +19,7 @@ RUN python -c "import torch; print('torch==' + torch.__version__.split('+')[0])"
  && pip install -c /tmp/torch-constraint.txt -r /tmp/requirements-api.txt -r /tmp/requirements-worker.txt
 
 COPY twossp_core/ /app/twossp_core/
-COPY api/ /app/api/
+COPY service/ /app/service/
 COPY worker/ /app/worker/
 COPY migrations/ /app/migrations/
 COPY alembic.ini /app/alembic.ini

@@ -6,9 +6,9 @@ from logging.config import fileConfig
 
 from alembic import context
 
-from api.db.models import Base
-from api.db.session import make_engine
-from api.settings import Settings
+from service.db.models import Base
+from service.db.session import make_engine
+from service.settings import Settings
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):

@@ -14,7 +14,7 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   echo "installing ${TWOSSP_TORCH:-torch==2.13.0}"
   "${PIP[@]}" install "${TWOSSP_TORCH:-torch==2.13.0}"
 fi
-if ! .venv/bin/python -c "import twossp_core, api, worker, moto, pytest" 2>/dev/null \
+if ! .venv/bin/python -c "import twossp_core, service, api, worker, server, moto, pytest" 2>/dev/null \
    || [ pyproject.toml -nt .venv/.twossp-installed ]; then
   echo "installing twossp and test dependencies"
   "${PIP[@]}" install -e ".[dev]"

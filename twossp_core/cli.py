@@ -253,7 +253,12 @@ def build_parser() -> argparse.ArgumentParser:
     register_export(sub)
 
     for ep in entry_points(group="twossp.commands"):
-        register: Callable[[Any], None] = ep.load()
+        try:
+            register: Callable[[Any], None] = ep.load()
+        except ImportError as exc:  # an install older than the source tree: the other commands still work
+            print(f"twossp: warning: command {ep.name!r} unavailable ({ep.value}: {exc}); reinstall twossp",
+                  file=sys.stderr)
+            continue
         register(sub)
     return parser
 

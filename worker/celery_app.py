@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from api.settings import Settings
+from service.settings import Settings
 
 
 def make_celery(settings: Settings) -> Celery:

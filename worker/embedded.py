@@ -16,12 +16,12 @@ from pathlib import Path
 
 from sqlalchemy import select, update
 
-from api.broker import EmbeddedBroker
-from api.db.models import Job, JobState
-from api.db.session import Database
-from api.db.types import utcnow
-from api.settings import Settings
-from worker.jobs_db import CANCEL_KILLED
+from service.broker import EmbeddedBroker
+from service.db.models import Job, JobState
+from service.db.session import Database
+from service.db.types import utcnow
+from service.lifecycle import CANCEL_KILLED
+from service.settings import Settings
 from worker.maintenance import run_maintenance
 
 log = logging.getLogger(__name__)

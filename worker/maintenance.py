@@ -18,13 +18,12 @@ from datetime import timedelta
 
 from sqlalchemy import or_, select, update
 
-from api.broker import Broker
-from api.db.models import Job, JobState
-from api.db.session import Database
-from api.db.types import utcnow
-from api.services.jobs import dispatch
-from api.settings import Settings
-from worker.jobs_db import CANCEL_KILLED
+from service.broker import Broker
+from service.db.models import Job, JobState
+from service.db.session import Database
+from service.db.types import utcnow
+from service.lifecycle import CANCEL_KILLED, dispatch
+from service.settings import Settings
 
 log = logging.getLogger(__name__)
 

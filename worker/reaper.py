@@ -9,9 +9,9 @@ import logging
 import signal
 import threading
 
-from api.broker import make_broker
-from api.db.session import Database
-from api.settings import Settings
+from service.broker import make_broker
+from service.db.session import Database
+from service.settings import Settings
 from worker.maintenance import run_maintenance
 
 log = logging.getLogger("twossp.reaper")

@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 
-from api.settings import Settings
+from service.settings import Settings
 from worker.runner import JobRunner
 
 

@@ -17,12 +17,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from api.db.models import JobKind, JobState
-from api.db.session import Database
-from api.settings import Settings
-from api.store import ArtifactStore, make_store
-from worker import jobs_db
-from worker.jobs_db import Claim
+from service import lifecycle
+from service.db.models import JobKind, JobState
+from service.db.session import Database
+from service.lifecycle import Claim
+from service.settings import Settings
+from service.store import ArtifactStore, make_store
 from worker.progress import ProgressTracker, sweep_run_names
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ class Heartbeat(threading.Thread):
         stage, percent, timings = self.tracker.snapshot()
         try:
             with self.runner.db.session() as session:
-                cancel = jobs_db.heartbeat(
+                cancel = lifecycle.heartbeat(
                     session, self.claim, self.runner.settings.lease_seconds, stage, percent, timings
                 )
         except Exception as exc:  # a transient DB error must not kill the job; the lease has slack
@@ -94,7 +94,7 @@ class JobRunner:
     def run(self, job_id: str, *, timeout_exceptions: tuple[type[BaseException], ...] = ()) -> str:
         """Run the job if it can be claimed; returns the final state, or "skipped"/"fenced"."""
         with self.db.session() as session:
-            claim = jobs_db.claim(
+            claim = lifecycle.claim(
                 session, job_id, self.worker_id, self.settings.lease_seconds, self.settings.job_time_limit_s
             )
         if claim is None:
@@ -123,7 +123,9 @@ class JobRunner:
             tracker.finish()
             stage, _, timings = tracker.snapshot()
             with self.db.session() as session:
-                done = jobs_db.finish(session, claim, state, error=error, stage=stage, stage_timings=timings, **values)
+                done = lifecycle.finish(
+                    session, claim, state, error=error, stage=stage, stage_timings=timings, **values
+                )
             if not done:
                 log.warning("job %s attempt %d: not recorded as %s (fenced out)", claim.job_id, claim.attempt, state)
                 return StopReason.fenced

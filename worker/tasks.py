@@ -6,7 +6,7 @@ import logging
 
 from celery.exceptions import SoftTimeLimitExceeded
 
-from api.broker import RUN_JOB_TASK
+from service.broker import RUN_JOB_TASK
 from worker.celery_app import app
 from worker.runner import JobRunner
 

@@ -10,11 +10,11 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from api.archive import stream_tar
-from api.db.models import JobKind, JobState
 from api.deps import BrokerDep, SessionDep, SettingsDep, StoreDep, UserDep
 from api.errors import Conflict, InputRejected
 from api.schemas import JobOut, JobPage, PresignedArtifact, PresignedFile
 from api.services import jobs as service
+from service.db.models import JobKind, JobState
 from twossp_core.spec import PruneSpec, SweepSpec
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])

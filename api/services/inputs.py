@@ -8,9 +8,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from api.db.models import JobKind
 from api.errors import InputRejected
-from api.settings import Settings
+from service.db.models import JobKind
+from service.settings import Settings
 from twossp_core.errors import InfeasibleTarget, ModelNotFound
 from twossp_core.spec import DataSource, PruneSpec, SweepSpec, parse_spec, parse_sweep_spec
 

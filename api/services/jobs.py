@@ -10,12 +10,13 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api.broker import Broker
-from api.db.models import TERMINAL_STATES, Job, JobKind, JobState, User
-from api.db.types import utcnow
 from api.errors import Conflict, InputRejected, NotFound
 from api.services.inputs import request_hash, validate_request
-from api.settings import Settings
+from service.broker import Broker
+from service.db.models import TERMINAL_STATES, Job, JobKind, JobState, User
+from service.db.types import utcnow
+from service.lifecycle import dispatch
+from service.settings import Settings
 from twossp_core.spec import PruneSpec
 
 log = logging.getLogger(__name__)
@@ -79,22 +80,6 @@ def _replay(job: Job, digest: str) -> Submission:
     if job.request_hash != digest:
         raise InputRejected("Idempotency-Key was already used with a different request body")
     return Submission(job, created=False)
-
-
-def dispatch(session: Session, broker: Broker, job_id: str) -> bool:
-    """Publish a queued job and mark it dispatched. A failure leaves it for the dispatcher loop."""
-    try:
-        broker.publish(job_id)
-    except Exception as exc:  # broker down: the reaper/dispatcher republishes undispatched rows
-        log.warning("could not publish job %s (will retry from the outbox): %s", job_id, exc)
-        return False
-    session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.state == JobState.queued.value)
-        .values(dispatched=True, dispatched_at=utcnow())
-    )
-    session.commit()
-    return True
 
 
 def get_job(session: Session, user: User, job_id: str) -> Job:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from api.settings import Settings
-from api.store.base import ArtifactStore
+from service.settings import Settings
+from service.store.base import ArtifactStore
 
 
 def make_store(settings: Settings) -> ArtifactStore:
     if settings.artifact_store == "s3":
-        from api.store.s3 import S3Store
+        from service.store.s3 import S3Store
 
         return S3Store(
             settings.s3_bucket,
@@ -18,6 +18,6 @@ def make_store(settings: Settings) -> ArtifactStore:
             secret_key=settings.s3_secret_key.get_secret_value() if settings.s3_secret_key else None,
             prefix=settings.s3_prefix,
         )
-    from api.store.local import LocalStore
+    from service.store.local import LocalStore
 
     return LocalStore(settings.artifact_root)

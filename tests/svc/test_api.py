@@ -13,10 +13,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from api.app import create_app
-from api.db.models import Job
-from api.db.session import Database
-from api.services.keys import create_key
-from api.settings import Settings
+from service.db.models import Job
+from service.db.session import Database
+from service.keys import create_key
+from service.settings import Settings
 from worker.maintenance import run_maintenance
 
 from .support import free_port, job_body
@@ -309,7 +309,7 @@ def test_outbox_survives_a_broker_outage(
     with db.session() as session:
         assert session.get(Job, job_id).dispatched is False
 
-    from api.broker import CeleryBroker
+    from service.broker import CeleryBroker
 
     up = down.model_copy(update={"broker_url": redis_url})
     broker = CeleryBroker(redis_url, up.celery_queue)

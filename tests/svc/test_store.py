@@ -10,9 +10,9 @@ import httpx
 import pytest
 
 from api.client import VerificationError, verify_model_dir
-from api.settings import Settings
-from api.store import make_store
-from api.store.base import MANIFEST_NAME, ArtifactStore
+from service.settings import Settings
+from service.store import make_store
+from service.store.base import MANIFEST_NAME, ArtifactStore
 
 from .support import s3_settings
 
@@ -69,7 +69,7 @@ def test_local_store_rejects_keys_escaping_its_root(tmp_path: Path) -> None:
 
 
 def test_verification_detects_tampering(tmp_path: Path) -> None:
-    from api.store.base import build_manifest
+    from service.store.base import build_manifest
 
     src = model_dir(tmp_path)
     manifest = build_manifest(src, "j", 1)

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.settings import Settings
+from service.settings import Settings
 
 
 def make_engine(url: str) -> Engine:

@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from api.settings import Settings
+from service.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 TERMINAL = {"succeeded", "failed", "cancelled"}
@@ -82,7 +82,7 @@ def start_api(settings: Settings, log_dir: Path, cwd: Path | None = None, **extr
     port = free_port()
     proc = Proc(
         "api",
-        [sys.executable, "-m", "api.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+        [sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
          "--log-level", "warning"],
         child_env(settings, **extra_env),
         log_dir,
@@ -123,7 +123,7 @@ def start_reaper(settings: Settings, log_dir: Path) -> Proc:
 
 def create_key(settings: Settings, name: str) -> str:
     out = subprocess.run(
-        [sys.executable, "-m", "api.cli", "keys", "create", name],
+        [sys.executable, "-m", "server.cli", "keys", "create", name],
         env=child_env(settings), cwd=REPO, capture_output=True, text=True, check=True,
     )
     return out.stdout.strip().splitlines()[-1]
@@ -186,14 +186,14 @@ class Embedded:
     def __init__(self, cwd: Path, env: dict[str, str]) -> None:
         self.cwd, self.env = cwd, env
         key_out = subprocess.run(
-            [sys.executable, "-m", "api.cli", "keys", "create", "alice"],
+            [sys.executable, "-m", "server.cli", "keys", "create", "alice"],
             cwd=cwd, env=env, capture_output=True, text=True, check=True,
         )
         self.key = key_out.stdout.strip().splitlines()[-1]
         from .support import free_port
 
         port = free_port()
-        self.proc = Proc("serve", [sys.executable, "-m", "api.cli", "serve", "--port", str(port)], env, cwd, cwd=cwd)
+        self.proc = Proc("serve", [sys.executable, "-m", "server.cli", "serve", "--port", str(port)], env, cwd, cwd=cwd)
         self.base = f"http://127.0.0.1:{port}"
         wait_until(self._up, 30, "twossp serve")
         self.api = Api(self.base, self.key)

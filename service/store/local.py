@@ -8,7 +8,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from api.store.base import CHUNK, ArtifactStore
+from service.store.base import CHUNK, ArtifactStore
 
 
 class LocalStore(ArtifactStore):

@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import update
 
-from api.broker import CeleryBroker, EmbeddedBroker
-from api.db.models import Job, JobState
-from api.db.session import Database
-from api.db.types import utcnow
 from api.services.jobs import cancel_job, submit_job
-from api.services.keys import create_key, user_for_key
-from api.settings import Settings
-from worker import jobs_db
+from service import lifecycle
+from service.broker import CeleryBroker, EmbeddedBroker
+from service.db.models import Job, JobState
+from service.db.session import Database
+from service.db.types import utcnow
+from service.keys import create_key, user_for_key
+from service.settings import Settings
 from worker.maintenance import run_maintenance
 
 from .support import job_body
@@ -58,21 +58,21 @@ def state(db: Database, job_id: str) -> Job:
 def test_claim_is_exclusive_and_attempts_fence_stale_workers(env) -> None:
     settings, db, broker, job_id = env
     with db.session() as session:
-        first = jobs_db.claim(session, job_id, "w1", 30)
+        first = lifecycle.claim(session, job_id, "w1", 30)
         assert first is not None and first.attempt == 1
-        assert jobs_db.claim(session, job_id, "w2", 30) is None  # already running
-        assert jobs_db.heartbeat(session, first, 30, "stage1", 40.0, {"load": 1.0}) is False
+        assert lifecycle.claim(session, job_id, "w2", 30) is None  # already running
+        assert lifecycle.heartbeat(session, first, 30, "stage1", 40.0, {"load": 1.0}) is False
     assert state(db, job_id).stage == "stage1"
 
     expire(db, job_id)
     assert run_maintenance(db, broker, settings).requeued == [job_id]
     with db.session() as session:
-        second = jobs_db.claim(session, job_id, "w2", 30)
+        second = lifecycle.claim(session, job_id, "w2", 30)
         assert second is not None and second.attempt == 2
         # the first worker comes back: it is fenced out of every write
-        assert jobs_db.heartbeat(session, first, 30, "stage2", 90.0, {}) is None
-        assert not jobs_db.finish(session, first, JobState.succeeded)
-        assert jobs_db.finish(session, second, JobState.failed, error="boom")
+        assert lifecycle.heartbeat(session, first, 30, "stage2", 90.0, {}) is None
+        assert not lifecycle.finish(session, first, JobState.succeeded)
+        assert lifecycle.finish(session, second, JobState.failed, error="boom")
     job = state(db, job_id)
     assert job.state == "failed" and job.error == "boom" and job.attempt == 2
 
@@ -81,7 +81,7 @@ def test_reaper_fails_after_the_attempt_limit(env) -> None:
     settings, db, broker, job_id = env
     for attempt in (1, 2):
         with db.session() as session:
-            assert jobs_db.claim(session, job_id, f"w{attempt}", 30).attempt == attempt
+            assert lifecycle.claim(session, job_id, f"w{attempt}", 30).attempt == attempt
         expire(db, job_id)
         run_maintenance(db, broker, settings)
     job = state(db, job_id)
@@ -93,7 +93,7 @@ def test_reaper_fails_after_the_attempt_limit(env) -> None:
 def test_reaper_fails_jobs_past_their_time_limit_with_timeout(env) -> None:
     settings, db, broker, job_id = env
     with db.session() as session:
-        jobs_db.claim(session, job_id, "w1", 30)
+        lifecycle.claim(session, job_id, "w1", 30)
     expire(db, job_id, started_ago_s=settings.job_time_limit_s + 5)
     result = run_maintenance(db, broker, settings)
     assert result.failed == [job_id]
@@ -103,10 +103,10 @@ def test_reaper_fails_jobs_past_their_time_limit_with_timeout(env) -> None:
 def test_cancel_requested_on_a_lost_job_ends_cancelled(env) -> None:
     settings, db, broker, job_id = env
     with db.session() as session:
-        claim = jobs_db.claim(session, job_id, "w1", 30)
+        claim = lifecycle.claim(session, job_id, "w1", 30)
         session.execute(update(Job).where(Job.id == job_id).values(cancel_requested=True))
         session.commit()
-        assert jobs_db.heartbeat(session, claim, 30, None, 0.0, {}) is True
+        assert lifecycle.heartbeat(session, claim, 30, None, 0.0, {}) is True
     expire(db, job_id)
     assert run_maintenance(db, broker, settings).cancelled == [job_id]
     assert state(db, job_id).state == "cancelled"
@@ -115,9 +115,9 @@ def test_cancel_requested_on_a_lost_job_ends_cancelled(env) -> None:
 def test_a_running_job_not_stopping_after_its_cancel_is_killed_once_the_grace_is_over(env) -> None:
     settings, db, broker, job_id = env
     with db.session() as session:
-        claim = jobs_db.claim(session, job_id, "w1", 30)
+        claim = lifecycle.claim(session, job_id, "w1", 30)
         cancel_job(session, user_for_key(session, create_key(session, "alice")), job_id)  # the API's cancel
-        assert jobs_db.heartbeat(session, claim, 30, "calibration", 10.0, {}) is True  # still running, told
+        assert lifecycle.heartbeat(session, claim, 30, "calibration", 10.0, {}) is True  # still running, told
     assert run_maintenance(db, broker, settings).cancelled == []  # within the grace: the job may still stop
     with db.session() as session:
         asked = utcnow() - timedelta(seconds=settings.cancel_grace_s + 1)
@@ -130,13 +130,13 @@ def test_a_running_job_not_stopping_after_its_cancel_is_killed_once_the_grace_is
     job = state(db, job_id)
     assert job.state == "cancelled" and "killed" in job.error and job.finished_at is not None
     with db.session() as session:
-        assert not jobs_db.finish(session, claim, JobState.succeeded)  # the killed attempt is fenced out
+        assert not lifecycle.finish(session, claim, JobState.succeeded)  # the killed attempt is fenced out
 
 
 def test_a_claim_records_the_worker_time_limit_when_smaller(env) -> None:
     settings, db, broker, job_id = env
     with db.session() as session:
-        claim = jobs_db.claim(session, job_id, "w1", 30, time_limit_s=5)
+        claim = lifecycle.claim(session, job_id, "w1", 30, time_limit_s=5)
     assert claim.time_limit_s == 5 and state(db, job_id).time_limit_s == 5
     expire(db, job_id, started_ago_s=10)
     assert run_maintenance(db, broker, settings).failed == [job_id]

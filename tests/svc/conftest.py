@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from api.db.migrate import upgrade_head
-from api.settings import Settings
+from service.db.migrate import upgrade_head
+from service.settings import Settings
 
 from .support import free_port
 

@@ -14,10 +14,10 @@ from sqlalchemy import func, select
 
 from api.app import create_app
 from api.client import download_artifact
-from api.db.models import Job
-from api.db.session import Database
-from api.services.keys import create_key
-from api.settings import Settings
+from service.db.models import Job
+from service.db.session import Database
+from service.keys import create_key
+from service.settings import Settings
 
 from .checks import assert_torch_not_loaded
 from .procs import Embedded, bare_env

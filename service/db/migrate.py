@@ -8,7 +8,7 @@ from alembic import command
 from alembic.config import Config
 
 import migrations
-from api.settings import Settings
+from service.settings import Settings
 
 MIGRATIONS_DIR = Path(migrations.__file__).resolve().parent
 

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from api.store.base import CHUNK, ArtifactStore
+from service.store.base import CHUNK, ArtifactStore
 
 
 class S3Store(ArtifactStore):

@@ -8,7 +8,7 @@ import secrets
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.db.models import ApiKey, User
+from service.db.models import ApiKey, User
 
 KEY_PREFIX = "tsp_"
 

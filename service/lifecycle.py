@@ -1,7 +1,9 @@
-"""Compare-and-set transitions on job rows. Every write by a worker is fenced by (id, attempt, state)."""
+"""The job lifecycle: compare-and-set transitions on job rows. Every write by a worker is fenced by
+(id, attempt, state); dispatching marks the outbox row once the broker has the message."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -9,8 +11,11 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from api.db.models import Job, JobKind, JobState
-from api.db.types import utcnow
+from service.broker import Broker
+from service.db.models import Job, JobKind, JobState
+from service.db.types import utcnow
+
+log = logging.getLogger(__name__)
 
 RUNNING = JobState.running.value
 QUEUED = JobState.queued.value
@@ -114,3 +119,19 @@ def finish(
 
 def current(session: Session, job_id: str) -> Job | None:
     return session.scalar(select(Job).where(Job.id == job_id).execution_options(populate_existing=True))
+
+
+def dispatch(session: Session, broker: Broker, job_id: str) -> bool:
+    """Publish a queued job and mark it dispatched. A failure leaves it for the dispatcher loop."""
+    try:
+        broker.publish(job_id)
+    except Exception as exc:  # broker down: the reaper/dispatcher republishes undispatched rows
+        log.warning("could not publish job %s (will retry from the outbox): %s", job_id, exc)
+        return False
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.state == JobState.queued.value)
+        .values(dispatched=True, dispatched_at=utcnow())
+    )
+    session.commit()
+    return True

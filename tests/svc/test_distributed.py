@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from api.client import download_artifact
-from api.settings import Settings
+from service.settings import Settings
 
 from .checks import assert_torch_not_loaded, check_model_perplexity, check_succeeded_job
 from .procs import Api, Proc, create_key, start_api, start_reaper, start_worker, wait_until

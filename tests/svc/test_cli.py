@@ -9,11 +9,11 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from api.cli import register_download, register_keys, register_serve
-from api.db.models import ApiKey, User
-from api.db.session import Database
-from api.services.keys import hash_key
-from api.settings import Settings
+from server.cli import register_download, register_keys, register_serve
+from service.db.models import ApiKey, User
+from service.db.session import Database
+from service.keys import hash_key
+from service.settings import Settings
 
 from .procs import REPO
 
@@ -34,7 +34,7 @@ def test_subcommands_register_into_a_parent_parser() -> None:
 def test_keys_create_prints_the_key_last_and_stores_only_its_hash(tmp_path: Path, pg_url: str) -> None:
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "TWOSSP_DATABASE_URL": pg_url}
     out = subprocess.run(
-        [sys.executable, "-m", "api.cli", "keys", "create", "carol"],
+        [sys.executable, "-m", "server.cli", "keys", "create", "carol"],
         cwd=tmp_path, env=env, capture_output=True, text=True, check=True,
     )
     key = out.stdout.strip().splitlines()[-1]

@@ -51,7 +51,7 @@ def test_embedded_default_runs_the_whole_flow(
     model_dir = download_artifact(serve.base, serve.key, job_id, tmp_path / "download")
     check_model_perplexity(model_dir, job)
     cli = subprocess.run(
-        [sys.executable, "-m", "api.cli", "download", job_id, "--api", serve.base, "--key", serve.key,
+        [sys.executable, "-m", "server.cli", "download", job_id, "--api", serve.base, "--key", serve.key,
          "--out", str(tmp_path / "cli-download")],
         cwd=tmp_path, env=serve.env, capture_output=True, text=True,
     )

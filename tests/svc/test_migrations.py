@@ -8,10 +8,10 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 
-from api.db.migrate import alembic_config, upgrade_head
-from api.db.models import Base
-from api.db.session import make_engine
-from api.settings import Settings
+from service.db.migrate import alembic_config, upgrade_head
+from service.db.models import Base
+from service.db.session import make_engine
+from service.settings import Settings
 
 
 def _diff(url: str) -> list:

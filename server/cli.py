@@ -1,5 +1,5 @@
 """`twossp serve` and `twossp keys create NAME`, registered into the core CLI through the
-`twossp.commands` entry-point group (also runnable as `python -m api.cli ...`)."""
+`twossp.commands` entry-point group (also runnable as `python -m server.cli ...`)."""
 
 from __future__ import annotations
 
@@ -9,15 +9,15 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from api.settings import Settings
+from service.settings import Settings
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from api.app import create_app
-    from api.broker import EmbeddedBroker
-    from api.db.migrate import upgrade_head
+    from service.broker import EmbeddedBroker
+    from service.db.migrate import upgrade_head
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = Settings()
@@ -44,9 +44,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_create(args: argparse.Namespace) -> int:
-    from api.db.migrate import upgrade_head
-    from api.db.session import Database
-    from api.services.keys import create_key
+    from service.db.migrate import upgrade_head
+    from service.db.session import Database
+    from service.keys import create_key
 
     settings = Settings()
     if settings.auto_migrate:
