@@ -9,8 +9,10 @@ from typing import Protocol
 from fastapi import FastAPI
 
 from api.errors import install_error_handlers
+from api.metrics import install_metrics
 from api.middleware import BodySizeLimit
 from api.routes import health, jobs
+from api.ui import routes as ui
 from service.broker import Broker, make_broker
 from service.db.session import Database
 from service.settings import Settings
@@ -58,5 +60,8 @@ def create_app(
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(jobs.router)
+    app.include_router(ui.router)
+    ui.mount_static(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    install_metrics(app, app.state.db)
     return app

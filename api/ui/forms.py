@@ -1,0 +1,110 @@
+"""The submit form: its fields → the API's request body, and the API's validation message → the field it is about.
+
+The body goes through the same `submit_job` as `POST /jobs`, so the form accepts and refuses exactly what the
+API does; values are passed as typed (pydantic coerces "0.5"), so a bad number gets the API's own message.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from twossp_core.errors import InfeasibleTarget, ModelNotFound, UnsupportedModel
+from twossp_core.pruning.registry import METHODS
+
+LINE_LISTS = ("calibration", "eval")
+TEXT_FIELDS = ("model", "doc_separator", "seq_len", "calibration_windows", "eval_windows", "seed", "export", "dtype")
+PRUNE_FIELDS = ("method", "sparsity")
+SWEEP_FIELDS = ("sparsities",)
+# the fields the form shows, in order (errors for anything else go to the top of the form)
+FIELDS = (
+    "kind", "model", "method", "sparsity", "methods", "sparsities", "options", "calibration", "eval",
+    "doc_separator", "seq_len", "calibration_windows", "eval_windows", "seed", "dtype", "export",
+    "measure_throughput", "save_models",
+)
+GENERAL = "_form"
+
+
+class FormError(Exception):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field, self.message = field, message
+
+
+def method_choices() -> list[tuple[str, str]]:
+    return [(name, entry.summary) for name, entry in METHODS.items()]
+
+
+def request_body(form: dict[str, list[str]]) -> dict[str, Any]:
+    """The JSON body `POST /jobs` would get for this form; FormError for what cannot even be parsed."""
+
+    def one(name: str) -> str:
+        return (form.get(name) or [""])[-1].strip()
+
+    kind = one("kind") or "prune"
+    body: dict[str, Any] = {"kind": kind}
+    for name in TEXT_FIELDS:
+        if one(name):
+            body[name] = one(name)
+    if "doc_separator" in body:  # a one-line input: `\n` stands for a newline
+        body["doc_separator"] = body["doc_separator"].replace("\\n", "\n")
+    for name in LINE_LISTS:
+        lines = [line.strip() for line in one(name).splitlines() if line.strip()]
+        if lines or name == "eval":
+            body[name] = lines
+    body["measure_throughput"] = one("measure_throughput") == "on"
+    if kind == "sweep":
+        body["methods"] = form.get("methods") or []
+        for name in SWEEP_FIELDS:
+            if one(name):
+                body[name] = one(name)
+        body["save_models"] = one("save_models") == "on"
+    else:
+        for name in PRUNE_FIELDS:
+            if one(name):
+                body[name] = one(name)
+    options = one("options")
+    if options:
+        try:
+            body["options"] = json.loads(options)
+        except ValueError as exc:
+            raise FormError("options", f"options: not valid JSON ({exc})") from None
+        if not isinstance(body["options"], dict):
+            raise FormError("options", "options: must be a JSON object")
+    return body
+
+
+_LOC = re.compile(r"^(?P<field>[a-z_]+)(?:\.[\w.]+)?: ")
+
+
+def field_of(message: str, exc: Exception, body: dict[str, Any] | None = None) -> str:
+    """Which form field a validation message is about (GENERAL when it is not about one field)."""
+    if message.startswith("data source ") and body:  # names the source, not the list it came from
+        for name in LINE_LISTS:
+            if any(f"data source {source!r}" in message for source in body.get(name) or []):
+                return name
+    if isinstance(exc, InfeasibleTarget):
+        return "sparsity"
+    if isinstance(exc, ModelNotFound | UnsupportedModel) or message.startswith("model "):
+        return "model"
+    for prefix, field in (("calibration source", "calibration"), ("eval source", "eval"),
+                          ("options for ", "options"), ("unknown method", "method"),
+                          ("export ", "export"), ("every sparsity", "sparsities"), ("kind:", "kind"),
+                          ("methods and sparsities", "kind"), ("options given", "options")):
+        if message.startswith(prefix):
+            return field
+    match = _LOC.match(message)
+    if match and match["field"] in FIELDS:
+        return match["field"]
+    return GENERAL
+
+
+def field_errors(message: str, exc: Exception, body: dict[str, Any] | None = None) -> dict[str, str]:
+    """Split the API's `loc: msg; loc: msg` message over the fields it names."""
+    errors: dict[str, str] = {}
+    parts = [p for p in message.split("; ") if p] if _LOC.match(message) else [message]
+    for part in parts:
+        field = field_of(part, exc, body)
+        errors[field] = f"{errors[field]}; {part}" if field in errors else part
+    return errors

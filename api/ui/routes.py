@@ -1,0 +1,272 @@
+"""Dashboard pages. Every page resolves the signed-in user from the session cookie and then calls the same
+job services as the JSON API (`list_jobs`, `get_job`, `submit_job`, `cancel_job`), which scope every lookup to
+that user: another user's job is a 404 here exactly as in the API."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import parse_qs
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+
+from api.deps import BrokerDep, SessionDep, SettingsDep, StoreDep
+from api.errors import Conflict, NotFound, ServiceError
+from api.routes.jobs import artifact as artifact_download
+from api.routes.jobs import manifest as manifest_download
+from api.services import jobs as service
+from api.ui import auth, charts, forms, views
+from service.db.models import TERMINAL_STATES, Job, JobState
+from twossp_core.errors import TwosspError
+
+HERE = Path(__file__).parent
+PAGE_SIZE = 50
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; object-src 'none'; "
+        "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "X-Frame-Options": "DENY",
+    "Cache-Control": "no-store",
+}
+
+router = APIRouter(prefix="/ui", include_in_schema=False)
+templates = Jinja2Templates(directory=HERE / "templates")
+templates.env.globals.update(fmt_duration=views.fmt_duration, fmt_time=views.fmt_time, duration_s=views.duration_s)
+TERMINAL = {s.value for s in TERMINAL_STATES}
+
+
+def mount_static(app: Any) -> None:
+    app.mount("/ui/static", StaticFiles(directory=HERE / "static"), name="ui-static")
+
+
+def page(request: Request, name: str, context: dict[str, Any], status_code: int = 200) -> HTMLResponse:
+    response = templates.TemplateResponse(request, name, {"terminal": TERMINAL, **context}, status_code=status_code)
+    response.headers.update(SECURITY_HEADERS)
+    return response
+
+
+def not_found(request: Request, ui: auth.UiSession, message: str) -> HTMLResponse:
+    return page(request, "error.html", {"ui": ui, "title": "Not found", "message": message}, 404)
+
+
+async def form_data(request: Request) -> dict[str, list[str]]:
+    if not request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+        raise HTTPException(415, "expected a form (application/x-www-form-urlencoded)")
+    return parse_qs((await request.body()).decode("utf-8", errors="replace"), keep_blank_values=True)
+
+
+def _one(form: dict[str, list[str]], name: str) -> str | None:
+    values = form.get(name)
+    return values[-1] if values else None
+
+
+# ---- sign-in -------------------------------------------------------------------------------------------------
+@router.get("/login")
+def login_page(request: Request, session: SessionDep, next: str | None = None) -> Response:
+    if auth.current_session(request, session) is not None:
+        return RedirectResponse(auth.safe_next(next), 303)
+    return _login_form(request, next, None, 200)
+
+
+def _login_form(request: Request, next: str | None, error: str | None, status: int) -> HTMLResponse:
+    token = auth.login_token(request)
+    response = page(
+        request, "login.html", {"ui": None, "csrf": token, "next": auth.safe_next(next), "error": error}, status
+    )
+    auth.set_login_cookie(response, request, token)
+    return response
+
+
+@router.post("/login")
+async def login(request: Request, session: SessionDep) -> Response:
+    form = await form_data(request)
+    target = auth.safe_next(_one(form, "next"))
+    if not auth.check_login_token(request, _one(form, "csrf")):
+        return _login_form(request, target, "The sign-in form expired: please try again.", 403)
+    response = RedirectResponse(target, 303)
+    if not auth.sign_in(session, (_one(form, "api_key") or "").strip(), response, request):
+        return _login_form(request, target, "Invalid API key.", 401)
+    return response
+
+
+@router.post("/logout")
+async def logout(request: Request, session: SessionDep) -> Response:
+    ui = auth.require_session(request, session)
+    auth.check_csrf(ui, _one(await form_data(request), "csrf"))
+    response = RedirectResponse("/ui/login", 303)
+    auth.sign_out(response, request)
+    return response
+
+
+# ---- jobs list -----------------------------------------------------------------------------------------------
+def _state_filter(state: str | None) -> JobState | None:
+    if not state:
+        return None
+    try:
+        return JobState(state)
+    except ValueError:
+        raise HTTPException(422, f"state: must be one of {', '.join(s.value for s in JobState)}") from None
+
+
+def _listing(session: Any, ui: auth.UiSession, state: str | None, offset: int) -> dict[str, Any]:
+    rows, total = service.list_jobs(session, ui.user, _state_filter(state), PAGE_SIZE, max(offset, 0))
+    return {"ui": ui, "jobs": rows, "total": total, "state": state or "", "offset": max(offset, 0),
+            "page_size": PAGE_SIZE, "states": [s.value for s in JobState]}
+
+
+@router.get("")
+def jobs_page(request: Request, session: SessionDep, state: str | None = None, offset: int = 0) -> Response:
+    ui = auth.require_session(request, session)
+    return page(request, "jobs.html", _listing(session, ui, state, offset))
+
+
+@router.get("/jobs/rows")
+def jobs_rows(request: Request, session: SessionDep, state: str | None = None, offset: int = 0) -> Response:
+    """The table body alone, polled by the jobs page for live updates."""
+    ui = auth.current_session(request, session)
+    if ui is None:
+        return Response("sign in again", status_code=401)
+    return page(request, "job_rows.html", _listing(session, ui, state, offset))
+
+
+# ---- submit --------------------------------------------------------------------------------------------------
+def _submit_form(
+    request: Request, ui: auth.UiSession, values: dict[str, Any], errors: dict[str, str], status: int = 200
+) -> HTMLResponse:
+    context = {
+        "ui": ui, "values": values, "errors": errors, "general": errors.get(forms.GENERAL),
+        "methods": forms.method_choices(), "form_id": values.get("form_id") or secrets.token_urlsafe(12),
+    }
+    return page(request, "submit.html", context, status)
+
+
+@router.get("/submit")
+def submit_page(request: Request, session: SessionDep) -> Response:
+    ui = auth.require_session(request, session)
+    defaults = {"kind": "prune", "method": "2ssp", "eval": "", "export": "compact", "measure_throughput": True,
+                "methods": ["2ssp"]}
+    return _submit_form(request, ui, defaults, {})
+
+
+@router.post("/submit")
+async def submit(
+    request: Request, session: SessionDep, settings: SettingsDep, broker: BrokerDep
+) -> Response:
+    ui = auth.require_session(request, session)
+    form = await form_data(request)
+    auth.check_csrf(ui, _one(form, "csrf"))
+    values: dict[str, Any] = {k: (v if k == "methods" else v[-1]) for k, v in form.items()}
+    values["measure_throughput"] = _one(form, "measure_throughput") == "on"
+    values["save_models"] = _one(form, "save_models") == "on"
+    try:
+        body = forms.request_body(form)
+    except forms.FormError as exc:
+        return _submit_form(request, ui, values, {exc.field: exc.message}, 422)
+    form_id = (_one(form, "form_id") or "")[:100]
+    key = f"ui-{form_id}" if form_id else None
+    try:
+        result = await run_in_threadpool(service.submit_job, session, broker, settings, ui.user, body, key)
+    except (ServiceError, TwosspError) as exc:
+        if isinstance(exc, ServiceError) and exc.status_code >= 500:
+            raise
+        return _submit_form(request, ui, values, forms.field_errors(str(exc), exc, body), 422)
+    return RedirectResponse(f"/ui/jobs/{result.job.id}", 303)
+
+
+# ---- one job -------------------------------------------------------------------------------------------------
+def _job_context(ui: auth.UiSession, job: Job, store: Any) -> dict[str, Any]:
+    report = job.report if job.state == JobState.succeeded.value else None
+    files = views.manifest_files(store, job)
+    context: dict[str, Any] = {
+        "ui": ui, "job": job, "report": report, "events": views.timeline(job), "files": files, "notice": None,
+        "images": views.comparison_images(files) if job.kind == "sweep" else [],
+        "spec_rows": views.options_rows(job.spec or {}),
+    }
+    if report is not None and job.kind == "prune":
+        context["tables"] = views.report_tables(report)
+        context["charts"] = [c for c in (charts.perplexity_chart(report), charts.throughput_chart(report)) if c]
+    elif report is not None:
+        context["tables"] = {}
+        context["charts"] = charts.sweep_perplexity_charts(report)
+        context["rows"] = report.get("rows") or []
+    return context
+
+
+@router.get("/jobs/{job_id}")
+def job_page(request: Request, job_id: str, session: SessionDep, store: StoreDep) -> Response:
+    ui = auth.require_session(request, session)
+    try:
+        job = service.get_job(session, ui.user, job_id)
+    except NotFound as exc:
+        return not_found(request, ui, str(exc))
+    return page(request, "job.html", _job_context(ui, job, store))
+
+
+@router.get("/jobs/{job_id}/live")
+def job_live(request: Request, job_id: str, session: SessionDep) -> Response:
+    """The job's status panel alone (state, stage, progress, timeline), polled by the job page."""
+    ui = auth.current_session(request, session)
+    if ui is None:
+        return Response("sign in again", status_code=401)
+    try:
+        job = service.get_job(session, ui.user, job_id)
+    except NotFound as exc:
+        return Response(str(exc), status_code=404)
+    return page(request, "job_live.html", {"ui": ui, "job": job, "events": views.timeline(job)})
+
+
+@router.post("/jobs/{job_id}/cancel")
+async def cancel(request: Request, job_id: str, session: SessionDep, store: StoreDep) -> Response:
+    ui = auth.require_session(request, session)
+    auth.check_csrf(ui, _one(await form_data(request), "csrf"))
+    try:
+        service.cancel_job(session, ui.user, job_id)
+    except NotFound as exc:
+        return not_found(request, ui, str(exc))
+    except Conflict as exc:
+        context = _job_context(ui, service.get_job(session, ui.user, job_id), store)
+        return page(request, "job.html", {**context, "notice": str(exc)}, 409)
+    return RedirectResponse(f"/ui/jobs/{job_id}", 303)
+
+
+@router.get("/jobs/{job_id}/artifact")
+def artifact(
+    request: Request, job_id: str, session: SessionDep, store: StoreDep, settings: SettingsDep
+) -> Response:
+    """The same download as `GET /jobs/{id}/artifact` (a tar, or presigned URLs from S3)."""
+    ui = auth.require_session(request, session)
+    return artifact_download(job_id, session, ui.user, store, settings)
+
+
+@router.get("/jobs/{job_id}/manifest")
+def manifest(request: Request, job_id: str, session: SessionDep, store: StoreDep) -> Response:
+    ui = auth.require_session(request, session)
+    return manifest_download(job_id, session, ui.user, store)
+
+
+@router.get("/jobs/{job_id}/files/{path:path}")
+def artifact_image(request: Request, job_id: str, path: str, session: SessionDep, store: StoreDep) -> Response:
+    """An image listed in a succeeded job's manifest (a sweep's comparison chart), shown inline."""
+    ui = auth.require_session(request, session)
+    try:
+        job = service.get_job(session, ui.user, job_id)
+    except NotFound as exc:
+        return not_found(request, ui, str(exc))
+    media = views.IMAGE_TYPES.get(PurePosixPath(path).suffix)
+    if media is None or path not in {f["path"] for f in views.manifest_files(store, job)}:
+        return not_found(request, ui, f"job {job_id} has no image {path!r}")
+    data = store.get_bytes(f"{job.artifact['prefix']}/files/{path}")  # type: ignore[index]
+    headers = {
+        "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; sandbox",
+        "X-Content-Type-Options": "nosniff",
+        "Cache-Control": "private, max-age=3600",
+    }
+    return Response(data, media_type=media, headers=headers)

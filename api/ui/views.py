@@ -1,0 +1,110 @@
+"""What the pages show of a job: its timeline, durations, report tables and artifact files."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from service.db.models import Job, JobState
+from service.db.types import utcnow
+from service.store import ArtifactStore
+
+IMAGE_TYPES = {".svg": "image/svg+xml", ".png": "image/png"}
+
+
+@dataclass
+class Event:
+    at: datetime | None
+    what: str
+    detail: str = ""
+
+
+def duration_s(job: Job) -> float | None:
+    if job.started_at is None:
+        return None
+    return ((job.finished_at or utcnow()) - job.started_at).total_seconds()
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, sec = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {sec:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def fmt_time(at: datetime | None) -> str:
+    return "–" if at is None else at.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def timeline(job: Job) -> list[Event]:
+    """The job's history from its row: submitted, dispatched, started, each finished stage, the end."""
+    events = [Event(job.created_at, "submitted", f"{job.kind} job")]
+    if job.dispatched_at is not None:
+        events.append(Event(job.dispatched_at, "dispatched", "handed to a worker"))
+    if job.started_at is not None:
+        events.append(Event(job.started_at, "started", f"attempt {job.attempt} of {job.max_attempts}"))
+    for stage, seconds in (job.stage_timings or {}).items():
+        events.append(Event(None, f"stage {stage}", f"took {fmt_duration(seconds)}"))
+    if job.state == JobState.running.value and job.stage:
+        events.append(Event(job.updated_at, f"running {job.stage}", f"{job.progress:.0f}% of the job"))
+    if job.cancel_requested_at is not None:
+        events.append(Event(job.cancel_requested_at, "cancel requested"))
+    if job.finished_at is not None:
+        events.append(Event(job.finished_at, job.state, job.error or ""))
+    return events
+
+
+def manifest_files(store: ArtifactStore, job: Job) -> list[dict[str, Any]]:
+    if job.state != JobState.succeeded.value or not job.artifact:
+        return []
+    try:
+        manifest = json.loads(store.get_bytes(job.artifact["manifest_key"]))
+    except Exception:  # a missing or unreadable manifest shows as no files; the download reports the error
+        return []
+    return list(manifest.get("files", []))
+
+
+def comparison_images(files: list[dict[str, Any]]) -> list[str]:
+    """A sweep's comparison chart(s) in the artifact, SVG preferred."""
+    names = {f["path"] for f in files}
+    if "comparison.svg" in names:
+        return ["comparison.svg"]
+    return ["comparison.png"] if "comparison.png" in names else []
+
+
+def report_tables(report: dict[str, Any]) -> dict[str, list[tuple[str, str]]]:
+    """Key/value rows for the report's parameters, removed modules and timings."""
+    params = report.get("params") or {}
+    rows_params = [(k.replace("_", " "), f"{v:,}" if isinstance(v, int) else str(v)) for k, v in params.items()]
+    for key in ("sparsity_target", "sparsity_achieved"):
+        if isinstance(report.get(key), int | float):
+            rows_params.append((key.replace("_", " "), f"{report[key]:.4f}"))
+    removed = []
+    for key in ("removed_blocks", "removed_attention", "removed_mlp"):
+        if key in report:
+            items = report[key] or []
+            removed.append((key.replace("_", " "), ", ".join(str(i) for i in items) or "none"))
+    kept = report.get("kept_ffn_neurons")
+    if isinstance(kept, list) and kept:
+        removed.append(("kept FFN neurons per block", ", ".join(str(k) for k in kept)))
+    timings = [
+        (k.removesuffix("_s").replace("_", " "), fmt_duration(v))
+        for k, v in (report.get("timings") or {}).items()
+        if isinstance(v, int | float)
+    ]
+    return {"Parameters": rows_params, "Removed modules": removed, "Timings": timings}
+
+
+def options_rows(spec: dict[str, Any]) -> list[tuple[str, str]]:
+    skip = {"options"}
+    rows = [(k, json.dumps(v) if not isinstance(v, str) else v) for k, v in spec.items() if k not in skip]
+    if spec.get("options"):
+        rows.append(("options", json.dumps(spec["options"], sort_keys=True)))
+    return rows

@@ -1,0 +1,183 @@
+"""The dashboard's sign-in, CSRF protection, per-user isolation and form validation, through the real app on
+SQLite (no worker: jobs stay queued). The browser test (test_ui_browser.py) runs the pages end to end."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import update
+
+from api.app import create_app
+from service.db.migrate import upgrade_head
+from service.db.models import ApiKey, Job
+from service.db.types import utcnow
+from service.keys import create_key
+from service.settings import Settings
+
+CSRF_RE = re.compile(r'name="csrf" value="([^"]+)"')
+
+
+@pytest.fixture
+def app(tmp_path: Path, test_data: Path) -> Iterator[Any]:
+    settings = Settings(data_dir=tmp_path, embedded_worker=False, allowed_local_roots=[test_data])
+    upgrade_head(settings)
+    application = create_app(settings)
+    yield application
+    application.state.db.dispose()
+
+
+def key_for(app: Any, name: str) -> str:
+    with app.state.db.session() as session:
+        return create_key(session, name)
+
+
+def jobs_in_db(app: Any) -> list[Job]:
+    with app.state.db.session() as session:
+        return list(session.query(Job).all())
+
+
+def signed_in(app: Any, name: str, base_url: str = "http://testserver") -> TestClient:
+    client = TestClient(app, base_url=base_url)
+    page = client.get("/ui/login")
+    response = client.post(
+        "/ui/login", data={"csrf": CSRF_RE.search(page.text)[1], "api_key": key_for(app, name), "next": "/ui"},
+        follow_redirects=False,
+    )
+    assert response.status_code == 303 and response.headers["location"] == "/ui", response.text
+    return client
+
+
+def csrf_of(client: TestClient, path: str = "/ui/submit") -> str:
+    return CSRF_RE.search(client.get(path).text)[1]
+
+
+def form(stories_model: Path, stories_text: Path, **fields: str) -> dict[str, str]:
+    values = {
+        "kind": "prune", "model": str(stories_model), "method": "2ssp", "sparsity": "0.375",
+        "calibration": f"{stories_text}:0:50", "eval": f"{stories_text}:50:60", "seq_len": "128",
+    }
+    values.update(fields)
+    return values
+
+
+def test_sign_in_sets_a_strict_http_only_cookie_and_refuses_bad_keys(app: Any) -> None:
+    client = TestClient(app)
+    assert client.get("/ui", follow_redirects=False).headers["location"] == "/ui/login?next=%2Fui"
+    page = client.get("/ui/login")
+    token = CSRF_RE.search(page.text)[1]
+    wrong = client.post("/ui/login", data={"csrf": token, "api_key": "tsp_wrong"}, follow_redirects=False)
+    assert wrong.status_code == 401 and "Invalid API key" in wrong.text and "twossp_session" not in client.cookies
+    forged = client.post("/ui/login", data={"csrf": "forged", "api_key": key_for(app, "alice")})
+    assert forged.status_code == 403 and "twossp_session" not in client.cookies
+
+    response = client.post(
+        "/ui/login", data={"csrf": token, "api_key": key_for(app, "alice"), "next": "//evil.example/"},
+        follow_redirects=False,
+    )
+    assert response.headers["location"] == "/ui"  # no open redirect
+    cookie = next(c for c in response.headers.get_list("set-cookie") if c.startswith("twossp_session="))
+    attributes = {part.strip().lower() for part in cookie.split(";")[1:]}
+    assert {"httponly", "samesite=strict", "path=/ui"} <= attributes and "secure" not in attributes
+    page = client.get("/ui")
+    assert page.status_code == 200 and "alice" in page.text
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+
+    over_https = signed_in(app, "carol", base_url="https://testserver")
+    assert over_https.cookies.get("twossp_session")
+    https_login = TestClient(app, base_url="https://testserver")
+    token = CSRF_RE.search(https_login.get("/ui/login").text)[1]
+    response = https_login.post(
+        "/ui/login", data={"csrf": token, "api_key": key_for(app, "dave")}, follow_redirects=False
+    )
+    cookie = next(c for c in response.headers.get_list("set-cookie") if c.startswith("twossp_session="))
+    assert "secure" in cookie.lower()
+
+
+def test_a_tampered_cookie_or_revoked_key_ends_the_session(app: Any) -> None:
+    client = signed_in(app, "alice")
+    value = client.cookies["twossp_session"]
+    key_id, expires, nonce, mac = value.split(".")
+    for forged in (f"{key_id}.{int(expires) + 10}.{nonce}.{mac}", f"{key_id}.{expires}.{nonce}.{'0' * 64}", "x"):
+        other = TestClient(app)
+        other.cookies.set("twossp_session", forged, path="/ui")
+        assert other.get("/ui", follow_redirects=False).status_code == 303
+    assert client.get("/ui", follow_redirects=False).status_code == 200
+    with app.state.db.session() as session:
+        session.execute(update(ApiKey).values(revoked_at=utcnow()))
+        session.commit()
+    assert client.get("/ui", follow_redirects=False).status_code == 303
+    assert client.get("/ui/jobs/rows").status_code == 401
+
+
+def test_forms_need_the_session_csrf_token(app: Any, stories_model: Path, stories_text: Path) -> None:
+    alice = signed_in(app, "alice")
+    body = form(stories_model, stories_text)
+    assert alice.post("/ui/submit", data=body).status_code == 403
+    assert alice.post("/ui/submit", data={**body, "csrf": "0" * 64}).status_code == 403
+    assert jobs_in_db(app) == []
+    created = alice.post("/ui/submit", data={**body, "csrf": csrf_of(alice)}, follow_redirects=False)
+    assert created.status_code == 303
+    job_id = created.headers["location"].rsplit("/", 1)[-1]
+    assert alice.post(f"/ui/jobs/{job_id}/cancel", data={"confirm": "yes"}).status_code == 403
+    assert jobs_in_db(app)[0].state == "queued"
+    bob = signed_in(app, "bob")
+    # bob's token is not alice's
+    assert alice.post(f"/ui/jobs/{job_id}/cancel", data={"csrf": csrf_of(bob)}).status_code == 403
+    cancelled = alice.post(f"/ui/jobs/{job_id}/cancel", data={"csrf": csrf_of(alice)}, follow_redirects=False)
+    assert cancelled.status_code == 303 and jobs_in_db(app)[0].state == "cancelled"
+    again = alice.post(f"/ui/jobs/{job_id}/cancel", data={"csrf": csrf_of(alice)})
+    assert again.status_code == 200 and jobs_in_db(app)[0].state == "cancelled"  # cancelling twice is harmless
+
+
+def test_users_see_only_their_own_jobs(app: Any, stories_model: Path, stories_text: Path) -> None:
+    alice, bob = signed_in(app, "alice"), signed_in(app, "bob")
+    created = alice.post("/ui/submit", data={**form(stories_model, stories_text), "csrf": csrf_of(alice)},
+                         follow_redirects=False)
+    job_id = created.headers["location"].rsplit("/", 1)[-1]
+    assert job_id in alice.get("/ui").text and job_id in alice.get("/ui/jobs/rows?state=queued").text
+    assert alice.get(f"/ui/jobs/{job_id}").status_code == 200
+    for path in ("/ui", "/ui?state=queued", "/ui/jobs/rows", "/ui/jobs/rows?state=queued"):
+        page = bob.get(path)
+        assert page.status_code == 200 and job_id not in page.text and job_id[:8] not in page.text
+    for path in ("", "/live", "/artifact", "/manifest", "/files/comparison.svg"):
+        response = bob.get(f"/ui/jobs/{job_id}{path}")
+        assert response.status_code == 404 and str(stories_model) not in response.text, path
+    cancel = bob.post(f"/ui/jobs/{job_id}/cancel", data={"csrf": csrf_of(bob)})
+    assert cancel.status_code == 404 and jobs_in_db(app)[0].state == "queued"
+
+
+@pytest.mark.parametrize(
+    ("fields", "field", "message"),
+    [
+        ({"sparsity": "abc"}, "sparsity", "valid number"),
+        ({"sparsity": "1"}, "sparsity", "less than 1"),
+        ({"sparsity": "0.999"}, "sparsity", ""),  # infeasible for this model: preflight refuses it
+        ({"model": "/etc"}, "model", "TWOSSP_ALLOWED_LOCAL_ROOTS"),
+        ({"model": "not a model id"}, "model", "hub id"),
+        ({"method": "nope"}, "method", "unknown method"),
+        ({"options": "{not json"}, "options", "not valid JSON"),
+        ({"options": '{"alpha": "x"}'}, "options", "alpha"),
+        ({"calibration": "/etc/passwd"}, "calibration", "TWOSSP_ALLOWED_LOCAL_ROOTS"),
+        ({"eval": "data.txt:5:2"}, "eval", "END"),
+        ({"seq_len": "4"}, "seq_len", "greater than or equal to 8"),
+        ({"kind": "sweep", "sparsities": "0.25"}, "methods", ""),
+        ({"kind": "sweep", "methods": "2ssp", "sparsities": "0.25,2"}, "sparsities", "between 0 and 1"),
+        ({"export": "portable", "method": "slicegpt"}, "export", "portable"),
+    ],
+)
+def test_bad_form_input_is_shown_next_to_its_field_and_creates_nothing(
+    app: Any, stories_model: Path, stories_text: Path, fields: dict[str, str], field: str, message: str
+) -> None:
+    alice = signed_in(app, "alice")
+    data = {**form(stories_model, stories_text, **fields), "csrf": csrf_of(alice)}
+    response = alice.post("/ui/submit", data=data)
+    assert response.status_code == 422
+    error = re.search(rf'id="error-{field}" role="alert">([^<]*)<', response.text)
+    assert error is not None, response.text[-3000:]
+    assert message in error[1].replace("&#39;", "'")
+    assert jobs_in_db(app) == []
