@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Make sure PostgreSQL (127.0.0.1:5432) and Redis (127.0.0.1:6379) are up for the tests:
-# start them when installed but stopped, install them with apt when missing. Fails loudly otherwise.
+# Make sure PostgreSQL (127.0.0.1:5432) and Redis (127.0.0.1:6379) are up for the tests, and that a Chromium
+# is installed for the dashboard's browser test: start the services when installed but stopped, install
+# what is missing with apt. Fails loudly otherwise.
 set -euo pipefail
 
 apt_install() {
@@ -36,4 +37,8 @@ if ! redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG; then
     --dir /var/lib/redis --logfile /var/log/redis/ci.log
   wait_for redis sh -c 'redis-cli -h 127.0.0.1 -p 6379 ping | grep -q PONG'
 fi
-echo "services: postgresql and redis are up"
+if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1 \
+   && [ -z "${TWOSSP_TEST_CHROMIUM:-}" ]; then
+  apt_install chromium
+fi
+echo "services: postgresql and redis are up; chromium is installed"

@@ -163,7 +163,7 @@ def test_dashboard_in_a_browser(
     assert "submitted" in timeline and "stage stage1" in timeline and "succeeded" in timeline
     sha = alice.locator("#manifest-sha256").inner_text()
     assert sha == job["artifact"]["manifest_sha256"]
-    shoot(alice, "job", clip_height=1450)
+    shoot(alice, "job", clip_height=1640)
     with alice.expect_download() as info:
         alice.click("#download")
     with tarfile.open(info.value.path()) as tar:
