@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from twossp_core.errors import DataError, ModelNotFound
+from twossp_core.export.compact_config import to_base
 from twossp_core.models.counts import block_counts
 from twossp_core.models.registry import check_supported
 from twossp_core.pruning.twossp.balance import plan_balance
@@ -24,7 +25,7 @@ def local_config(model: str) -> dict | None:
     if not config_file.is_file():
         raise ModelNotFound(f"{model}: a local model directory must contain config.json")
     try:
-        return json.loads(config_file.read_text())
+        return to_base(json.loads(config_file.read_text()))  # a compact export is checked as its base
     except (OSError, json.JSONDecodeError) as exc:
         raise ModelNotFound(f"{model}: config.json is unreadable ({exc})") from None
 

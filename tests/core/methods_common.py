@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -69,6 +70,9 @@ def assert_reloads_equal(model: Any, tmp_path: Path, *, remote_code: bool | None
     has_code = (out / "modeling_twossp.py").exists()
     if remote_code is not None:
         assert has_code == remote_code
+    if has_code:  # never loadable as the base architecture, whose removed modules would come back at random
+        with pytest.raises(ValueError, match="trust_remote_code=True"):
+            AutoModelForCausalLM.from_pretrained(out)
     plain = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=has_code)
     plain.eval()
     torch.testing.assert_close(logits(plain, ids), expected, rtol=1e-5, atol=1e-5)

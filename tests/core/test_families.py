@@ -76,6 +76,16 @@ def test_parameter_counts_are_exact(family):
     assert abs(removed - plan.target_params) <= slack
 
 
+def assert_refused_without_remote_code(path: Path) -> None:
+    """A compact directory must never load as its base architecture (the removed modules would come back at
+    random): plain transformers refuses it and says how to load it."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    for auto in (AutoModelForCausalLM, AutoConfig):
+        with pytest.raises(ValueError, match="trust_remote_code=True"):
+            auto.from_pretrained(path)
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_pruned_model_reloads_both_ways_with_identical_logits(family, tmp_path):
     model, adapter, _, _, outcome, windows = _prune(family)
@@ -87,15 +97,19 @@ def test_pruned_model_reloads_both_ways_with_identical_logits(family, tmp_path):
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["twossp"]["method"] == "2ssp"
     assert config["twossp_structure"]["removed_attention"] == outcome.removed_attention
+    assert config["model_type"] == f"twossp_{family}" and config["architectures"] == ["TwosspPrunedForCausalLM"]
+    assert_refused_without_remote_code(tmp_path)
 
     ours, _ = load_pruned(tmp_path)
     with torch.no_grad():
         assert torch.equal(ours(windows[:2]).logits, expected)
     assert adapter_for(ours).removed_attention == outcome.removed_attention
+    assert ours.config.model_type == family
 
     from transformers import AutoModelForCausalLM
 
     plain = AutoModelForCausalLM.from_pretrained(tmp_path, trust_remote_code=True).eval()
+    assert plain.config.model_type == config["model_type"]
     with torch.no_grad():
         assert torch.equal(plain(windows[:2]).logits, expected)
     # only what remains is stored

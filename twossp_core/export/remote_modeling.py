@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers import PretrainedConfig
 from transformers import PreTrainedModel as _Base  # twossp:base-class
 
 STRUCTURE_KEY = "twossp_structure"
@@ -110,8 +111,20 @@ def add_shortcut_rotations(model: nn.Module, structure: dict[str, Any]) -> None:
         layer.__class__ = shortcut_layer_class(type(layer))
 
 
+_BaseConfig = _Base.config_class or PretrainedConfig
+
+
+class TwosspPrunedConfig(_BaseConfig):
+    """The base architecture's config under its own model_type, so that transformers builds a compact export only
+    through this file (never as the base architecture, which would re-create the removed modules at random)."""
+
+    model_type = "twossp_" + (_BaseConfig.model_type or "")
+
+
 class TwosspPrunedForCausalLM(_Base):
     """The base architecture with the removed submodules taken out at construction time."""
+
+    config_class = TwosspPrunedConfig
 
     def __init__(self, config: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(config, *args, **kwargs)

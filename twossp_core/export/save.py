@@ -9,11 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from twossp_core.export import remote_modeling
+from twossp_core.export.compact_config import BASE_KEY, MODELING_FILE, to_compact
 from twossp_core.export.portable import make_portable
 from twossp_core.export.remote_modeling import STRUCTURE_KEY, needs_structure
 
-MODELING_FILE = "modeling_twossp.py"
-ENTRY_CLASS = "TwosspPrunedForCausalLM"
 BASE_LINE_MARK = "# twossp:base-class"
 
 
@@ -52,9 +51,8 @@ def save_pruned(
         config = json.loads(config_path.read_text())
         config["twossp"] = metadata
         if needs_structure(config.get(STRUCTURE_KEY)):
-            base = config["architectures"][0]
-            (tmp / MODELING_FILE).write_text(modeling_source(base))
-            config["auto_map"] = {"AutoModelForCausalLM": f"{MODELING_FILE[:-3]}.{ENTRY_CLASS}"}
+            config = to_compact(config)  # its own model_type: never loads as the base architecture
+            (tmp / MODELING_FILE).write_text(modeling_source(config[BASE_KEY]["architecture"]))
         config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         for item in tmp.iterdir():
             target = out_dir / item.name

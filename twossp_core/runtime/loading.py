@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from twossp_core.errors import InvalidSpec, ModelNotFound
+from twossp_core.export.compact_config import is_compact, to_base
 from twossp_core.export.remote_modeling import STRUCTURE_KEY, pruned_class
 from twossp_core.models.registry import check_supported
 
@@ -39,16 +40,23 @@ def quiet_transformers() -> None:
 
 
 def load_config(model_id: str) -> Any:
-    from transformers import AutoConfig
+    """The model's config; a compact twossp export's as its base architecture's (its structure attached)."""
+    from transformers import CONFIG_MAPPING, AutoConfig, PretrainedConfig
 
     quiet_transformers()
 
     local = Path(model_id).expanduser()
     if local.exists() and not (local / "config.json").is_file():
         raise ModelNotFound(f"{model_id}: a local model directory must contain config.json")
+    source = str(local) if local.exists() else model_id
     try:
+        config_dict, _ = PretrainedConfig.get_config_dict(source)
+        if is_compact(config_dict):
+            base = to_base(config_dict)
+            check_supported(base["model_type"])
+            return CONFIG_MAPPING[base["model_type"]].from_dict(base)
         # never trust_remote_code: the adapters only cover architectures transformers ships
-        return AutoConfig.from_pretrained(str(local) if local.exists() else model_id, trust_remote_code=False)
+        return AutoConfig.from_pretrained(source, trust_remote_code=False)
     except (OSError, ValueError) as exc:
         where = "local directory" if local.exists() else "Hugging Face hub id (or no network to reach the hub)"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
