@@ -1,14 +1,24 @@
-"""The job lifecycle: compare-and-set transitions on job rows. Every write by a worker is fenced by
-(id, attempt, state); dispatching marks the outbox row once the broker has the message."""
+"""The job lifecycle: every change of a job's state, each one compare-and-set, in one place.
+
+    submit ─▶ queued ──claim──▶ running ──finish──▶ succeeded | failed | cancelled
+                ▲   └─cancel─▶ cancelled   │
+                └──── requeue (shutdown) / reap (lease expired, attempts left) ◀┘
+
+The API submits and cancels, the runner (Celery task or embedded child) claims, beats and finishes, the
+embedded worker kills or gives back its child's attempt, the reaper reaps expired leases and kills overdue
+cancels. A worker's writes are fenced by (id, attempt, state), so a stale attempt can never overwrite a newer
+one; the embedded worker, which does not know the attempt, fences by its child's worker id. Nobody else
+writes `jobs.state`.
+"""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from service.broker import Broker
@@ -19,7 +29,9 @@ log = logging.getLogger(__name__)
 
 RUNNING = JobState.running.value
 QUEUED = JobState.queued.value
+CANCELLED_BY_USER = "cancelled by user"
 CANCEL_KILLED = "cancelled by user (killed: it did not stop within the cancel grace)"
+HARD_TIMEOUT = "timeout: the job exceeded its hard time limit"
 
 
 @dataclass(frozen=True)
@@ -31,6 +43,62 @@ class Claim:
     kind: str = JobKind.prune.value
 
 
+def _changed(result: Any) -> bool:
+    return result.rowcount == 1
+
+
+# -- the API ---------------------------------------------------------------------------------------------
+def submit(session: Session, job: Job) -> None:
+    """Insert a new job as queued and undispatched (the row is the outbox entry) and commit.
+
+    An IntegrityError (the owner's Idempotency-Key is taken) propagates with the session rolled back.
+    """
+    job.state = QUEUED
+    job.progress, job.stage, job.stage_timings = 0.0, None, {}
+    job.cancel_requested, job.attempt, job.dispatched = False, 0, False
+    session.add(job)
+    try:
+        session.commit()
+    except Exception:
+        session.rollback()
+        raise
+
+
+def dispatch(session: Session, broker: Broker, job_id: str) -> bool:
+    """Publish a queued job and mark it dispatched. A failure leaves it for the dispatcher loop."""
+    try:
+        broker.publish(job_id)
+    except Exception as exc:  # broker down: the reaper/dispatcher republishes undispatched rows
+        log.warning("could not publish job %s (will retry from the outbox): %s", job_id, exc)
+        return False
+    session.execute(
+        update(Job).where(Job.id == job_id, Job.state == QUEUED).values(dispatched=True, dispatched_at=utcnow())
+    )
+    session.commit()
+    return True
+
+
+def request_cancel(session: Session, job_id: str) -> None:
+    """queued → cancelled at once; running → cancel_requested (the worker stops at its next safe point, or is
+    killed after the grace). Finished jobs are left alone."""
+    now = utcnow()
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.state == QUEUED)
+        .values(
+            state=JobState.cancelled.value, cancel_requested=True, cancel_requested_at=now, finished_at=now,
+            error=CANCELLED_BY_USER, updated_at=now,
+        )
+    )
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.state == RUNNING)
+        .values(cancel_requested=True, cancel_requested_at=func.coalesce(Job.cancel_requested_at, now), updated_at=now)
+    )
+    session.commit()
+
+
+# -- the runner ------------------------------------------------------------------------------------------
 def claim(
     session: Session, job_id: str, worker_id: str, lease_s: float, time_limit_s: float | None = None
 ) -> Claim | None:
@@ -114,24 +182,136 @@ def finish(
         query.values(state=state.value, error=error, finished_at=now, lease_until=None, updated_at=now, **values)
     )
     session.commit()
-    return result.rowcount == 1  # type: ignore[attr-defined]
+    return _changed(result)
 
 
-def current(session: Session, job_id: str) -> Job | None:
-    return session.scalar(select(Job).where(Job.id == job_id).execution_options(populate_existing=True))
+# -- the embedded worker (fenced by its child's worker id: `host:pid`) ----------------------------------
+def next_queued(session: Session) -> str | None:
+    """The oldest queued job not asked to cancel (the embedded worker polls for it)."""
+    return session.scalar(
+        select(Job.id).where(Job.state == QUEUED, Job.cancel_requested.is_(False)).order_by(Job.created_at).limit(1)
+    )
 
 
-def dispatch(session: Session, broker: Broker, job_id: str) -> bool:
-    """Publish a queued job and mark it dispatched. A failure leaves it for the dispatcher loop."""
-    try:
-        broker.publish(job_id)
-    except Exception as exc:  # broker down: the reaper/dispatcher republishes undispatched rows
-        log.warning("could not publish job %s (will retry from the outbox): %s", job_id, exc)
-        return False
-    session.execute(
+def kill(session: Session, job_id: str, worker_suffix: str, reason: str) -> bool:
+    """The embedded worker killed its child: running → failed (reason "timeout") or cancelled."""
+    now = utcnow()
+    if reason == "timeout":
+        values = {"state": JobState.failed.value, "error": HARD_TIMEOUT}
+    else:
+        values = {"state": JobState.cancelled.value, "error": CANCEL_KILLED}
+    result = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.state == JobState.queued.value)
-        .values(dispatched=True, dispatched_at=utcnow())
+        .where(Job.id == job_id, Job.state == RUNNING, Job.worker_id.endswith(worker_suffix))
+        .values(**values, finished_at=now, lease_until=None, updated_at=now)
     )
     session.commit()
-    return True
+    return _changed(result)
+
+
+def requeue(session: Session, job_id: str, worker_suffix: str) -> bool:
+    """Shutting down mid-job: running → queued with the attempt given back, so it runs again on the next start."""
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.state == RUNNING, Job.worker_id.endswith(worker_suffix))
+        .values(
+            state=QUEUED,
+            attempt=Job.attempt - 1,
+            worker_id=None,
+            lease_until=None,
+            dispatched=False,
+            updated_at=utcnow(),
+        )
+    )
+    session.commit()
+    return _changed(result)
+
+
+# -- the reaper ------------------------------------------------------------------------------------------
+def expired_leases(session: Session, now: datetime, limit: int = 500) -> list[tuple[str, int]]:
+    """(id, attempt) of running jobs whose lease ran out: their worker is gone."""
+    rows = session.execute(
+        select(Job.id, Job.attempt)
+        .where(Job.state == RUNNING, or_(Job.lease_until.is_(None), Job.lease_until < now))
+        .limit(limit)
+    ).all()
+    return [(job_id, attempt) for job_id, attempt in rows]
+
+
+def reap(session: Session, job_id: str, attempt: int, now: datetime) -> str | None:
+    """A lost attempt: failed past its time limit, cancelled if a cancel was asked, failed with no attempts
+    left, otherwise queued again (undispatched). Returns the new state, or None if the row moved on."""
+    job = session.get(Job, job_id, populate_existing=True)
+    if job is None or job.state != RUNNING or job.attempt != attempt:
+        session.commit()
+        return None
+    lost = f"worker lost (lease expired) on attempt {attempt} of {job.max_attempts}"
+    if job.started_at is not None and now - job.started_at > timedelta(seconds=job.time_limit_s):
+        values: dict[str, Any] = {
+            "state": JobState.failed.value, "error": f"timeout: exceeded {job.time_limit_s:g} s ({lost})"
+        }
+    elif job.cancel_requested:
+        values = {"state": JobState.cancelled.value, "error": CANCELLED_BY_USER}
+    elif attempt >= job.max_attempts:
+        values = {"state": JobState.failed.value, "error": f"{lost}; no attempts left"}
+    else:
+        values = {"state": QUEUED, "error": None, "dispatched": False, "dispatched_at": None}
+    terminal = values["state"] != QUEUED
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.attempt == attempt, Job.state == RUNNING)
+        .values(**values, worker_id=None, lease_until=None, updated_at=now, finished_at=now if terminal else None)
+    )
+    session.commit()
+    if not _changed(result):
+        return None
+    log.warning("job %s: %s -> %s", job_id, lost, values["state"])
+    return values["state"]
+
+
+def overdue_cancels(session: Session, grace_s: float, limit: int = 500) -> list[tuple[str, int]]:
+    """(id, attempt) of running jobs asked to cancel more than grace_s ago."""
+    overdue = utcnow() - timedelta(seconds=grace_s)
+    rows = session.execute(
+        select(Job.id, Job.attempt)
+        .where(Job.state == RUNNING, Job.cancel_requested.is_(True), Job.cancel_requested_at <= overdue)
+        .limit(limit)
+    ).all()
+    return [(job_id, attempt) for job_id, attempt in rows]
+
+
+def cancel_killed(session: Session, job_id: str, attempt: int) -> bool:
+    """The broker killed an overdue cancel's run: running → cancelled, for that attempt only."""
+    now = utcnow()
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.attempt == attempt, Job.state == RUNNING)
+        .values(
+            state=JobState.cancelled.value, error=CANCEL_KILLED, worker_id=None, lease_until=None,
+            updated_at=now, finished_at=now,
+        )
+    )
+    session.commit()
+    return _changed(result)
+
+
+def undispatched(session: Session, grace_s: float, redispatch_after_s: float, limit: int = 500) -> list[str]:
+    """Queued jobs to publish: never handed to the broker (older than the grace), or waiting suspiciously long."""
+    now = utcnow()
+    grace = now - timedelta(seconds=grace_s)
+    stale = now - timedelta(seconds=redispatch_after_s)
+    return list(
+        session.scalars(
+            select(Job.id)
+            .where(
+                Job.state == QUEUED,
+                Job.cancel_requested.is_(False),
+                or_(
+                    (Job.dispatched.is_(False)) & (Job.updated_at <= grace),
+                    (Job.dispatched.is_(True)) & (Job.dispatched_at < stale),
+                ),
+            )
+            .order_by(Job.created_at)
+            .limit(limit)
+        ).all()
+    )

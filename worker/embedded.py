@@ -14,13 +14,10 @@ import threading
 import time
 from pathlib import Path
 
-from sqlalchemy import select, update
-
+from service import lifecycle
 from service.broker import EmbeddedBroker
 from service.db.models import Job, JobState
 from service.db.session import Database
-from service.db.types import utcnow
-from service.lifecycle import CANCEL_KILLED
 from service.settings import Settings
 from worker.maintenance import run_maintenance
 
@@ -69,12 +66,7 @@ class EmbeddedWorker:
     def _next_job(self) -> str | None:
         assert self.db is not None
         with self.db.session() as session:
-            return session.scalar(
-                select(Job.id)
-                .where(Job.state == JobState.queued.value, Job.cancel_requested.is_(False))
-                .order_by(Job.created_at)
-                .limit(1)
-            )
+            return lifecycle.next_queued(session)
 
     def _child_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TWOSSP_")}
@@ -130,36 +122,14 @@ class EmbeddedWorker:
 
     def _record_kill(self, job_id: str, worker_suffix: str, reason: str) -> None:
         assert self.db is not None
-        now = utcnow()
-        if reason == "timeout":
-            values = {"state": JobState.failed.value, "error": "timeout: the job exceeded its hard time limit"}
-        else:
-            values = {"state": JobState.cancelled.value, "error": CANCEL_KILLED}
         with self.db.session() as session:
-            session.execute(
-                update(Job)
-                .where(Job.id == job_id, Job.state == JobState.running.value, Job.worker_id.endswith(worker_suffix))
-                .values(**values, finished_at=now, lease_until=None, updated_at=now)
-            )
-            session.commit()
+            lifecycle.kill(session, job_id, worker_suffix, reason)
 
     def _requeue(self, job_id: str, worker_suffix: str) -> None:
         """Shutting down mid-job: give the attempt back so the job runs again on the next start."""
         assert self.db is not None
         with self.db.session() as session:
-            session.execute(
-                update(Job)
-                .where(Job.id == job_id, Job.state == JobState.running.value, Job.worker_id.endswith(worker_suffix))
-                .values(
-                    state=JobState.queued.value,
-                    attempt=Job.attempt - 1,
-                    worker_id=None,
-                    lease_until=None,
-                    dispatched=False,
-                    updated_at=utcnow(),
-                )
-            )
-            session.commit()
+            lifecycle.requeue(session, job_id, worker_suffix)
 
 
 def _kill_group(child: subprocess.Popen[bytes]) -> None:

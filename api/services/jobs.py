@@ -6,16 +6,15 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.errors import Conflict, InputRejected, NotFound
 from api.services.inputs import request_hash, validate_request
+from service import lifecycle
 from service.broker import Broker
-from service.db.models import TERMINAL_STATES, Job, JobKind, JobState, User
-from service.db.types import utcnow
-from service.lifecycle import dispatch
+from service.db.models import Job, JobKind, JobState, User
 from service.settings import Settings
 from twossp_core.spec import PruneSpec
 
@@ -49,25 +48,17 @@ def submit_job(
         model=spec.model,
         method=spec.method if isinstance(spec, PruneSpec) else None,
         sparsity=spec.sparsity if isinstance(spec, PruneSpec) else None,
-        state=JobState.queued.value,
-        progress=0.0,
-        stage_timings={},
-        cancel_requested=False,
-        attempt=0,
         max_attempts=settings.max_attempts,
         time_limit_s=settings.job_time_limit_s,
-        dispatched=False,
     )
-    session.add(job)
     try:
-        session.commit()  # the row is the outbox entry: dispatched=false until the broker has it
+        lifecycle.submit(session, job)  # the row is the outbox entry: dispatched=false until the broker has it
     except IntegrityError:
-        session.rollback()
         existing = _by_idempotency_key(session, user, idempotency_key) if idempotency_key else None
         if existing is None:
             raise
         return _replay(existing, digest)
-    dispatch(session, broker, job.id)
+    lifecycle.dispatch(session, broker, job.id)
     session.refresh(job)
     return Submission(job, created=True)
 
@@ -106,25 +97,6 @@ def cancel_job(session: Session, user: User, job_id: str) -> Job:
     job = get_job(session, user, job_id)
     if job.state in (JobState.succeeded.value, JobState.failed.value):
         raise Conflict(f"job {job_id} already {job.state}")
-    now = utcnow()
-    # queued: cancelled at once; running: the worker stops at its next safe point, or is killed after the grace
-    session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.state == JobState.queued.value)
-        .values(
-            state=JobState.cancelled.value, cancel_requested=True, cancel_requested_at=now, finished_at=now,
-            error="cancelled by user",
-        )
-    )
-    session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.state == JobState.running.value)
-        .values(cancel_requested=True, cancel_requested_at=func.coalesce(Job.cancel_requested_at, now))
-    )
-    session.commit()
+    lifecycle.request_cancel(session, job_id)
     session.refresh(job)
     return job
-
-
-def is_terminal(job: Job) -> bool:
-    return job.state in {s.value for s in TERMINAL_STATES}

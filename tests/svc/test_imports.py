@@ -58,6 +58,23 @@ def test_the_layering_check_catches_a_forbidden_import(tmp_path: Path) -> None:
     ]
 
 
+def state_writers(root: Path) -> list[str]:
+    """Service modules other than the lifecycle that issue UPDATEs on jobs or assign a job's state."""
+    found = []
+    for package in ("api", "worker", "server", "service"):
+        for path in sorted((root / package).rglob("*.py")):
+            if path.relative_to(root).as_posix() == "service/lifecycle.py":
+                continue
+            text = path.read_text()
+            if "update(Job)" in text or ".state = " in text:
+                found.append(str(path.relative_to(root)))
+    return found
+
+
+def test_only_the_lifecycle_module_writes_job_state() -> None:
+    assert state_writers(REPO) == []
+
+
 CHECK = """
 import sys
 import api.app, api.client, api.services.inputs, server.cli, twossp_core.preflight
