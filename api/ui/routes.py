@@ -194,7 +194,7 @@ def _job_context(ui: auth.UiSession, job: Job, store: Any) -> dict[str, Any]:
         context["tables"] = views.report_tables(report)
         context["charts"] = [c for c in (charts.perplexity_chart(report), charts.throughput_chart(report)) if c]
     elif report is not None:
-        context["tables"] = {}
+        context["tables"] = {"Timings": views.report_tables(report)["Timings"]}
         context["charts"] = charts.sweep_perplexity_charts(report)
         context["rows"] = report.get("rows") or []
     return context
