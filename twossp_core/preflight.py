@@ -45,7 +45,7 @@ def check_model(spec: PruneSpec) -> None:
     if cfg is None:
         return
     check_supported(cfg.get("model_type"))
-    if spec.method == "2ssp":
+    if spec.method in ("2ssp", "2ssp-refit"):
         counts = block_counts(cfg)
         options = spec.method_options()
         plan_balance(

@@ -51,6 +51,8 @@ class ModelAdapter:
     mlp_norms: ClassVar[tuple[str, ...]] = ("post_attention_layernorm",)
     down_proj: ClassVar[str] = "down_proj"
     up_projs: ClassVar[tuple[str, ...]] = ("gate_proj", "up_proj")
+    # whether a block adds its FFN's output to the residual stream unchanged (no norm after the FFN)
+    ffn_output_in_residual: ClassVar[bool] = True
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model

@@ -28,6 +28,11 @@ METHODS: dict[str, MethodEntry] = {
         "twossp_core.pruning.twossp.method:TwoSSP",
         "2SSP: FFN neuron pruning by activation norm, then greedy attention removal by perplexity",
     ),
+    "2ssp-refit": MethodEntry(
+        "twossp_core.pruning.twossp_refit.config:TwoSSPRefitConfig",
+        "twossp_core.pruning.twossp_refit.method:TwoSSPRefit",
+        "2SSP + refit: 2SSP, then a least-squares refit of every kept FFN's down projection (no training)",
+    ),
     "shortgpt": MethodEntry(
         "twossp_core.pruning.shortgpt.config:ShortGPTConfig",
         "twossp_core.pruning.shortgpt.method:ShortGPT",

@@ -1,0 +1,31 @@
+"""Options of 2SSP with a least-squares refit of the down projections (torch-free)."""
+
+from typing import Literal
+
+from pydantic import Field
+
+from twossp_core.pruning.twossp.config import TwoSSPConfig
+
+
+class TwoSSPRefitConfig(TwoSSPConfig):
+    """2SSP's options (same defaults) plus the refit's; unknown keys are refused (extra="forbid" is inherited)."""
+
+    ridge: float = Field(
+        1e-3, ge=0.0,
+        description="ridge strength: lambda = ridge x mean diagonal of A_K^T A_K, shrinking towards the sliced weights",
+    )
+    refit_inputs: Literal["sequential", "dense"] = Field(
+        "sequential",
+        description="sequential: block by block on the activations of the model already pruned and refit before "
+        "the block; dense: on the dense model's activations (one pass, no copy of the dense blocks)",
+    )
+    refit_target: Literal["residual", "ffn"] = Field(
+        "residual",
+        description="sequential inputs only. residual: the FFN output that makes each block's output equal the "
+        "dense block's; ffn: the dense FFN's output on the same input (families with a norm after the FFN use ffn)",
+    )
+    stage2_on_refit: bool = Field(
+        True,
+        description="run stage 2 on the refit model (its decisions may differ from 2ssp's); with sequential "
+        "inputs the refit is then repeated on the final structure",
+    )

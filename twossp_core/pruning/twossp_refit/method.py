@@ -1,0 +1,133 @@
+"""2SSP + refit: balance, stage 1, a least-squares refit of every sliced down projection, stage 2."""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any
+
+import torch
+
+from twossp_core.pruning.base import PruneContext, PruneOutcome
+from twossp_core.pruning.twossp import stage1, stage2
+from twossp_core.pruning.twossp.method import SCORES_CACHE_KEY, TwoSSP
+from twossp_core.pruning.twossp.scores import top_k
+from twossp_core.pruning.twossp_refit import refit
+from twossp_core.pruning.twossp_refit.config import TwoSSPRefitConfig
+from twossp_core.pruning.twossp_refit.sequential import resolve_target, sequential_refit
+
+
+class TwoSSPRefit(TwoSSP):
+    name = "2ssp-refit"
+    stages = (stage1.STAGE, refit.STAGE, stage2.STAGE)
+    config: TwoSSPRefitConfig
+
+    def prune(self, ctx: PruneContext, sparsity: float) -> PruneOutcome:
+        cfg = self.config
+        plan = self.plan(ctx, sparsity)
+        adapter = ctx.adapter
+        timings = {"stage1_s": 0.0, "refit_s": 0.0, "stage2_s": 0.0}
+        cost: dict[str, Any] = {}
+
+        t0 = time.perf_counter()
+        scores = ctx.cache.get(SCORES_CACHE_KEY)
+        if scores is None:
+            scores = stage1.neuron_scores(adapter, ctx.calibration, batch_size=cfg.batch_size, reporter=ctx.reporter)
+            ctx.cache[SCORES_CACHE_KEY] = scores
+        timings["stage1_s"] = time.perf_counter() - t0
+
+        ctx.reporter.checkpoint()
+        t0 = time.perf_counter()
+        _reset_peak(ctx.calibration.device)
+        dense_layers = None
+        if cfg.refit_inputs == "dense":
+            keep = [top_k(s, plan.kept_neurons) for s in scores]
+            stats = refit.accumulate(adapter, ctx.calibration, keep, batch_size=cfg.batch_size, reporter=ctx.reporter)
+            stage1.apply_width(adapter, scores, plan.kept_neurons)
+            blocks = refit.apply_refit(adapter, stats, cfg.ridge)
+            cost["accumulator_bytes"] = max((s.nbytes() for s in stats if s is not None), default=0)
+            del stats
+        else:
+            # the dense blocks are the targets; they wait on the CPU while the model is on an accelerator
+            dense_layers = [copy.deepcopy(layer).to("cpu") for layer in adapter.layers]
+            residual = resolve_target(adapter, cfg.refit_target) == "residual"
+            cost.update(_sequential_memory(ctx, dense_layers, plan.kept_neurons, residual))
+            stage1.apply_width(adapter, scores, plan.kept_neurons)
+            if cfg.stage2_on_refit:
+                blocks = self._sequential(ctx, dense_layers)
+        timings["refit_s"] += time.perf_counter() - t0
+
+        ctx.reporter.checkpoint()
+        t0 = time.perf_counter()
+        removals = stage2.greedy_attention_removal(
+            adapter, ctx.calibration[: cfg.stage2_windows], plan.num_attention, mode=cfg.stage2_mode,
+            reporter=ctx.reporter,
+        )
+        timings["stage2_s"] = time.perf_counter() - t0
+
+        if dense_layers is not None and (removals or not cfg.stage2_on_refit):
+            t0 = time.perf_counter()
+            blocks = self._sequential(ctx, dense_layers)
+            timings["refit_s"] += time.perf_counter() - t0
+        del dense_layers
+        cost["peak_device_bytes"] = _peak(ctx.calibration.device)
+
+        return PruneOutcome(
+            removed_attention=sorted(r.block for r in removals),
+            kept_ffn_neurons=plan.kept_neurons,
+            timings=timings,
+            details={
+                "num_attention_removed": plan.num_attention,
+                "target_params": plan.target_params,
+                "removal_order": [r.block for r in removals],
+                "removal_perplexity": [r.perplexity for r in removals],
+                "alpha": cfg.alpha,
+                "round_to": cfg.round_to,
+                "stage2_windows": cfg.stage2_windows,
+                "stage2_mode": cfg.stage2_mode,
+                "refit": {
+                    "ridge": cfg.ridge,
+                    "inputs": cfg.refit_inputs,
+                    "target": resolve_target(adapter, cfg.refit_target)
+                    if cfg.refit_inputs == "sequential" else "ffn",
+                    "stage2_on_refit": cfg.stage2_on_refit,
+                    "seconds": timings["refit_s"],
+                    "fraction_of_stage1": timings["refit_s"] / timings["stage1_s"] if timings["stage1_s"] else None,
+                    **cost,
+                    "calibration_tokens": int(ctx.calibration.numel()),
+                    "error_sliced": [b.error_sliced for b in blocks],
+                    "error_refit": [b.error_refit for b in blocks],
+                    "rejected_blocks": [b.block for b in blocks if b.kept_sliced],
+                },
+            },
+        )
+
+    def _sequential(self, ctx: PruneContext, dense_layers: list[torch.nn.Module]) -> list[refit.BlockRefit]:
+        cfg = self.config
+        return sequential_refit(
+            ctx.adapter, dense_layers, ctx.calibration, ridge=cfg.ridge, target=cfg.refit_target,
+            batch_size=cfg.batch_size, reporter=ctx.reporter,
+        )
+
+
+def _sequential_memory(
+    ctx: PruneContext, dense_layers: list[torch.nn.Module], kept: int, residual: bool
+) -> dict[str, int]:
+    """Bytes the sequential refit holds besides the model: the dense blocks (host memory), the hidden states at
+    one block boundary for every calibration window (pruned and dense paths) and one block's normal equations."""
+    hidden = int(ctx.adapter.config.hidden_size)
+    param = next(ctx.adapter.model.parameters())
+    return {
+        "dense_blocks_bytes": sum(p.numel() * p.element_size() for layer in dense_layers for p in layer.parameters()),
+        "boundary_states_bytes": int(ctx.calibration.numel()) * hidden * param.element_size() * (2 if residual else 1),
+        "accumulator_bytes": (kept * kept + kept * hidden + 1) * 8,
+    }
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak(device: torch.device) -> int | None:
+    return int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None

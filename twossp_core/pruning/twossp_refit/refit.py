@@ -1,0 +1,155 @@
+"""Least-squares refit of the FFN down projections after stage 1 keeps K neurons per block.
+
+For block i with kept neurons K, A_K (tokens x K) are the kept neurons' activations (the input of the down
+projection) and Y (tokens x hidden) the dense FFN's output on the same tokens (bias excluded). The refit
+replaces the sliced down projection W_0 = W[:, K] by the ridge solution shrunk towards W_0
+
+    W_K = argmin ||Y - A_K W^T||^2 + lam ||W - W_0||^2 = (Y^T A_K + lam W_0) (A_K^T A_K + lam I)^{-1},
+
+lam = ridge x mean diag(A_K^T A_K). Only the normal equations are kept: A_K^T A_K (K x K), A_K^T Y (K x hidden)
+and sum ||Y||^2, accumulated in float64 window by window, so no activation is stored. Because W_0 is feasible and
+the penalty vanishes at W_0, the calibration reconstruction error ||Y - A_K W_K^T||^2 never exceeds that of
+plain slicing (checked on the accumulated statistics; a block where rounding says otherwise keeps W_0).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from twossp_core.models.base import ModelAdapter
+from twossp_core.progress import Reporter
+from twossp_core.runtime.forward import StopForward
+
+STAGE = "refit"
+
+
+@dataclass
+class NormalEquations:
+    """Streamed statistics of one block: gram = A_K^T A_K, cross = A_K^T Y, target_sq = sum ||Y||^2."""
+
+    gram: torch.Tensor  # (K, K) float64
+    cross: torch.Tensor  # (K, hidden) float64
+    target_sq: torch.Tensor  # () float64
+    tokens: int = 0
+
+    @classmethod
+    def zeros(cls, kept: int, hidden: int, device: torch.device) -> NormalEquations:
+        f64 = dict(dtype=torch.float64, device=device)
+        return cls(torch.zeros(kept, kept, **f64), torch.zeros(kept, hidden, **f64), torch.zeros((), **f64))
+
+    def add(self, kept_activation: torch.Tensor, target: torch.Tensor) -> None:
+        """Add tokens: kept_activation (..., K) and target (..., hidden), any float dtype."""
+        a = kept_activation.reshape(-1, kept_activation.shape[-1]).to(torch.float64)
+        y = target.reshape(-1, target.shape[-1]).to(torch.float64)
+        self.gram.addmm_(a.T, a)
+        self.cross.addmm_(a.T, y)
+        self.target_sq += y.square().sum()
+        self.tokens += a.shape[0]
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.gram, self.cross, self.target_sq))
+
+    def error(self, weight: torch.Tensor) -> float:
+        """||Y - A_K W^T||^2 for a (hidden, K) weight, from the statistics alone."""
+        w = weight.to(torch.float64)
+        value = self.target_sq - 2.0 * (w * self.cross.T).sum() + (w @ self.gram * w).sum()
+        return float(value)
+
+
+@dataclass(frozen=True)
+class BlockRefit:
+    block: int
+    error_sliced: float  # calibration reconstruction error of plain slicing, relative to sum ||Y||^2
+    error_refit: float  # the same for the refit weights (never larger)
+    kept_sliced: bool  # True when the refit was rejected and the sliced weights stayed
+
+
+@torch.no_grad()
+def accumulate(
+    adapter: ModelAdapter,
+    windows: torch.Tensor,
+    keep: list[torch.Tensor],
+    *,
+    batch_size: int = 1,
+    reporter: Reporter | None = None,
+) -> list[NormalEquations | None]:
+    """Normal equations of every block whose FFN remains, from the model as it is (dense inputs: run it before
+    slicing). keep[i] are block i's kept neuron indices. The pass stops after the last down projection."""
+    reporter = reporter or Reporter()
+    hidden = int(adapter.config.hidden_size)
+    stats: list[NormalEquations | None] = [None] * adapter.num_blocks
+    hooked = [i for i in range(adapter.num_blocks) if not adapter.mlp_removed(i)]
+    last = hooked[-1] if hooked else -1
+    index = [k.to(windows.device) for k in keep]
+    for i in hooked:
+        stats[i] = NormalEquations.zeros(len(keep[i]), hidden, windows.device)
+
+    def make_hook(idx: int) -> Any:
+        def hook(module: Any, args: tuple[Any, ...], output: torch.Tensor) -> None:
+            target = output if module.bias is None else output - module.bias
+            stats[idx].add(args[0].index_select(-1, index[idx]), target)  # type: ignore[union-attr]
+            if idx == last:
+                raise StopForward
+        return hook
+
+    handles = [adapter.down_projection(i).register_forward_hook(make_hook(i)) for i in hooked]
+    try:
+        n = windows.shape[0]
+        with torch.inference_mode():
+            for start in range(0, n, batch_size):
+                reporter.checkpoint()
+                try:
+                    adapter.decoder(input_ids=windows[start : start + batch_size], use_cache=False)
+                except StopForward:
+                    pass
+                reporter.update(STAGE, min(start + batch_size, n) / n)
+    finally:
+        for h in handles:
+            h.remove()
+    return stats
+
+
+def solve(stats: NormalEquations, sliced: torch.Tensor, ridge: float) -> torch.Tensor:
+    """The ridge solution (hidden, K) in float64, shrunk towards the sliced weight (hidden, K)."""
+    w0 = sliced.to(torch.float64)
+    gram = stats.gram
+    k = gram.shape[0]
+    lam = ridge * float(gram.diagonal().mean()) if k else 0.0
+    if lam <= 0.0:
+        lam = torch.finfo(torch.float64).eps
+    system = gram + lam * torch.eye(k, dtype=torch.float64, device=gram.device)
+    rhs = stats.cross + lam * w0.T
+    factor, info = torch.linalg.cholesky_ex(system)
+    if int(info) == 0:
+        solution = torch.cholesky_solve(rhs, factor)
+    else:  # not numerically positive definite: least squares on the same system
+        solution = torch.linalg.lstsq(system, rhs).solution
+    return solution.T
+
+
+@torch.no_grad()
+def refit_block(down: nn.Module, idx: int, stats: NormalEquations, ridge: float) -> BlockRefit:
+    """Replace a sliced down projection's weight by its refit, unless that would not lower the error."""
+    sliced = down.weight.data
+    refit = solve(stats, sliced, ridge)
+    scale = max(float(stats.target_sq), torch.finfo(torch.float64).tiny)
+    before = stats.error(sliced) / scale
+    cast = refit.to(sliced.dtype)
+    after = stats.error(cast) / scale
+    rejected = not after <= before
+    if not rejected:
+        down.weight.data.copy_(cast)
+    return BlockRefit(idx, before, before if rejected else after, rejected)
+
+
+def apply_refit(adapter: ModelAdapter, stats: list[NormalEquations | None], ridge: float) -> list[BlockRefit]:
+    """Refit every sliced down projection from dense-input statistics (call after slicing)."""
+    return [
+        refit_block(adapter.down_projection(idx), idx, block_stats, ridge)
+        for idx, block_stats in enumerate(stats)
+        if block_stats is not None and not adapter.mlp_removed(idx)
+    ]

@@ -1,0 +1,164 @@
+"""Sequential refit: block by block, on the activations of the model already pruned and refit before the block.
+
+As SparseGPT does, block i is fitted on the hidden states the pruned model itself produces at block i (so each
+refit sees, and can correct, the error of everything upstream), with one of two targets:
+
+- "residual": what block i's FFN must output so that the block's output equals the dense block's output on the
+  dense model's own input: Y = out_dense - (out_pruned - ffn_out_pruned). The FFN then also compensates the
+  attention modules that stage 2 removed and the error accumulated in earlier blocks. Only for families whose
+  FFN output is added to the residual stream as it is (`ModelAdapter.ffn_output_in_residual`);
+- "ffn": the dense FFN's output on the pruned model's FFN input (a local fit, any family).
+
+The hidden states at the current block boundary are kept for every calibration window (the pruned model's and,
+for "residual", the dense model's), never the FFN activations: those only feed the streamed normal equations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from twossp_core.models.base import ModelAdapter
+from twossp_core.progress import Reporter
+from twossp_core.pruning.twossp_refit.refit import STAGE, BlockRefit, NormalEquations, refit_block
+from twossp_core.runtime.forward import StopForward, block_output
+
+Target = Literal["residual", "ffn"]
+
+
+@dataclass
+class _Calls:
+    """One batch of windows: the input of block 0 and the other arguments the decoder passes to every block."""
+
+    hidden: torch.Tensor
+    args: list[tuple[Any, ...]]
+    kwargs: list[dict[str, Any]]
+
+
+def _capture_calls(adapter: ModelAdapter, input_ids: torch.Tensor) -> _Calls:
+    first: list[torch.Tensor] = []
+    args: list[tuple[Any, ...]] = []
+    kwargs: list[dict[str, Any]] = []
+    last = adapter.num_blocks - 1
+
+    def hook(module: Any, a: tuple[Any, ...], kw: dict[str, Any]) -> None:
+        if a:
+            hidden, rest = a[0], a[1:]
+        else:
+            kw = dict(kw)
+            hidden, rest = kw.pop("hidden_states"), ()
+        if not first:
+            first.append(hidden)
+        args.append(rest)
+        kwargs.append({k: v for k, v in kw.items() if k != "hidden_states"})
+        if len(args) > last:
+            raise StopForward
+
+    handles = [layer.register_forward_pre_hook(hook, with_kwargs=True) for layer in adapter.layers]
+    try:
+        adapter.decoder(input_ids=input_ids, use_cache=False)
+    except StopForward:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    return _Calls(first[0], args, kwargs)
+
+
+def resolve_target(adapter: ModelAdapter, target: Target) -> Target:
+    """The residual target where the family allows it, else the local FFN target."""
+    return target if target == "ffn" or adapter.ffn_output_in_residual else "ffn"
+
+
+@torch.no_grad()
+def sequential_refit(
+    adapter: ModelAdapter,
+    dense_layers: list[nn.Module],
+    windows: torch.Tensor,
+    *,
+    ridge: float,
+    target: Target = "residual",
+    batch_size: int = 1,
+    reporter: Reporter | None = None,
+) -> list[BlockRefit]:
+    """Refit every remaining down projection of the (sliced, maybe attention-pruned) model in block order.
+
+    dense_layers[i] is block i of the dense model (on any device; moved to the model's device while used).
+    """
+    reporter = reporter or Reporter()
+    target = resolve_target(adapter, target)
+    device = windows.device
+    results: list[BlockRefit] = []
+    with torch.inference_mode():
+        calls = [_capture_calls(adapter, windows[s : s + batch_size]) for s in range(0, windows.shape[0], batch_size)]
+    pruned = [c.hidden for c in calls]
+    dense = list(pruned)
+    blocks = adapter.num_blocks
+    for idx in range(blocks):
+        reporter.checkpoint()
+        layer = adapter.layers[idx]
+        dense_layer = dense_layers[idx]
+        moved = next(dense_layer.parameters()).device != device
+        if moved:
+            dense_layer = dense_layer.to(device)
+        if adapter.mlp_removed(idx):
+            stats = None
+        else:
+            stats = _block_statistics(adapter, idx, dense_layer, calls, pruned, dense, target)
+            results.append(refit_block(adapter.down_projection(idx), idx, stats, ridge))
+        with torch.inference_mode():
+            for b, call in enumerate(calls):
+                pruned[b] = block_output(layer(pruned[b], *call.args[idx], **call.kwargs[idx]))
+                if stats is None and target == "residual":
+                    dense[b] = block_output(dense_layer(dense[b], *call.args[idx], **call.kwargs[idx]))
+        if moved:
+            dense_layers[idx] = dense_layer.to("cpu")
+        reporter.update(STAGE, (idx + 1) / blocks)
+    return results
+
+
+def _block_statistics(
+    adapter: ModelAdapter,
+    idx: int,
+    dense_layer: nn.Module,
+    calls: list[_Calls],
+    pruned: list[torch.Tensor],
+    dense: list[torch.Tensor],
+    target: Target,
+) -> NormalEquations:
+    """Normal equations of block idx; for the residual target, advances `dense` past the block."""
+    down = adapter.down_projection(idx)
+    seen: dict[str, torch.Tensor] = {}
+
+    def on_down(module: Any, args: tuple[Any, ...], output: torch.Tensor) -> None:
+        seen["activation"], seen["down_out"] = args[0], output
+
+    def on_mlp_input(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        seen["mlp_in"] = args[0] if args else kwargs["hidden_states"]
+
+    layer = adapter.layers[idx]
+    dense_mlp = getattr(dense_layer, adapter.mlp_module)
+    stats = NormalEquations.zeros(down.weight.shape[1], down.weight.shape[0], pruned[0].device)
+    handles = [down.register_forward_hook(on_down)]
+    if target == "ffn":
+        handles.append(adapter.mlp(idx).register_forward_pre_hook(on_mlp_input, with_kwargs=True))
+    try:
+        with torch.inference_mode():
+            for b, call in enumerate(calls):
+                out = block_output(layer(pruned[b], *call.args[idx], **call.kwargs[idx]))
+                if target == "residual":
+                    dense[b] = block_output(dense_layer(dense[b], *call.args[idx], **call.kwargs[idx]))
+                    wanted = dense[b] - out + seen["down_out"]
+                else:
+                    wanted = dense_mlp(seen["mlp_in"])
+                if down.bias is not None:
+                    wanted = wanted - down.bias
+                stats.add(seen["activation"], wanted)
+                seen.clear()
+    finally:
+        for h in handles:
+            h.remove()
+    return stats
