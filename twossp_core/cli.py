@@ -24,7 +24,7 @@ class StageBars:
         self.stage: str | None = None
         self.bar: Any = None
 
-    def __call__(self, stage: str, fraction: float) -> None:
+    def __call__(self, stage: str, fraction: float, detail: str | None = None) -> None:
         if not self.enabled:
             return
         from tqdm import tqdm
@@ -33,7 +33,9 @@ class StageBars:
             self.close()
             self.stage = stage
             self.bar = tqdm(total=100, desc=f"{stage:<16}", unit="%", file=sys.stderr,
-                            bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed}")
+                            bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed}{postfix}")
+        if detail is not None:
+            self.bar.set_postfix_str(detail, refresh=False)
         percent = round(fraction * 100)
         if percent > self.bar.n:
             self.bar.update(percent - self.bar.n)
@@ -77,6 +79,32 @@ def add_export_argument(p: argparse.ArgumentParser) -> None:
                    "the plain base architecture with removed submodules stored as zeros, loads anywhere")
 
 
+def add_heal_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--heal", choices=["kd", "lm"], default=None,
+                   help="train the pruned model afterwards: kd = distillation from the dense model, lm = next-token "
+                   "loss on the text (docs/heal.md)")
+    p.add_argument("--heal-option", action="append", metavar="KEY=VALUE",
+                   help="heal option, e.g. steps=300, lr=1e-3, params=lora, data=PATH:0:500 (needs --heal)")
+
+
+def heal_field(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The request's `heal` object from --heal / --heal-option (None without --heal)."""
+    options = [_option_value(o) for o in (args.heal_option or [])]
+    if args.heal is None:
+        if options:
+            raise InvalidSpec("--heal-option needs --heal kd|lm")
+        return None
+    heal: dict[str, Any] = {"loss": args.heal}
+    for key, value in options:
+        if key == "loss":
+            raise InvalidSpec("the heal loss is given by --heal kd|lm, not --heal-option loss=...")
+        if key in ("data", "lora_targets") and not isinstance(value, list):
+            heal.setdefault(key, []).append(str(value))  # repeatable: data=SRC1 --heal-option data=SRC2
+        else:
+            heal[key] = value
+    return heal
+
+
 def job_fields(args: argparse.Namespace) -> dict[str, Any]:
     """The request fields `prune` and `sweep` share (model, data options, device, dtype, seed)."""
     data: dict[str, Any] = {
@@ -89,6 +117,7 @@ def job_fields(args: argparse.Namespace) -> dict[str, Any]:
         "device": args.device,
         "seed": args.seed,
         "measure_throughput": not args.no_throughput,
+        "heal": heal_field(args),
     }
     if args.calibration:
         data["calibration"] = args.calibration
@@ -129,7 +158,12 @@ def format_summary(report: dict[str, Any]) -> str:
     if report.get("kept_ffn_neurons") is not None:
         lines.append(f"kept FFN neurons per block: {report['kept_ffn_neurons']}")
     for row in report["perplexity"]:
-        lines.append(f"perplexity {row['dataset']}: dense {row['dense']:.3f} -> pruned {row['pruned']:.3f}")
+        healed = f" -> healed {row['healed']:.3f}" if "healed" in row else ""
+        lines.append(f"perplexity {row['dataset']}: dense {row['dense']:.3f} -> pruned {row['pruned']:.3f}{healed}")
+    if "heal" in report:
+        h = report["heal"]
+        lines.append(f"heal {h['method']} ({h['params']}): {h['steps']} steps, {h['tokens']:,} tokens, lr {h['lr']:g}, "
+                     f"loss {h['first_loss']:.4f} -> {h['loss']:.4f}, {h['seconds']:.1f}s")
     tp = report.get("throughput_tokens_per_s") or {}
     if tp.get("dense") and tp.get("pruned"):
         lines.append(f"throughput tokens/s: dense {tp['dense']:.0f} -> pruned {tp['pruned']:.0f} "
@@ -233,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="method option, e.g. alpha=1.5, num_attention_to_prune=2, stage2_windows=1")
     p.add_argument("--seed", type=int, default=0)
     add_data_arguments(p)
+    add_heal_arguments(p)
     p.add_argument("--out", required=True, help="output directory for the pruned model and report.json")
     p.add_argument("--overwrite", action="store_true", help="allow a non-empty --out directory")
     add_export_argument(p)

@@ -27,3 +27,7 @@ class DataError(TwosspError):
 
 class Cancelled(TwosspError):
     """The caller asked the running work to stop."""
+
+
+class HealDiverged(TwosspError):
+    """The heal's training loss became NaN or infinite (the learning rate is too high for this model)."""

@@ -1,4 +1,5 @@
-"""The whole job: load → data → dense evaluation → prune → pruned evaluation → export + report.json.
+"""The whole job: load → data → dense evaluation → prune → pruned evaluation → [heal → healed evaluation] →
+export + report.json.
 
 `run_prune` is what the CLI and the service workers call. `Workspace` holds what several runs on one model
 can share (the dense model, tokenized data, dense measurements), which sweeps reuse.
@@ -48,6 +49,7 @@ class Workspace:
     dense_params: dict[str, int] = field(default_factory=dict)
     cache: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    model_is_dense: bool = True  # False once a run pruned `model` in place (then a heal reloads the teacher)
 
     @property
     def device(self) -> torch.device:
@@ -132,6 +134,7 @@ def prune_model(
     """Prune the workspace's model (or a copy of it); returns (model, outcome, seconds)."""
     config = method_config(method, options)
     model = copy.deepcopy(ws.model) if copy_model else ws.model
+    ws.model_is_dense = ws.model_is_dense and copy_model
     adapter = adapter_for(model)
     ctx = PruneContext(adapter=adapter, calibration=ws.calibration, reporter=reporter, cache=ws.cache)
     start = time.perf_counter()
@@ -184,6 +187,65 @@ def measure_pruned(
     }
 
 
+def dense_teacher(ws: Workspace) -> Any:
+    """The dense model, for distillation: the workspace's own while it is still dense (a sweep prunes copies),
+    else loaded again from the source (a single job pruned it in place), so it is never held twice."""
+    if ws.model_is_dense:
+        return ws.model
+    model, _ = load_model(ws.spec.model, dtype=ws.spec.dtype, device=ws.spec.device)
+    return model
+
+
+def heal_pruned(ws: Workspace, model: Any, report: dict[str, Any], reporter: Reporter) -> tuple[Any, list[float]]:
+    """The heal stage: train the pruned model (ws.spec.heal), evaluate it again, and add to its report
+    `healed` perplexities, a `heal` block and the timings. Returns the healed model (the same object for full
+    fine-tuning) and the loss of every step (`write_loss_plot` draws them)."""
+    from twossp_core.heal.data import load_stream
+    from twossp_core.heal.loop import heal
+    from twossp_core.heal.plot import LOSS_PLOT
+
+    config = ws.spec.heal
+    assert config is not None
+    reporter.checkpoint()
+    reporter.update("heal_data", 0.0)
+    t0 = time.perf_counter()
+    seq_len = config.seq_len or ws.seq_len
+    limit = context_length(model.config)
+    seq_len = min(seq_len, limit) if limit else seq_len
+    steps = config.total_steps(seq_len)
+    stream = load_stream(
+        ws.spec.heal_sources(), ws.tokenizer, seq_len=seq_len, doc_separator=ws.spec.doc_separator,
+        max_tokens=steps * config.batch_size * seq_len,
+    )
+    teacher = dense_teacher(ws) if config.loss == "kd" else None
+    reporter.update("heal_data", 1.0)
+    params_before = adapter_for(model).total_params()
+    seed = ws.spec.seed if config.seed is None else config.seed
+    t1 = time.perf_counter()
+    model, result = heal(model, teacher, stream, config, seed=seed, reporter=reporter)
+    del teacher
+    adapter = adapter_for(model)
+    if adapter.total_params() != params_before:  # the heal only changes values; anything else is a bug
+        raise RuntimeError(f"heal changed the parameter count: {params_before} -> {adapter.total_params()}")
+    t2 = time.perf_counter()
+    healed = evaluate_perplexity(ws, adapter, "evaluate_healed", reporter)
+    for entry in report["perplexity"]:
+        entry["healed"] = healed[entry["dataset"]]
+    report["heal"] = {**result.report(), "data": [s.label for s in ws.spec.heal_sources()],
+                      "data_tokens": stream.num_tokens, "seq_len": seq_len, "plot": LOSS_PLOT}
+    report["timings"].update(heal_data_s=t1 - t0, heal_s=t2 - t1, evaluate_healed_s=time.perf_counter() - t2)
+    return model, result.losses
+
+
+def write_loss_plot(losses: list[float], report: dict[str, Any], out_dir: Path) -> None:
+    """The heal's loss curve as out_dir/heal_loss.png (the report's heal.plot)."""
+    from twossp_core.heal.plot import plot_loss
+
+    heal = report["heal"]
+    title = f"{report['method']} at {report['sparsity_target']:g}: heal ({heal['method']}, {heal['params']})"
+    plot_loss(losses, Path(out_dir) / heal["plot"], title=title)
+
+
 def runtime_info(ws: Workspace) -> dict[str, Any]:
     import transformers
 
@@ -229,6 +291,9 @@ def run_prune(
     model, outcome, prune_s = prune_model(ws, spec.method, spec.sparsity, spec.options, reporter, copy_model=False)
     reporter.checkpoint()
     report = measure_pruned(ws, model, spec.method, spec.sparsity, spec.options, outcome, prune_s, reporter)
+    losses: list[float] = []
+    if spec.heal is not None:
+        model, losses = heal_pruned(ws, model, report, reporter)
     reporter.checkpoint()
     reporter.update("export", 0.0)
     t_export = time.perf_counter()
@@ -236,8 +301,12 @@ def run_prune(
         "method", "model", "sparsity_target", "sparsity_achieved", "removed_attention", "removed_mlp",
         "removed_blocks", "kept_ffn_neurons", "options", "data",
     )}
+    if "heal" in report:
+        metadata["heal"] = {k: v for k, v in report["heal"].items() if k not in ("loss_curve", "plot")}
     metadata["versions"] = {k: report["runtime"][k] for k in ("torch", "transformers", "twossp")}
     report["export"] = export_model(model, ws.tokenizer, Path(out_dir), metadata, spec.export)
+    if losses:
+        write_loss_plot(losses, report, Path(out_dir))
     report["timings"].update(
         {k: v for k, v in ws.timings.items()}, export_s=time.perf_counter() - t_export,
         total_s=time.perf_counter() - start,

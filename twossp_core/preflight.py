@@ -31,7 +31,7 @@ def local_config(model: str) -> dict | None:
 
 
 def check_data(spec: PruneSpec) -> None:
-    for source in [*spec.calibration_sources(), *spec.eval_sources()]:
+    for source in [*spec.calibration_sources(), *spec.eval_sources(), *spec.heal_sources()]:
         if source.is_hub and not Path(source.name).exists():
             continue
         if not Path(source.name).expanduser().is_file():

@@ -15,11 +15,16 @@ def datasets(rows: list[dict[str, Any]], dense: dict[str, Any]) -> list[str]:
     return [d["dataset"] for d in dense["perplexity"]]
 
 
-def _ppl(row: dict[str, Any], dataset: str) -> float | None:
+def _ppl(row: dict[str, Any], dataset: str, key: str = "pruned") -> float | None:
     for item in row.get("perplexity") or []:
         if item["dataset"] == dataset:
-            return item["pruned"]
+            return item.get(key)
     return None
+
+
+def healed_rows(rows: list[dict[str, Any]]) -> bool:
+    """Whether the sweep healed its models (every entry then has `healed` next to `pruned`)."""
+    return any("healed" in item for r in rows for item in r.get("perplexity") or [])
 
 
 def comparison_markdown(rows: list[dict[str, Any]], dense: dict[str, Any], *, title: str = "Comparison") -> str:
@@ -34,7 +39,9 @@ def comparison_markdown(rows: list[dict[str, Any]], dense: dict[str, Any], *, ti
         first = names[0]
         targets = sorted({r["sparsity_target"] for r in rows})
         methods = list(dict.fromkeys(r["method"] for r in rows))
-        lines += [f"Perplexity on `{first}` (achieved sparsity in parentheses):", ""]
+        healed = healed_rows(rows)
+        what = "pruned → healed perplexity" if healed else "Perplexity"
+        lines += [f"{what[0].upper()}{what[1:]} on `{first}` (achieved sparsity in parentheses):", ""]
         lines.append("| method | " + " | ".join(f"{t:.1%}" for t in targets) + " |")
         lines.append("|---|" + "---|" * len(targets))
         for m in methods:
@@ -43,20 +50,29 @@ def comparison_markdown(rows: list[dict[str, Any]], dense: dict[str, Any], *, ti
                 row = next((r for r in rows if r["method"] == m and r["sparsity_target"] == t), None)
                 if row is None or row.get("error"):
                     cells.append("error" if row else "—")
+                elif healed:
+                    cells.append(f"{_ppl(row, first):.3f} → {_fmt(_ppl(row, first, 'healed'), '.3f')} "
+                                 f"({row['sparsity_achieved']:.1%})")
                 else:
                     cells.append(f"{_ppl(row, first):.3f} ({row['sparsity_achieved']:.1%})")
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
         lines.append("")
-    header = ["method", "target", "achieved", *[f"ppl {n}" for n in names], "prune s", "tokens/s", "speedup"]
+    healed = healed_rows(rows)
+    healed_cols = [f"healed {n}" for n in names] if healed else []
+    header = ["method", "target", "achieved", *[f"ppl {n}" for n in names], *healed_cols, "prune s",
+              *(["heal s"] if healed else []), "tokens/s", "speedup"]
     lines += ["All runs:", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in sorted(rows, key=lambda r: (r["sparsity_target"], r["method"])):
         if r.get("error"):
-            cells = [r["method"], f"{r['sparsity_target']:.1%}", "—", *["—"] * len(names), "—", "—", r["error"]]
+            cells = [r["method"], f"{r['sparsity_target']:.1%}", "—", *["—"] * (len(names) + len(healed_cols)), "—",
+                     *(["—"] if healed else []), "—", r["error"]]
         else:
             tps = (r.get("throughput_tokens_per_s") or {}).get("pruned")
             cells = [
                 r["method"], f"{r['sparsity_target']:.1%}", f"{r['sparsity_achieved']:.1%}",
-                *[_fmt(_ppl(r, n), ".3f") for n in names], _fmt(r["prune_s"], ".2f"), _fmt(tps, ".0f"),
+                *[_fmt(_ppl(r, n), ".3f") for n in names],
+                *([_fmt(_ppl(r, n, "healed"), ".3f") for n in names] if healed else []), _fmt(r["prune_s"], ".2f"),
+                *([_fmt(r.get("heal_s"), ".1f")] if healed else []), _fmt(tps, ".0f"),
                 _fmt(r.get("speedup"), ".2f") + ("x" if r.get("speedup") else ""),
             ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -87,7 +103,15 @@ def plot_comparison(
             )
             if points:
                 xs, ys = zip(*points, strict=True)
-                ax.plot([x * 100 for x in xs], ys, marker=markers[i % len(markers)], label=m)
+                line = ax.plot([x * 100 for x in xs], ys, marker=markers[i % len(markers)], label=m)[0]
+            healed = sorted(
+                (r["sparsity_achieved"], _ppl(r, name, "healed")) for r in rows
+                if r["method"] == m and not r.get("error") and _ppl(r, name, "healed") is not None
+            )
+            if points and healed:
+                xs, ys = zip(*healed, strict=True)
+                ax.plot([x * 100 for x in xs], ys, marker=markers[i % len(markers)], linestyle=":",
+                        color=line.get_color(), fillstyle="none", label=f"{m} healed")
         dense_value = next(d["perplexity"] for d in dense["perplexity"] if d["dataset"] == name)
         ax.axhline(dense_value, color="gray", linestyle="--", linewidth=1, label="dense")
         ax.set_yscale("log")

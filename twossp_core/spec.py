@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from twossp_core.errors import InvalidSpec
+from twossp_core.heal.config import HealConfig
 from twossp_core.spec_limits import MAX_DOCUMENT_INDEX, MAX_EVAL_WINDOWS, MAX_SEED, MAX_SEQ_LEN, MAX_WINDOWS
 
 HUB_DATASETS = ("wikitext2", "c4", "fineweb-edu")
@@ -88,6 +89,10 @@ class JobSpecBase(BaseModel):
         description="how pruned models are saved; compact: only what remains, with modeling_twossp.py to rebuild "
         "it (trust_remote_code); portable: the plain base architecture, removed submodules stored as zeros",
     )
+    heal: HealConfig | None = Field(
+        None, description="train the pruned model after pruning (every run of a sweep); {} takes the defaults: "
+        "distillation from the dense model (see docs/heal.md)",
+    )
 
     @field_validator("calibration", "eval")
     @classmethod
@@ -101,6 +106,12 @@ class JobSpecBase(BaseModel):
 
     def eval_sources(self) -> list[DataSource]:
         return [DataSource.parse(s) for s in self.eval]
+
+    def heal_sources(self) -> list[DataSource]:
+        """What a heal trains on: its own `data`, or else the calibration sources (empty without a heal)."""
+        if self.heal is None:
+            return []
+        return [DataSource.parse(s) for s in self.heal.data] if self.heal.data else self.calibration_sources()
 
     def shared_fields(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in JobSpecBase.model_fields}

@@ -20,11 +20,13 @@ from typing import Any
 from twossp_core.errors import InfeasibleTarget, UnsupportedModel
 from twossp_core.pipeline import (
     export_model,
+    heal_pruned,
     measure_pruned,
     prepare,
     prune_model,
     runtime_info,
     write_json_atomic,
+    write_loss_plot,
 )
 from twossp_core.progress import CancelFn, ProgressFn, Reporter
 from twossp_core.report_table import comparison_markdown, plot_comparison
@@ -48,8 +50,8 @@ class _RunReporter(Reporter):
         super().__init__()
         self.parent, self.prefix = parent, prefix
 
-    def update(self, stage: str, fraction: float) -> None:
-        self.parent.update(f"{self.prefix}/{stage}", fraction)
+    def update(self, stage: str, fraction: float, detail: str | None = None) -> None:
+        self.parent.update(f"{self.prefix}/{stage}", fraction, detail)
 
     def checkpoint(self) -> None:
         self.parent.checkpoint()
@@ -72,6 +74,7 @@ def comparison_row(report: dict[str, Any]) -> dict[str, Any]:
         "removed_attention": report["removed_attention"],
         "removed_mlp": report["removed_mlp"],
         "kept_ffn_neurons": report["kept_ffn_neurons"],
+        "heal_s": report["timings"].get("heal_s"),
         "error": None,
     }
     if "sparsity_meaning" in details:
@@ -113,12 +116,19 @@ def run_sweep(
                 rows.append(error_row(method, sparsity, exc))
                 continue
             report = measure_pruned(ws, model, method, sparsity, options, outcome, prune_s, run_reporter)
+            losses: list[float] = []
+            if spec.heal is not None:
+                model, losses = heal_pruned(ws, model, report, run_reporter)
             run_dir = out_dir / "runs" / name
             run_dir.mkdir(parents=True, exist_ok=True)
+            if losses:
+                write_loss_plot(losses, report, run_dir)
             if spec.save_models:
                 metadata = {
                     k: report[k] for k in ("method", "model", "sparsity_target", "sparsity_achieved", "options")
                 }
+                if "heal" in report:
+                    metadata["heal"] = {k: v for k, v in report["heal"].items() if k not in ("loss_curve", "plot")}
                 report["export"] = export_model(model, ws.tokenizer, out_dir / "models" / name, metadata, spec.export)
             write_json_atomic(run_dir / "report.json", report)
             rows.append(comparison_row(report))

@@ -55,7 +55,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    from twossp_core.cli import add_data_arguments, add_export_argument
+    from twossp_core.cli import add_data_arguments, add_export_argument, add_heal_arguments
 
     p = sub.add_parser("sweep", help="compare methods x sparsities on one model")
     p.add_argument("--model", required=True, help="Hugging Face hub id or local model directory")
@@ -66,6 +66,7 @@ def register(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-models", action="store_true", help="also export every pruned model under OUT/models/")
     add_export_argument(p)
+    add_heal_arguments(p)
     add_data_arguments(p)
     p.add_argument("--out", required=True, help="output directory for the comparison")
     p.add_argument("--overwrite", action="store_true", help="allow a non-empty --out directory")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-# share of the whole job per stage, in pipeline order; unknown stages keep the last known position
+# share of the whole job per stage, in pipeline order; unknown stages keep the last known position; the heal
+# stages count only in jobs that heal (see ProgressTracker)
 STAGE_WEIGHTS: dict[str, float] = {
     "load": 5,
     "calibration": 5,
@@ -13,25 +14,40 @@ STAGE_WEIGHTS: dict[str, float] = {
     "stage1": 25,
     "stage2": 25,
     "evaluate_pruned": 15,
+    "heal_data": 2,
+    "heal": 60,
+    "evaluate_healed": 15,
     "export": 5,
     "upload": 5,
 }
-_TOTAL = sum(STAGE_WEIGHTS.values())
-_START: dict[str, float] = {}
-_acc = 0.0
-for _name, _weight in STAGE_WEIGHTS.items():
-    _START[_name] = _acc
-    _acc += _weight
+HEAL_STAGES = ("heal_data", "heal", "evaluate_healed")
+
+
+def _starts(weights: dict[str, float]) -> dict[str, float]:
+    starts, acc = {}, 0.0
+    for name, weight in weights.items():
+        starts[name] = acc
+        acc += weight
+    return starts
+
+
+_TOTAL = sum(w for s, w in STAGE_WEIGHTS.items() if s not in HEAL_STAGES)
+_START = _starts({s: w for s, w in STAGE_WEIGHTS.items() if s not in HEAL_STAGES})
+_HEAL_TOTAL = sum(STAGE_WEIGHTS.values())
+_HEAL_START = _starts(STAGE_WEIGHTS)
 
 # a sweep: the shared setup (load, calibration, evaluate_dense) as for one job, then equal shares per run
 SWEEP_SETUP = ("load", "calibration", "evaluate_dense")
 _SETUP_PCT = 100.0 * sum(STAGE_WEIGHTS[s] for s in SWEEP_SETUP) / _TOTAL
 _TAIL_PCT = {"comparison": (95.0, 2.5), "upload": (97.5, 2.5)}  # stage: (start, share) in percent
 _RUNS_PCT = 95.0 - _SETUP_PCT
-# within one run: the method's own stages, then evaluate_pruned; 2SSP's stage1/stage2 have their own slots
-_RUN_SLOTS = {"stage1": (0.0, 25.0), "stage2": (25.0, 50.0), "evaluate_pruned": (50.0, 65.0)}
+# within one run: the method's own stages, then evaluate_pruned (then the heal, when the sweep heals);
+# 2SSP's stage1/stage2 have their own slots
+_RUN_SLOTS = {"stage1": (0.0, 25.0), "stage2": (25.0, 50.0), "evaluate_pruned": (50.0, 65.0),
+              "heal_data": (65.0, 67.0), "heal": (67.0, 127.0), "evaluate_healed": (127.0, 142.0)}
 _RUN_OTHER = (0.0, 50.0)
 _RUN_TOTAL = 65.0
+_RUN_HEAL_TOTAL = 142.0
 STAGE_MAX_CHARS = 50  # jobs.stage column
 
 
@@ -43,16 +59,22 @@ def sweep_run_names(methods: Sequence[str], sparsities: Sequence[float]) -> list
 class ProgressTracker:
     """Thread-safe enough for one writer (the pipeline) and one reader (the heartbeat)."""
 
-    def __init__(self, runs: Sequence[str] = ()) -> None:
-        """`runs`: for a sweep, the run prefixes its stage names carry (see sweep_run_names)."""
+    def __init__(self, runs: Sequence[str] = (), *, heal: bool = False) -> None:
+        """`runs`: for a sweep, the run prefixes its stage names carry (see sweep_run_names); `heal`: whether
+        the job heals its models (the heal stages then take their share of the job)."""
         self.runs = {name: i for i, name in enumerate(runs)}
+        self.heal = heal
+        self._total, self._start = (_HEAL_TOTAL, _HEAL_START) if heal else (_TOTAL, _START)
         self.stage: str | None = None
+        self.detail: str | None = None
         self.percent = 0.0
         self.timings: dict[str, float] = {}
         self._stage_started = time.monotonic()
 
-    def update(self, stage: str, fraction: float) -> None:
+    def update(self, stage: str, fraction: float, detail: str | None = None) -> None:
+        """`detail`: what the stage is doing now (the heal's step and loss), shown after the stage name."""
         now = time.monotonic()
+        self.detail = detail
         if stage != self.stage:
             if self.stage is not None:
                 self.timings[self.stage] = round(self.timings.get(self.stage, 0.0) + now - self._stage_started, 3)
@@ -60,8 +82,8 @@ class ProgressTracker:
             self._stage_started = now
         fraction = min(max(fraction, 0.0), 1.0)
         percent = self._sweep_percent(stage, fraction) if self.runs else None
-        if percent is None and stage in STAGE_WEIGHTS:
-            percent = 100.0 * (_START[stage] + STAGE_WEIGHTS[stage] * fraction) / _TOTAL
+        if percent is None and stage in self._start:
+            percent = 100.0 * (self._start[stage] + STAGE_WEIGHTS[stage] * fraction) / self._total
         if percent is not None:
             self.percent = max(self.percent, percent)
 
@@ -75,7 +97,7 @@ class ProgressTracker:
         if run not in self.runs:
             return None
         lo, hi = _RUN_SLOTS.get(sub, _RUN_OTHER)
-        within = (lo + (hi - lo) * fraction) / _RUN_TOTAL
+        within = (lo + (hi - lo) * fraction) / (_RUN_HEAL_TOTAL if self.heal else _RUN_TOTAL)
         return _SETUP_PCT + _RUNS_PCT * (self.runs[run] + within) / len(self.runs)
 
     def finish(self) -> None:
@@ -86,5 +108,6 @@ class ProgressTracker:
 
     def snapshot(self) -> tuple[str | None, float, dict[str, float]]:
         timings = dict(self.timings)
-        stage = None if self.stage is None else self.stage[:STAGE_MAX_CHARS]
+        stage = self.stage if self.stage is None or self.detail is None else f"{self.stage} ({self.detail})"
+        stage = None if stage is None else stage[:STAGE_MAX_CHARS]
         return stage, round(self.percent, 2), timings

@@ -111,7 +111,7 @@ class JobRunner:
 
     def _run_claimed(self, claim: Claim, work: Path, timeout_exceptions: tuple[type[BaseException], ...]) -> str:
         soft_limit = min(self.settings.job_soft_time_limit_s, claim.time_limit_s)
-        tracker = ProgressTracker(self._run_names(claim))
+        tracker = ProgressTracker(self._run_names(claim), heal=claim.spec.get("heal") is not None)
         heartbeat = Heartbeat(self, claim, tracker, soft_limit)
         heartbeat.start()
 

@@ -106,6 +106,8 @@ def validate_request(body: Any, settings: Settings) -> tuple[JobKind, JobSpec]:
     spec.model = check_model_id(spec.model, settings)
     spec.calibration = [check_source(s, settings, "calibration source") for s in spec.calibration]
     spec.eval = [check_source(s, settings, "eval source") for s in spec.eval]
+    if spec.heal is not None and spec.heal.data:
+        spec.heal.data = [check_source(s, settings, "heal data source") for s in spec.heal.data]
     preflight(spec)
     return kind, spec
 

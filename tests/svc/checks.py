@@ -26,7 +26,8 @@ def check_succeeded_job(job: dict[str, Any]) -> None:
 
 
 def check_model_perplexity(model_dir: Path, job: dict[str, Any]) -> None:
-    """Load the downloaded model and recompute the pruned perplexity the job reported."""
+    """Load the downloaded model and recompute the perplexity the job reported for it (the healed one when the
+    job healed: the exported model is the healed model)."""
     from twossp_core.data.windows import load_windows
     from twossp_core.evaluation.perplexity import perplexity
     from twossp_core.export.load import load_pruned
@@ -42,7 +43,8 @@ def check_model_perplexity(model_dir: Path, job: dict[str, Any]) -> None:
             DataSource.parse(entry["dataset"]), tokenizer, seq_len=report["data"]["seq_len"], role="eval",
             doc_separator=spec["doc_separator"], max_windows=spec["eval_windows"],
         )
-        assert perplexity(adapter, windows, batch_size=4) == pytest.approx(entry["pruned"], rel=1e-3)
+        expected = entry["healed"] if "heal" in report else entry["pruned"]
+        assert perplexity(adapter, windows, batch_size=4) == pytest.approx(expected, rel=1e-3)
 
 
 def assert_torch_not_loaded(pid: int) -> None:

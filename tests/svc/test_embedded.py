@@ -116,3 +116,32 @@ def test_embedded_restart_after_a_kill_reruns_the_job(
     finally:
         second.proc.stop()
     assert job["state"] == "succeeded" and job["attempt"] == 2, job
+
+
+def test_embedded_job_with_heal_reports_the_healed_model(
+    serve: Embedded, tmp_path: Path, stories_model: Path, stories_text: Path
+) -> None:
+    heal = {"steps": 6, "batch_size": 2, "seq_len": 128, "lr": 3e-3}
+    assert serve.api.submit(job_body(stories_model, stories_text, heal={"stepz": 1})).status_code == 422
+    response = serve.api.submit(job_body(stories_model, stories_text, heal=heal))
+    assert response.status_code == 202, response.text
+    job_id = response.json()["id"]
+    stages: set[str] = set()
+
+    def done() -> bool:
+        job = serve.api.job(job_id)
+        stages.add(job["stage"] or "")
+        return job["state"] in {"succeeded", "failed", "cancelled"}
+
+    wait_until(done, 120, "the healed job")
+    job = serve.api.job(job_id)
+    check_succeeded_job(job)
+    assert job["spec"]["heal"]["steps"] == 6
+    assert {"heal", "evaluate_healed"} <= job["stage_timings"].keys()  # the heal stage ran and reported progress
+    assert all(s.startswith("heal (step ") for s in stages if s.startswith("heal ")), stages
+    (entry,) = job["report"]["perplexity"]
+    assert entry["healed"] < entry["pruned"]
+    assert job["report"]["heal"]["steps"] == 6 and len(job["report"]["heal"]["loss_curve"]) == 6
+    model_dir = download_artifact(serve.base, serve.key, job_id, tmp_path / "download")
+    assert (model_dir / "heal_loss.png").is_file()
+    check_model_perplexity(model_dir, job)  # the artifact is the healed model
