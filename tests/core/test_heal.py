@@ -119,6 +119,17 @@ def test_cancelled_heal_stops_within_a_step(stories_model, stories_text, tmp_pat
     assert not (out / "report.json").exists() and not (out / "model.safetensors").exists()
 
 
+@torch.no_grad()
+def _plain_perplexity(model, windows: torch.Tensor) -> float:
+    """Perplexity from a model's own forward (for models loaded by plain transformers)."""
+    total, count = 0.0, 0
+    for batch in windows.split(4):
+        logits = model(input_ids=batch).logits[:, :-1].float()
+        nll = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten(), reduction="none")
+        total, count = total + nll.double().sum().item(), count + nll.numel()
+    return math.exp(total / count)
+
+
 def _eval_windows(stories_text, tokenizer):
     from twossp_core.data.windows import load_windows
     from twossp_core.spec import DataSource
@@ -136,7 +147,7 @@ def test_compact_healed_export_reloads_with_the_healed_perplexity(healed_job, st
     windows = _eval_windows(stories_text, tokenizer)
     assert perplexity(adapter_for(model), windows, batch_size=4) == pytest.approx(healed, rel=1e-5)
     plain = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)
-    assert perplexity(adapter_for(plain), windows, batch_size=4) == pytest.approx(healed, rel=1e-5)
+    assert _plain_perplexity(plain, windows) == pytest.approx(healed, rel=1e-4)
 
 
 def test_portable_lora_heal_reloads_without_remote_code_and_holds_no_adapter(stories_model, stories_text, tmp_path):
@@ -154,7 +165,7 @@ def test_portable_lora_heal_reloads_without_remote_code_and_holds_no_adapter(sto
     plain = AutoModelForCausalLM.from_pretrained(out)
     _, tokenizer = load_pruned(out)
     windows = _eval_windows(stories_text, tokenizer)
-    assert perplexity(adapter_for(plain), windows, batch_size=4) == pytest.approx(entry["healed"], rel=1e-5)
+    assert _plain_perplexity(plain, windows) == pytest.approx(entry["healed"], rel=1e-4)
 
 
 def test_sweep_heals_every_method(stories_model, stories_text, tmp_path):
@@ -186,6 +197,6 @@ def test_bad_heal_requests_exit_2_before_loading(stories_model, tmp_path, capsys
     code = main(["prune", "--model", str(stories_model), "--sparsity", "0.5", "--out", str(tmp_path / "o"),
                  "--calibration", "c4", "--eval", "wikitext2", *argv])
     assert code == 2
-    err = capsys.readouterr().err
+    err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("twossp: error:") and message in err
     assert not (tmp_path / "o").exists()
