@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Protocol
 
+import anyio.to_thread
 from fastapi import FastAPI
 
 from api.errors import install_error_handlers
@@ -37,6 +38,9 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # sync handlers and dependencies run on this many threads; the database pool has more connections
+        # than that (settings.db_pool_size), so a thread never waits for a connection held by a queued request
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
         for service in services:
             service.start()
         try:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy import exc as sa_exc
 
 from twossp_core.errors import (
     DataError,
@@ -40,6 +43,16 @@ class Unavailable(ServiceError):
     status_code = 503
 
 
+class TooManyRequests(ServiceError):
+    """A rate limit or a cap on a user's active jobs; the client may retry after `retry_after` seconds."""
+
+    status_code = 429
+
+    def __init__(self, detail: str, retry_after: int) -> None:
+        super().__init__(detail)
+        self.retry_after = max(1, retry_after)
+
+
 class InputRejected(ServiceError):
     """A request that is well-formed JSON but breaks an operator rule (paths, hub access)."""
 
@@ -73,10 +86,41 @@ def _detail_from_validation(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+log = logging.getLogger(__name__)
+
+
+def database_unavailable(exc: Exception) -> str | None:
+    """Why the database cannot serve right now (pool exhausted, unreachable, connection lost), else None."""
+    if isinstance(exc, sa_exc.TimeoutError):
+        return "the service is at capacity (no database connection free); retry shortly"
+    if isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError) or (
+        isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated
+    ):
+        return "the database is unavailable; retry shortly"
+    return None
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    retry_after = str(app.state.settings.retry_after_s)
+
     async def handle_known(request: Request, exc: Exception) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
+        if isinstance(exc, TooManyRequests):
+            headers = {"Retry-After": str(exc.retry_after)}
+        elif isinstance(exc, Unavailable):
+            headers = {"Retry-After": retry_after}
         return JSONResponse({"detail": str(exc)}, status_code=status_for(exc), headers=headers)
+
+    async def handle_database(request: Request, exc: Exception) -> JSONResponse:
+        reason = database_unavailable(exc)
+        if reason is None:
+            return await handle_unexpected(request, exc)
+        log.warning("%s %s: 503 (%s: %s)", request.method, request.url.path, type(exc).__name__, exc)
+        return JSONResponse({"detail": reason}, status_code=503, headers={"Retry-After": retry_after})
+
+    async def handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        return JSONResponse({"detail": f"internal error ({type(exc).__name__})"}, status_code=500)
 
     async def handle_validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
@@ -85,3 +129,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, handle_known)
     app.add_exception_handler(TwosspError, handle_known)
     app.add_exception_handler(RequestValidationError, handle_validation)
+    app.add_exception_handler(sa_exc.SQLAlchemyError, handle_database)
+    app.add_exception_handler(Exception, handle_unexpected)

@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, or_, select, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from service.broker import Broker
@@ -71,10 +72,14 @@ def dispatch(session: Session, broker: Broker, job_id: str) -> bool:
     except Exception as exc:  # broker down: the reaper/dispatcher republishes undispatched rows
         log.warning("could not publish job %s (will retry from the outbox): %s", job_id, exc)
         return False
-    session.execute(
-        update(Job).where(Job.id == job_id, Job.state == QUEUED).values(dispatched=True, dispatched_at=utcnow())
-    )
-    session.commit()
+    try:
+        session.execute(
+            update(Job).where(Job.id == job_id, Job.state == QUEUED).values(dispatched=True, dispatched_at=utcnow())
+        )
+        session.commit()
+    except SQLAlchemyError as exc:  # published but not marked: the outbox publishes it again (claims are CAS)
+        session.rollback()
+        log.warning("job %s published but not marked dispatched (the outbox will republish it): %s", job_id, exc)
     return True
 
 

@@ -39,7 +39,23 @@ class Settings(BaseSettings):
     )
     allow_hub: bool = Field(True, description="accept Hugging Face hub ids for models and hub dataset names")
     max_body_bytes: int = Field(64 * 1024, ge=1024)
+    max_json_depth: int = Field(32, ge=2, description="deepest nesting of arrays/objects accepted in a request")
     page_size_max: int = 100
+
+    # API capacity: every request handler thread can always get a database connection (no deadlock), and a
+    # request that still finds the pool exhausted fails fast with 503 + Retry-After instead of hanging
+    api_threads: int = Field(16, ge=1, description="threads running request handlers (per API process)")
+    db_pool_size: int | None = Field(None, ge=1, description="pooled connections per process; default api_threads + 4")
+    db_pool_timeout_s: float = Field(3.0, gt=0, description="wait this long for a pooled connection, then 503")
+    retry_after_s: int = Field(2, ge=1, description="Retry-After (seconds) sent with 503 answers")
+
+    # limits: per API key (per API process) request rate, and per user jobs queued or running at once
+    rate_limit_per_s: float = Field(20.0, gt=0, description="sustained requests per second per API key")
+    rate_limit_burst: int = Field(100, ge=1, description="requests an API key may send at once above the rate")
+    auth_cache_s: float = Field(
+        5.0, ge=0, description="cache key lookups this long (a revoked key keeps working that much longer)"
+    )
+    max_active_jobs_per_user: int = Field(100, ge=1, description="queued + running jobs a user may have")
 
     # jobs
     job_soft_time_limit_s: float = Field(6 * 3600, gt=0)
@@ -81,6 +97,14 @@ class Settings(BaseSettings):
         soft = info.data.get("job_soft_time_limit_s")
         if soft is not None and value < soft:
             raise ValueError("job_time_limit_s must be >= job_soft_time_limit_s")
+        return value
+
+    @field_validator("db_pool_size")
+    @classmethod
+    def _pool_covers_threads(cls, value: int | None, info) -> int | None:  # type: ignore[no-untyped-def]
+        threads = info.data.get("api_threads")
+        if value is not None and threads is not None and value < threads:
+            raise ValueError("db_pool_size must be >= api_threads (each request session needs a connection)")
         return value
 
     # derived values

@@ -18,6 +18,20 @@ from service.db.models import JobKind, JobState
 from twossp_core.spec import PruneSpec, SweepSpec
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
+MAX_OFFSET = 1_000_000_000
+
+
+def json_depth(value: Any) -> int:
+    """Nesting depth of parsed JSON (a scalar is 0), without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "missing or invalid API key"},
@@ -90,6 +104,10 @@ async def submit(
         body = json.loads(raw or b"null")
     except ValueError as exc:
         raise InputRejected(f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InputRejected(f"request body nests deeper than {settings.max_json_depth} levels") from None
+    if json_depth(body) > settings.max_json_depth:
+        raise InputRejected(f"request body nests deeper than {settings.max_json_depth} levels")
     result = await run_in_threadpool(service.submit_job, session, broker, settings, user, body, idempotency_key)
     out = JobOut.from_row(result.job)
     headers = {"Location": out.links.self}
@@ -107,7 +125,7 @@ def list_jobs(
     state: JobState | None = None,
     kind: JobKind | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> JobPage:
     limit = min(limit, settings.page_size_max)
     rows, total = service.list_jobs(session, user, state, limit, offset, kind)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,7 +11,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api.errors import Conflict, InputRejected, NotFound
+from api.errors import Conflict, InputRejected, NotFound, TooManyRequests
 from api.services.inputs import request_hash, validate_request
 from service import lifecycle
 from service.broker import Broker
@@ -19,6 +20,13 @@ from service.settings import Settings
 from twossp_core.spec import PruneSpec
 
 log = logging.getLogger(__name__)
+
+
+def is_job_id(value: str) -> bool:
+    try:
+        return str(uuid.UUID(value)) == value
+    except ValueError:
+        return False
 
 
 @dataclass
@@ -39,6 +47,17 @@ def submit_job(
         if existing is not None:
             return _replay(existing, digest)
 
+    active = session.scalar(
+        select(func.count())
+        .select_from(Job)
+        .where(Job.owner_id == user.id, Job.state.in_([JobState.queued.value, JobState.running.value]))
+    )
+    if (active or 0) >= settings.max_active_jobs_per_user:
+        raise TooManyRequests(
+            f"you have {active} jobs queued or running (TWOSSP_MAX_ACTIVE_JOBS_PER_USER="
+            f"{settings.max_active_jobs_per_user}); submit more once some finish",
+            retry_after=max(settings.retry_after_s, 30),
+        )
     job = Job(
         owner_id=user.id,
         idempotency_key=idempotency_key,
@@ -58,8 +77,9 @@ def submit_job(
         if existing is None:
             raise
         return _replay(existing, digest)
+    # committed: from here on the answer is 202 with the job; a broker or database hiccup while publishing
+    # leaves the row undispatched and the outbox (the reaper) publishes it
     lifecycle.dispatch(session, broker, job.id)
-    session.refresh(job)
     return Submission(job, created=True)
 
 
@@ -74,6 +94,8 @@ def _replay(job: Job, digest: str) -> Submission:
 
 
 def get_job(session: Session, user: User, job_id: str) -> Job:
+    if not is_job_id(job_id):  # ids are UUIDs; anything else (a NUL byte, 10 kB of text) is simply not a job
+        raise NotFound(f"job {job_id[:100]!r} not found")
     job = session.get(Job, job_id)
     if job is None or job.owner_id != user.id:
         raise NotFound(f"job {job_id} not found")

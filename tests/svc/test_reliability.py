@@ -1,0 +1,276 @@
+"""The service under load, faults and hostile input, on real components: a uvicorn API process, Postgres,
+Redis and Celery workers. Every figure docs/service.md states about load and recovery comes from here."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from service.db.session import Database
+from service.keys import create_key
+from service.settings import Settings
+
+from .procs import Api, start_api
+from .procs import create_key as create_key_cli
+from .support import job_body
+
+pytestmark = pytest.mark.reliability
+
+CONCURRENT_GETS = 200
+CONCURRENT_POSTS = 100
+P99_LIMIT_S = 2.0
+
+
+def p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+
+
+async def _request(host: str, port: int, raw: bytes, start: asyncio.Event) -> tuple[int, float, Any]:
+    """One HTTP/1.1 request on its own connection, over plain asyncio streams: a full client library would
+    spend more CPU than the server on this 2-core machine and the figures would measure the client."""
+    await start.wait()
+    t0 = time.perf_counter()
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(raw)
+    await writer.drain()
+    data = await reader.read()
+    elapsed = time.perf_counter() - t0
+    writer.close()
+    head, _, payload = data.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    if b"transfer-encoding: chunked" in head.lower():
+        size, _, rest = payload.partition(b"\r\n")
+        payload = rest[: int(size, 16)]
+    return status, elapsed, json.loads(payload)
+
+
+async def _burst(base: str, key: str, requests: list[tuple[str, str, dict[str, Any] | None, dict[str, str]]]):
+    """Send every request at once (one connection each); returns (status, seconds, body) per request."""
+    url = httpx.URL(base)
+    start = asyncio.Event()
+    raws = []
+    for method, path, body, headers in requests:
+        payload = json.dumps(body).encode() if body is not None else b""
+        lines = [f"{method} {path} HTTP/1.1", f"Host: {url.host}:{url.port}", f"Authorization: Bearer {key}",
+                 "Connection: close", f"Content-Length: {len(payload)}", "Content-Type: application/json"]
+        lines += [f"{name}: {value}" for name, value in headers.items()]
+        raws.append(("\r\n".join(lines) + "\r\n\r\n").encode() + payload)
+    tasks = [asyncio.create_task(_request(url.host, url.port, raw, start)) for raw in raws]
+    await asyncio.sleep(0.05)
+    start.set()
+    return await asyncio.gather(*tasks)
+
+
+def burst(base: str, key: str, requests: list[Any]) -> list[tuple[int, float, Any]]:
+    return asyncio.run(_burst(base, key, requests))
+
+
+def report(what: str, results: list[tuple[int, float, Any]]) -> str:
+    times = [t for _, t, _ in results]
+    codes: dict[int, int] = {}
+    for code, _, _ in results:
+        codes[code] = codes.get(code, 0) + 1
+    line = (
+        f"{what}: {len(results)} requests, statuses {dict(sorted(codes.items()))}, median "
+        f"{statistics.median(times):.3f} s, p99 {p99(times):.3f} s, max {max(times):.3f} s"
+    )
+    print(line)
+    return line
+
+
+@pytest.fixture
+def served(tmp_path: Path, pg_url: str, redis_url: str, test_data: Path) -> Iterator[tuple[Settings, str, str]]:
+    """A real API process (uvicorn) on Postgres with a Redis broker, no worker: jobs stay queued."""
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        database_url=pg_url,
+        broker_url=redis_url,
+        allowed_local_roots=[test_data],
+        rate_limit_per_s=10_000,
+        rate_limit_burst=10_000,
+    )
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    key = create_key_cli(settings, "loader")
+    proc, base = start_api(settings, logs)
+    try:
+        yield settings, base, key
+    finally:
+        proc.stop()
+
+
+def test_concurrent_reads_and_idempotent_posts(served: tuple[Settings, str, str], stories_model: Path,
+                                               stories_text: Path) -> None:
+    settings, base, key = served
+    api = Api(base, key)
+    created = api.submit(job_body(stories_model, stories_text))
+    assert created.status_code == 202, created.text
+    job_id = created.json()["id"]
+
+    # warm up (the pool opens its connections), then measure
+    burst(base, key, [("GET", f"/jobs/{job_id}", None, {})] * settings.api_threads)
+    gets = burst(base, key, [("GET", f"/jobs/{job_id}", None, {})] * CONCURRENT_GETS)
+    line = report(f"{CONCURRENT_GETS} concurrent GET /jobs/{{id}}", gets)
+    assert all(code == 200 for code, _, _ in gets), line
+    assert p99([t for _, t, _ in gets]) < P99_LIMIT_S, line
+    assert httpx.get(f"{base}/healthz", timeout=2).status_code == 200
+
+    body = job_body(stories_model, stories_text, seed=7)
+    posts = burst(base, key, [("POST", "/jobs", body, {"Idempotency-Key": "same-request"})] * CONCURRENT_POSTS)
+    line = report(f"{CONCURRENT_POSTS} concurrent identical POST /jobs", posts)
+    codes = sorted(code for code, _, _ in posts)
+    assert codes == [200] * (CONCURRENT_POSTS - 1) + [202], line
+    assert len({b["id"] for _, _, b in posts}) == 1
+    assert p99([t for _, t, _ in posts]) < P99_LIMIT_S, line
+
+
+# ---- the database pool and the database itself ----------------------------------------------------------
+@pytest.fixture
+def small_pool_app(tmp_path: Path, pg_url: str, redis_url: str, test_data: Path) -> Iterator[TestClient]:
+    settings = Settings(
+        data_dir=tmp_path / "data", database_url=pg_url, broker_url=redis_url, allowed_local_roots=[test_data],
+        api_threads=2, db_pool_size=2, db_pool_timeout_s=0.5,
+    )
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def test_exhausted_pool_is_a_fast_503_and_healthz_answers(small_pool_app: TestClient) -> None:
+    db: Database = small_pool_app.app.state.db  # type: ignore[attr-defined]
+    with db.session() as session:
+        key = create_key(session, "alice")
+    held = [db.engine.connect() for _ in range(2)]  # every pooled connection busy elsewhere
+    try:
+        t0 = time.perf_counter()
+        response = small_pool_app.get("/jobs", headers={"Authorization": f"Bearer {key}"})
+        elapsed = time.perf_counter() - t0
+        assert response.status_code == 503, response.text
+        assert response.headers["Retry-After"] == "2"
+        assert "capacity" in response.json()["detail"]
+        assert elapsed < 3
+        assert small_pool_app.get("/healthz").status_code == 200
+    finally:
+        for conn in held:
+            conn.close()
+    assert small_pool_app.get("/jobs", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+
+
+@pytest.fixture
+def outage_db(pg_factory) -> Iterator[tuple[str, Any]]:  # type: ignore[no-untyped-def]
+    """A dedicated migrated database and a switch that cuts it off (the shared server keeps running)."""
+    import psycopg
+
+    from .conftest import PG_ADMIN_DSN
+
+    url = pg_factory()
+    name = url.rsplit("/", 1)[1]
+    admin = psycopg.connect(PG_ADMIN_DSN, autocommit=True)
+
+    def set_up(up: bool) -> None:
+        admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {"true" if up else "false"}')
+        if not up:
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+
+    try:
+        yield url, set_up
+    finally:
+        set_up(True)
+        admin.close()
+
+
+def test_database_outage_is_503_json_with_retry_after(
+    outage_db: tuple[str, Any], tmp_path: Path, redis_url: str, test_data: Path
+) -> None:
+    url, set_up = outage_db
+    settings = Settings(data_dir=tmp_path / "d", database_url=url, broker_url=redis_url, auth_cache_s=0)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        db: Database = client.app.state.db  # type: ignore[attr-defined]
+        with db.session() as session:
+            key = create_key(session, "alice")
+        headers = {"Authorization": f"Bearer {key}"}
+        assert client.get("/jobs", headers=headers).status_code == 200
+        set_up(False)
+        try:
+            for path in ("/jobs", "/jobs/00000000-0000-0000-0000-000000000000"):
+                response = client.get(path, headers=headers)
+                assert response.status_code == 503, response.text
+                assert response.headers["content-type"] == "application/json"
+                assert response.headers["Retry-After"] == "2"
+                assert response.json() == {"detail": "the database is unavailable; retry shortly"}
+            assert client.get("/readyz").status_code == 503
+            assert client.get("/healthz").status_code == 200
+        finally:
+            set_up(True)
+        assert client.get("/jobs", headers=headers).status_code == 200
+
+
+# ---- hostile input and limits ---------------------------------------------------------------------------
+def _client_with_key(settings: Settings) -> Iterator[tuple[TestClient, str]]:
+    with TestClient(create_app(settings)) as client:
+        db: Database = client.app.state.db  # type: ignore[attr-defined]
+        with db.session() as session:
+            key = create_key(session, "alice")
+        yield client, key
+
+
+@pytest.fixture
+def roomy(tmp_path: Path, pg_url: str, redis_url: str, test_data: Path) -> Iterator[tuple[TestClient, str]]:
+    yield from _client_with_key(
+        Settings(data_dir=tmp_path / "d", database_url=pg_url, broker_url=redis_url, allowed_local_roots=[test_data])
+    )
+
+
+@pytest.fixture
+def limited(tmp_path: Path, pg_url: str, redis_url: str, test_data: Path) -> Iterator[tuple[TestClient, str]]:
+    yield from _client_with_key(
+        Settings(
+            data_dir=tmp_path / "d", database_url=pg_url, broker_url=redis_url, allowed_local_roots=[test_data],
+            rate_limit_per_s=1, rate_limit_burst=5, max_active_jobs_per_user=2,
+        )
+    )
+
+
+def test_inputs_that_reached_a_500_are_4xx(roomy: tuple[TestClient, str], stories_model: Path) -> None:
+    client, key = roomy
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    deep = client.post("/jobs", content=b"[" * 1000 + b"]" * 1000, headers=headers)
+    assert deep.status_code == 422 and "nests deeper" in deep.json()["detail"], deep.text
+    nested: Any = 1
+    for _ in range(40):
+        nested = [nested]
+    too_deep = client.post("/jobs", json={"model": str(stories_model), "options": {"a": nested}}, headers=headers)
+    assert too_deep.status_code == 422 and "nests deeper than 32" in too_deep.json()["detail"]
+    assert client.post("/jobs", json=nested, headers=headers).status_code == 422
+    offset = client.get("/jobs", params={"offset": 2**63}, headers=headers)
+    assert offset.status_code == 422 and "offset" in offset.json()["detail"], offset.text
+    assert client.get("/jobs/abc%00def", headers=headers).status_code == 404
+    assert client.post("/jobs/%00/cancel", headers=headers).status_code == 404
+
+
+def test_rate_limit_and_active_job_cap(limited: tuple[TestClient, str], stories_model: Path,
+                                       stories_text: Path) -> None:
+    client, key = limited
+    headers = {"Authorization": f"Bearer {key}"}
+    for seed in (1, 2):
+        submitted = client.post("/jobs", json=job_body(stories_model, stories_text, seed=seed), headers=headers)
+        assert submitted.status_code == 202, submitted.text
+    capped = client.post("/jobs", json=job_body(stories_model, stories_text, seed=3), headers=headers)
+    assert capped.status_code == 429 and "TWOSSP_MAX_ACTIVE_JOBS_PER_USER=2" in capped.json()["detail"]
+    assert int(capped.headers["Retry-After"]) >= 1
+    statuses = [client.get("/jobs", headers=headers).status_code for _ in range(5)]
+    assert statuses[-1] == 429, statuses  # the burst of 5 is spent (3 POSTs + these)
+    limited_response = client.get("/jobs", headers=headers)
+    assert limited_response.status_code == 429 and limited_response.headers["Retry-After"] == "1"
+    time.sleep(1.1)
+    assert client.get("/jobs", headers=headers).status_code == 200
