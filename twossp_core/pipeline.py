@@ -25,10 +25,11 @@ from twossp_core.evaluation.perplexity import perplexity
 from twossp_core.evaluation.throughput import forward_throughput
 from twossp_core.models.base import ModelAdapter
 from twossp_core.models.registry import adapter_for
-from twossp_core.preflight import check_model
+from twossp_core.preflight import check_local_model, check_model
 from twossp_core.progress import CancelFn, ProgressFn, Reporter
 from twossp_core.pruning.base import PruneContext, PruneOutcome
 from twossp_core.pruning.registry import method_class, method_config
+from twossp_core.runtime.hub import require_hub_datasets
 from twossp_core.runtime.loading import load_model
 from twossp_core.spec import DEFAULT_SEQ_LEN, JobSpecBase, PruneSpec
 
@@ -73,6 +74,9 @@ def effective_seq_len(spec: JobSpecBase, config: Any) -> int:
 
 def prepare(spec: JobSpecBase, reporter: Reporter, *, with_calibration: bool = True) -> Workspace:
     """Load the model and data, and measure the dense model."""
+    check_local_model(spec.model)
+    sources = [*(spec.calibration_sources() if with_calibration else []), *spec.eval_sources()]
+    require_hub_datasets(sorted({s.name for s in sources if s.is_hub and not Path(s.name).exists()}))
     torch.manual_seed(spec.seed)
     t0 = time.perf_counter()
     reporter.update("load", 0.0)

@@ -7,6 +7,7 @@ be feasible. Local data files must exist. Hub ids and hub datasets are checked w
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from twossp_core.errors import DataError, ModelNotFound
@@ -16,10 +17,25 @@ from twossp_core.models.registry import check_supported
 from twossp_core.pruning.twossp.balance import plan_balance
 from twossp_core.spec import PruneSpec
 
+# `name` or `org/name`: letters, digits, `-`, `_`, `.`; no `--`/`..` runs, at most 96 characters per part
+HUB_ID_RE = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9._-]{0,95}/)?[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+
+
+def looks_local(model: str) -> bool:
+    """Whether `model` is spelled as a path (absolute, ./, ../, ~, backslashes) rather than a hub id."""
+    return model.startswith(("/", "./", "../", "~", "\\")) or model in {".", ".."} or "\\" in model
+
+
+def is_hub_id(model: str) -> bool:
+    return not looks_local(model) and ".." not in model and "--" not in model and bool(HUB_ID_RE.fullmatch(model))
+
 
 def local_config(model: str) -> dict | None:
+    """The config.json of a local model directory (a compact export's as its base), None for a hub id."""
     path = Path(model).expanduser()
     if not path.exists():
+        if not is_hub_id(model):
+            raise ModelNotFound(f"{model}: no such local model directory")
         return None
     config_file = path / "config.json"
     if not config_file.is_file():
@@ -38,13 +54,20 @@ def check_data(spec: PruneSpec) -> None:
             raise DataError(f"data source {source.label!r}: no such file")
 
 
+def check_local_model(model: str) -> dict | None:
+    """A local model's config.json (None for a hub id); ModelNotFound / UnsupportedModel when it cannot run."""
+    cfg = local_config(model)
+    if cfg is not None:
+        check_supported(cfg.get("model_type"))
+    return cfg
+
+
 def check_model(spec: PruneSpec) -> None:
     """Raise UnsupportedModel / InfeasibleTarget / ModelNotFound / DataError when the request cannot run."""
     check_data(spec)
-    cfg = local_config(spec.model)
+    cfg = check_local_model(spec.model)
     if cfg is None:
         return
-    check_supported(cfg.get("model_type"))
     if spec.method in ("2ssp", "2ssp-refit"):
         counts = block_counts(cfg)
         options = spec.method_options()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -12,17 +11,12 @@ from api.errors import InputRejected
 from service.db.models import JobKind
 from service.settings import Settings
 from twossp_core.errors import InfeasibleTarget, ModelNotFound
+from twossp_core.preflight import is_hub_id, looks_local
 from twossp_core.spec import DataSource, PruneSpec, SweepSpec, parse_spec, parse_sweep_spec
 
 JobSpec = PruneSpec | SweepSpec
 
-# `name` or `org/name`: letters, digits, `-`, `_`, `.`; no `--`/`..` runs, at most 96 characters per part
-HUB_ID_RE = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9._-]{0,95}/)?[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 ROOTS_RULE = "local paths must be absolute and inside TWOSSP_ALLOWED_LOCAL_ROOTS"
-
-
-def _looks_local(value: str) -> bool:
-    return value.startswith(("/", "./", "../", "~", "\\")) or value in {".", ".."} or "\\" in value
 
 
 def resolve_local(value: str, settings: Settings, what: str) -> Path:
@@ -40,14 +34,14 @@ def resolve_local(value: str, settings: Settings, what: str) -> Path:
 
 def check_model_id(model: str, settings: Settings) -> str:
     """Return the model id to store: a real local path, or the hub id unchanged."""
-    if _looks_local(model):
+    if looks_local(model):
         path = resolve_local(model, settings, "model")
         if not path.is_dir():
             raise ModelNotFound(f"model {model!r}: no such model directory")
         if not (path / "config.json").is_file():
             raise ModelNotFound(f"model {model!r}: a local model directory must contain config.json")
         return str(path)
-    if ".." in model or "--" in model or not HUB_ID_RE.fullmatch(model):
+    if not is_hub_id(model):
         raise InputRejected(
             f"model {model!r}: not a Hugging Face hub id (`org/name`) nor an absolute local path ({ROOTS_RULE})"
         )

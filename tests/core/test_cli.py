@@ -140,10 +140,38 @@ def test_infeasible_target_is_refused_before_loading(stories_model, stories_text
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
 
 
-def test_unknown_model_and_busy_out_dir(tmp_path, capsys, stories_model):
-    assert main(["prune", "--model", str(tmp_path / "nope"), "--sparsity", "0.5", "--out", str(tmp_path / "o"),
-                 "--no-progress"]) != 0
-    assert "cannot load" in capsys.readouterr().err
+@pytest.mark.parametrize("command", ["prune", "eval"])
+def test_a_missing_local_model_is_named_before_any_progress(tmp_path, capsys, monkeypatch, stories_text, command):
+    monkeypatch.chdir(tmp_path)
+    for model in ("../data/models/nope", "/nonexistent/model", str(tmp_path / "nope")):
+        args = ["--sparsity", "0.5", "--out", "o"] if command == "prune" else []
+        assert main([command, "--model", model, "--eval", str(stories_text), *args]) == 2
+        errors = [line for line in capsys.readouterr().err.splitlines() if "warning" not in line]
+        assert errors == [f"twossp: error: {model}: no such local model directory"]  # one line: no progress bar
+
+
+def test_hub_datasets_without_network_fail_at_once(stories_model, stories_text, tmp_path, capsys, monkeypatch):
+    import time
+
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens: as good as offline
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    start = time.monotonic()
+    code = main(["prune", "--model", str(stories_model), "--sparsity", "0.5", "--eval", str(stories_text),
+                 "--out", str(tmp_path / "o")])  # default calibration: c4 from the hub
+    assert code == 2 and time.monotonic() - start < 10
+    (err,) = [line for line in capsys.readouterr().err.splitlines() if "warning" not in line]
+    assert "'c4'" in err and "cannot be reached" in err and "--calibration" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_unknown_model_and_busy_out_dir(tmp_path, capsys, stories_model, stories_text):
+    assert main(["prune", "--model", "no-such-org/no-such-model", "--sparsity", "0.5", "--out", str(tmp_path / "o"),
+                 "--calibration", str(stories_text), "--eval", str(stories_text), "--no-progress"]) != 0
+    (err,) = [line for line in capsys.readouterr().err.splitlines() if "warning" not in line]
+    assert "no-such-org/no-such-model" in err and ("cannot load" in err or "cannot be reached" in err)
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "keep.txt").write_text("x")

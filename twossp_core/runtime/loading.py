@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ from twossp_core.errors import InvalidSpec, ModelNotFound
 from twossp_core.export.compact_config import is_compact, to_base
 from twossp_core.export.remote_modeling import STRUCTURE_KEY, pruned_class
 from twossp_core.models.registry import check_supported
+from twossp_core.runtime.hub import require_hub_model
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -49,6 +49,8 @@ def load_config(model_id: str) -> Any:
     if local.exists() and not (local / "config.json").is_file():
         raise ModelNotFound(f"{model_id}: a local model directory must contain config.json")
     source = str(local) if local.exists() else model_id
+    if not local.exists():
+        require_hub_model(model_id)
     try:
         config_dict, _ = PretrainedConfig.get_config_dict(source)
         if is_compact(config_dict):
@@ -93,7 +95,3 @@ def load_model(model_id: str, *, dtype: str = "float32", device: str = "cpu") ->
     model.eval()
     model.config.use_cache = False
     return model, tokenizer
-
-
-def offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
