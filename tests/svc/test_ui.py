@@ -181,3 +181,15 @@ def test_bad_form_input_is_shown_next_to_its_field_and_creates_nothing(
     assert error is not None, response.text[-3000:]
     assert message in error[1].replace("&#39;", "'")
     assert jobs_in_db(app) == []
+
+
+def test_the_perplexity_chart_shows_healed_values_when_the_report_has_them() -> None:
+    from api.ui.charts import perplexity_chart
+
+    report = {"perplexity": [{"dataset": "a<b>", "dense": 6.0, "pruned": 50.0, "healed": 12.5},
+                             {"dataset": "c", "dense": 7.0, "pruned": 40.0}]}
+    svg = str(perplexity_chart(report))
+    bars = re.findall(r'class="bar bar-(\w+)"[^>]*data-value="([\d.]+)"', svg)
+    assert bars == [("dense", "6.0"), ("pruned", "50.0"), ("healed", "12.5"), ("dense", "7.0"), ("pruned", "40.0")]
+    assert "a&lt;b&gt;" in svg and "a<b>" not in svg
+    assert perplexity_chart({"perplexity": []}) is None
