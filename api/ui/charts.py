@@ -30,6 +30,27 @@ def _nice_max(value: float) -> float:
     return 10 * exp
 
 
+def _open(title: str, css_class: str, width: int, height: int, left: int) -> list[str]:
+    return [
+        f'<svg class="chart {escape(css_class)}" role="img" aria-label="{escape(title)}" viewBox="0 0 {width} '
+        f'{height}" width="{width}" height="{height}" xmlns="http://www.w3.org/2000/svg" font-family="sans-serif" '
+        f'font-size="11">',
+        f"<title>{escape(title)}</title>",
+        f'<text x="{left}" y="16" font-size="13" font-weight="bold" fill="#111827">{escape(title)}</text>',
+    ]
+
+
+def _y_grid(top: float, left: int, right_x: int, y_of: Any) -> list[str]:
+    """Five gridlines from 0 to `top` with their labels; y_of maps a value to its y coordinate."""
+    parts = []
+    for i in range(5):
+        value = top * i / 4
+        y = y_of(value)
+        parts.append(f'<line x1="{left}" x2="{right_x}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e5e7eb"/>')
+        parts.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" fill="#4b5563">{_fmt(value)}</text>')
+    return parts
+
+
 def grouped_bars(
     groups: list[tuple[str, dict[str, float | None]]], *, title: str, unit: str, css_class: str, width: int = 520
 ) -> Markup:
@@ -44,18 +65,8 @@ def grouped_bars(
     plot_w, plot_h = width - left - right, height - top_pad - bottom
     group_w = plot_w / max(len(groups), 1)
     bar_w = min(48.0, (group_w - 16) / max(len(series), 1))
-    parts = [
-        f'<svg class="chart {escape(css_class)}" role="img" aria-label="{escape(title)}" viewBox="0 0 {width} '
-        f'{height}" width="{width}" height="{height}" xmlns="http://www.w3.org/2000/svg" font-family="sans-serif" '
-        f'font-size="11">',
-        f"<title>{escape(title)}</title>",
-        f'<text x="{left}" y="16" font-size="13" font-weight="bold" fill="#111827">{escape(title)}</text>',
-    ]
-    for i in range(5):  # gridlines and axis labels
-        value = top * i / 4
-        y = top_pad + plot_h - plot_h * i / 4
-        parts.append(f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e5e7eb"/>')
-        parts.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" fill="#4b5563">{_fmt(value)}</text>')
+    parts = _open(title, css_class, width, height, left)
+    parts += _y_grid(top, left, width - right, lambda v: top_pad + plot_h - plot_h * v / top)
     parts.append(
         f'<text x="12" y="{top_pad + plot_h / 2:.1f}" transform="rotate(-90 12 {top_pad + plot_h / 2:.1f})" '
         f'text-anchor="middle" fill="#4b5563">{escape(unit)}</text>'
@@ -132,3 +143,30 @@ def sweep_perplexity_charts(report: dict[str, Any]) -> list[Markup]:
                 css_class="chart-perplexity", width=max(520, 110 * len(groups) + 80),
             ))
     return out
+
+
+def loss_curve_chart(heal: dict[str, Any], width: int = 520, height: int = 240) -> Markup | None:
+    """The heal's training loss by step (the report's heal.loss_curve), as a line."""
+    points = [(float(s), float(v)) for s, v in heal.get("loss_curve") or [] if math.isfinite(float(v))]
+    if len(points) < 2:
+        return None
+    left, right, top_pad, bottom = 56, 16, 34, 40
+    plot_w, plot_h = width - left - right, height - top_pad - bottom
+    x_lo, x_hi = points[0][0], points[-1][0]
+    y_hi = _nice_max(max(v for _, v in points))
+
+    def x(step: float) -> float:
+        return left + plot_w * (step - x_lo) / max(x_hi - x_lo, 1.0)
+
+    def y(value: float) -> float:
+        return top_pad + plot_h - plot_h * min(value / y_hi, 1.0)
+
+    title = f"Heal loss ({heal.get('method', '?')}, {heal.get('params', '?')})"
+    parts = _open(title, "chart-heal-loss", width, height, left) + _y_grid(y_hi, left, width - right, y)
+    for step in (x_lo, x_hi):
+        parts.append(f'<text x="{x(step):.1f}" y="{top_pad + plot_h + 16}" text-anchor="middle" fill="#4b5563">'
+                     f"step {int(step)}</text>")
+    line = " ".join(f"{x(s):.1f},{y(v):.1f}" for s, v in points)
+    parts.append(f'<polyline class="loss" points="{line}" fill="none" stroke="#16a34a" stroke-width="2"/>')
+    parts.append("</svg>")
+    return Markup("".join(parts))

@@ -21,7 +21,7 @@ SWEEP_FIELDS = ("sparsities",)
 FIELDS = (
     "kind", "model", "method", "sparsity", "methods", "sparsities", "options", "calibration", "eval",
     "doc_separator", "seq_len", "calibration_windows", "eval_windows", "seed", "dtype", "export",
-    "measure_throughput", "save_models",
+    "measure_throughput", "save_models", "heal",
 )
 GENERAL = "_form"
 
@@ -64,6 +64,12 @@ def request_body(form: dict[str, list[str]]) -> dict[str, Any]:
         for name in PRUNE_FIELDS:
             if one(name):
                 body[name] = one(name)
+    if one("heal") == "on":  # the options as JSON; empty: the defaults (distillation from the dense model)
+        heal = one("heal_options") or "{}"
+        try:
+            body["heal"] = json.loads(heal)
+        except ValueError as exc:
+            raise FormError("heal", f"heal options: not valid JSON ({exc})") from None
     options = one("options")
     if options:
         try:

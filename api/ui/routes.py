@@ -192,7 +192,9 @@ def _job_context(ui: auth.UiSession, job: Job, store: Any) -> dict[str, Any]:
     }
     if report is not None and job.kind == "prune":
         context["tables"] = views.report_tables(report)
-        context["charts"] = [c for c in (charts.perplexity_chart(report), charts.throughput_chart(report)) if c]
+        heal = report.get("heal") or {}
+        chart_list = (charts.perplexity_chart(report), charts.throughput_chart(report), charts.loss_curve_chart(heal))
+        context["charts"] = [c for c in chart_list if c]
     elif report is not None:
         context["tables"] = {"Timings": views.report_tables(report)["Timings"]}
         context["charts"] = charts.sweep_perplexity_charts(report)

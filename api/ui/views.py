@@ -99,7 +99,12 @@ def report_tables(report: dict[str, Any]) -> dict[str, list[tuple[str, str]]]:
         for k, v in (report.get("timings") or {}).items()
         if isinstance(v, int | float)
     ]
-    return {"Parameters": rows_params, "Removed modules": removed, "Timings": timings}
+    heal = report.get("heal") or {}
+    heal_rows = [(k.replace("_", " "), f"{heal[k]:.4g}" if isinstance(heal[k], float) else str(heal[k]))
+                 for k in ("method", "params", "steps", "tokens", "first_loss", "loss", "lr") if k in heal]
+    if "seconds" in heal:
+        heal_rows.append(("time", fmt_duration(heal["seconds"])))
+    return {"Parameters": rows_params, "Removed modules": removed, "Heal": heal_rows, "Timings": timings}
 
 
 def options_rows(spec: dict[str, Any]) -> list[tuple[str, str]]:

@@ -168,6 +168,8 @@ def test_users_see_only_their_own_jobs(app: Any, stories_model: Path, stories_te
         ({"kind": "sweep", "sparsities": "0.25"}, "methods", ""),
         ({"kind": "sweep", "methods": "2ssp", "sparsities": "0.25,2"}, "sparsities", "between 0 and 1"),
         ({"export": "portable", "method": "slicegpt"}, "export", "portable"),
+        ({"heal": "on", "heal_options": '{"steps": 0}'}, "heal", "greater than or equal to 1"),
+        ({"heal": "on", "heal_options": "steps=5"}, "heal", "not valid JSON"),
     ],
 )
 def test_bad_form_input_is_shown_next_to_its_field_and_creates_nothing(
@@ -193,3 +195,17 @@ def test_the_perplexity_chart_shows_healed_values_when_the_report_has_them() -> 
     assert bars == [("dense", "6.0"), ("pruned", "50.0"), ("healed", "12.5"), ("dense", "7.0"), ("pruned", "40.0")]
     assert "a&lt;b&gt;" in svg and "a<b>" not in svg
     assert perplexity_chart({"perplexity": []}) is None
+
+
+def test_a_heal_shows_its_loss_curve_and_summary() -> None:
+    from api.ui.charts import loss_curve_chart
+    from api.ui.views import report_tables
+
+    heal = {"method": "kd", "params": "full", "steps": 3, "first_loss": 4.0, "loss": 2.5, "seconds": 12.0,
+            "loss_curve": [[1, 4.0], [2, 3.0], [3, 2.5]]}
+    svg = str(loss_curve_chart(heal))
+    points = re.search(r'<polyline class="loss" points="([^"]+)"', svg)[1].split()
+    ys = [float(p.split(",")[1]) for p in points]
+    assert len(points) == 3 and ys[0] < ys[1] < ys[2]  # the loss falls: the line goes down the chart
+    assert dict(report_tables({"heal": heal})["Heal"])["loss"] == "2.5"
+    assert loss_curve_chart({"loss_curve": [[1, 4.0]]}) is None
