@@ -73,10 +73,18 @@ def add_data_arguments(p: argparse.ArgumentParser, *, calibration: bool = True) 
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
 
 
-def add_export_argument(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--export", default="compact", choices=["compact", "portable"],
-                   help="compact (default): only what remains, loads with twossp or trust_remote_code; portable: "
-                   "the plain base architecture with removed submodules stored as zeros, loads anywhere")
+def add_export_argument(p: argparse.ArgumentParser, *, flag: str = "--export", default: str = "compact") -> None:
+    from twossp_core.export.registry import FORMATS
+
+    p.add_argument(flag, default=default, choices=list(FORMATS),
+                   help="; ".join(f"{name}: {entry.summary}" for name, entry in FORMATS.items())
+                   + f" (default {default})")
+    p.add_argument("--export-option", action="append", metavar="KEY=VALUE",
+                   help="export format option, e.g. type=q8_0 for gguf (f32, f16, bf16, q8_0)")
+
+
+def export_option_values(args: argparse.Namespace) -> dict[str, Any]:
+    return dict(_option_value(o) for o in (args.export_option or []))
 
 
 def add_heal_arguments(p: argparse.ArgumentParser) -> None:
@@ -118,6 +126,8 @@ def job_fields(args: argparse.Namespace) -> dict[str, Any]:
         "seed": args.seed,
         "measure_throughput": not args.no_throughput,
         "heal": heal_field(args),
+        "export": args.export,
+        "export_options": export_option_values(args),
     }
     if args.calibration:
         data["calibration"] = args.calibration
@@ -130,8 +140,7 @@ def spec_from_args(args: argparse.Namespace, *, sparsity: float, method: str) ->
     from twossp_core.spec import parse_spec
 
     options = dict(_option_value(o) for o in (args.option or []))
-    return parse_spec({**job_fields(args), "sparsity": sparsity, "method": method, "options": options,
-                       "export": args.export})
+    return parse_spec({**job_fields(args), "sparsity": sparsity, "method": method, "options": options})
 
 
 def check_out_dir(out: Path, overwrite: bool) -> None:

@@ -20,8 +20,9 @@ def stored_dtype(config: dict[str, Any]) -> str:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from twossp_core.cli import check_out_dir
+    from twossp_core.cli import check_out_dir, export_option_values
     from twossp_core.export.load import load_pruned
+    from twossp_core.export.registry import export_options
     from twossp_core.pipeline import export_model
 
     source, out = Path(args.model), Path(args.out)
@@ -31,9 +32,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     if out.resolve() == source.resolve():
         raise InvalidSpec("--out must be another directory than --model")
     check_out_dir(out, args.overwrite)
+    options = export_options(args.format, export_option_values(args)).model_dump()
     config = json.loads(config_path.read_text())
     model, tokenizer = load_pruned(source, dtype=stored_dtype(config))
-    entry = export_model(model, tokenizer, out, config.get("twossp") or {}, args.format)
+    entry = export_model(model, tokenizer, out, config.get("twossp") or {}, args.format, options)
     print(f"{args.format} model written to {out} ({entry['stored_params']:,} parameters)")
     return 0
 
@@ -41,8 +43,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 def register(sub: Any) -> None:
     p = sub.add_parser("export", help="save a pruned model directory again in another export format")
     p.add_argument("--model", required=True, help="a directory written by twossp (or any local model directory)")
-    p.add_argument("--format", default="portable", choices=["compact", "portable"],
-                   help="portable (default): the plain base architecture, removed submodules stored as zeros")
+    from twossp_core.cli import add_export_argument
+
+    add_export_argument(p, flag="--format", default="portable")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--overwrite", action="store_true", help="allow a non-empty --out directory")
     p.set_defaults(func=cmd_export)

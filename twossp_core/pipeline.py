@@ -271,12 +271,30 @@ def write_json_atomic(path: Path, data: Any) -> None:
     tmp.replace(path)
 
 
-def export_model(model: Any, tokenizer: Any, out_dir: Path, metadata: dict[str, Any], export: str) -> dict[str, Any]:
-    """Save a pruned model in the requested format (compact or portable); returns the report's `export` entry."""
-    from twossp_core.export.save import save_pruned
+METADATA_KEYS = (
+    "method", "model", "sparsity_target", "sparsity_achieved", "removed_attention", "removed_mlp", "removed_blocks",
+    "kept_ffn_neurons", "params", "perplexity", "options", "data",
+)
 
-    save_pruned(model, tokenizer, out_dir, {**metadata, "export": export}, portable=export == "portable")
-    return {"format": export, "stored_params": adapter_for(model).total_params()}
+
+def export_metadata(report: dict[str, Any]) -> dict[str, Any]:
+    """What an export keeps about its run (config.json's `twossp` block, GGUF metadata, the model card)."""
+    metadata = {key: report[key] for key in METADATA_KEYS if key in report}
+    if "heal" in report:
+        metadata["heal"] = {k: v for k, v in report["heal"].items() if k not in ("loss_curve", "plot")}
+    runtime = report.get("runtime") or {}
+    metadata["versions"] = {k: runtime[k] for k in ("torch", "transformers", "twossp") if k in runtime}
+    return metadata
+
+
+def export_model(
+    model: Any, tokenizer: Any, out_dir: Path, metadata: dict[str, Any], export: str,
+    options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Save a pruned model in the requested export format; returns the report's `export` entry."""
+    from twossp_core.export.registry import run_export
+
+    return run_export(export, model, tokenizer, Path(out_dir), {**metadata, "export": export}, options)
 
 
 def run_prune(
@@ -301,14 +319,9 @@ def run_prune(
     reporter.checkpoint()
     reporter.update("export", 0.0)
     t_export = time.perf_counter()
-    metadata = {key: report[key] for key in (
-        "method", "model", "sparsity_target", "sparsity_achieved", "removed_attention", "removed_mlp",
-        "removed_blocks", "kept_ffn_neurons", "options", "data",
-    )}
-    if "heal" in report:
-        metadata["heal"] = {k: v for k, v in report["heal"].items() if k not in ("loss_curve", "plot")}
-    metadata["versions"] = {k: report["runtime"][k] for k in ("torch", "transformers", "twossp")}
-    report["export"] = export_model(model, ws.tokenizer, Path(out_dir), metadata, spec.export)
+    report["export"] = export_model(
+        model, ws.tokenizer, Path(out_dir), export_metadata(report), spec.export, spec.export_options
+    )
     if losses:
         write_loss_plot(losses, report, Path(out_dir))
     report["timings"].update(

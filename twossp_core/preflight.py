@@ -12,6 +12,7 @@ from pathlib import Path
 
 from twossp_core.errors import DataError, ModelNotFound
 from twossp_core.export.compact_config import to_base
+from twossp_core.export.registry import check_family, check_ffn_width
 from twossp_core.models.counts import block_counts
 from twossp_core.models.registry import check_supported
 from twossp_core.pruning.twossp.balance import plan_balance
@@ -68,10 +69,11 @@ def check_model(spec: PruneSpec) -> None:
     cfg = check_local_model(spec.model)
     if cfg is None:
         return
+    check_family(spec.export, cfg.get("model_type"))
     if spec.method in ("2ssp", "2ssp-refit"):
         counts = block_counts(cfg)
         options = spec.method_options()
-        plan_balance(
+        plan = plan_balance(
             blocks=counts.blocks,
             sparsity=spec.sparsity,
             mlp_params=counts.mlp,
@@ -82,3 +84,6 @@ def check_model(spec: PruneSpec) -> None:
             num_attention=options.num_attention_to_prune,  # type: ignore[attr-defined]
             round_to=options.round_to,  # type: ignore[attr-defined]
         )
+        check_ffn_width(spec.export, plan.kept_neurons, hint=" (2SSP: pass --option round_to=256)")
+    elif "round_to" not in type(spec.method_options()).model_fields:  # methods that keep the FFN width
+        check_ffn_width(spec.export, int(cfg.get("intermediate_size") or 0))

@@ -84,10 +84,14 @@ class JobSpecBase(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = Field(0, ge=0, le=MAX_SEED, description="random seed (0 to 2**63-1)")
     measure_throughput: bool = True
-    export: Literal["compact", "portable"] = Field(
+    export: str = Field(
         "compact",
-        description="how pruned models are saved; compact: only what remains, with modeling_twossp.py to rebuild "
-        "it (trust_remote_code); portable: the plain base architecture, removed submodules stored as zeros",
+        description="export format (twossp_core.export.registry): compact (only what remains, with "
+        "modeling_twossp.py; trust_remote_code), portable (the plain base architecture, removed submodules as "
+        "zeros), gguf (one model.gguf for llama.cpp), decilm (DeciLM block_configs layout for vLLM)",
+    )
+    export_options: dict[str, Any] = Field(
+        default_factory=dict, description="options of the export format, e.g. gguf: {\"type\": \"q8_0\"}"
     )
     heal: HealConfig | None = Field(
         None, description="train the pruned model after pruning (every run of a sweep); {} takes the defaults: "
@@ -113,6 +117,13 @@ class JobSpecBase(BaseModel):
             return []
         return [DataSource.parse(s) for s in self.heal.data] if self.heal.data else self.calibration_sources()
 
+    @model_validator(mode="after")
+    def _check_export(self) -> JobSpecBase:
+        from twossp_core.export.registry import export_options
+
+        self.export_options = export_options(self.export, self.export_options).model_dump()
+        return self
+
     def shared_fields(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in JobSpecBase.model_fields}
 
@@ -126,11 +137,11 @@ class PruneSpec(JobSpecBase):
 
     @model_validator(mode="after")
     def _check_method(self) -> PruneSpec:
+        from twossp_core.export.registry import check_methods
         from twossp_core.pruning.registry import method_config
 
         self.options = method_config(self.method, self.options).model_dump()
-        if self.export == "portable":
-            check_portable([self.method])
+        check_methods(self.export, [self.method])
         return self
 
     def method_options(self) -> BaseModel:
@@ -179,22 +190,14 @@ class SweepSpec(JobSpecBase):
             raise ValueError(f"options given for methods not in the sweep: {', '.join(unknown)}")
         for name in self.methods:
             self.options[name] = method_config(name, self.options.get(name)).model_dump()
-        if self.export == "portable":
-            check_portable(self.methods)
+        from twossp_core.export.registry import check_methods
+
+        check_methods(self.export, self.methods)
         return self
 
     def prune_spec(self, method: str, sparsity: float) -> PruneSpec:
         """The single-run request one cell of the sweep corresponds to."""
         return PruneSpec(**self.shared_fields(), sparsity=sparsity, method=method, options=self.options[method])
-
-
-def check_portable(methods: list[str]) -> None:
-    """Refuse methods whose pruned models have no plain-architecture form (their configs say so)."""
-    from twossp_core.pruning.registry import method_config
-
-    refused = [m for m in methods if not getattr(method_config(m, None), "portable_export", True)]
-    if refused:
-        raise ValueError(f"export 'portable' cannot hold a model pruned by {', '.join(refused)}; use 'compact'")
 
 
 def parse_spec(data: dict[str, Any]) -> PruneSpec:

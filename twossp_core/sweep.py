@@ -19,6 +19,7 @@ from typing import Any
 
 from twossp_core.errors import InfeasibleTarget, UnsupportedModel
 from twossp_core.pipeline import (
+    export_metadata,
     export_model,
     heal_pruned,
     measure_pruned,
@@ -124,12 +125,10 @@ def run_sweep(
             if losses:
                 write_loss_plot(losses, report, run_dir)
             if spec.save_models:
-                metadata = {
-                    k: report[k] for k in ("method", "model", "sparsity_target", "sparsity_achieved", "options")
-                }
-                if "heal" in report:
-                    metadata["heal"] = {k: v for k, v in report["heal"].items() if k not in ("loss_curve", "plot")}
-                report["export"] = export_model(model, ws.tokenizer, out_dir / "models" / name, metadata, spec.export)
+                report["export"] = export_model(
+                    model, ws.tokenizer, out_dir / "models" / name, export_metadata(report), spec.export,
+                    spec.export_options,
+                )
             write_json_atomic(run_dir / "report.json", report)
             rows.append(comparison_row(report))
             del model

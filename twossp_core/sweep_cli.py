@@ -34,7 +34,6 @@ def spec_from_args(args: argparse.Namespace) -> Any:
         "sparsities": args.sparsities,
         "options": options,
         "save_models": args.save_models,
-        "export": args.export,
     }
     return parse_sweep_spec(data)
 

@@ -15,6 +15,7 @@ from tiny_models import FAMILIES, tiny_model, tokenizer_for  # noqa: E402
 
 from twossp_core.errors import UnsupportedModel  # noqa: E402
 from twossp_core.export.load import load_pruned  # noqa: E402
+from twossp_core.export.registry import run_export  # noqa: E402
 from twossp_core.export.save import save_pruned  # noqa: E402
 from twossp_core.models.registry import adapter_for, supported_model_types  # noqa: E402
 from twossp_core.pruning.base import PruneContext  # noqa: E402
@@ -126,7 +127,7 @@ def test_portable_export_loads_as_the_plain_architecture_with_identical_logits(f
     with torch.no_grad():
         expected = model(windows[:2]).logits
     size = adapter.total_params()
-    save_pruned(model, tokenizer_for(model.config.vocab_size), tmp_path, {"method": "2ssp"}, portable=True)
+    run_export("portable", model, tokenizer_for(model.config.vocab_size), tmp_path, {"method": "2ssp"}, None)
 
     config = json.loads((tmp_path / "config.json").read_text())
     assert "twossp_structure" not in config and "auto_map" not in config

@@ -9,9 +9,11 @@ a rotated-and-sliced residual stream (SliceGPT) has no plain equivalent.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import BaseModel
 
 from twossp_core.errors import InvalidSpec
 from twossp_core.export.remote_modeling import SHORTCUT_KEY, STRUCTURE_KEY, decoder_layers
@@ -44,3 +46,17 @@ def make_portable(model: Any) -> None:
                 setattr(layer, name, getattr(fresh, name))
     if hasattr(model.config, STRUCTURE_KEY):
         delattr(model.config, STRUCTURE_KEY)
+
+
+def export_portable(
+    model: Any, tokenizer: Any, out_dir: Path, metadata: dict[str, Any], options: BaseModel
+) -> dict[str, Any]:
+    """The `portable` export format: the plain base architecture (the model is changed in place)."""
+    from twossp_core.export.card import write_card
+    from twossp_core.export.save import save_pruned
+    from twossp_core.models.registry import adapter_for
+
+    make_portable(model)
+    save_pruned(model, tokenizer, out_dir, metadata)
+    write_card(out_dir, metadata, "portable", model.config)
+    return {"stored_params": adapter_for(model).total_params()}

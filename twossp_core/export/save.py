@@ -8,9 +8,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from twossp_core.export import remote_modeling
+from twossp_core.export.card import write_card
 from twossp_core.export.compact_config import BASE_KEY, MODELING_FILE, to_compact
-from twossp_core.export.portable import make_portable
 from twossp_core.export.remote_modeling import STRUCTURE_KEY, needs_structure
 
 BASE_LINE_MARK = "# twossp:base-class"
@@ -29,17 +31,12 @@ def modeling_source(base_architecture: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def save_pruned(
-    model: Any, tokenizer: Any, out_dir: Path, metadata: dict[str, Any], *, portable: bool = False
-) -> Path:
+def save_pruned(model: Any, tokenizer: Any, out_dir: Path, metadata: dict[str, Any]) -> Path:
     """Save into `out_dir` atomically: files are written to a temporary sibling, then moved in place.
 
     Existing files in out_dir with the same names are replaced; nothing partial is left on failure.
-    `portable` first turns the model (in place) into its plain base architecture (see export.portable).
     """
     out_dir = Path(out_dir)
-    if portable:
-        make_portable(model)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     out_dir.mkdir(exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".twossp-save-", dir=out_dir.parent))
@@ -62,3 +59,14 @@ def save_pruned(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
+
+
+def export_compact(
+    model: Any, tokenizer: Any, out_dir: Path, metadata: dict[str, Any], options: BaseModel
+) -> dict[str, Any]:
+    """The `compact` export format: only what remains, with modeling_twossp.py to rebuild it."""
+    from twossp_core.models.registry import adapter_for
+
+    save_pruned(model, tokenizer, out_dir, metadata)
+    write_card(out_dir, metadata, "compact", model.config)
+    return {"stored_params": adapter_for(model).total_params()}

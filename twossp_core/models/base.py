@@ -53,6 +53,7 @@ class ModelAdapter:
     up_projs: ClassVar[tuple[str, ...]] = ("gate_proj", "up_proj")
     # whether a block adds its FFN's output to the residual stream unchanged (no norm after the FFN)
     ffn_output_in_residual: ClassVar[bool] = True
+    attention_projs: ClassVar[tuple[str, ...]] = ("q_proj", "k_proj", "v_proj", "o_proj")  # separate q, k, v, o
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model

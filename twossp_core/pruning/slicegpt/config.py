@@ -11,6 +11,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 class SliceGPTConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-    portable_export: ClassVar[bool] = False  # the rotated residual stream has no plain-architecture equivalent
+    rotated_residual: ClassVar[bool] = True  # only the compact export can hold a rotated residual stream
 
     round_to: int = Field(1, ge=1, le=4096, description="round the sliced hidden size to a multiple of this (e.g. 8)")

@@ -1,0 +1,15 @@
+"""Options of the `gguf` export format (torch-free)."""
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class GGUFOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["f32", "f16", "bf16", "q8_0"] = Field(
+        "f16",
+        description="weight type of the matrices (norms stay f32); q8_0 stores a matrix whose rows are not a "
+        "multiple of 32 values in f16",
+    )
