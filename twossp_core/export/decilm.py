@@ -1,0 +1,125 @@
+"""The `decilm` export format: a Hugging Face directory in the DeciLM / Nemotron-NAS layout.
+
+`config.json` names `DeciLMForCausalLM` with one `block_configs` entry per layer (the layout vLLM's
+`nemotron_nas` implementation reads, and llama.cpp's converter for `deci`): a removed attention is
+`attention.no_op` (`n_heads_in_group` null), a removed FFN `ffn.no_op` (`ffn_mult` null), a kept FFN of width W
+has `ffn_mult = 3W / (2 · hidden)`. The runtimes recover W as `int(2 · ffn_mult · hidden / 3)` rounded up to a
+multiple of 256, so only widths that are multiples of 256 are exact; any other width is refused (2SSP:
+`round_to=256`). The weights keep Llama's names; `configuration_decilm.py` and `modeling_decilm.py` (from
+`decilm_code/`) make the directory loadable by transformers with `trust_remote_code=True`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from twossp_core.errors import InvalidSpec
+from twossp_core.export import decilm_code
+from twossp_core.export.card import write_card
+from twossp_core.export.decilm_code.configuration_decilm import ffn_mult_to_intermediate_size
+from twossp_core.export.registry import check_ffn_width
+from twossp_core.export.remote_modeling import SHORTCUT_KEY, STRUCTURE_KEY
+
+CODE_FILES = ("configuration_decilm.py", "modeling_decilm.py")
+ARCHITECTURE = "DeciLMForCausalLM"
+MODEL_TYPE = "nemotron-nas"
+DROPPED_KEYS = (STRUCTURE_KEY, "auto_map", "architectures", "model_type", "twossp", "transformers_version")
+
+
+def ffn_mult(width: int, hidden: int) -> float:
+    """The `ffn_mult` whose DeciLM width is exactly `width` (a multiple of 256)."""
+    mult = 3 * width / (2 * hidden)
+    if ffn_mult_to_intermediate_size(mult, hidden) != width:  # pragma: no cover - widths are checked first
+        raise InvalidSpec(f"export 'decilm': FFN width {width} has no exact ffn_mult for hidden size {hidden}")
+    return mult
+
+
+def block_configs(adapter: Any) -> list[dict[str, Any]]:
+    """One DeciLM block entry per layer of the pruned model; refuses widths DeciLM cannot represent."""
+    config = adapter.config
+    heads = int(config.num_attention_heads)
+    hidden = int(config.hidden_size)
+    head_dim = int(getattr(config, "head_dim", None) or hidden // heads)
+    blocks = []
+    for idx in range(adapter.num_blocks):
+        attention: dict[str, Any] = {"no_op": True, "n_heads_in_group": None, "replace_with_linear": False}
+        if not adapter.attention_removed(idx):
+            kv = getattr(adapter.attention(idx), adapter.attention_projs[1]).out_features // head_dim
+            attention.update(no_op=False, n_heads_in_group=heads // kv)
+        ffn: dict[str, Any] = {"no_op": True, "ffn_mult": None, "replace_with_linear": False}
+        if not adapter.mlp_removed(idx):
+            width = int(getattr(adapter.mlp(idx), adapter.down_proj).in_features)
+            check_ffn_width("decilm", width, hint=" (2SSP: pass --option round_to=256)")
+            ffn.update(no_op=False, ffn_mult=ffn_mult(width, hidden))
+        blocks.append({"attention": attention, "ffn": ffn})
+    return blocks
+
+
+def decilm_config(model: Any, adapter: Any, metadata: dict[str, Any]) -> dict[str, Any]:
+    base = model.config.to_dict()
+    blocks = block_configs(adapter)
+    widths = [
+        ffn_mult_to_intermediate_size(b["ffn"]["ffn_mult"], int(model.config.hidden_size))
+        for b in blocks if not b["ffn"]["no_op"]
+    ]
+    config = {k: v for k, v in base.items() if k not in DROPPED_KEYS}
+    config.update(
+        architectures=[ARCHITECTURE],
+        model_type=MODEL_TYPE,
+        auto_map={
+            "AutoConfig": "configuration_decilm.DeciLMConfig",
+            "AutoModelForCausalLM": "modeling_decilm.DeciLMForCausalLM",
+        },
+        num_hidden_layers=len(blocks),
+        intermediate_size=max(widths) if widths else int(model.config.intermediate_size),
+        block_configs=blocks,
+        twossp=metadata,
+    )
+    return config
+
+
+def export_decilm(
+    model: Any, tokenizer: Any, out_dir: Path, metadata: dict[str, Any], options: BaseModel
+) -> dict[str, Any]:
+    """Write config.json, model.safetensors, the tokenizer, the two code files and the model card."""
+    from safetensors.torch import save_file
+
+    from twossp_core.models.registry import adapter_for
+
+    if (getattr(model.config, STRUCTURE_KEY, None) or {}).get(SHORTCUT_KEY):
+        raise InvalidSpec("export 'decilm' cannot hold a rotated-and-sliced model (slicegpt); use 'compact'")
+    adapter = adapter_for(model)
+    config = decilm_config(model, adapter, metadata)
+    state = {name: t.detach().contiguous().cpu() for name, t in model.state_dict().items()}
+    if config.get("tie_word_embeddings"):
+        state.pop("lm_head.weight", None)
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".twossp-decilm-", dir=out_dir.parent))
+    try:
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
+        generation = getattr(model, "generation_config", None)
+        if generation is not None:
+            generation.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        code_dir = Path(decilm_code.__file__).parent
+        for name in CODE_FILES:
+            shutil.copyfile(code_dir / name, tmp / name)
+        for item in tmp.iterdir():
+            target = out_dir / item.name
+            if target.is_dir():
+                shutil.rmtree(target)
+            item.replace(target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    write_card(out_dir, metadata, "decilm", model.config)
+    return {"stored_params": sum(t.numel() for t in state.values()), "layers": len(config["block_configs"])}
