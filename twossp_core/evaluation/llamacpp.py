@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +26,40 @@ def require_llama_cpp() -> Any:
     return llama_cpp
 
 
-def load_gguf(path: str | Path, *, n_ctx: int, threads: int | None = None, logits_all: bool = True) -> Any:
+@contextmanager
+def _without_weight_repacking(llama_cpp: Any) -> Iterator[None]:
+    """Models loaded inside use llama.cpp's plain CPU weight buffers (`use_extra_bufts = false`, which
+    llama-cpp-python does not expose): the repacked AMX / AVX-512 buffers for q8_0 weights stop with an illegal
+    instruction on virtual machines that advertise AMX without enabling it."""
+    module = llama_cpp.llama.llama_cpp
+    default = module.llama_model_default_params
+
+    def params() -> Any:
+        value = default()
+        value.use_extra_bufts = False
+        return value
+
+    module.llama_model_default_params = params
+    try:
+        yield
+    finally:
+        module.llama_model_default_params = default
+
+
+def load_gguf(
+    path: str | Path, *, n_ctx: int, threads: int | None = None, logits_all: bool = True, f32_cache: bool = False,
+    repack: bool = False,
+) -> Any:
+    """A llama-cpp-python model; `f32_cache` keeps the KV cache in f32 (llama.cpp's default is f16); `repack`
+    lets llama.cpp repack weights into its CPU-specific buffers (see _without_weight_repacking)."""
     llama_cpp = require_llama_cpp()
-    return llama_cpp.Llama(
-        model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=logits_all,
-        n_threads=threads, n_threads_batch=threads, verbose=False,
-    )
+    cache = {"type_k": llama_cpp.GGML_TYPE_F32, "type_v": llama_cpp.GGML_TYPE_F32} if f32_cache else {}
+    kwargs = dict(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=logits_all,
+                  n_threads=threads, n_threads_batch=threads, verbose=False, **cache)
+    if repack:
+        return llama_cpp.Llama(**kwargs)
+    with _without_weight_repacking(llama_cpp):
+        return llama_cpp.Llama(**kwargs)
 
 
 def window_logits(llm: Any, window: list[int]) -> np.ndarray:
@@ -57,11 +87,11 @@ def gguf_perplexity(path: str | Path, windows: Any, *, threads: int | None = Non
     return math.exp(total / count)
 
 
-def gguf_speed(path: str | Path, prompt: list[int], *, generate: int, threads: int | None = None,
+def gguf_speed(path: str | Path, prompt: list[int], continuation: list[int], *, threads: int | None = None,
                repeats: int = 3) -> dict[str, float]:
-    """Median tokens/s of prompt processing (the whole prompt in one batch) and of greedy generation
-    (`generate` tokens, one at a time after the prompt)."""
-    llm = load_gguf(path, n_ctx=len(prompt) + generate, threads=threads, logits_all=False)
+    """Median tokens/s of prompt processing (`prompt` in one batch) and of generation (`continuation` fed one
+    token at a time after it, with the KV cache, as decoding does; which tokens does not change the work)."""
+    llm = load_gguf(path, n_ctx=len(prompt) + len(continuation), threads=threads, logits_all=False)
     pp, tg = [], []
     try:
         llm.reset()
@@ -71,12 +101,10 @@ def gguf_speed(path: str | Path, prompt: list[int], *, generate: int, threads: i
             start = time.perf_counter()
             llm.eval(prompt)
             pp.append(len(prompt) / (time.perf_counter() - start))
-            token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
             start = time.perf_counter()
-            for _ in range(generate):
+            for token in continuation:
                 llm.eval([token])
-                token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-            tg.append(generate / (time.perf_counter() - start))
+            tg.append(len(continuation) / (time.perf_counter() - start))
     finally:
         llm.close()
     return {"prompt_tokens_per_s": float(np.median(pp)), "generation_tokens_per_s": float(np.median(tg))}

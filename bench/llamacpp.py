@@ -1,0 +1,128 @@
+"""Dense vs 2SSP-pruned GGUF exports in llama.cpp: prompt-processing and generation tokens/s, next to the
+parameter ratio.
+
+    .venv/bin/python bench/llamacpp.py            # the benchmark model (models.py FULL) → results/llamacpp-full.json
+    .venv/bin/python bench/llamacpp.py --quick    # the quick model → results/llamacpp-quick.json
+
+The model is pruned with 2SSP at 25 / 37.5 / 50 % (stage-1 scores shared), every model (dense included) is
+exported with `--export gguf` in the same weight type and run through llama-cpp-python on the same prompt: a
+prompt of `--prompt` tokens processed in one batch, then `--generate` more tokens of the same text fed one at a
+time with the KV cache (the work of generating them). Rounds are
+interleaved (dense, 25 %, 37.5 %, 50 %, dense, …) so background load hits every model alike; the median of the
+rounds is reported. Needs the `llamacpp` extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from models import SPECS, build_model, calibration_windows, data_dir  # noqa: E402
+from run import machine  # noqa: E402
+
+from twossp_core.evaluation.llamacpp import gguf_speed  # noqa: E402
+from twossp_core.export.gguf import GGUF_FILE  # noqa: E402
+from twossp_core.export.registry import run_export  # noqa: E402
+from twossp_core.models.registry import adapter_for  # noqa: E402
+from twossp_core.pruning.base import PruneContext  # noqa: E402
+from twossp_core.pruning.registry import method_class, method_config  # noqa: E402
+
+SPARSITIES = (0.25, 0.375, 0.5)
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="the quick model")
+    parser.add_argument("--type", default="f16", choices=["f32", "f16", "bf16", "q8_0"], help="GGUF weight type")
+    parser.add_argument("--threads", type=int, default=1, help="llama.cpp threads (default 1)")
+    parser.add_argument("--prompt", type=int, default=512, help="prompt tokens processed in one batch")
+    parser.add_argument("--generate", type=int, default=64, help="tokens generated one at a time")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (median reported)")
+    args = parser.parse_args(argv)
+
+    import torch
+    from transformers import AutoTokenizer
+
+    torch.set_num_threads(1)
+    spec = SPECS["quick" if args.quick else "full"]
+    base = build_model(spec)
+    tokenizer = AutoTokenizer.from_pretrained(data_dir() / "models" / spec.tokenizer)
+    calibration = calibration_windows(spec, spec.calibration_windows)
+    tokens = calibration.flatten().tolist()
+    prompt, continuation = tokens[: args.prompt], tokens[args.prompt : args.prompt + args.generate]
+    models: dict[str, Any] = {"dense": base}
+    cache: dict[str, Any] = {}
+    for s in SPARSITIES:
+        model = copy.deepcopy(base)
+        ctx = PruneContext(adapter=adapter_for(model), calibration=calibration, cache=cache)
+        method_class("2ssp")(method_config("2ssp", {})).prune(ctx, s)
+        models[str(s)] = model
+        print(f"pruned at {s}", file=sys.stderr)
+    params = {k: adapter_for(m).total_params() for k, m in models.items()}
+    samples: dict[str, dict[str, list[float]]] = {k: {"pp": [], "tg": []} for k in models}
+    files: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = {}
+        for key, model in models.items():
+            out = Path(tmp) / key
+            files[key] = run_export("gguf", model, tokenizer, out, {"method": "2ssp", "model": spec.name},
+                                    {"type": args.type})
+            paths[key] = out / GGUF_FILE
+            files[key]["bytes"] = paths[key].stat().st_size
+        for r in range(args.rounds):
+            for key, path in paths.items():
+                speed = gguf_speed(path, prompt, continuation, threads=args.threads, repeats=1)
+                samples[key]["pp"].append(speed["prompt_tokens_per_s"])
+                samples[key]["tg"].append(speed["generation_tokens_per_s"])
+            print(f"round {r + 1}/{args.rounds}", file=sys.stderr)
+    median = {k: {m: statistics.median(v) for m, v in d.items()} for k, d in samples.items()}
+    result: dict[str, Any] = {
+        "machine": machine(args.threads),
+        "model": spec.describe(),
+        "gguf_type": args.type,
+        "threads": args.threads,
+        "prompt_tokens": len(prompt),
+        "generated_tokens": args.generate,
+        "rounds": args.rounds,
+        "total_params": params,
+        "gguf": files,
+        "samples_tokens_per_s": samples,
+        "median_tokens_per_s": median,
+        "sparsity": {},
+    }
+    for s in SPARSITIES:
+        key = str(s)
+        param_ratio = params["dense"] / params[key]
+        pp = median[key]["pp"] / median["dense"]["pp"]
+        tg = median[key]["tg"] / median["dense"]["tg"]
+        result["sparsity"][key] = {
+            "architecture": files[key]["architecture"],
+            "param_ratio": param_ratio,
+            "prompt_speedup": pp,
+            "generation_speedup": tg,
+            "prompt_vs_param_ratio": pp / param_ratio,
+            "generation_vs_param_ratio": tg / param_ratio,
+        }
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"llamacpp-{spec.name}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"{'sparsity':>9} {'arch':>6} {'params x':>9} {'pp x':>7} {'tg x':>7}")
+    for key, row in result["sparsity"].items():
+        print(f"{key:>9} {row['architecture']:>6} {row['param_ratio']:9.2f} {row['prompt_speedup']:7.2f} "
+              f"{row['generation_speedup']:7.2f}")
+    print(f"dense: pp {median['dense']['pp']:.0f} tok/s, tg {median['dense']['tg']:.0f} tok/s; written to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
