@@ -5,6 +5,7 @@ The API never imports the worker package: with Celery it sends the task by name.
 
 from __future__ import annotations
 
+import json
 import threading
 from typing import Protocol
 
@@ -21,6 +22,11 @@ class Broker(Protocol):
         ...
 
     def check(self) -> None: ...
+
+    def held(self) -> set[str] | None:
+        """Ids of the jobs whose messages the broker holds (waiting in the queue or delivered and not yet
+        acknowledged), or None when this transport cannot tell."""
+        ...
 
     def close(self) -> None: ...
 
@@ -42,6 +48,9 @@ class EmbeddedBroker:
     def check(self) -> None:
         return None
 
+    def held(self) -> set[str] | None:
+        return None  # the embedded worker reads the database itself: there is no message to lose
+
     def close(self) -> None:
         return None
 
@@ -52,6 +61,7 @@ class CeleryBroker:
     def __init__(self, broker_url: str, queue: str) -> None:
         from celery import Celery
 
+        self.broker_url = broker_url
         self.queue = queue
         self.app = Celery("twossp-publisher", broker=broker_url, set_as_current=False)
         self.app.conf.update(
@@ -81,9 +91,45 @@ class CeleryBroker:
         with self.app.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, timeout=3)
 
+    def held(self) -> set[str] | None:
+        """Redis transport: the queue list plus kombu's `unacked` hash (late-acked messages being worked on)."""
+        if not self.broker_url.startswith(("redis://", "rediss://")):
+            return None
+        import redis
+
+        client = redis.Redis.from_url(self.broker_url, socket_timeout=5, socket_connect_timeout=3)
+        try:
+            ids: set[str] = set()
+            for raw in client.lrange(self.queue, 0, -1):
+                ids.add(_task_id(_loads(raw)))
+            for raw in client.hvals(UNACKED_KEY):  # [message, exchange, routing key]
+                entry = _loads(raw)
+                ids.add(_task_id(entry[0] if isinstance(entry, list) and entry else None))
+            ids.discard("")
+            return ids
+        finally:
+            client.close()
+
     def close(self) -> None:
         self.app.close()
 
 
 def make_broker(broker_url: str | None, queue: str) -> Broker:
     return EmbeddedBroker() if broker_url is None else CeleryBroker(broker_url, queue)
+
+
+UNACKED_KEY = "unacked"  # kombu's Redis transport default (`unacked_key`)
+
+
+def _loads(raw: bytes | str) -> object:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+def _task_id(message: object) -> str:
+    """The task id (= job id) of a kombu message as stored in Redis; "" if unreadable."""
+    if not isinstance(message, dict) or not isinstance(message.get("headers"), dict):
+        return ""
+    return str(message["headers"].get("id") or "")

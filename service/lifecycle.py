@@ -199,7 +199,8 @@ def next_queued(session: Session) -> str | None:
 
 
 def kill(session: Session, job_id: str, worker_suffix: str, reason: str) -> bool:
-    """The embedded worker killed its child: running → failed (reason "timeout") or cancelled."""
+    """A worker killed the run (the embedded worker its child, a Celery worker its pool process at the hard time
+    limit): running → failed (reason "timeout") or cancelled. `worker_suffix` ends the run's worker id."""
     now = utcnow()
     if reason == "timeout":
         values = {"state": JobState.failed.value, "error": HARD_TIMEOUT}
@@ -320,3 +321,18 @@ def undispatched(session: Session, grace_s: float, redispatch_after_s: float, li
             .limit(limit)
         ).all()
     )
+
+
+def unheld(session: Session, held: set[str], older_than_s: float, limit: int = 500) -> list[str]:
+    """Queued jobs published more than older_than_s ago whose message the broker no longer holds (`held`: the
+    ids it has queued or delivered); a broker restart without persistence loses them."""
+    since = utcnow() - timedelta(seconds=older_than_s)
+    rows = session.scalars(
+        select(Job.id)
+        .where(
+            Job.state == QUEUED, Job.cancel_requested.is_(False), Job.dispatched.is_(True), Job.dispatched_at < since
+        )
+        .order_by(Job.created_at)
+        .limit(limit)
+    ).all()
+    return [job_id for job_id in rows if job_id not in held]

@@ -66,6 +66,13 @@ class Settings(BaseSettings):
     reaper_interval_s: float = Field(10.0, gt=0)
     dispatch_grace_s: float = Field(5.0, ge=0, description="age before an undispatched job is republished")
     redispatch_after_s: float = Field(900.0, gt=0, description="republish a job queued this long")
+    redispatch_unheld_after_s: float = Field(
+        30.0, gt=0, description="republish a queued job the broker does not hold this long after its dispatch"
+    )
+    record_retry_s: float = Field(
+        600.0, ge=0, description="a worker retries recording a finished run's outcome this long (database outage)"
+    )
+    claim_retry_max_s: float = Field(10.0, gt=0, description="longest wait between retries of a failed claim")
     cancel_grace_s: float = Field(
         15.0, ge=0, description="a running job that has not stopped this long after its cancel is killed"
     )

@@ -19,7 +19,7 @@ from service.broker import EmbeddedBroker
 from service.db.models import Job, JobState
 from service.db.session import Database
 from service.settings import Settings
-from worker.maintenance import run_maintenance
+from worker.maintenance import Reaper
 
 log = logging.getLogger(__name__)
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
@@ -51,9 +51,10 @@ class EmbeddedWorker:
     # loop ----------------------------------------------------------------------------------------------
     def _loop(self) -> None:
         assert self.db is not None
+        reaper = Reaper(self.db, self.broker, self.settings)
         while not self._stop.is_set():
             try:
-                run_maintenance(self.db, self.broker, self.settings)
+                reaper.run()
                 job_id = self._next_job()
                 if job_id is not None:
                     self._run_child(job_id)

@@ -6,14 +6,18 @@
   point, e.g. a long download) is killed through the broker and recorded as cancelled. The embedded broker
   cannot do this; there the embedded worker kills its own child.
 - A queued job that was never handed to the broker (the API died or the broker was down right after the
-  commit) is published; so is one that has waited in the queue suspiciously long (a lost message).
+  commit) is published; so is one whose message the broker no longer holds (`redispatch_unheld_after_s`
+  after its dispatch: a Redis restart without persistence), and one that has waited suspiciously long.
 Every transition is a compare-and-set in `service.lifecycle`, so several reapers may run at once.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
+
+from sqlalchemy.exc import SQLAlchemyError
 
 from service import lifecycle
 from service.broker import Broker
@@ -59,14 +63,22 @@ def stop_overdue_cancels(db: Database, broker: Broker, settings: Settings, resul
 
 def dispatch_outbox(db: Database, broker: Broker, settings: Settings, result: MaintenanceResult) -> None:
     with db.session() as session:
-        for job_id in lifecycle.undispatched(session, settings.dispatch_grace_s, settings.redispatch_after_s):
+        pending = lifecycle.undispatched(session, settings.dispatch_grace_s, settings.redispatch_after_s)
+        held = broker.held()
+        if held is not None:  # a broker that lost messages (restarted without persistence) gets them again
+            lost = lifecycle.unheld(session, held, settings.redispatch_unheld_after_s)
+            if lost:
+                log.warning("%d queued jobs are not in the broker; publishing them again", len(lost))
+            pending = list(dict.fromkeys([*pending, *lost]))
+        for job_id in pending:
             if lifecycle.dispatch(session, broker, job_id):
                 result.dispatched.append(job_id)
 
 
-def run_maintenance(db: Database, broker: Broker, settings: Settings) -> MaintenanceResult:
+def run_maintenance(db: Database, broker: Broker, settings: Settings, *, reap_leases: bool = True) -> MaintenanceResult:
     result = MaintenanceResult()
-    reap_expired_leases(db, result)
+    if reap_leases:
+        reap_expired_leases(db, result)
     stop_overdue_cancels(db, broker, settings, result)
     # re-queued jobs go out at once; the grace only protects fresh submissions the API is still publishing
     with db.session() as session:
@@ -75,3 +87,27 @@ def run_maintenance(db: Database, broker: Broker, settings: Settings) -> Mainten
                 result.dispatched.append(job_id)
     dispatch_outbox(db, broker, settings, result)
     return result
+
+
+class Reaper:
+    """Periodic maintenance that remembers database outages: a lease that ran out while the database was
+    unreachable could not be renewed, so after an outage the workers get one lease period to renew their
+    leases (and record finished runs) before expired leases are reaped."""
+
+    def __init__(self, db: Database, broker: Broker, settings: Settings) -> None:
+        self.db, self.broker, self.settings = db, broker, settings
+        self._db_failed = False
+        self._hold_until = 0.0
+
+    def run(self) -> MaintenanceResult:
+        reap = not self._db_failed and time.monotonic() >= self._hold_until
+        try:
+            result = run_maintenance(self.db, self.broker, self.settings, reap_leases=reap)
+        except SQLAlchemyError:
+            self._db_failed = True
+            raise
+        if self._db_failed:
+            self._db_failed = False
+            self._hold_until = time.monotonic() + self.settings.lease_seconds
+            log.warning("database reachable again: reaping expired leases after %g s", self.settings.lease_seconds)
+        return result

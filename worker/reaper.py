@@ -12,7 +12,7 @@ import threading
 from service.broker import make_broker
 from service.db.session import Database
 from service.settings import Settings
-from worker.maintenance import run_maintenance
+from worker.maintenance import Reaper
 
 log = logging.getLogger("twossp.reaper")
 
@@ -20,10 +20,11 @@ log = logging.getLogger("twossp.reaper")
 def serve_forever(settings: Settings, stop: threading.Event) -> None:
     db = Database(settings)
     broker = make_broker(settings.broker_url, settings.celery_queue)
+    reaper = Reaper(db, broker, settings)
     try:
         while not stop.is_set():
             try:
-                result = run_maintenance(db, broker, settings)
+                result = reaper.run()
                 if result.requeued or result.failed or result.dispatched or result.cancelled:
                     log.info(
                         "requeued=%s failed=%s cancelled=%s dispatched=%s",

@@ -17,6 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
 from service import lifecycle
 from service.db.models import JobKind, JobState
 from service.db.session import Database
@@ -30,6 +33,10 @@ log = logging.getLogger(__name__)
 
 def default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class ClaimUnavailable(Exception):
+    """The database could not be asked whether the job is claimable; the job stays queued."""
 
 
 class StopReason:
@@ -93,10 +100,13 @@ class JobRunner:
 
     def run(self, job_id: str, *, timeout_exceptions: tuple[type[BaseException], ...] = ()) -> str:
         """Run the job if it can be claimed; returns the final state, or "skipped"/"fenced"."""
-        with self.db.session() as session:
-            claim = lifecycle.claim(
-                session, job_id, self.worker_id, self.settings.lease_seconds, self.settings.job_time_limit_s
-            )
+        try:
+            with self.db.session() as session:
+                claim = lifecycle.claim(
+                    session, job_id, self.worker_id, self.settings.lease_seconds, self.settings.job_time_limit_s
+                )
+        except SQLAlchemyError as exc:  # the job is still queued: the caller must keep its message
+            raise ClaimUnavailable(f"could not claim job {job_id}: {type(exc).__name__}: {exc}") from exc
         if claim is None:
             log.info("job %s not claimable (not queued, cancelled, or taken); skipping", job_id)
             return "skipped"
@@ -119,13 +129,16 @@ class JobRunner:
             return heartbeat.stop_reason is not None
 
         def finish(state: JobState, error: str | None = None, **values: Any) -> str:
-            heartbeat.halt()
             tracker.finish()
             stage, _, timings = tracker.snapshot()
-            with self.db.session() as session:
-                done = lifecycle.finish(
-                    session, claim, state, error=error, stage=stage, stage_timings=timings, **values
+            try:
+                done = self._record(
+                    lambda session: lifecycle.finish(
+                        session, claim, state, error=error, stage=stage, stage_timings=timings, **values
+                    )
                 )
+            finally:
+                heartbeat.halt()
             if not done:
                 log.warning("job %s attempt %d: not recorded as %s (fenced out)", claim.job_id, claim.attempt, state)
                 return StopReason.fenced
@@ -172,6 +185,22 @@ class JobRunner:
         finally:
             os.chdir(previous_cwd)
             heartbeat.halt()
+
+    def _record(self, write: Callable[[Session], bool]) -> bool:
+        """Write a finished run's outcome, retrying database errors for `record_retry_s` (the heartbeat keeps
+        the lease alive meanwhile), so a database blip does not throw the finished run away."""
+        deadline = time.monotonic() + self.settings.record_retry_s
+        delay = 0.5
+        while True:
+            try:
+                with self.db.session() as session:
+                    return write(session)
+            except SQLAlchemyError as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning("recording the outcome failed (%s); retrying in %.1f s", exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
 
     @staticmethod
     def _run_names(claim: Claim) -> list[str]:

@@ -1,17 +1,28 @@
-"""Celery tasks: thin wrappers that pass a job id to the runner."""
+"""Celery tasks: thin wrappers that pass a job id to the runner.
+
+A claim that fails on a database error is retried (a new message, then the old one is acknowledged), so a
+database outage never eats a queued job's message. A hard time-limit kill is recorded at once by the worker's
+main process (it knows which pool process ran the job), not after the lease runs out.
+"""
 
 from __future__ import annotations
 
 import logging
+import socket
 
+from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
+from celery.worker.request import Request
 
+from service import lifecycle
 from service.broker import RUN_JOB_TASK
+from service.db.session import Database
 from worker.celery_app import app
-from worker.runner import JobRunner
+from worker.runner import ClaimUnavailable, JobRunner
 
 log = logging.getLogger(__name__)
 _runner: JobRunner | None = None
+_main_db: Database | None = None
 
 
 def runner() -> JobRunner:
@@ -22,6 +33,35 @@ def runner() -> JobRunner:
     return _runner
 
 
-@app.task(name=RUN_JOB_TASK, acks_late=True, reject_on_worker_lost=True)
-def run_job(job_id: str) -> str:
-    return runner().run(job_id, timeout_exceptions=(SoftTimeLimitExceeded,))
+class JobRequest(Request):
+    """Runs in the worker's main process."""
+
+    def on_timeout(self, soft: bool, timeout: float) -> None:
+        super().on_timeout(soft, timeout)
+        if soft or not self.args:
+            return
+        global _main_db
+        try:
+            if _main_db is None:
+                _main_db = Database(app.conf.twossp_settings)
+            # the killed pool process's runner wrote worker_id = host:pid
+            with _main_db.session() as session:
+                recorded = lifecycle.kill(session, str(self.args[0]), f"{socket.gethostname()}:{self.worker_pid}",
+                                          "timeout")
+            log.warning("job %s killed at its hard time limit (%ss); recorded: %s", self.args[0], timeout, recorded)
+        except Exception:  # the reaper records it once the lease runs out
+            log.exception("could not record the hard time-limit kill of job %s", self.args[0])
+
+
+class JobTask(Task):
+    Request = JobRequest
+
+
+@app.task(name=RUN_JOB_TASK, base=JobTask, bind=True, acks_late=True, reject_on_worker_lost=True)
+def run_job(self: Task, job_id: str) -> str:
+    try:
+        return runner().run(job_id, timeout_exceptions=(SoftTimeLimitExceeded,))
+    except ClaimUnavailable as exc:
+        delay = min(app.conf.twossp_settings.claim_retry_max_s, 0.5 * 2 ** self.request.retries)
+        log.warning("%s; retrying in %.1f s", exc, delay)
+        raise self.retry(exc=exc, countdown=delay, max_retries=None) from None

@@ -30,7 +30,8 @@ def serve(tmp_path: Path, test_data: Path, slow_model: Path) -> Iterator[Embedde
 def test_embedded_default_runs_the_whole_flow(
     serve: Embedded, tmp_path: Path, stories_model: Path, stories_text: Path, slow_model: Path
 ) -> None:
-    assert serve.api.http.get("/readyz").json()["checks"] == {"database": "ok", "broker": "ok", "store": "ok"}
+    checks = serve.api.http.get("/readyz").json()["checks"]
+    assert checks == {"database": "ok", "broker": "ok", "store": "ok", "queue": "ok"}
     data_dir = tmp_path / "twossp-data"
     assert (data_dir / "twossp.db").is_file()
 

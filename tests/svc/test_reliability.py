@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import statistics
 import time
 from collections.abc import Iterator
@@ -20,9 +21,10 @@ from service.db.session import Database
 from service.keys import create_key
 from service.settings import Settings
 
-from .procs import Api, start_api
+from .procs import Api, Proc, start_api, start_reaper, start_worker, wait_until
 from .procs import create_key as create_key_cli
-from .support import job_body
+from .support import free_port, job_body
+from .test_api import queued_messages
 
 pytestmark = pytest.mark.reliability
 
@@ -274,3 +276,135 @@ def test_rate_limit_and_active_job_cap(limited: tuple[TestClient, str], stories_
     assert limited_response.status_code == 429 and limited_response.headers["Retry-After"] == "1"
     time.sleep(1.1)
     assert client.get("/jobs", headers=headers).status_code == 200
+
+
+# ---- broker and database faults with real Celery workers ------------------------------------------------
+class RedisServer:
+    """A private redis-server without persistence on a free loopback port (never the shared one)."""
+
+    def __init__(self, log_dir: Path) -> None:
+        import shutil
+
+        self.binary = shutil.which("redis-server")
+        if self.binary is None:
+            from .conftest import unavailable
+
+            unavailable("redis-server not installed")
+        self.port = free_port()
+        self.log_dir = log_dir
+        self.proc: Proc | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = Proc(
+            "redis", [str(self.binary), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                      "--appendonly", "no"],
+            dict(os.environ), self.log_dir,
+        )
+        self.proc.wait_for_output("Ready to accept connections", timeout=20)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.stop()
+
+
+def fault_settings(tmp_path: Path, database_url: str, broker_url: str, test_data: Path, *extra_roots: Path,
+                   **overrides: Any) -> Settings:
+    values: dict[str, Any] = dict(
+        data_dir=tmp_path / "data", database_url=database_url, broker_url=broker_url,
+        allowed_local_roots=[test_data, *extra_roots], reaper_interval_s=1, dispatch_grace_s=1,
+        redispatch_unheld_after_s=3, lease_seconds=30, torch_threads=1, claim_retry_max_s=2,
+    )
+    values.update(overrides)
+    return Settings(**values)
+
+
+def started_within(api: Api, job_ids: list[str], since: float, timeout: float) -> float:
+    """Seconds from `since` until every job has left `queued`."""
+    wait_until(lambda: all(api.job(j)["state"] != "queued" for j in job_ids), timeout, "the queued jobs to start")
+    return time.monotonic() - since
+
+
+def test_queued_jobs_run_again_after_a_redis_restart(
+    tmp_path: Path, pg_url: str, test_data: Path, stories_model: Path, stories_text: Path
+) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    redis_server = RedisServer(logs)
+    settings = fault_settings(tmp_path, pg_url, redis_server.url, test_data)
+    procs: list[Proc] = []
+    try:
+        api_proc, base = start_api(settings, logs)
+        procs.append(api_proc)
+        api = Api(base, create_key_cli(settings, "alice"))
+        job_ids = [api.submit(job_body(stories_model, stories_text, seed=s)).json()["id"] for s in (1, 2)]
+        assert queued_messages(redis_server.url) == 2  # published, no worker yet
+
+        redis_server.kill()  # no persistence: both messages are gone
+        redis_server.start()
+        restarted = time.monotonic()
+        assert queued_messages(redis_server.url) == 0
+        time.sleep(settings.redispatch_unheld_after_s)
+        ready = api.http.get("/readyz")
+        assert ready.status_code == 503 and "2 queued jobs are not in the broker" in ready.json()["checks"]["queue"]
+
+        procs.append(start_reaper(settings, logs))
+        procs.append(start_worker(settings, logs))
+        elapsed = started_within(api, job_ids, restarted, timeout=60)
+        print(f"Redis restart: queued jobs running again {elapsed:.1f} s after the restart")
+        for job_id in job_ids:
+            assert api.wait_done(job_id, timeout=90)["state"] == "succeeded"
+        assert api.http.get("/readyz").status_code == 200
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+        redis_server.kill()
+
+
+def test_queued_and_finishing_jobs_survive_a_postgres_outage(
+    tmp_path: Path, outage_db: tuple[str, Any], redis_url: str, test_data: Path, slow_model: Path,
+    stories_model: Path, stories_text: Path
+) -> None:
+    url, set_up = outage_db
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    settings = fault_settings(tmp_path, url, redis_url, test_data, slow_model.parent)
+    procs: list[Proc] = []
+    try:
+        api_proc, base = start_api(settings, logs)
+        procs.append(api_proc)
+        api = Api(base, create_key_cli(settings, "alice"))
+        procs.append(start_reaper(settings, logs))
+
+        # 1. a worker takes a queued job's message while the database is down: the claim fails and is retried
+        queued_id = api.submit(job_body(stories_model, stories_text)).json()["id"]
+        set_up(False)
+        down = api.http.get(f"/jobs/{queued_id}")
+        assert down.status_code == 503 and down.headers["Retry-After"] and down.json()["detail"]
+        worker = start_worker(settings, logs)
+        procs.append(worker)
+        worker.wait_for_output("could not claim job", timeout=30)
+        set_up(True)
+        restored = time.monotonic()
+        elapsed = started_within(api, [queued_id], restored, timeout=60)
+        print(f"Postgres outage: the queued job ran {elapsed:.1f} s after the database came back")
+        assert api.wait_done(queued_id, timeout=90)["state"] == "succeeded"
+
+        # 2. a job finishes while the database is down: its outcome is recorded once it is back, not re-run
+        running_id = api.submit(job_body(slow_model, stories_text, calibration_windows=4, sparsity=0.5)).json()["id"]
+        api.wait_state(running_id, {"running"}, timeout=60)
+        set_up(False)
+        worker.wait_for_output("recording the outcome failed", timeout=120)
+        set_up(True)
+        job = api.wait_done(running_id, timeout=60)
+        print(f"Postgres outage while a job finished: recorded, attempt {job['attempt']}, {job['stage_timings']}")
+        assert job["state"] == "succeeded" and job["attempt"] == 1, job
+    finally:
+        set_up(True)
+        for proc in reversed(procs):
+            proc.stop()
