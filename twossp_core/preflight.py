@@ -31,9 +31,12 @@ def is_hub_id(model: str) -> bool:
     return not looks_local(model) and ".." not in model and "--" not in model and bool(HUB_ID_RE.fullmatch(model))
 
 
-def local_config(model: str) -> dict | None:
-    """The config.json of a local model directory (a compact export's as its base), None for a hub id."""
+def local_config(model: str, relative_paths: bool = True) -> dict | None:
+    """The config.json of a local model directory (a compact export's as its base), None for a hub id.
+    With relative_paths=False only an absolute path is looked up on disk; anything else is a hub id."""
     path = Path(model).expanduser()
+    if not relative_paths and not Path(model).is_absolute():
+        return None
     if not path.exists():
         if not is_hub_id(model):
             raise ModelNotFound(f"{model}: no such local model directory")
@@ -47,26 +50,28 @@ def local_config(model: str) -> dict | None:
         raise ModelNotFound(f"{model}: config.json is unreadable ({exc})") from None
 
 
-def check_data(spec: PruneSpec) -> None:
+def check_data(spec: PruneSpec, relative_paths: bool = True) -> None:
     for source in [*spec.calibration_sources(), *spec.eval_sources(), *spec.heal_sources()]:
-        if source.is_hub and not Path(source.name).exists():
+        if source.is_hub and (not relative_paths or not Path(source.name).exists()):
             continue
         if not Path(source.name).expanduser().is_file():
             raise DataError(f"data source {source.label!r}: no such file")
 
 
-def check_local_model(model: str) -> dict | None:
+def check_local_model(model: str, relative_paths: bool = True) -> dict | None:
     """A local model's config.json (None for a hub id); ModelNotFound / UnsupportedModel when it cannot run."""
-    cfg = local_config(model)
+    cfg = local_config(model, relative_paths)
     if cfg is not None:
         check_supported(cfg.get("model_type"))
     return cfg
 
 
-def check_model(spec: PruneSpec) -> None:
-    """Raise UnsupportedModel / InfeasibleTarget / ModelNotFound / DataError when the request cannot run."""
-    check_data(spec)
-    cfg = check_local_model(spec.model)
+def check_model(spec: PruneSpec, *, relative_paths: bool = True) -> None:
+    """Raise UnsupportedModel / InfeasibleTarget / ModelNotFound / DataError when the request cannot run.
+
+    relative_paths=False (the service): relative names are never resolved against the working directory."""
+    check_data(spec, relative_paths)
+    cfg = check_local_model(spec.model, relative_paths)
     if cfg is None:
         return
     check_family(spec.export, cfg.get("model_type"))

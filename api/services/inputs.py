@@ -9,6 +9,7 @@ from typing import Any
 
 from api.errors import InputRejected
 from service.db.models import JobKind
+from service.paths import ROOTS_RULE, PathRefused, check_tree, resolve_allowed
 from service.settings import Settings
 from twossp_core.errors import InfeasibleTarget, ModelNotFound
 from twossp_core.preflight import is_hub_id, looks_local
@@ -16,20 +17,12 @@ from twossp_core.spec import DataSource, PruneSpec, SweepSpec, parse_spec, parse
 
 JobSpec = PruneSpec | SweepSpec
 
-ROOTS_RULE = "local paths must be absolute and inside TWOSSP_ALLOWED_LOCAL_ROOTS"
-
-
 def resolve_local(value: str, settings: Settings, what: str) -> Path:
     """The real path of `value` if it is absolute and inside an allowed root; InputRejected otherwise."""
-    roots = settings.resolved_roots()
-    if not roots:
-        raise InputRejected(f"{what} {value!r}: local paths are not accepted (TWOSSP_ALLOWED_LOCAL_ROOTS is empty)")
-    if not value.startswith("/") or "\x00" in value:
-        raise InputRejected(f"{what} {value!r}: {ROOTS_RULE}")
-    real = Path(value).resolve()
-    if not any(real == root or real.is_relative_to(root) for root in roots):
-        raise InputRejected(f"{what} {value!r}: {ROOTS_RULE}")
-    return real
+    try:
+        return resolve_allowed(value, settings.resolved_roots(), what)
+    except PathRefused as exc:
+        raise InputRejected(str(exc)) from None
 
 
 def check_model_id(model: str, settings: Settings) -> str:
@@ -40,6 +33,10 @@ def check_model_id(model: str, settings: Settings) -> str:
             raise ModelNotFound(f"model {model!r}: no such model directory")
         if not (path / "config.json").is_file():
             raise ModelNotFound(f"model {model!r}: a local model directory must contain config.json")
+        try:
+            check_tree(path, settings.resolved_roots(), "model")
+        except PathRefused as exc:
+            raise InputRejected(str(exc)) from None
         return str(path)
     if not is_hub_id(model):
         raise InputRejected(
@@ -70,13 +67,14 @@ def preflight(spec: JobSpec) -> None:
     """
     from twossp_core.preflight import check_model
 
+    # relative_paths=False: a hub id is never looked up in the API's working directory (no existence oracle)
     if isinstance(spec, PruneSpec):
-        check_model(spec)
+        check_model(spec, relative_paths=False)
         return
     for method in spec.methods:
         for sparsity in spec.sparsities:
             try:
-                check_model(spec.prune_spec(method, sparsity))
+                check_model(spec.prune_spec(method, sparsity), relative_paths=False)
             except InfeasibleTarget as exc:
                 raise InfeasibleTarget(f"{method} at sparsity {sparsity:g}: {exc}") from None
 

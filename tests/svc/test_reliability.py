@@ -408,3 +408,69 @@ def test_queued_and_finishing_jobs_survive_a_postgres_outage(
         set_up(True)
         for proc in reversed(procs):
             proc.stop()
+
+
+# ---- paths: symlinks out of the allowed roots, relative ids ---------------------------------------------
+@pytest.fixture
+def roots(tmp_path: Path, stories_model: Path) -> tuple[Path, Path]:
+    """An allowed root holding a copy of the model, and an outside directory."""
+    import shutil
+
+    allowed, outside = tmp_path / "allowed", tmp_path / "outside"
+    outside.mkdir()
+    shutil.copytree(stories_model, allowed / "model")
+    shutil.copy(allowed / "model" / "model.safetensors", outside / "model.safetensors")
+    return allowed, outside
+
+
+def test_symlinks_out_of_the_roots_are_refused_by_the_api_and_the_worker(
+    tmp_path: Path, pg_url: str, redis_url: str, test_data: Path, roots: tuple[Path, Path], stories_text: Path
+) -> None:
+    from worker.runner import JobRunner
+
+    allowed, outside = roots
+    settings = Settings(data_dir=tmp_path / "d", database_url=pg_url, broker_url=redis_url,
+                        allowed_local_roots=[allowed, test_data], torch_threads=1)
+    body = job_body(allowed / "model", stories_text)
+    weights = allowed / "model" / "model.safetensors"
+    with TestClient(create_app(settings)) as client:
+        db: Database = client.app.state.db  # type: ignore[attr-defined]
+        with db.session() as session:
+            headers = {"Authorization": f"Bearer {create_key(session, 'alice')}"}
+        # the API: a weights file inside the allowed model directory that links outside
+        weights.unlink()
+        weights.symlink_to(outside / "model.safetensors")
+        refused = client.post("/jobs", json=body, headers=headers)
+        assert refused.status_code == 422, refused.text
+        assert "model.safetensors links outside the allowed roots" in refused.json()["detail"]
+
+        # the worker: the link appears after the job was accepted
+        weights.unlink()
+        (outside / "model.safetensors").rename(weights)
+        accepted = client.post("/jobs", json=body, headers=headers)
+        assert accepted.status_code == 202, accepted.text
+        weights.rename(outside / "model.safetensors")
+        weights.symlink_to(outside / "model.safetensors")
+        job_id = accepted.json()["id"]
+        assert JobRunner(settings).run(job_id) == "failed"
+        job = client.get(f"/jobs/{job_id}", headers=headers).json()
+        assert job["error"].startswith("refused: model") and "links outside the allowed roots" in job["error"]
+
+
+def test_relative_model_ids_are_never_looked_up_in_the_api_working_directory(
+    roomy: tuple[TestClient, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client, key = roomy
+    probe = tmp_path / "cwd" / "secret-dir"
+    probe.mkdir(parents=True)
+    (probe / "config.json").write_text('{"model_type": "not-a-real-architecture"}')
+    monkeypatch.chdir(tmp_path / "cwd")
+    headers = {"Authorization": f"Bearer {key}"}
+    # a hub-style id that happens to name a directory here is still a hub id: same answer as for any hub id
+    for model in ("secret-dir", "no-such-dir"):
+        body = {"model": model, "sparsity": 0.25, "calibration": ["c4"], "eval": ["c4"]}
+        response = client.post("/jobs", json=body, headers=headers)
+        assert response.status_code == 202, response.text
+    for model in ("./secret-dir", "../cwd/secret-dir"):
+        response = client.post("/jobs", json={"model": model, "sparsity": 0.25}, headers=headers)
+        assert response.status_code == 422 and "absolute" in response.json()["detail"], response.text
