@@ -1,0 +1,70 @@
+"""The model card (README.md) every export format writes."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from twossp_core.export.card import render_card  # noqa: E402
+from twossp_core.export.registry import FORMATS, run_export  # noqa: E402
+from twossp_core.models.registry import adapter_for  # noqa: E402
+
+METADATA = {
+    "method": "2ssp", "sparsity_target": 0.375, "sparsity_achieved": 0.3755, "removed_attention": [1],
+    "removed_mlp": [], "removed_blocks": [], "kept_ffn_neurons": 256,
+    "params": {"blocks_before": 1000, "blocks_after": 625, "total_before": 2000, "total_after": 1625},
+    "perplexity": [{"dataset": "eval.txt:0:10", "dense": 5.5, "pruned": 9.25}],
+    "options": {"round_to": 256}, "data": {"seq_len": 64, "calibration": ["cal.txt:0:10"], "calibration_windows": 4,
+                                           "eval": {"eval.txt:0:10": 2}, "doc_separator": None},
+}
+
+
+def _model(stories_model: Path):
+    import transformers as tf
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    config = tf.LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=256, num_hidden_layers=3,
+                            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    adapter_for(model).remove_attention(1)
+    return model, AutoTokenizer.from_pretrained(stories_model)
+
+
+def test_every_format_writes_a_card_with_the_run_and_how_to_load(stories_model, tmp_path):
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "README.md").write_text("---\nlicense: apache-2.0\ntags:\n- x\n---\n# base\n")
+    needles = {"compact": "trust_remote_code=True", "portable": 'from_pretrained("THIS_DIR")',
+               "gguf": "llama-cli -m model.gguf", "decilm": "vllm serve THIS_DIR"}
+    assert set(needles) == set(FORMATS)
+    for fmt, needle in needles.items():
+        model, tokenizer = _model(stories_model)
+        run_export(fmt, model, tokenizer, tmp_path / fmt, {**METADATA, "model": str(base)}, None)
+        card = (tmp_path / fmt / "README.md").read_text()
+        header = card.split("---")[1]
+        assert "license: apache-2.0" in header and "- twossp" in header and "- 2ssp" in header
+        assert "library_name: " + ("gguf" if fmt == "gguf" else "transformers") in header
+        assert needle in card, fmt
+        assert "target sparsity 0.3750 (achieved 0.3755" in card and "| eval.txt:0:10 | 5.500 | 9.250 |" in card
+        assert "blocks without attention (indices in the pruned model) | [1]" in card
+        assert "cal.txt:0:10 (4 windows of 64 tokens)" in card and "arXiv:2501.17771" in card
+
+
+def test_healed_perplexity_gets_its_own_column_when_present():
+    plain = render_card(METADATA, "compact", None)
+    assert "healed" not in plain
+    healed = {**METADATA, "perplexity": [{"dataset": "eval.txt:0:10", "dense": 5.5, "pruned": 9.25, "healed": 7.125}]}
+    card = render_card(healed, "compact", None)
+    assert "| dataset | dense | pruned | healed |" in card and "| eval.txt:0:10 | 5.500 | 9.250 | 7.125 |" in card
+
+
+@pytest.mark.parametrize("model", ["meta-llama/Llama-3.2-1B", "/nonexistent/dir"])
+def test_base_model_is_named_only_for_hub_ids(model):
+    header = render_card({**METADATA, "model": model}, "gguf", None).split("---")[1]
+    assert ("base_model: meta-llama/Llama-3.2-1B" in header) == (not model.startswith("/"))
