@@ -23,6 +23,7 @@ from api.services import jobs as service
 from api.ui import auth, charts, forms, views
 from service.db.models import TERMINAL_STATES, Job, JobState
 from twossp_core.errors import TwosspError
+from twossp_core.export.registry import format_names
 
 HERE = Path(__file__).parent
 PAGE_SIZE = 50
@@ -144,6 +145,7 @@ def _submit_form(
     context = {
         "ui": ui, "values": values, "errors": errors, "general": errors.get(forms.GENERAL),
         "methods": forms.method_choices(), "form_id": values.get("form_id") or secrets.token_urlsafe(12),
+        "export_formats": format_names(),
     }
     return page(request, "submit.html", context, status)
 
