@@ -31,6 +31,7 @@ class Settings(BaseSettings):
     s3_access_key: str | None = None
     s3_secret_key: SecretStr | None = None
     s3_prefix: str = ""
+    upload_retries: int = Field(4, ge=0, description="retries of a failed artifact upload (backoff 0.5 s, doubling)")
     presign_expiry_s: int = Field(300, ge=10, le=7 * 24 * 3600)
 
     # request validation

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypedDict
 
+log = logging.getLogger(__name__)
 MANIFEST_NAME = "manifest.json"
 CHUNK = 1024 * 1024
 
@@ -71,6 +74,26 @@ class ArtifactStore(ABC):
     """Minimal object-store operations; keys are `/`-separated relative paths."""
 
     kind: str
+    upload_retries: int = 4  # per object, with exponential backoff from retry_delay_s
+    retry_delay_s: float = 0.5
+
+    def is_transient(self, exc: Exception) -> bool:
+        """Whether an upload error may go away on its own (connection trouble, a 5xx, throttling)."""
+        return isinstance(exc, OSError)
+
+    def _retrying(self, what: str, put: Callable[[], None]) -> None:
+        delay = self.retry_delay_s
+        for attempt in range(self.upload_retries + 1):
+            try:
+                put()
+                return
+            except Exception as exc:
+                if attempt == self.upload_retries or not self.is_transient(exc):
+                    raise
+                log.warning("uploading %s failed (%s: %s); retry %d in %.1f s", what, type(exc).__name__, exc,
+                            attempt + 1, delay)
+                time.sleep(delay)
+                delay *= 2
 
     @abstractmethod
     def put_file(self, key: str, path: Path) -> None: ...
@@ -100,9 +123,10 @@ class ArtifactStore(ABC):
         prefix = attempt_prefix(job_id, attempt)
         manifest = build_manifest(root, job_id, attempt)
         for entry in manifest["files"]:
-            self.put_file(f"{prefix}/files/{entry['path']}", root / entry["path"])
+            key, path = f"{prefix}/files/{entry['path']}", root / entry["path"]
+            self._retrying(key, lambda key=key, path=path: self.put_file(key, path))  # type: ignore[misc]
         data = manifest_bytes(manifest)
-        self.put_bytes(f"{prefix}/{MANIFEST_NAME}", data)
+        self._retrying(f"{prefix}/{MANIFEST_NAME}", lambda: self.put_bytes(f"{prefix}/{MANIFEST_NAME}", data))
         if not self.exists(f"{prefix}/{MANIFEST_NAME}"):
             raise RuntimeError(f"manifest {prefix}/{MANIFEST_NAME} not found after upload")
         return {

@@ -7,6 +7,12 @@ from service.store.base import ArtifactStore
 
 
 def make_store(settings: Settings) -> ArtifactStore:
+    store = _make(settings)
+    store.upload_retries = settings.upload_retries
+    return store
+
+
+def _make(settings: Settings) -> ArtifactStore:
     if settings.artifact_store == "s3":
         from service.store.s3 import S3Store
 

@@ -8,6 +8,8 @@ from typing import Any
 
 from service.store.base import CHUNK, ArtifactStore
 
+TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError",
+                   "ServiceUnavailable"}
 
 class S3Store(ArtifactStore):
     kind = "s3"
@@ -33,8 +35,20 @@ class S3Store(ArtifactStore):
             region_name=region,
             aws_access_key_id=access_key,
             aws_secret_access_key=secret_key,
-            config=Config(signature_version="s3v4", s3={"addressing_style": "path"}, retries={"max_attempts": 3}),
+            config=Config(
+                signature_version="s3v4",
+                s3={"addressing_style": "path"},
+                retries={"max_attempts": 3, "mode": "standard"},
+            ),
         )
+
+    def is_transient(self, exc: Exception) -> bool:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        if isinstance(exc, ClientError):
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+            return status >= 500 or exc.response.get("Error", {}).get("Code") in TRANSIENT_CODES
+        return isinstance(exc, BotoCoreError | OSError)
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key

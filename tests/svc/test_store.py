@@ -93,3 +93,85 @@ def test_readiness_fails_when_the_bucket_is_missing(s3_endpoint: str, tmp_path: 
     assert ready.status_code == 503
     assert ready.json()["checks"]["store"].startswith("error")
     assert ready.json()["checks"]["database"] == "ok"
+
+
+class LateProxy:
+    """A TCP forwarder to `target` that starts listening only after `delay_s`: until then every connection is
+    refused, like an S3 endpoint that is briefly unreachable."""
+
+    def __init__(self, target: tuple[str, int], delay_s: float) -> None:
+        import socket
+        import threading
+
+        from .support import free_port
+
+        self.port = free_port()
+        self.target = target
+        self._socket = socket
+        self._stop = threading.Event()
+        self._timer = threading.Timer(delay_s, self._serve)
+        self._timer.start()
+        self._threads: list[threading.Thread] = []
+
+    def _serve(self) -> None:
+        import threading
+
+        server = self._socket.create_server(("127.0.0.1", self.port))
+        server.settimeout(0.2)
+        self._server = server
+        while not self._stop.is_set():
+            try:
+                client, _ = server.accept()
+            except TimeoutError:
+                continue
+            upstream = self._socket.create_connection(self.target)
+            for a, b in ((client, upstream), (upstream, client)):
+                t = threading.Thread(target=self._pipe, args=(a, b), daemon=True)
+                t.start()
+                self._threads.append(t)
+        server.close()
+
+    @staticmethod
+    def _pipe(src, dst) -> None:  # type: ignore[no-untyped-def]
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                try:
+                    sock.shutdown(2)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self._timer.cancel()
+        self._stop.set()
+
+
+def test_s3_upload_retries_while_the_endpoint_is_unreachable(
+    tmp_path: Path, s3_endpoint: str, s3_bucket: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    host, port = s3_endpoint.removeprefix("http://").split(":")
+    proxy = LateProxy((host, int(port)), delay_s=2.0)
+    try:
+        store = make_store(
+            Settings(data_dir=tmp_path / "data", **s3_settings(f"http://127.0.0.1:{proxy.port}", s3_bucket))
+        )
+        with caplog.at_level("WARNING", logger="service.store.base"):
+            info = store.upload_dir(model_dir(tmp_path), "job-r", 1)
+        assert "retry 1" in caplog.text
+        manifest = json.loads(store.get_bytes(info["manifest_key"]))
+        assert {f["path"] for f in manifest["files"]} == {"config.json", "model.safetensors", "sub/extra.txt"}
+    finally:
+        proxy.close()
+
+
+def test_s3_upload_gives_up_after_its_retries(tmp_path: Path, s3_bucket: str) -> None:
+    from .support import free_port
+
+    settings = Settings(data_dir=tmp_path / "data", upload_retries=1, **s3_settings(f"http://127.0.0.1:{free_port()}",
+                                                                                   s3_bucket))
+    with pytest.raises(Exception, match="Could not connect"):
+        make_store(settings).upload_dir(model_dir(tmp_path), "job-x", 1)
