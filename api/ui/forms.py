@@ -21,7 +21,7 @@ SWEEP_FIELDS = ("sparsities",)
 FIELDS = (
     "kind", "model", "method", "sparsity", "methods", "sparsities", "options", "calibration", "eval",
     "doc_separator", "seq_len", "calibration_windows", "eval_windows", "seed", "dtype", "export",
-    "measure_throughput", "save_models", "heal",
+    "export_options", "measure_throughput", "save_models", "heal",
 )
 GENERAL = "_form"
 
@@ -70,14 +70,17 @@ def request_body(form: dict[str, list[str]]) -> dict[str, Any]:
             body["heal"] = json.loads(heal)
         except ValueError as exc:
             raise FormError("heal", f"heal options: not valid JSON ({exc})") from None
-    options = one("options")
-    if options:
+    for name in ("options", "export_options"):
+        text = one(name)
+        if not text:
+            continue
+        what = name.replace("_", " ")
         try:
-            body["options"] = json.loads(options)
+            body[name] = json.loads(text)
         except ValueError as exc:
-            raise FormError("options", f"options: not valid JSON ({exc})") from None
-        if not isinstance(body["options"], dict):
-            raise FormError("options", "options: must be a JSON object")
+            raise FormError(name, f"{what}: not valid JSON ({exc})") from None
+        if not isinstance(body[name], dict):
+            raise FormError(name, f"{what}: must be a JSON object")
     return body
 
 
@@ -96,6 +99,7 @@ def field_of(message: str, exc: Exception, body: dict[str, Any] | None = None) -
         return "model"
     for prefix, field in (("calibration source", "calibration"), ("eval source", "eval"),
                           ("options for ", "options"), ("unknown method", "method"),
+                          ("export options", "export_options"),
                           ("export ", "export"), ("every sparsity", "sparsities"), ("kind:", "kind"),
                           ("methods and sparsities", "kind"), ("options given", "options")):
         if message.startswith(prefix):

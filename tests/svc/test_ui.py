@@ -170,6 +170,8 @@ def test_users_see_only_their_own_jobs(app: Any, stories_model: Path, stories_te
         ({"export": "portable", "method": "slicegpt"}, "export", "portable"),
         ({"heal": "on", "heal_options": '{"steps": 0}'}, "heal", "greater than or equal to 1"),
         ({"heal": "on", "heal_options": "steps=5"}, "heal", "not valid JSON"),
+        ({"export_options": "[1]"}, "export_options", "must be a JSON object"),
+        ({"export_options": '{"nope": 1}'}, "export_options", "nope"),
     ],
 )
 def test_bad_form_input_is_shown_next_to_its_field_and_creates_nothing(
