@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Six methods (2ssp, shortgpt, window, blockpruner, slicegpt, evopress) at 25 / 37.5 / 50 % on the two real
-# models; each comparison is one `twossp sweep` command. Usage: bench/compare.sh [stories260k|c4llama-8l|all]
+# Every registered method (`--methods all`: 2ssp, 2ssp-refit, shortgpt, window, blockpruner, slicegpt, evopress)
+# at 25 / 37.5 / 50 % on the two real models; each comparison is one `twossp sweep` command. Usage: bench/compare.sh [stories260k|c4llama-8l|all]
 # Data: $TWOSSP_TEST_DATA (default ../shared/data). Results: bench/results/comparison-<model>/.
 set -euo pipefail
 cd "$(dirname "$0")/.."

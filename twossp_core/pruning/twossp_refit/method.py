@@ -14,7 +14,7 @@ from twossp_core.pruning.twossp.method import SCORES_CACHE_KEY, TwoSSP
 from twossp_core.pruning.twossp.scores import top_k
 from twossp_core.pruning.twossp_refit import refit
 from twossp_core.pruning.twossp_refit.config import TwoSSPRefitConfig
-from twossp_core.pruning.twossp_refit.sequential import resolve_target, sequential_refit
+from twossp_core.pruning.twossp_refit.sequential import Calls, capture_calls, resolve_target, sequential_refit
 
 
 class TwoSSPRefit(TwoSSP):
@@ -39,22 +39,23 @@ class TwoSSPRefit(TwoSSP):
         ctx.reporter.checkpoint()
         t0 = time.perf_counter()
         _reset_peak(ctx.calibration.device)
-        dense_layers = None
+        dense_layers, calls, stats = None, None, None
         if cfg.refit_inputs == "dense":
             keep = [top_k(s, plan.kept_neurons) for s in scores]
             stats = refit.accumulate(adapter, ctx.calibration, keep, batch_size=cfg.batch_size, reporter=ctx.reporter)
             stage1.apply_width(adapter, scores, plan.kept_neurons)
-            blocks = refit.apply_refit(adapter, stats, cfg.ridge)
-            cost["accumulator_bytes"] = max((s.nbytes() for s in stats if s is not None), default=0)
-            del stats
+            cost["accumulator_bytes"] = sum(s.nbytes() for s in stats if s is not None)
+            if cfg.stage2_on_refit:
+                blocks = refit.apply_refit(adapter, stats, cfg.ridge)
         else:
             # the dense blocks are the targets; they wait on the CPU while the model is on an accelerator
             dense_layers = [copy.deepcopy(layer).to("cpu") for layer in adapter.layers]
             residual = resolve_target(adapter, cfg.refit_target) == "residual"
             cost.update(_sequential_memory(ctx, dense_layers, plan.kept_neurons, residual))
             stage1.apply_width(adapter, scores, plan.kept_neurons)
+            calls = capture_calls(adapter, ctx.calibration, cfg.batch_size)
             if cfg.stage2_on_refit:
-                blocks = self._sequential(ctx, dense_layers)
+                blocks = self._sequential(ctx, dense_layers, calls)
         timings["refit_s"] += time.perf_counter() - t0
 
         ctx.reporter.checkpoint()
@@ -65,11 +66,13 @@ class TwoSSPRefit(TwoSSP):
         )
         timings["stage2_s"] = time.perf_counter() - t0
 
-        if dense_layers is not None and (removals or not cfg.stage2_on_refit):
-            t0 = time.perf_counter()
-            blocks = self._sequential(ctx, dense_layers)
-            timings["refit_s"] += time.perf_counter() - t0
-        del dense_layers
+        t0 = time.perf_counter()
+        if cfg.refit_inputs == "dense" and not cfg.stage2_on_refit:
+            blocks = refit.apply_refit(adapter, stats, cfg.ridge)  # the same weights: they ignore attention
+        elif cfg.refit_inputs == "sequential" and (removals or not cfg.stage2_on_refit):
+            blocks = self._sequential(ctx, dense_layers, calls)  # type: ignore[arg-type]
+        timings["refit_s"] += time.perf_counter() - t0
+        del dense_layers, calls, stats
         cost["peak_device_bytes"] = _peak(ctx.calibration.device)
 
         return PruneOutcome(
@@ -102,11 +105,13 @@ class TwoSSPRefit(TwoSSP):
             },
         )
 
-    def _sequential(self, ctx: PruneContext, dense_layers: list[torch.nn.Module]) -> list[refit.BlockRefit]:
+    def _sequential(
+        self, ctx: PruneContext, dense_layers: list[torch.nn.Module], calls: list[Calls] | None
+    ) -> list[refit.BlockRefit]:
         cfg = self.config
         return sequential_refit(
             ctx.adapter, dense_layers, ctx.calibration, ridge=cfg.ridge, target=cfg.refit_target,
-            batch_size=cfg.batch_size, reporter=ctx.reporter,
+            batch_size=cfg.batch_size, calls=calls, reporter=ctx.reporter,
         )
 
 

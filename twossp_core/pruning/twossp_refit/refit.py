@@ -42,12 +42,23 @@ class NormalEquations:
         return cls(torch.zeros(kept, kept, **f64), torch.zeros(kept, hidden, **f64), torch.zeros((), **f64))
 
     def add(self, kept_activation: torch.Tensor, target: torch.Tensor) -> None:
-        """Add tokens: kept_activation (..., K) and target (..., hidden), any float dtype."""
-        a = kept_activation.reshape(-1, kept_activation.shape[-1]).to(torch.float64)
-        y = target.reshape(-1, target.shape[-1]).to(torch.float64)
-        self.gram.addmm_(a.T, a)
-        self.cross.addmm_(a.T, y)
-        self.target_sq += y.square().sum()
+        """Add tokens: kept_activation (..., K) and target (..., hidden), any float dtype.
+
+        Float64 products, except for 16-bit activations on CUDA: there each batch's products run on the tensor
+        cores with float32 results (a product of two 16-bit values is exact in float32; only the sum over one
+        batch's tokens rounds in float32) and are added to the float64 sums; the target is rounded to the activations'
+        dtype for its product (its squared norm is summed in float64).
+        """
+        a = kept_activation.reshape(-1, kept_activation.shape[-1])
+        y = target.reshape(-1, target.shape[-1])
+        if a.is_cuda and a.dtype in (torch.float16, torch.bfloat16):
+            self.gram += torch.mm(a.T, a, out_dtype=torch.float32)
+            self.cross += torch.mm(a.T, y.to(a.dtype), out_dtype=torch.float32)
+        else:
+            a, y = a.to(torch.float64), y.to(torch.float64)
+            self.gram.addmm_(a.T, a)
+            self.cross.addmm_(a.T, y)
+        self.target_sq += y.to(torch.float64).square().sum()
         self.tokens += a.shape[0]
 
     def nbytes(self) -> int:

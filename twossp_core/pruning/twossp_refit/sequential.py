@@ -30,7 +30,7 @@ Target = Literal["residual", "ffn"]
 
 
 @dataclass
-class _Calls:
+class Calls:
     """One batch of windows: the input of block 0 and the other arguments the decoder passes to every block."""
 
     hidden: torch.Tensor
@@ -38,7 +38,14 @@ class _Calls:
     kwargs: list[dict[str, Any]]
 
 
-def _capture_calls(adapter: ModelAdapter, input_ids: torch.Tensor) -> _Calls:
+def capture_calls(adapter: ModelAdapter, windows: torch.Tensor, batch_size: int = 1) -> list[Calls]:
+    """The block-0 inputs and per-block call arguments of every batch of windows. They do not depend on any weight
+    a pruning changes (embeddings, positions, masks), so one capture serves every refit pass of a prune."""
+    with torch.inference_mode():
+        return [_capture_batch(adapter, windows[s : s + batch_size]) for s in range(0, windows.shape[0], batch_size)]
+
+
+def _capture_batch(adapter: ModelAdapter, input_ids: torch.Tensor) -> Calls:
     first: list[torch.Tensor] = []
     args: list[tuple[Any, ...]] = []
     kwargs: list[dict[str, Any]] = []
@@ -65,7 +72,7 @@ def _capture_calls(adapter: ModelAdapter, input_ids: torch.Tensor) -> _Calls:
     finally:
         for h in handles:
             h.remove()
-    return _Calls(first[0], args, kwargs)
+    return Calls(first[0], args, kwargs)
 
 
 def resolve_target(adapter: ModelAdapter, target: Target) -> Target:
@@ -82,18 +89,20 @@ def sequential_refit(
     ridge: float,
     target: Target = "residual",
     batch_size: int = 1,
+    calls: list[Calls] | None = None,
     reporter: Reporter | None = None,
 ) -> list[BlockRefit]:
     """Refit every remaining down projection of the (sliced, maybe attention-pruned) model in block order.
 
-    dense_layers[i] is block i of the dense model (on any device; moved to the model's device while used).
+    dense_layers[i] is block i of the dense model (on any device; moved to the model's device while used);
+    `calls` (from `capture_calls` with the same windows and batch size) saves the capture pass.
     """
     reporter = reporter or Reporter()
     target = resolve_target(adapter, target)
     device = windows.device
     results: list[BlockRefit] = []
-    with torch.inference_mode():
-        calls = [_capture_calls(adapter, windows[s : s + batch_size]) for s in range(0, windows.shape[0], batch_size)]
+    if calls is None:
+        calls = capture_calls(adapter, windows, batch_size)
     pruned = [c.hidden for c in calls]
     dense = list(pruned)
     blocks = adapter.num_blocks
@@ -124,7 +133,7 @@ def _block_statistics(
     adapter: ModelAdapter,
     idx: int,
     dense_layer: nn.Module,
-    calls: list[_Calls],
+    calls: list[Calls],
     pruned: list[torch.Tensor],
     dense: list[torch.Tensor],
     target: Target,
@@ -149,13 +158,14 @@ def _block_statistics(
         with torch.inference_mode():
             for b, call in enumerate(calls):
                 out = block_output(layer(pruned[b], *call.args[idx], **call.kwargs[idx]))
+                # in float32 at least: a difference of residual states cancels most of their digits
                 if target == "residual":
                     dense[b] = block_output(dense_layer(dense[b], *call.args[idx], **call.kwargs[idx]))
-                    wanted = dense[b] - out + seen["down_out"]
+                    wanted = dense[b].float() - out.float() + seen["down_out"].float()
                 else:
-                    wanted = dense_mlp(seen["mlp_in"])
+                    wanted = dense_mlp(seen["mlp_in"]).float()
                 if down.bias is not None:
-                    wanted = wanted - down.bias
+                    wanted = wanted - down.bias.float()
                 stats.add(seen["activation"], wanted)
                 seen.clear()
     finally:
