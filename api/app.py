@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from api.errors import install_error_handlers
 from api.metrics import install_metrics
 from api.middleware import BodySizeLimit
+from api.openapi import install_openapi
 from api.routes import health, jobs
 from api.ui import routes as ui
 from service.broker import Broker, make_broker
@@ -62,6 +63,7 @@ def create_app(
     app.state.store = make_store(settings)
     app.state.broker = broker or make_broker(settings.broker_url, settings.celery_queue)
     install_error_handlers(app)
+    install_openapi(app)
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(ui.router)

@@ -8,6 +8,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import exc as sa_exc
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from twossp_core.errors import (
     DataError,
@@ -87,6 +89,7 @@ def _detail_from_validation(exc: RequestValidationError) -> str:
 
 
 log = logging.getLogger(__name__)
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
 def database_unavailable(exc: Exception) -> str | None:
@@ -128,6 +131,21 @@ def install_error_handlers(app: FastAPI) -> None:
 
     app.add_exception_handler(ServiceError, handle_known)
     app.add_exception_handler(TwosspError, handle_known)
+    async def handle_http(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # every method of every route at this path, not only the first route's
+            methods = {
+                method
+                for method in HTTP_METHODS
+                for route in request.app.router.routes
+                if route.matches({**request.scope, "method": method})[0] is Match.FULL
+            }
+            if methods:
+                headers["Allow"] = ", ".join(sorted(methods))
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers or None)
+
+    app.add_exception_handler(StarletteHTTPException, handle_http)
     app.add_exception_handler(RequestValidationError, handle_validation)
     app.add_exception_handler(sa_exc.SQLAlchemyError, handle_database)
     app.add_exception_handler(Exception, handle_unexpected)

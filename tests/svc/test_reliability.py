@@ -257,6 +257,8 @@ def test_inputs_that_reached_a_500_are_4xx(roomy: tuple[TestClient, str], storie
     offset = client.get("/jobs", params={"offset": 2**63}, headers=headers)
     assert offset.status_code == 422 and "offset" in offset.json()["detail"], offset.text
     assert client.get("/jobs/abc%00def", headers=headers).status_code == 404
+    wrong_method = client.delete("/jobs", headers=headers)
+    assert wrong_method.status_code == 405 and set(wrong_method.headers["Allow"].split(", ")) == {"GET", "POST"}
     assert client.post("/jobs/%00/cancel", headers=headers).status_code == 404
 
 

@@ -1,0 +1,60 @@
+"""The OpenAPI document, made to match what the service answers: every error is `{"detail": "reason"}`
+(422 included, not FastAPI's list of validation errors), `/jobs` routes may answer 429, and every route
+that needs the database may answer 503 with `Retry-After`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+ERROR_SCHEMA = {
+    "title": "Error",
+    "type": "object",
+    "properties": {"detail": {"type": "string", "description": "what went wrong"}},
+    "required": ["detail"],
+}
+ERROR_CONTENT = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "string"}}}
+NO_DATABASE = {"/healthz", "/openapi.json", "/docs", "/redoc"}
+
+
+def _error(description: str, retry_after: bool = False) -> dict[str, Any]:
+    response: dict[str, Any] = {"description": description, "content": ERROR_CONTENT}
+    if retry_after:
+        response["headers"] = RETRY_AFTER
+    return response
+
+
+def install_openapi(app: FastAPI) -> None:
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = get_openapi(
+            title=app.title, version=app.version, summary=app.summary, description=app.description, routes=app.routes
+        )
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.pop("HTTPValidationError", None)
+        components.pop("ValidationError", None)
+        components["Error"] = ERROR_SCHEMA
+        for path, operations in schema.get("paths", {}).items():
+            for operation in operations.values():
+                responses = operation.setdefault("responses", {})
+                for code in ("401", "404", "409", "413", "422"):
+                    if code in responses:
+                        responses[code] = {**responses[code], "content": ERROR_CONTENT}
+                if any(p.get("in") in ("query", "path") for p in operation.get("parameters", [])) or (
+                    "requestBody" in operation
+                ):
+                    responses.setdefault("422", _error("invalid request"))
+                if path.startswith("/jobs"):
+                    responses.setdefault("429", _error("rate limit or active-job cap reached", retry_after=True))
+                if path not in NO_DATABASE and path != "/readyz":
+                    responses.setdefault(
+                        "503", _error("the database is unavailable or the service is at capacity", retry_after=True)
+                    )
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
