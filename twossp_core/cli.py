@@ -150,6 +150,13 @@ def check_out_dir(out: Path, overwrite: bool) -> None:
         raise InvalidSpec(f"--out {out}: directory is not empty (pass --overwrite to replace its files)")
 
 
+def _spread(stats: dict[str, Any] | None) -> str:
+    """` ±3%`: half the range of the per-run rates, relative to their median."""
+    if not stats:
+        return ""
+    return f" ±{(stats['max'] - stats['min']) / 2 / stats['median'] * 100:.0f}%"
+
+
 def format_summary(report: dict[str, Any]) -> str:
     p = report["params"]
     lines = [
@@ -175,8 +182,11 @@ def format_summary(report: dict[str, Any]) -> str:
                      f"loss {h['first_loss']:.4f} -> {h['loss']:.4f}, {h['seconds']:.1f}s")
     tp = report.get("throughput_tokens_per_s") or {}
     if tp.get("dense") and tp.get("pruned"):
-        lines.append(f"throughput tokens/s: dense {tp['dense']:.0f} -> pruned {tp['pruned']:.0f} "
-                     f"(x{tp['pruned'] / tp['dense']:.2f})")
+        spread = report.get("throughput_spread") or {}
+        runs = min((s["runs"] for s in spread.values()), default=None)
+        lines.append(f"throughput tokens/s{f', median of {runs} runs' if runs else ''}: "
+                     f"dense {tp['dense']:.0f}{_spread(spread.get('dense'))} -> "
+                     f"pruned {tp['pruned']:.0f}{_spread(spread.get('pruned'))} (x{tp['pruned'] / tp['dense']:.2f})")
     t = report["timings"]
     parts = [f"{k[:-2]} {v:.2f}s" for k, v in t.items() if k.endswith("_s")]
     lines.append("timings: " + ", ".join(parts))
@@ -205,6 +215,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     else:
         print(format_summary(report))
         print(f"pruned model and report.json written to {out}")
+    for warning in report.get("warnings", []):
+        print(f"twossp: warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -241,7 +253,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         "model": args.model,
         "seq_len": ws.seq_len,
         "perplexity": [{"dataset": k, "perplexity": v} for k, v in ws.dense_perplexity.items()],
-        "throughput_tokens_per_s": ws.dense_throughput,
+        "throughput_tokens_per_s": ws.dense_throughput.median if ws.dense_throughput else None,
+        "throughput_spread": ws.dense_throughput.as_dict() if ws.dense_throughput else None,
         "params": ws.dense_params,
     }
     if args.tasks:
@@ -257,7 +270,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         for row in result["perplexity"]:
             print(f"perplexity {row['dataset']}: {row['perplexity']:.3f}")
         if ws.dense_throughput:
-            print(f"throughput: {ws.dense_throughput:.0f} tokens/s")
+            tp = ws.dense_throughput
+            print(f"throughput: {tp.median:.0f} tokens/s (median of {tp.runs} runs{_spread(tp.as_dict())})")
         print(f"parameters: blocks {ws.dense_params['blocks']:,}, total {ws.dense_params['total']:,}")
     return 0
 

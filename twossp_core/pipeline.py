@@ -22,10 +22,10 @@ from twossp_core import __version__
 from twossp_core.data.windows import load_windows
 from twossp_core.errors import DataError
 from twossp_core.evaluation.perplexity import perplexity
-from twossp_core.evaluation.throughput import forward_throughput
+from twossp_core.evaluation.throughput import Throughput, forward_throughput, measure_throughput
 from twossp_core.models.base import ModelAdapter
 from twossp_core.models.registry import adapter_for
-from twossp_core.preflight import check_local_model, check_model
+from twossp_core.preflight import check_data, check_local_model, check_model
 from twossp_core.progress import CancelFn, ProgressFn, Reporter
 from twossp_core.pruning.base import PruneContext, PruneOutcome
 from twossp_core.pruning.registry import method_class, method_config
@@ -35,6 +35,7 @@ from twossp_core.spec import DEFAULT_SEQ_LEN, JobSpecBase, PruneSpec
 
 REPORT_FILE = "report.json"
 EVAL_BATCH = 4  # windows per evaluation forward pass
+SPARSITY_TOLERANCE = 0.01  # a larger gap between achieved and target sparsity is reported as a warning
 
 
 @dataclass
@@ -46,7 +47,7 @@ class Workspace:
     calibration: torch.Tensor
     evals: dict[str, torch.Tensor]
     dense_perplexity: dict[str, float] = field(default_factory=dict)
-    dense_throughput: float | None = None
+    dense_throughput: Throughput | None = None
     dense_params: dict[str, int] = field(default_factory=dict)
     cache: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
@@ -76,6 +77,7 @@ def prepare(spec: JobSpecBase, reporter: Reporter, *, with_calibration: bool = T
     """Load the model and data, and measure the dense model."""
     check_local_model(spec.model)
     sources = [*(spec.calibration_sources() if with_calibration else []), *spec.eval_sources()]
+    check_data(sources, spec.doc_separator)
     require_hub_datasets(sorted({s.name for s in sources if s.is_hub and not Path(s.name).exists()}))
     torch.manual_seed(spec.seed)
     t0 = time.perf_counter()
@@ -94,7 +96,7 @@ def prepare(spec: JobSpecBase, reporter: Reporter, *, with_calibration: bool = T
             break
         windows = load_windows(
             source, tokenizer, seq_len=seq_len, role="calibration", doc_separator=spec.doc_separator,
-            max_windows=remaining,
+            max_windows=remaining, checkpoint=reporter.checkpoint,
         )
         parts.append(windows)
         remaining -= windows.shape[0]
@@ -105,7 +107,7 @@ def prepare(spec: JobSpecBase, reporter: Reporter, *, with_calibration: bool = T
             raise DataError(f"evaluation source {source.label!r} is listed twice")
         evals[source.label] = load_windows(
             source, tokenizer, seq_len=seq_len, role="eval", doc_separator=spec.doc_separator,
-            max_windows=spec.eval_windows,
+            max_windows=spec.eval_windows, checkpoint=reporter.checkpoint,
         ).to(device)
     reporter.update("calibration", 1.0)
     t2 = time.perf_counter()
@@ -115,7 +117,7 @@ def prepare(spec: JobSpecBase, reporter: Reporter, *, with_calibration: bool = T
     ws.dense_params = {"blocks": adapter.blocks_params(), "total": adapter.total_params()}
     ws.dense_perplexity = evaluate_perplexity(ws, adapter, "evaluate_dense", reporter)
     if spec.measure_throughput:
-        ws.dense_throughput = forward_throughput(adapter, ws.throughput_input())
+        ws.dense_throughput = forward_throughput(adapter, ws.throughput_input(), checkpoint=reporter.checkpoint)
     ws.timings.update(load_s=t1 - t0, data_s=t2 - t1, evaluate_dense_s=time.perf_counter() - t2)
     return ws
 
@@ -125,9 +127,12 @@ def evaluate_perplexity(ws: Workspace, adapter: ModelAdapter, stage: str, report
     n = len(ws.evals)
     for i, (label, windows) in enumerate(ws.evals.items()):
         reporter.checkpoint()
-        results[label] = perplexity(
-            adapter, windows, batch_size=EVAL_BATCH, on_progress=lambda f, i=i: reporter.update(stage, (i + f) / n)
-        )
+
+        def batch_done(fraction: float, i: int = i) -> None:  # a cancel stops between evaluation batches
+            reporter.update(stage, (i + fraction) / n)
+            reporter.checkpoint()
+
+        results[label] = perplexity(adapter, windows, batch_size=EVAL_BATCH, on_progress=batch_done)
     reporter.update(stage, 1.0)
     return results
 
@@ -154,14 +159,18 @@ def measure_pruned(
     adapter = adapter_for(model)
     t0 = time.perf_counter()
     pruned_ppl = evaluate_perplexity(ws, adapter, "evaluate_pruned", reporter)
-    pruned_tp = forward_throughput(adapter, ws.throughput_input()) if ws.spec.measure_throughput else None
+    throughput: dict[str, Throughput | None] = {"dense": None, "pruned": None}
+    if ws.spec.measure_throughput:
+        throughput = measure_pruned_throughput(ws, model, adapter, reporter)
     blocks_after, total_after = adapter.blocks_params(), adapter.total_params()
     blocks_before = ws.dense_params["blocks"]
+    achieved = 1.0 - blocks_after / blocks_before
     return {
         "method": method,
         "model": ws.spec.model,
         "sparsity_target": sparsity,
-        "sparsity_achieved": 1.0 - blocks_after / blocks_before,
+        "sparsity_achieved": achieved,
+        "warnings": sparsity_warnings(sparsity, achieved),
         "removed_attention": sorted(outcome.removed_attention),
         "removed_mlp": sorted(outcome.removed_mlp),
         "removed_blocks": sorted(outcome.removed_blocks),
@@ -177,7 +186,8 @@ def measure_pruned(
             for label in ws.evals
         ],
         "timings": {**outcome.timings, "prune_s": prune_s, "evaluate_pruned_s": time.perf_counter() - t0},
-        "throughput_tokens_per_s": {"dense": ws.dense_throughput, "pruned": pruned_tp},
+        "throughput_tokens_per_s": {key: tp.median if tp else None for key, tp in throughput.items()},
+        "throughput_spread": {key: tp.as_dict() for key, tp in throughput.items() if tp},
         "options": method_config(method, options).model_dump(),
         "method_details": outcome.details,
         "data": {
@@ -248,6 +258,30 @@ def write_loss_plot(losses: list[float], report: dict[str, Any], out_dir: Path) 
     heal = report["heal"]
     title = f"{report['method']} at {report['sparsity_target']:g}: heal ({heal['method']}, {heal['params']})"
     plot_loss(losses, Path(out_dir) / heal["plot"], title=title)
+
+
+def sparsity_warnings(target: float, achieved: float) -> list[str]:
+    """A warning when the achieved sparsity is more than SPARSITY_TOLERANCE away from the target."""
+    gap = achieved - target
+    if abs(gap) <= SPARSITY_TOLERANCE:
+        return []
+    side = "below" if gap < 0 else "above"
+    return [f"achieved sparsity {achieved:.4f} is {abs(gap) * 100:.1f} points {side} the target {target:.4f}: "
+            "the nearest this method reaches on this model"]
+
+
+def measure_pruned_throughput(
+    ws: Workspace, model: Any, adapter: ModelAdapter, reporter: Reporter
+) -> dict[str, Throughput | None]:
+    """Dense and pruned throughput on the same input: measured in turn now when the dense model is still at hand
+    (sweeps prune a copy), else the pruned one now and the dense one from before pruning."""
+    if ws.model_is_dense:
+        both = measure_throughput(
+            {"dense": adapter_for(ws.model), "pruned": adapter}, ws.throughput_input(), checkpoint=reporter.checkpoint
+        )
+        return {"dense": both["dense"], "pruned": both["pruned"]}
+    pruned = forward_throughput(adapter, ws.throughput_input(), checkpoint=reporter.checkpoint)
+    return {"dense": ws.dense_throughput, "pruned": pruned}
 
 
 def runtime_info(ws: Workspace) -> dict[str, Any]:

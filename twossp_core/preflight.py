@@ -10,13 +10,14 @@ import json
 import re
 from pathlib import Path
 
+from twossp_core.data.sources import check_txt_range
 from twossp_core.errors import DataError, ModelNotFound
 from twossp_core.export.compact_config import to_base
 from twossp_core.export.registry import check_family, check_ffn_width
 from twossp_core.models.counts import block_counts
 from twossp_core.models.registry import check_supported
 from twossp_core.pruning.twossp.balance import plan_balance
-from twossp_core.spec import PruneSpec
+from twossp_core.spec import DataSource, PruneSpec
 
 # `name` or `org/name`: letters, digits, `-`, `_`, `.`; no `--`/`..` runs, at most 96 characters per part
 HUB_ID_RE = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9._-]{0,95}/)?[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
@@ -50,12 +51,14 @@ def local_config(model: str, relative_paths: bool = True) -> dict | None:
         raise ModelNotFound(f"{model}: config.json is unreadable ({exc})") from None
 
 
-def check_data(spec: PruneSpec, relative_paths: bool = True) -> None:
-    for source in [*spec.calibration_sources(), *spec.eval_sources(), *spec.heal_sources()]:
+def check_data(sources: list[DataSource], doc_separator: str | None, relative_paths: bool = True) -> None:
+    """Local data files exist and their document ranges select something (hub datasets are checked later)."""
+    for source in sources:
         if source.is_hub and (not relative_paths or not Path(source.name).exists()):
             continue
         if not Path(source.name).expanduser().is_file():
             raise DataError(f"data source {source.label!r}: no such file")
+        check_txt_range(source, doc_separator)
 
 
 def check_local_model(model: str, relative_paths: bool = True) -> dict | None:
@@ -70,7 +73,8 @@ def check_model(spec: PruneSpec, *, relative_paths: bool = True) -> None:
     """Raise UnsupportedModel / InfeasibleTarget / ModelNotFound / DataError when the request cannot run.
 
     relative_paths=False (the service): relative names are never resolved against the working directory."""
-    check_data(spec, relative_paths)
+    sources = [*spec.calibration_sources(), *spec.eval_sources(), *spec.heal_sources()]
+    check_data(sources, spec.doc_separator, relative_paths)
     cfg = check_local_model(spec.model, relative_paths)
     if cfg is None:
         return

@@ -137,7 +137,7 @@ def run_sweep(
 
     dense = {
         "perplexity": [{"dataset": k, "perplexity": v} for k, v in ws.dense_perplexity.items()],
-        "throughput_tokens_per_s": ws.dense_throughput,
+        "throughput_tokens_per_s": ws.dense_throughput.median if ws.dense_throughput else None,
         "params": ws.dense_params,
     }
     reporter.update("comparison", 0.0)

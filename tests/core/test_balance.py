@@ -77,8 +77,15 @@ def test_attention_alone_over_target_is_an_error():
 
 
 def test_target_beyond_all_ffn_neurons_is_an_error():
-    with pytest.raises(InfeasibleTarget, match="even removing every neuron"):
+    with pytest.raises(InfeasibleTarget, match="even removing every neuron") as err:
         plan_balance(sparsity=0.95, num_attention=0, **STORIES)
+    assert "remove more attention modules (num_attention_to_prune: 0 of 5)" in str(err.value)
+
+
+def test_the_refusal_never_suggests_more_attention_when_none_is_left():
+    with pytest.raises(InfeasibleTarget, match="even removing every neuron") as err:
+        plan_balance(sparsity=0.999, **STORIES)  # the formula already removes all 5 attention modules
+    assert "more attention" not in str(err.value) and "every attention module is removed already" in str(err.value)
 
 
 def test_more_attention_than_blocks_is_an_error():

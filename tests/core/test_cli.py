@@ -37,7 +37,7 @@ def test_contract_command_writes_report_and_loadable_model(stories_model, storie
     assert report["method"] == "2ssp" and report["sparsity_target"] == 0.375
     p = report["params"]
     assert report["sparsity_achieved"] == pytest.approx(1 - p["blocks_after"] / p["blocks_before"])
-    assert abs(report["sparsity_achieved"] - 0.375) < 0.01
+    assert abs(report["sparsity_achieved"] - 0.375) < 0.01 and report["warnings"] == []
     assert report["removed_attention"] == sorted(report["removed_attention"])
     assert report["data"]["calibration_windows"] == 32 and report["data"]["seq_len"] == 512
     (row,) = report["perplexity"]
@@ -165,6 +165,33 @@ def test_hub_datasets_without_network_fail_at_once(stories_model, stories_text, 
     (err,) = [line for line in capsys.readouterr().err.splitlines() if "warning" not in line]
     assert "'c4'" in err and "cannot be reached" in err and "--calibration" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_txt_range_without_separator_is_refused_before_loading(stories_model, stories_text, tmp_path, capsys):
+    # the README command with --doc-separator forgotten: the file is one document, so 500:1000 selects nothing
+    code = main(["prune", "--model", str(stories_model), "--sparsity", "0.375", "--calibration",
+                 f"{stories_text}:0:500", "--eval", f"{stories_text}:500:1000", "--out", str(tmp_path / "o")])
+    assert code == 2
+    (err,) = [line for line in capsys.readouterr().err.splitlines() if "warning" not in line]  # no progress bar
+    assert ":500:1000" in err and "one document" in err and "--doc-separator" in err
+    code = main(["eval", "--model", str(stories_model), "--eval", f"{stories_text}:5000:6000",
+                 "--doc-separator", "<|endoftext|>"])
+    assert code == 2
+    (err,) = [line for line in capsys.readouterr().err.splitlines() if "warning" not in line]
+    assert "starts at document 5000 but the file has only 1000 documents" in err
+
+
+def test_a_sparsity_far_from_the_target_is_warned(stories_model, stories_text, tmp_path, capsys):
+    code = main(["prune", "--model", str(stories_model), "--sparsity", "0.99", "--calibration",
+                 f"{stories_text}:0:100", "--eval", f"{stories_text}:100:200", "--doc-separator", "<|endoftext|>",
+                 "--seq-len", "128", "--calibration-windows", "4", "--eval-windows", "2", "--no-throughput",
+                 "--no-progress", "--out", str(tmp_path / "o")])
+    assert code == 0
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert report["sparsity_achieved"] == pytest.approx(0.9648, abs=1e-4)  # every attention gone, K at 8
+    warning = "achieved sparsity 0.9648 is 2.5 points below the target 0.9900"
+    assert [w[: len(warning)] for w in report["warnings"]] == [warning]
+    assert f"twossp: warning: {warning}" in capsys.readouterr().err
 
 
 def test_unknown_model_and_busy_out_dir(tmp_path, capsys, stories_model, stories_text):

@@ -92,3 +92,67 @@ def test_cancel_stops_at_a_safe_point_and_writes_nothing(workdir, tmp_path):
     with pytest.raises(Cancelled):
         run_prune(_spec(workdir), out, should_cancel=should_cancel)
     assert not (out / "report.json").exists() and not (out / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("stage", ["evaluate_dense", "evaluate_pruned"])
+def test_a_cancel_during_evaluation_stops_at_the_next_batch(workdir, tmp_path, stage):
+    """Evaluation is most of a job's time: a cancel there stops before the next batch."""
+    events: list[tuple[str, float]] = []
+    asked = {"at": None}
+
+    def progress(name: str, fraction: float) -> None:
+        events.append((name, fraction))
+        if name == stage and 0 < fraction < 1 and asked["at"] is None:
+            asked["at"] = len(events)
+
+    spec = _spec(workdir, eval_windows=16)  # 4 batches of 4 windows
+    with pytest.raises(Cancelled):
+        run_prune(spec, tmp_path / "o", progress=progress, should_cancel=lambda: asked["at"] is not None)
+    assert asked["at"] is not None and events[asked["at"]:] == []  # no batch ran after the request
+
+
+def test_a_cancel_stops_the_throughput_passes():
+    from tiny_models import tiny_model
+
+    from twossp_core.evaluation.throughput import forward_throughput
+    from twossp_core.models.registry import adapter_for
+
+    adapter = adapter_for(tiny_model("llama"))
+    passes: list[int] = []
+    adapter.layers[0].register_forward_pre_hook(lambda *_: passes.append(1))
+
+    def checkpoint() -> None:
+        if len(passes) == 3:
+            raise Cancelled("cancelled by request")
+
+    with pytest.raises(Cancelled):
+        forward_throughput(adapter, torch.zeros((1, 16), dtype=torch.long), checkpoint=checkpoint)
+    assert len(passes) == 3
+
+
+def test_throughput_is_the_median_of_several_passes_of_each_model_in_turn():
+    from tiny_models import tiny_model
+
+    from twossp_core.evaluation.throughput import MIN_RUNS, WARMUP_RUNS, measure_throughput
+    from twossp_core.models.registry import adapter_for
+
+    dense, small = adapter_for(tiny_model("llama")), adapter_for(tiny_model("llama"))
+    small.remove_attention(0)
+    calls: list[str] = []
+    for name, adapter in (("dense", dense), ("pruned", small)):
+        adapter.layers[1].register_forward_pre_hook(lambda *_, name=name: calls.append(name))
+    result = measure_throughput({"dense": dense, "pruned": small}, torch.zeros((1, 32), dtype=torch.long),
+                                min_seconds=0.0)
+    for tp in result.values():
+        assert tp.runs == MIN_RUNS and tp.low <= tp.median <= tp.high
+    timed = calls[2 * WARMUP_RUNS:]  # after the warm-up passes the models alternate
+    assert timed == ["dense", "pruned"] * MIN_RUNS
+
+
+def test_the_report_gives_the_throughput_median_and_spread(workdir, tmp_path):
+    report = run_prune(_spec(workdir, measure_throughput=True), tmp_path / "o")
+    spread = report["throughput_spread"]
+    for key in ("dense", "pruned"):
+        assert spread[key]["runs"] >= 5
+        median = report["throughput_tokens_per_s"][key]
+        assert spread[key]["min"] <= median == spread[key]["median"] <= spread[key]["max"]

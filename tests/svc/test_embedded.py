@@ -103,6 +103,25 @@ def test_embedded_kills_a_cancelled_job_stuck_in_one_step_after_the_grace(
         server.proc.stop()
 
 
+def test_embedded_cancel_during_evaluation_ends_cancelled_within_a_second_without_a_kill(
+    tmp_path: Path, test_data: Path, slow_model: Path, stories_text: Path
+) -> None:
+    # a grace far longer than the test allows: ending `cancelled` in time means the job stopped by itself
+    server = Embedded(tmp_path, bare_env([test_data, slow_model.parent], TWOSSP_CANCEL_GRACE_S="60"))
+    try:
+        body = job_body(slow_model, stories_text, eval=[f"{stories_text}:500:1000"], eval_windows=120)
+        job_id = server.api.submit(body).json()["id"]
+        wait_until(lambda: server.api.job(job_id)["stage"] == "evaluate_dense", 60, "evaluate_dense", interval=0.05)
+        asked = time.monotonic()
+        assert server.api.cancel(job_id).status_code == 202
+        job = server.api.wait_state(job_id, {"cancelled"}, timeout=20)
+        stopped = time.monotonic() - asked
+        assert job["error"] == "cancelled by user" and job["stage"] == "evaluate_dense", job
+        assert stopped < 3, stopped  # the heartbeat (1 s) and one batch, not the rest of the evaluation
+    finally:
+        server.proc.stop()
+
+
 def test_embedded_restart_after_a_kill_reruns_the_job(
     tmp_path: Path, test_data: Path, slow_model: Path, stories_text: Path
 ) -> None:

@@ -56,6 +56,26 @@ def _txt_documents(path: Path, separator: str | None) -> list[str]:
     return [piece.strip() for piece in text.split(separator) if piece.strip()]
 
 
+def check_txt_range(source: DataSource, doc_separator: str | None) -> None:
+    """Refuse a document range of a local .txt file that selects nothing, before any model is loaded: without a
+    separator the file is one document (the usual slip is a forgotten --doc-separator)."""
+    path = Path(source.name).expanduser()
+    if path.suffix.lower() != ".txt" or not source.start or not path.is_file():
+        return
+    if doc_separator is None:
+        raise DataError(
+            f"data source {source.label!r}: a .txt file without a document separator (--doc-separator) is one "
+            f"document, so the range {source.start}:{source.end if source.end is not None else ''} selects nothing; "
+            "pass the separator that splits it into documents"
+        )
+    count = len(_txt_documents(path, doc_separator))
+    if source.start >= count:
+        raise DataError(
+            f"data source {source.label!r}: the range starts at document {source.start} but the file has only "
+            f"{count} documents separated by {doc_separator!r}"
+        )
+
+
 def _jsonl_documents(path: Path) -> Iterator[str]:
     with path.open(encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):

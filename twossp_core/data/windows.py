@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -30,10 +30,17 @@ def cut_windows(tokens: list[int], seq_len: int, max_windows: int | None = None)
     return torch.tensor(tokens[: count * seq_len], dtype=torch.long).view(count, seq_len)
 
 
-def _joined_tokens(docs: Iterator[str], tokenizer: Any, needed_tokens: int | None) -> list[int]:
-    """Tokens of the joined documents; with a bound, read only as many documents as the bound needs."""
+def _joined_tokens(
+    docs: Iterator[str], tokenizer: Any, needed_tokens: int | None, checkpoint: Callable[[], None]
+) -> list[int]:
+    """Tokens of the joined documents; with a bound, read only as many documents as the bound needs.
+    `checkpoint` runs between documents read (a streamed hub dataset reads for long) and tokenizer calls."""
     if needed_tokens is None:
-        return tokenize(tokenizer, JOINER.join(docs))
+        texts = []
+        for doc in docs:
+            checkpoint()
+            texts.append(doc)
+        return tokenize(tokenizer, JOINER.join(texts))
     texts: list[str] = []
     chars = 0
     tokens: list[int] = []
@@ -41,6 +48,7 @@ def _joined_tokens(docs: Iterator[str], tokenizer: Any, needed_tokens: int | Non
     while not exhausted:
         target_chars = max(chars * 2, needed_tokens * CHARS_PER_TOKEN_GUESS)
         while chars < target_chars:
+            checkpoint()
             doc = next(docs, None)
             if doc is None:
                 exhausted = True
@@ -48,6 +56,7 @@ def _joined_tokens(docs: Iterator[str], tokenizer: Any, needed_tokens: int | Non
             texts.append(doc)
             chars += len(doc) + len(JOINER)
         tokens = tokenize(tokenizer, JOINER.join(texts))
+        checkpoint()
         if len(tokens) >= needed_tokens + BOUNDARY_MARGIN:
             break
     return tokens
@@ -61,11 +70,13 @@ def load_windows(
     role: Role,
     doc_separator: str | None = None,
     max_windows: int | None = None,
+    checkpoint: Callable[[], None] = lambda: None,
 ) -> torch.Tensor:
-    """(n, seq_len) token ids from one source; an error if not even one full window fits."""
+    """(n, seq_len) token ids from one source; an error if not even one full window fits. `checkpoint` may raise
+    to stop (a cancel) between documents and tokenizer calls."""
     docs = iter_documents(source, role, doc_separator)
     needed = None if max_windows is None else max_windows * seq_len
-    tokens = _joined_tokens(docs, tokenizer, needed)
+    tokens = _joined_tokens(docs, tokenizer, needed, checkpoint)
     windows = cut_windows(tokens, seq_len, max_windows)
     if windows.shape[0] == 0:
         raise DataError(

@@ -56,10 +56,14 @@ def plan_balance(
     per_block = round((target - attn_removed) / blocks)
     kept = round(intermediate_size * (1 - per_block / mlp_params))
     if kept < 1:
+        remedy = "lower the sparsity"
+        if n_attn < blocks:
+            remedy += f" or remove more attention modules (num_attention_to_prune: {n_attn} of {blocks})"
+        else:
+            remedy += " (every attention module is removed already)"
         raise InfeasibleTarget(
             f"target {target} of {block_params_total} block parameters needs {per_block} FFN parameters per block "
-            f"but an FFN has only {mlp_params}: even removing every neuron is not enough; lower the sparsity "
-            "or remove more attention modules"
+            f"but an FFN has only {mlp_params}: even removing every neuron is not enough; {remedy}"
         )
     if round_to > 1:
         kept = min(intermediate_size, max(round_to, round(kept / round_to) * round_to))
