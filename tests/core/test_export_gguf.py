@@ -34,12 +34,14 @@ def _llama_cpp():
 TINYSTORIES = ("text", "tinystories-val-1000.txt")
 C4 = ("text", "c4-validation-2k.jsonl")
 
-# (model, text, method, sparsity, doc separator): 2SSP, a whole-block method and a submodule method
+# (model, text, method, sparsity, doc separator): 2SSP, a whole-block method, a submodule method and 2SSP with
+# refit weights
 CASES = {
     "stories-2ssp": ("stories260k", TINYSTORIES, "2ssp", 0.375, "<|endoftext|>"),
     "c4llama-2ssp": ("c4llama-8l", C4, "2ssp", 0.5, None),
     "c4llama-shortgpt": ("c4llama-8l", C4, "shortgpt", 0.25, None),
     "stories-blockpruner": ("stories260k", TINYSTORIES, "blockpruner", 0.375, "<|endoftext|>"),
+    "stories-2ssp-refit": ("stories260k", TINYSTORIES, "2ssp-refit", 0.375, "<|endoftext|>"),
 }
 SEQ_LEN, WINDOWS = 256, 4
 
