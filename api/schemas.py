@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from service.db.models import Job, JobKind, JobState
+from service.db.models import EventKind, Job, JobEvent, JobKind, JobState
 
 JOB_FIELDS_DOC = (
     "set once the job succeeded. prune: the CLI's report.json. sweep: the comparison, "
@@ -20,6 +20,7 @@ class JobLinks(BaseModel):
     cancel: str
     artifact: str
     manifest: str
+    events: str
 
 
 class ArtifactInfo(BaseModel):
@@ -79,7 +80,8 @@ class JobOut(BaseModel):
             started_at=job.started_at,
             finished_at=job.finished_at,
             links=JobLinks(
-                self=prefix, cancel=f"{prefix}/cancel", artifact=f"{prefix}/artifact", manifest=f"{prefix}/manifest"
+                self=prefix, cancel=f"{prefix}/cancel", artifact=f"{prefix}/artifact", manifest=f"{prefix}/manifest",
+                events=f"{prefix}/events",
             ),
         )
 
@@ -90,6 +92,29 @@ class JobPage(BaseModel):
     limit: int
     offset: int
     next: str | None = Field(None, description="URL of the next page, if any")
+
+
+class JobEventOut(BaseModel):
+    id: int = Field(description="position in the job's history (the cursor for `after`)")
+    at: datetime = Field(description="when it happened")
+    kind: EventKind
+    attempt: int = Field(description="the attempt it belongs to (0 before the first claim)")
+    state: JobState = Field(description="the job's state after the event")
+    stage: str | None = Field(None, description="stage_started / stage_finished: the pipeline stage")
+    detail: str | None = Field(None, description="the worker that started an attempt, or why the job changed state")
+    data: dict[str, Any] | None = Field(None, description='e.g. {"seconds": ...} for stage_finished')
+
+    @classmethod
+    def from_row(cls, event: JobEvent) -> JobEventOut:
+        return cls(
+            id=event.id, at=event.at, kind=EventKind(event.kind), attempt=event.attempt, state=JobState(event.state),
+            stage=event.stage, detail=event.detail, data=event.data,
+        )
+
+
+class JobEventPage(BaseModel):
+    items: list[JobEventOut]
+    next: str | None = Field(None, description="URL of the next page (more events, or the ones recorded later)")
 
 
 class PresignedFile(BaseModel):

@@ -9,22 +9,28 @@ embedded worker kills or gives back its child's attempt, the reaper reaps expire
 cancels. A worker's writes are fenced by (id, attempt, state), so a stale attempt can never overwrite a newer
 one; the embedded worker, which does not know the attempt, fences by its child's worker id. Nobody else
 writes `jobs.state`.
+
+Each transition appends a `job_events` row in the same transaction, so the history cannot disagree with the
+row; the heartbeat also records the stages the job started and finished since the previous beat. Events are
+listed in the order they were recorded (`id`); `at` is when each happened.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from service.broker import Broker
-from service.db.models import Job, JobKind, JobState
+from service.db.models import EventKind, Job, JobEvent, JobKind, JobState, new_id
 from service.db.types import utcnow
+from service.records import StageMark
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +54,38 @@ def _changed(result: Any) -> bool:
     return result.rowcount == 1
 
 
+STAGE_MAX_CHARS = 50  # jobs.stage and job_events.stage
+
+
+def _event(
+    session: Session,
+    job_id: str,
+    kind: EventKind,
+    attempt: int,
+    state: str,
+    *,
+    stage: str | None = None,
+    detail: str | None = None,
+    data: dict[str, Any] | None = None,
+    at: datetime | None = None,
+) -> None:
+    session.add(
+        JobEvent(
+            job_id=job_id, kind=kind.value, attempt=attempt, state=state,
+            stage=None if stage is None else stage[:STAGE_MAX_CHARS], detail=detail, data=data, at=at or utcnow(),
+        )
+    )
+
+
+def _stage_events(session: Session, claim_: Claim, marks: Sequence[StageMark]) -> None:
+    for mark in marks:
+        data = None if mark.seconds is None else {"seconds": round(mark.seconds, 3)}
+        _event(
+            session, claim_.job_id, EventKind(mark.kind), claim_.attempt, RUNNING, stage=mark.stage, data=data,
+            at=mark.at,
+        )
+
+
 # -- the API ---------------------------------------------------------------------------------------------
 def submit(session: Session, job: Job) -> None:
     """Insert a new job as queued and undispatched (the row is the outbox entry) and commit.
@@ -57,8 +95,11 @@ def submit(session: Session, job: Job) -> None:
     job.state = QUEUED
     job.progress, job.stage, job.stage_timings = 0.0, None, {}
     job.cancel_requested, job.attempt, job.dispatched = False, 0, False
+    job.id = job.id or new_id()
     session.add(job)
     try:
+        session.flush()
+        _event(session, job.id, EventKind.submitted, 0, QUEUED)
         session.commit()
     except Exception:
         session.rollback()
@@ -73,9 +114,14 @@ def dispatch(session: Session, broker: Broker, job_id: str) -> bool:
         log.warning("could not publish job %s (will retry from the outbox): %s", job_id, exc)
         return False
     try:
-        session.execute(
-            update(Job).where(Job.id == job_id, Job.state == QUEUED).values(dispatched=True, dispatched_at=utcnow())
-        )
+        row = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.state == QUEUED)
+            .values(dispatched=True, dispatched_at=utcnow())
+            .returning(Job.attempt)
+        ).first()
+        if row is not None:
+            _event(session, job_id, EventKind.dispatched, row[0], QUEUED)
         session.commit()
     except SQLAlchemyError as exc:  # published but not marked: the outbox publishes it again (claims are CAS)
         session.rollback()
@@ -87,19 +133,25 @@ def request_cancel(session: Session, job_id: str) -> None:
     """queued → cancelled at once; running → cancel_requested (the worker stops at its next safe point, or is
     killed after the grace). Finished jobs are left alone."""
     now = utcnow()
-    session.execute(
+    queued = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.state == QUEUED)
         .values(
             state=JobState.cancelled.value, cancel_requested=True, cancel_requested_at=now, finished_at=now,
             error=CANCELLED_BY_USER, updated_at=now,
         )
-    )
-    session.execute(
+        .returning(Job.attempt)
+    ).first()
+    if queued is not None:
+        _event(session, job_id, EventKind.cancelled, queued[0], JobState.cancelled.value, detail=CANCELLED_BY_USER)
+    running = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.state == RUNNING)
-        .values(cancel_requested=True, cancel_requested_at=func.coalesce(Job.cancel_requested_at, now), updated_at=now)
-    )
+        .where(Job.id == job_id, Job.state == RUNNING, Job.cancel_requested.is_(False))
+        .values(cancel_requested=True, cancel_requested_at=now, updated_at=now)
+        .returning(Job.attempt)
+    ).first()
+    if running is not None:
+        _event(session, job_id, EventKind.cancel_requested, running[0], RUNNING)
     session.commit()
 
 
@@ -139,6 +191,7 @@ def claim(
         session.execute(
             update(Job).where(Job.id == job_id, Job.attempt == row[0]).values(time_limit_s=time_limit_s)
         )
+    _event(session, job_id, EventKind.started, row[0], RUNNING, detail=worker_id, data={"time_limit_s": limit}, at=now)
     session.commit()
     return Claim(job_id=job_id, attempt=row[0], spec=row[1], time_limit_s=limit, kind=row[3])
 
@@ -150,21 +203,25 @@ def heartbeat(
     stage: str | None,
     percent: float,
     timings: dict[str, float],
+    marks: Sequence[StageMark] = (),
 ) -> bool | None:
-    """Renew the lease and record progress. Returns cancel_requested, or None when fenced out."""
+    """Renew the lease, record progress and the stage marks since the last beat. Returns cancel_requested, or
+    None when fenced out (nothing is written then)."""
     now = utcnow()
     row = session.execute(
         update(Job)
         .where(Job.id == claim_.job_id, Job.attempt == claim_.attempt, Job.state == RUNNING)
         .values(
             lease_until=now + timedelta(seconds=lease_s),
-            stage=stage,
+            stage=None if stage is None else stage[:STAGE_MAX_CHARS],
             progress=percent,
             stage_timings=timings,
             updated_at=now,
         )
         .returning(Job.cancel_requested)
     ).first()
+    if row is not None:
+        _stage_events(session, claim_, marks)
     session.commit()
     return None if row is None else bool(row[0])
 
@@ -176,9 +233,11 @@ def finish(
     *,
     error: str | None = None,
     require_no_cancel: bool = False,
+    marks: Sequence[StageMark] = (),
     **values: Any,
 ) -> bool:
-    """running → terminal, only for the current attempt. Returns False when fenced out."""
+    """running → terminal, only for the current attempt (with the stage marks the last heartbeat did not
+    record). Returns False when fenced out."""
     now = utcnow()
     query = update(Job).where(Job.id == claim_.job_id, Job.attempt == claim_.attempt, Job.state == RUNNING)
     if require_no_cancel:
@@ -186,8 +245,13 @@ def finish(
     result = session.execute(
         query.values(state=state.value, error=error, finished_at=now, lease_until=None, updated_at=now, **values)
     )
+    if not _changed(result):
+        session.rollback()
+        return False
+    _stage_events(session, claim_, marks)
+    _event(session, claim_.job_id, EventKind(state.value), claim_.attempt, state.value, detail=error, at=now)
     session.commit()
-    return _changed(result)
+    return True
 
 
 # -- the embedded worker (fenced by its child's worker id: `host:pid`) ----------------------------------
@@ -206,18 +270,21 @@ def kill(session: Session, job_id: str, worker_suffix: str, reason: str) -> bool
         values = {"state": JobState.failed.value, "error": HARD_TIMEOUT}
     else:
         values = {"state": JobState.cancelled.value, "error": CANCEL_KILLED}
-    result = session.execute(
+    row = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.state == RUNNING, Job.worker_id.endswith(worker_suffix))
         .values(**values, finished_at=now, lease_until=None, updated_at=now)
-    )
+        .returning(Job.attempt)
+    ).first()
+    if row is not None:
+        _event(session, job_id, EventKind(values["state"]), row[0], values["state"], detail=values["error"], at=now)
     session.commit()
-    return _changed(result)
+    return row is not None
 
 
 def requeue(session: Session, job_id: str, worker_suffix: str) -> bool:
     """Shutting down mid-job: running → queued with the attempt given back, so it runs again on the next start."""
-    result = session.execute(
+    row = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.state == RUNNING, Job.worker_id.endswith(worker_suffix))
         .values(
@@ -228,9 +295,13 @@ def requeue(session: Session, job_id: str, worker_suffix: str) -> bool:
             dispatched=False,
             updated_at=utcnow(),
         )
-    )
+        .returning(Job.attempt)
+    ).first()
+    if row is not None:
+        # the event carries the attempt that was interrupted; the row gives it back
+        _event(session, job_id, EventKind.requeued, row[0] + 1, QUEUED, detail="the worker shut down mid-job")
     session.commit()
-    return _changed(result)
+    return row is not None
 
 
 # -- the reaper ------------------------------------------------------------------------------------------
@@ -263,14 +334,17 @@ def reap(session: Session, job_id: str, attempt: int, now: datetime) -> str | No
     else:
         values = {"state": QUEUED, "error": None, "dispatched": False, "dispatched_at": None}
     terminal = values["state"] != QUEUED
+    kind = EventKind(values["state"]) if terminal else EventKind.requeued
     result = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.attempt == attempt, Job.state == RUNNING)
         .values(**values, worker_id=None, lease_until=None, updated_at=now, finished_at=now if terminal else None)
     )
-    session.commit()
     if not _changed(result):
+        session.commit()
         return None
+    _event(session, job_id, kind, attempt, values["state"], detail=values["error"] or lost, at=now)
+    session.commit()
     log.warning("job %s: %s -> %s", job_id, lost, values["state"])
     return values["state"]
 
@@ -297,8 +371,12 @@ def cancel_killed(session: Session, job_id: str, attempt: int) -> bool:
             updated_at=now, finished_at=now,
         )
     )
+    if not _changed(result):
+        session.commit()
+        return False
+    _event(session, job_id, EventKind.cancelled, attempt, JobState.cancelled.value, detail=CANCEL_KILLED, at=now)
     session.commit()
-    return _changed(result)
+    return True
 
 
 def undispatched(session: Session, grace_s: float, redispatch_after_s: float, limit: int = 500) -> list[str]:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from service.records import StageMark
 
 # share of the whole job per stage, in pipeline order; unknown stages keep the last known position; the heal
 # stages count only in jobs that heal (see ProgressTracker)
@@ -69,17 +72,25 @@ class ProgressTracker:
         self.detail: str | None = None
         self.percent = 0.0
         self.timings: dict[str, float] = {}
+        self.marks: list[StageMark] = []  # every stage start and end, in order (appended only)
         self._stage_started = time.monotonic()
+        self._finished = False
+
+    def _close_stage(self, now: float) -> None:
+        if self.stage is not None:
+            spent = now - self._stage_started
+            self.timings[self.stage] = round(self.timings.get(self.stage, 0.0) + spent, 3)
+            self.marks.append(StageMark("stage_finished", self.stage, datetime.now(UTC), spent))
 
     def update(self, stage: str, fraction: float, detail: str | None = None) -> None:
         """`detail`: what the stage is doing now (the heal's step and loss), shown after the stage name."""
         now = time.monotonic()
         self.detail = detail
         if stage != self.stage:
-            if self.stage is not None:
-                self.timings[self.stage] = round(self.timings.get(self.stage, 0.0) + now - self._stage_started, 3)
+            self._close_stage(now)
             self.stage = stage
             self._stage_started = now
+            self.marks.append(StageMark("stage_started", stage, datetime.now(UTC)))
         fraction = min(max(fraction, 0.0), 1.0)
         percent = self._sweep_percent(stage, fraction) if self.runs else None
         if percent is None and stage in self._start:
@@ -101,10 +112,10 @@ class ProgressTracker:
         return _SETUP_PCT + _RUNS_PCT * (self.runs[run] + within) / len(self.runs)
 
     def finish(self) -> None:
-        if self.stage is not None:
-            now = time.monotonic()
-            self.timings[self.stage] = round(self.timings.get(self.stage, 0.0) + now - self._stage_started, 3)
-            self._stage_started = now
+        """Close the current stage (the job is over); it stays the reported stage."""
+        if not self._finished:
+            self._finished = True
+            self._close_stage(time.monotonic())
 
     def snapshot(self) -> tuple[str | None, float, dict[str, float]]:
         timings = dict(self.timings)

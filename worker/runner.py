@@ -25,6 +25,7 @@ from service.db.models import JobKind, JobState
 from service.db.session import Database
 from service.lifecycle import Claim
 from service.paths import PathRefused, check_tree, resolve_allowed
+from service.records import StageMark
 from service.settings import Settings
 from service.store import ArtifactStore, make_store
 from worker.progress import ProgressTracker, sweep_run_names
@@ -74,18 +75,28 @@ class Heartbeat(threading.Thread):
         self.soft_limit_s = soft_limit_s
         self.started = time.monotonic()
         self.stop_reason: str | None = None
+        self.marks_sent = 0  # tracker.marks[:marks_sent] are recorded as job events
+        # held while stage marks are written (a beat, or the final write), so none is recorded twice
+        self.marks_lock = threading.Lock()
         self._halt = threading.Event()
+
+    def unsent_marks(self) -> list[StageMark]:
+        return self.tracker.marks[self.marks_sent :]
 
     def beat(self) -> None:
         stage, percent, timings = self.tracker.snapshot()
-        try:
-            with self.runner.db.session() as session:
-                cancel = lifecycle.heartbeat(
-                    session, self.claim, self.runner.settings.lease_seconds, stage, percent, timings
-                )
-        except Exception as exc:  # a transient DB error must not kill the job; the lease has slack
-            log.warning("heartbeat for job %s failed: %s", self.claim.job_id, exc)
-            return
+        with self.marks_lock:
+            marks = self.unsent_marks()
+            try:
+                with self.runner.db.session() as session:
+                    cancel = lifecycle.heartbeat(
+                        session, self.claim, self.runner.settings.lease_seconds, stage, percent, timings, marks
+                    )
+            except Exception as exc:  # a transient DB error must not kill the job; the lease has slack
+                log.warning("heartbeat for job %s failed: %s", self.claim.job_id, exc)
+                return
+            if cancel is not None:
+                self.marks_sent += len(marks)
         if cancel is None:
             self.stop_reason = self.stop_reason or StopReason.fenced
         elif cancel:
@@ -149,12 +160,16 @@ class JobRunner:
         def finish(state: JobState, error: str | None = None, **values: Any) -> str:
             tracker.finish()
             stage, _, timings = tracker.snapshot()
-            try:
-                done = self._record(
-                    lambda session: lifecycle.finish(
-                        session, claim, state, error=error, stage=stage, stage_timings=timings, **values
+
+            def write(session: Session) -> bool:
+                with heartbeat.marks_lock:  # the heartbeat still runs (it keeps the lease while this retries)
+                    return lifecycle.finish(
+                        session, claim, state, error=error, marks=heartbeat.unsent_marks(), stage=stage,
+                        stage_timings=timings, **values
                     )
-                )
+
+            try:
+                done = self._record(write)
             finally:
                 heartbeat.halt()
             if not done:

@@ -1,4 +1,4 @@
-"""Job endpoints: submit, get, list, cancel, download the artifact and its manifest."""
+"""Job endpoints: submit, get, list, cancel, history (events), download the artifact and its manifest."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from api.archive import stream_tar
 from api.deps import BrokerDep, SessionDep, SettingsDep, StoreDep, UserDep
 from api.errors import Conflict, InputRejected
-from api.schemas import JobOut, JobPage, PresignedArtifact, PresignedFile
+from api.schemas import JobEventOut, JobEventPage, JobOut, JobPage, PresignedArtifact, PresignedFile
 from api.services import jobs as service
 from service.db.models import JobKind, JobState
 from twossp_core.spec import PruneSpec, SweepSpec
@@ -143,6 +143,32 @@ def list_jobs(
 @router.get("/{job_id}", response_model=JobOut, summary="A job's state, progress and report", responses=ERRORS)
 def get_job(job_id: str, session: SessionDep, user: UserDep) -> JobOut:
     return JobOut.from_row(service.get_job(session, user, job_id))
+
+
+@router.get(
+    "/{job_id}/events",
+    response_model=JobEventPage,
+    summary="A job's history, oldest first: transitions, attempts, stage starts and ends",
+    description=(
+        "Cursor-paginated: `next` is set while more events follow. Events are append-only: to follow a running "
+        "job, call again with `after` = the last `id` you have."
+    ),
+    responses=ERRORS,
+)
+def events(
+    job_id: str,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    user: UserDep,
+    after: Annotated[int, Query(ge=0, description="return events recorded after this event id")] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> JobEventPage:
+    limit = min(limit, settings.page_size_max)
+    rows, more = service.list_events(session, user, job_id, after, limit)
+    cursor = rows[-1].id if rows else after
+    nxt = str(request.url.include_query_params(after=str(cursor), limit=str(limit))) if more else None
+    return JobEventPage(items=[JobEventOut.from_row(e) for e in rows], next=nxt)
 
 
 @router.post(

@@ -1,4 +1,4 @@
-"""Job submission (idempotent, with an outbox), lookup scoped to the owner, listing and cancellation."""
+"""Job submission (idempotent, with an outbox), lookup scoped to the owner, listing, events and cancellation."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from api.errors import Conflict, InputRejected, NotFound, TooManyRequests
 from api.services.inputs import request_hash, validate_request
 from service import lifecycle
 from service.broker import Broker
-from service.db.models import Job, JobKind, JobState, User
+from service.db.models import Job, JobEvent, JobKind, JobState, User
 from service.settings import Settings
 from twossp_core.spec import PruneSpec
 
@@ -113,6 +113,15 @@ def list_jobs(
     total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
     rows = session.scalars(query.order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)).all()
     return list(rows), total
+
+
+def list_events(session: Session, user: User, job_id: str, after: int, limit: int) -> tuple[list[JobEvent], bool]:
+    """The job's events recorded after the cursor `after` (an event id), oldest first; and whether more follow."""
+    get_job(session, user, job_id)
+    rows = session.scalars(
+        select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.id > after).order_by(JobEvent.id).limit(limit + 1)
+    ).all()
+    return list(rows[:limit]), len(rows) > limit
 
 
 def cancel_job(session: Session, user: User, job_id: str) -> Job:

@@ -1,4 +1,5 @@
-"""Tables: users, their API keys (hashed), and jobs. The job row is the source of truth for a job."""
+"""Tables: users, their API keys (hashed), jobs and job events. The job row is the source of truth for a job;
+its events are the append-only history of how it got there."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, MetaDat
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from service.db.types import UTCDateTime, utcnow
+from service.records import ArtifactRecord
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -36,6 +38,19 @@ class JobState(enum.StrEnum):
 class JobKind(enum.StrEnum):
     prune = "prune"
     sweep = "sweep"
+
+
+class EventKind(enum.StrEnum):
+    submitted = "submitted"
+    dispatched = "dispatched"
+    started = "started"  # an attempt claimed the job (detail: the worker)
+    stage_started = "stage_started"
+    stage_finished = "stage_finished"  # data: {"seconds": ...}
+    cancel_requested = "cancel_requested"
+    requeued = "requeued"  # the attempt was lost or given back (detail: why)
+    succeeded = "succeeded"
+    failed = "failed"  # detail: the error
+    cancelled = "cancelled"  # detail: how
 
 
 TERMINAL_STATES = frozenset({JobState.succeeded, JobState.failed, JobState.cancelled})
@@ -109,9 +124,26 @@ class Job(Base):
 
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     report: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
-    artifact: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    artifact: Mapped[ArtifactRecord | None] = mapped_column(JSON, nullable=True)
 
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class JobEvent(Base):
+    """One entry of a job's history, written in the same transaction as the transition it records."""
+
+    __tablename__ = "job_events"
+    __table_args__ = (Index("ix_job_events_job_id_id", "job_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)  # the order of recording
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)  # when it happened
+    kind: Mapped[str] = mapped_column(String(32))
+    attempt: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16))  # the job's state after the event
+    stage: Mapped[str | None] = mapped_column(String(50), nullable=True)
+    detail: Mapped[str | None] = mapped_column(Text, nullable=True)
+    data: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)

@@ -14,7 +14,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import TypedDict
+
+from service.records import ArtifactRecord
 
 log = logging.getLogger(__name__)
 MANIFEST_NAME = "manifest.json"
@@ -118,7 +120,7 @@ class ArtifactStore(ABC):
     def check(self) -> None:
         """Raise if the store is unreachable or not writable."""
 
-    def upload_dir(self, root: Path, job_id: str, attempt: int) -> dict[str, Any]:
+    def upload_dir(self, root: Path, job_id: str, attempt: int) -> ArtifactRecord:
         """Upload every file, then the manifest (last). Returns the artifact record for the job row."""
         prefix = attempt_prefix(job_id, attempt)
         manifest = build_manifest(root, job_id, attempt)
@@ -138,6 +140,3 @@ class ArtifactStore(ABC):
             "files": len(manifest["files"]),
             "total_bytes": manifest["total_bytes"],
         }
-
-    def read_manifest(self, artifact: dict[str, Any]) -> Manifest:
-        return json.loads(self.get_bytes(artifact["manifest_key"]))

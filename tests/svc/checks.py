@@ -25,6 +25,33 @@ def check_succeeded_job(job: dict[str, Any]) -> None:
     assert job["artifact"]["files"] >= 3 and len(job["artifact"]["manifest_sha256"]) == 64
 
 
+STAGE_MARKS = {"stage_started", "stage_finished"}
+
+
+def check_history(events: list[dict[str, Any]], expected: list[tuple[str, int]]) -> dict[int, list[str]]:
+    """A job's events: in recording order, the transitions (kind, attempt) as expected, every attempt started
+    after a dispatch, and stage marks that open and close each stage in turn. Returns each attempt's stages."""
+    ids = [e["id"] for e in events]
+    assert ids == sorted(set(ids)), ids
+    transitions = [(e["kind"], e["attempt"]) for e in events if e["kind"] not in STAGE_MARKS | {"dispatched"}]
+    assert transitions == expected, events
+    kinds = [e["kind"] for e in events]
+    for i, kind in enumerate(kinds):
+        if kind == "started":
+            previous = max((j for j in range(i) if kinds[j] in {"submitted", "requeued"}), default=-1)
+            assert "dispatched" in kinds[previous:i], events
+    stages: dict[int, list[str]] = {}
+    for attempt in sorted({e["attempt"] for e in events if e["attempt"] > 0}):
+        marks = [e for e in events if e["attempt"] == attempt and e["kind"] in STAGE_MARKS]
+        assert [e["at"] for e in marks] == sorted(e["at"] for e in marks)
+        for i, mark in enumerate(marks):
+            assert mark["kind"] == ("stage_started" if i % 2 == 0 else "stage_finished"), marks
+            if i % 2:
+                assert mark["stage"] == marks[i - 1]["stage"] and mark["data"]["seconds"] >= 0, marks
+        stages[attempt] = [m["stage"] for m in marks if m["kind"] == "stage_started"]
+    return stages
+
+
 def check_model_perplexity(model_dir: Path, job: dict[str, Any]) -> None:
     """Load the downloaded model and recompute the perplexity the job reported for it (the healed one when the
     job healed: the exported model is the healed model)."""

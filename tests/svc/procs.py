@@ -169,6 +169,19 @@ class Api:
     def cancel(self, job_id: str) -> httpx.Response:
         return self.http.post(f"/jobs/{job_id}/cancel")
 
+    def events(self, job_id: str, limit: int = 7) -> list[dict[str, Any]]:
+        """The job's whole history, page by page through the `next` links."""
+        items: list[dict[str, Any]] = []
+        url: str | None = f"/jobs/{job_id}/events?limit={limit}"
+        while url:
+            response = self.http.get(url)
+            response.raise_for_status()
+            page = response.json()
+            assert len(page["items"]) <= limit
+            items += page["items"]
+            url = page["next"]
+        return items
+
 
 def bare_env(roots: list[Path], **extra: str) -> dict[str, str]:
     """The environment without any TWOSSP_* setting except the allowed roots (and what a test adds)."""

@@ -91,7 +91,10 @@ def test_readiness_reports_an_unreachable_broker(settings: Settings) -> None:
 
 def test_openapi_documents_the_routes(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
-    routes = {"/jobs", "/jobs/{job_id}", "/jobs/{job_id}/cancel", "/jobs/{job_id}/artifact", "/healthz", "/readyz"}
+    routes = {
+        "/jobs", "/jobs/{job_id}", "/jobs/{job_id}/cancel", "/jobs/{job_id}/artifact", "/jobs/{job_id}/events",
+        "/healthz", "/readyz",
+    }
     assert routes <= set(spec["paths"])
     submit = spec["paths"]["/jobs"]["post"]
     variants = submit["requestBody"]["content"]["application/json"]["schema"]["oneOf"]
@@ -260,6 +263,7 @@ def test_other_users_get_404(client: TestClient, keys: dict, body: dict) -> None
     assert client.get(f"/jobs/{job_id}/artifact", headers=bob).status_code == 404
     assert client.get(f"/jobs/{job_id}/manifest", headers=bob).status_code == 404
     assert client.post(f"/jobs/{job_id}/cancel", headers=bob).status_code == 404
+    assert client.get(f"/jobs/{job_id}/events", headers=bob).status_code == 404
     assert client.get("/jobs", headers=bob).json()["total"] == 0
     assert client.get(f"/jobs/{job_id}", headers=auth(keys["alice"])).status_code == 200
 
@@ -291,6 +295,18 @@ def test_cancel_a_queued_job(client: TestClient, keys: dict, body: dict) -> None
     assert client.post(f"/jobs/{job_id}/cancel", headers=alice).json()["state"] == "cancelled"
     artifact = client.get(f"/jobs/{job_id}/artifact", headers=alice)
     assert artifact.status_code == 409 and "cancelled" in artifact.json()["detail"]
+    # the history, one event per page: submitted, dispatched, cancelled (the second cancel changed nothing)
+    page = client.get(f"/jobs/{job_id}/events?limit=1", headers=alice).json()
+    events = page["items"]
+    while page["next"]:
+        page = client.get(page["next"], headers=alice).json()
+        events += page["items"]
+    assert [(e["kind"], e["state"], e["attempt"]) for e in events] == [
+        ("submitted", "queued", 0), ("dispatched", "queued", 0), ("cancelled", "cancelled", 0)
+    ]
+    assert events[-1]["detail"] == "cancelled by user" and events[0]["at"] <= events[-1]["at"]
+    after = client.get(f"/jobs/{job_id}/events?after={events[1]['id']}", headers=alice).json()
+    assert [e["kind"] for e in after["items"]] == ["cancelled"] and after["next"] is None
 
 
 def test_outbox_survives_a_broker_outage(

@@ -16,7 +16,7 @@ from api.client import download_artifact
 from service.lifecycle import HARD_TIMEOUT
 from service.settings import Settings
 
-from .checks import assert_torch_not_loaded, check_model_perplexity, check_succeeded_job
+from .checks import assert_torch_not_loaded, check_history, check_model_perplexity, check_succeeded_job
 from .procs import Api, Proc, create_key, start_api, start_reaper, start_worker, wait_until
 from .support import job_body, s3_settings, stuck_body
 
@@ -128,6 +128,14 @@ def test_worker_killed_mid_job_is_rerun(stack: Stack, slow_model: Path, stories_
         second.stop()
     assert job["state"] == "succeeded", job
     assert job["attempt"] == 2
+    events = stack.alice.events(job_id)
+    stages = check_history(
+        events, [("submitted", 0), ("started", 1), ("requeued", 1), ("started", 2), ("succeeded", 2)]
+    )
+    assert "lease expired" in next(e for e in events if e["kind"] == "requeued")["detail"]
+    assert stages[1][:2] == ["load", "calibration"] and stages[1][-1] in {"stage1", "stage2"}
+    assert stages[2][0] == "load" and stages[2][-1] == "upload" and {"stage1", "stage2"} <= set(stages[2])
+    assert stack.bob.http.get(f"/jobs/{job_id}/events").status_code == 404
 
 
 def test_cancel_a_running_job_then_the_next_job_runs(
@@ -142,6 +150,9 @@ def test_cancel_a_running_job_then_the_next_job_runs(
     job = stack.alice.wait_done(job_id, timeout=10)
     assert job["state"] == "cancelled" and time.monotonic() - started < 10
     assert stack.alice.cancel(job_id).json()["state"] == "cancelled"
+    events = stack.alice.events(job_id)
+    check_history(events, [("submitted", 0), ("started", 1), ("cancel_requested", 1), ("cancelled", 1)])
+    assert events[-1]["detail"] == "cancelled by user" and events[-1]["state"] == "cancelled"
 
     next_id = stack.alice.submit(job_body(stories_model, stories_text, seed=1)).json()["id"]
     assert stack.alice.wait_done(next_id, timeout=60)["state"] == "succeeded"

@@ -13,7 +13,7 @@ import pytest
 
 from api.client import download_artifact
 
-from .checks import assert_torch_not_loaded, check_model_perplexity, check_succeeded_job
+from .checks import assert_torch_not_loaded, check_history, check_model_perplexity, check_succeeded_job
 from .procs import Embedded, bare_env, wait_until
 from .support import job_body, stuck_body
 
@@ -133,9 +133,14 @@ def test_embedded_restart_after_a_kill_reruns_the_job(
     second = Embedded(tmp_path, env)
     try:
         job = second.api.wait_done(job_id, timeout=60)
+        events = second.api.events(job_id)
     finally:
         second.proc.stop()
     assert job["state"] == "succeeded" and job["attempt"] == 2, job
+    stages = check_history(
+        events, [("submitted", 0), ("started", 1), ("requeued", 1), ("started", 2), ("succeeded", 2)]
+    )
+    assert stages[2][0] == "load" and stages[2][-1] == "upload"
 
 
 def test_embedded_job_with_heal_reports_the_healed_model(

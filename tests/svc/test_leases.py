@@ -6,15 +6,16 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from api.services.jobs import cancel_job, submit_job
 from service import lifecycle
 from service.broker import CeleryBroker, EmbeddedBroker
-from service.db.models import Job, JobState
+from service.db.models import Job, JobEvent, JobState
 from service.db.session import Database
 from service.db.types import utcnow
 from service.keys import create_key, user_for_key
+from service.records import StageMark
 from service.settings import Settings
 from worker.maintenance import run_maintenance
 
@@ -141,3 +142,52 @@ def test_a_claim_records_the_worker_time_limit_when_smaller(env) -> None:
     expire(db, job_id, started_ago_s=10)
     assert run_maintenance(db, broker, settings).failed == [job_id]
     assert state(db, job_id).error.startswith("timeout")
+
+
+def history(db: Database, job_id: str) -> list[tuple[str, int, str | None]]:
+    with db.session() as session:
+        rows = session.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)).all()
+        return [(e.kind, e.attempt, e.stage) for e in rows]
+
+
+def test_every_transition_and_stage_mark_is_recorded_once_and_only_for_the_current_attempt(env) -> None:
+    settings, db, broker, job_id = env
+    now = utcnow()
+    with db.session() as session:
+        first = lifecycle.claim(session, job_id, "w1", 30)
+        marks = [StageMark("stage_started", "load", now), StageMark("stage_finished", "load", now, 0.5)]
+        assert lifecycle.heartbeat(session, first, 30, "load", 5.0, {}, marks) is False
+    expire(db, job_id)
+    assert run_maintenance(db, broker, settings).requeued == [job_id]
+    with db.session() as session:
+        second = lifecycle.claim(session, job_id, "w2", 30)
+        # the stale attempt's marks are dropped with the rest of its writes
+        stale = [StageMark("stage_started", "stage1", now)]
+        assert lifecycle.heartbeat(session, first, 30, "stage1", 50.0, {}, stale) is None
+        assert not lifecycle.finish(session, first, JobState.succeeded, marks=stale)
+        load = [StageMark("stage_started", "load", now)]
+        assert lifecycle.heartbeat(session, second, 30, "load", 5.0, {}, load) is False
+        done = [StageMark("stage_finished", "load", now, 1.0), StageMark("stage_started", "upload", now)]
+        assert lifecycle.finish(session, second, JobState.succeeded, marks=done)
+    assert history(db, job_id) == [
+        ("submitted", 0, None), ("dispatched", 0, None),
+        ("started", 1, None), ("stage_started", 1, "load"), ("stage_finished", 1, "load"),
+        ("requeued", 1, None), ("dispatched", 1, None),
+        ("started", 2, None), ("stage_started", 2, "load"), ("stage_finished", 2, "load"),
+        ("stage_started", 2, "upload"), ("succeeded", 2, None),
+    ]
+
+
+def test_cancelling_a_queued_job_and_shutting_down_mid_job_are_recorded(env) -> None:
+    settings, db, broker, job_id = env
+    with db.session() as session:
+        claim = lifecycle.claim(session, job_id, "host:41", 30)
+        assert not lifecycle.requeue(session, job_id, ":42")  # another child's id: fenced
+        assert lifecycle.requeue(session, job_id, ":41")  # the embedded worker shuts down: the attempt goes back
+        assert claim is not None and state(db, job_id).attempt == 0
+        cancel_job(session, user_for_key(session, create_key(session, "alice")), job_id)
+        cancel_job(session, user_for_key(session, create_key(session, "alice")), job_id)  # twice: one event
+    assert state(db, job_id).state == "cancelled"
+    assert [kind for kind, _, _ in history(db, job_id)] == [
+        "submitted", "dispatched", "started", "requeued", "cancelled"
+    ]
