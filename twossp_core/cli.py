@@ -277,9 +277,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from twossp_core import __version__
     from twossp_core.pruning.registry import method_names
 
     parser = argparse.ArgumentParser(prog="twossp", description="2SSP structured pruning for causal LMs")
+    parser.add_argument("--version", action="version", version=f"twossp {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("prune", help="prune a model to a target sparsity and save it")

@@ -231,3 +231,25 @@ def test_summary_names_every_kind_of_removal():
     assert "removed attention blocks: [1]" in lines
     assert "removed FFN blocks: [3]" in lines
     assert "removed blocks: [4]" in lines
+
+
+def test_version(capsys):
+    from twossp_core import __version__
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"twossp {__version__}"
+
+
+def test_the_output_directories_the_docs_write_are_git_ignored():
+    import re
+
+    repo = Path(__file__).resolve().parents[2]
+    if not (repo / ".git").exists():
+        pytest.skip("not a git checkout")
+    docs = "\n".join(p.read_text() for p in [repo / "README.md", *sorted((repo / "docs").glob("*.md"))])
+    names = set(re.findall(r"--out ([A-Za-z0-9_.-]+)", docs)) - {"DIR", "DIR2"}  # DIR: a placeholder
+    assert "OUT" in names
+    for name in sorted(names):
+        check = subprocess.run(["git", "check-ignore", "-q", f"{name}/model.safetensors"], cwd=repo)
+        assert check.returncode == 0, f"{name}/ is not ignored by .gitignore"

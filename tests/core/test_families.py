@@ -99,6 +99,11 @@ def test_pruned_model_reloads_both_ways_with_identical_logits(family, tmp_path):
     assert config["twossp"]["method"] == "2ssp"
     assert config["twossp_structure"]["removed_attention"] == outcome.removed_attention
     assert config["model_type"] == f"twossp_{family}" and config["architectures"] == ["TwosspPrunedForCausalLM"]
+    (tmp_path / "new").touch()  # every file readable like any new file (the weights were 0600)
+    assert {f.name: f.stat().st_mode & 0o777 for f in tmp_path.iterdir()} == {
+        f.name: (tmp_path / "new").stat().st_mode & 0o777 for f in tmp_path.iterdir()
+    }
+    (tmp_path / "new").unlink()
     assert_refused_without_remote_code(tmp_path)
 
     ours, _ = load_pruned(tmp_path)

@@ -31,6 +31,18 @@ def modeling_source(base_architecture: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def readable_like_new_files(directory: Path) -> None:
+    """Give every file under `directory` the mode a new file gets (0644 under the usual umask): the weights are
+    written through a private temporary file (0600), the other files are not."""
+    probe = directory / ".twossp-mode-probe"
+    probe.touch()
+    mode = probe.stat().st_mode & 0o777
+    probe.unlink()
+    for item in directory.rglob("*"):
+        if item.is_file():
+            item.chmod(mode)
+
+
 def save_pruned(model: Any, tokenizer: Any, out_dir: Path, metadata: dict[str, Any]) -> Path:
     """Save into `out_dir` atomically: files are written to a temporary sibling, then moved in place.
 
@@ -51,6 +63,7 @@ def save_pruned(model: Any, tokenizer: Any, out_dir: Path, metadata: dict[str, A
             config = to_compact(config)  # its own model_type: never loads as the base architecture
             (tmp / MODELING_FILE).write_text(modeling_source(config[BASE_KEY]["architecture"]))
         config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        readable_like_new_files(tmp)
         for item in tmp.iterdir():
             target = out_dir / item.name
             if target.is_dir():
