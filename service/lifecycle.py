@@ -414,3 +414,9 @@ def unheld(session: Session, held: set[str], older_than_s: float, limit: int = 5
         .limit(limit)
     ).all()
     return [job_id for job_id in rows if job_id not in held]
+
+
+def attempt_states(session: Session, job_ids: set[str]) -> dict[str, tuple[str, int]]:
+    """(state, current attempt) of the given jobs that exist (the artifact collector's view)."""
+    rows = session.execute(select(Job.id, Job.state, Job.attempt).where(Job.id.in_(list(job_ids)))).all()
+    return {job_id: (state, attempt) for job_id, state, attempt in rows}

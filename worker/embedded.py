@@ -19,6 +19,7 @@ from service.broker import EmbeddedBroker
 from service.db.models import Job, JobState
 from service.db.session import Database
 from service.settings import Settings
+from service.store import make_store
 from worker.maintenance import Reaper
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ class EmbeddedWorker:
     # loop ----------------------------------------------------------------------------------------------
     def _loop(self) -> None:
         assert self.db is not None
-        reaper = Reaper(self.db, self.broker, self.settings)
+        reaper = Reaper(self.db, self.broker, self.settings, make_store(self.settings))
         while not self._stop.is_set():
             try:
                 reaper.run()

@@ -8,7 +8,8 @@
 - A queued job that was never handed to the broker (the API died or the broker was down right after the
   commit) is published; so is one whose message the broker no longer holds (`redispatch_unheld_after_s`
   after its dispatch: a Redis restart without persistence), and one that has waited suspiciously long.
-Every transition is a compare-and-set in `service.lifecycle`, so several reapers may run at once.
+Every `TWOSSP_ARTIFACT_GC_INTERVAL_S` it also deletes the artifact prefixes of attempts that never published
+a manifest. Every transition is a compare-and-set in `service.lifecycle`, so several reapers may run at once.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from service.db.models import JobState
 from service.db.session import Database
 from service.db.types import utcnow
 from service.settings import Settings
+from service.store import ArtifactStore
 
 log = logging.getLogger(__name__)
 
@@ -89,15 +91,41 @@ def run_maintenance(db: Database, broker: Broker, settings: Settings, *, reap_le
     return result
 
 
+def collect_incomplete_attempts(db: Database, store: ArtifactStore) -> list[str]:
+    """Delete the artifact prefixes of attempts that never published a manifest (failed, lost or cancelled
+    mid-upload), except the attempt a running job is on. Prefixes of unknown jobs are left alone."""
+    incomplete = [slot for slot, has_manifest in store.attempts().items() if not has_manifest]
+    if not incomplete:
+        return []
+    removed: list[str] = []
+    for start in range(0, len(incomplete), 500):
+        chunk = incomplete[start : start + 500]
+        with db.session() as session:
+            jobs = lifecycle.attempt_states(session, {job_id for job_id, _ in chunk})
+        for job_id, attempt in chunk:
+            if job_id not in jobs:
+                continue
+            state, current = jobs[job_id]
+            if state == JobState.running.value and attempt == current:
+                continue  # still uploading, perhaps
+            prefix = f"jobs/{job_id}/attempt-{attempt}/"
+            store.delete_prefix(prefix)
+            removed.append(prefix)
+    if removed:
+        log.info("deleted %d incomplete attempt prefixes", len(removed))
+    return removed
+
+
 class Reaper:
     """Periodic maintenance that remembers database outages: a lease that ran out while the database was
     unreachable could not be renewed, so after an outage the workers get one lease period to renew their
     leases (and record finished runs) before expired leases are reaped."""
 
-    def __init__(self, db: Database, broker: Broker, settings: Settings) -> None:
-        self.db, self.broker, self.settings = db, broker, settings
+    def __init__(self, db: Database, broker: Broker, settings: Settings, store: ArtifactStore | None = None) -> None:
+        self.db, self.broker, self.settings, self.store = db, broker, settings, store
         self._db_failed = False
         self._hold_until = 0.0
+        self._next_gc = time.monotonic() + settings.reaper_interval_s  # not in the very first pass
 
     def run(self) -> MaintenanceResult:
         reap = not self._db_failed and time.monotonic() >= self._hold_until
@@ -110,4 +138,11 @@ class Reaper:
             self._db_failed = False
             self._hold_until = time.monotonic() + self.settings.lease_seconds
             log.warning("database reachable again: reaping expired leases after %g s", self.settings.lease_seconds)
+        if self.store is not None and time.monotonic() >= self._next_gc:
+            self._next_gc = time.monotonic() + self.settings.artifact_gc_interval_s
+            try:
+                collect_incomplete_attempts(self.db, self.store)
+            except Exception:
+                log.exception("collecting incomplete artifact attempts failed; next try in %g s",
+                              self.settings.artifact_gc_interval_s)
         return result

@@ -12,6 +12,7 @@ import threading
 from service.broker import make_broker
 from service.db.session import Database
 from service.settings import Settings
+from service.store import make_store
 from worker.maintenance import Reaper
 
 log = logging.getLogger("twossp.reaper")
@@ -20,7 +21,7 @@ log = logging.getLogger("twossp.reaper")
 def serve_forever(settings: Settings, stop: threading.Event) -> None:
     db = Database(settings)
     broker = make_broker(settings.broker_url, settings.celery_queue)
-    reaper = Reaper(db, broker, settings)
+    reaper = Reaper(db, broker, settings, make_store(settings))
     try:
         while not stop.is_set():
             try:

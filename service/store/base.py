@@ -120,6 +120,25 @@ class ArtifactStore(ABC):
     def check(self) -> None:
         """Raise if the store is unreachable or not writable."""
 
+    @abstractmethod
+    def list_keys(self, prefix: str) -> Iterator[str]:
+        """Every key under `prefix` (a `/`-terminated folder)."""
+
+    @abstractmethod
+    def delete_prefix(self, prefix: str) -> None:
+        """Delete every key under `prefix` (a `/`-terminated folder)."""
+
+    def attempts(self) -> dict[tuple[str, int], bool]:
+        """(job id, attempt) of every attempt prefix in the store -> whether it has a manifest."""
+        found: dict[tuple[str, int], bool] = {}
+        for key in self.list_keys("jobs/"):
+            parts = key.split("/")
+            if len(parts) < 4 or not parts[2].startswith("attempt-") or not parts[2][8:].isdigit():
+                continue
+            slot = (parts[1], int(parts[2][8:]))
+            found[slot] = found.get(slot, False) or (len(parts) == 4 and parts[3] == MANIFEST_NAME)
+        return found
+
     def upload_dir(self, root: Path, job_id: str, attempt: int) -> ArtifactRecord:
         """Upload every file, then the manifest (last). Returns the artifact record for the job row."""
         prefix = attempt_prefix(job_id, attempt)

@@ -61,6 +61,16 @@ class LocalStore(ArtifactStore):
     def presigned_url(self, key: str, expires_s: int) -> str | None:
         return None
 
+    def list_keys(self, prefix: str) -> Iterator[str]:
+        base = self._path(prefix)
+        if base.is_dir():
+            for path in sorted(base.rglob("*")):
+                if path.is_file():
+                    yield path.relative_to(self.root).as_posix()
+
+    def delete_prefix(self, prefix: str) -> None:
+        shutil.rmtree(self._path(prefix), ignore_errors=True)
+
     def check(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         if not os.access(self.root, os.W_OK):

@@ -85,5 +85,17 @@ class S3Store(ArtifactStore):
             "get_object", Params={"Bucket": self.bucket, "Key": self._key(key)}, ExpiresIn=expires_s
         )
 
+    def list_keys(self, prefix: str) -> Iterator[str]:
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self._key(prefix))
+        for page in pages:
+            for item in page.get("Contents", []):
+                yield item["Key"][len(self._key("")) :]
+
+    def delete_prefix(self, prefix: str) -> None:
+        keys = [self._key(k) for k in self.list_keys(prefix)]
+        for start in range(0, len(keys), 1000):
+            batch = [{"Key": k} for k in keys[start : start + 1000]]
+            self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+
     def check(self) -> None:
         self.client.head_bucket(Bucket=self.bucket)

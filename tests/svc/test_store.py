@@ -175,3 +175,32 @@ def test_s3_upload_gives_up_after_its_retries(tmp_path: Path, s3_bucket: str) ->
                                                                                    s3_bucket))
     with pytest.raises(Exception, match="Could not connect"):
         make_store(settings).upload_dir(model_dir(tmp_path), "job-x", 1)
+
+
+def test_attempts_that_never_published_a_manifest_are_collected(
+    store: ArtifactStore, tmp_path: Path, pg_url: str
+) -> None:
+    from service.db.models import Job, User
+    from service.db.session import Database
+    from worker.maintenance import collect_incomplete_attempts
+
+    db = Database(Settings(database_url=pg_url))
+    with db.session() as session:
+        user = User(name="gc")
+        session.add(user)
+        session.flush()
+        for job_id, state, attempt in (("a" * 8, "succeeded", 2), ("b" * 8, "running", 1), ("c" * 8, "failed", 1)):
+            session.add(Job(id=job_id, owner_id=user.id, request_hash="x", spec={}, model="m", state=state,
+                            attempt=attempt, time_limit_s=60))
+        session.commit()
+    src = model_dir(tmp_path)
+    store.upload_dir(src, "a" * 8, 2)  # published
+    for job_id, attempt in (("a" * 8, 1), ("b" * 8, 1), ("c" * 8, 1), ("unknown1", 1)):  # uploads cut short
+        store.put_file(f"jobs/{job_id}/attempt-{attempt}/files/config.json", src / "config.json")
+    try:
+        removed = collect_incomplete_attempts(db, store)
+    finally:
+        db.dispose()
+    # the dead attempts of finished jobs go; the published one, the running upload and unknown jobs stay
+    assert sorted(removed) == ["jobs/aaaaaaaa/attempt-1/", "jobs/cccccccc/attempt-1/"]
+    assert store.attempts() == {("aaaaaaaa", 2): True, ("bbbbbbbb", 1): False, ("unknown1", 1): False}
