@@ -27,6 +27,7 @@ from twossp_core.export.registry import format_names
 
 HERE = Path(__file__).parent
 PAGE_SIZE = 50
+TIMELINE_MAX = 1000  # events shown on a job page (a long sweep records two per stage of every run)
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; object-src 'none'; "
@@ -184,11 +185,17 @@ async def submit(
 
 
 # ---- one job -------------------------------------------------------------------------------------------------
-def _job_context(ui: auth.UiSession, job: Job, store: Any) -> dict[str, Any]:
+def _live(session: Any, ui: auth.UiSession, job: Job) -> dict[str, Any]:
+    """What the status panel shows: the job and its timeline (from `GET /jobs/{id}/events`' own query)."""
+    events, more = service.list_events(session, ui.user, job.id, 0, TIMELINE_MAX)
+    return {"ui": ui, "job": job, "events": views.timeline(job, events), "more_events": more}
+
+
+def _job_context(session: Any, ui: auth.UiSession, job: Job, store: Any) -> dict[str, Any]:
     report = job.report if job.state == JobState.succeeded.value else None
     files = views.manifest_files(store, job)
     context: dict[str, Any] = {
-        "ui": ui, "job": job, "report": report, "events": views.timeline(job), "files": files, "notice": None,
+        **_live(session, ui, job), "report": report, "files": files, "notice": None,
         "images": views.comparison_images(files) if job.kind == "sweep" else [],
         "spec_rows": views.options_rows(job.spec or {}),
     }
@@ -211,7 +218,7 @@ def job_page(request: Request, job_id: str, session: SessionDep, store: StoreDep
         job = service.get_job(session, ui.user, job_id)
     except NotFound as exc:
         return not_found(request, ui, str(exc))
-    return page(request, "job.html", _job_context(ui, job, store))
+    return page(request, "job.html", _job_context(session, ui, job, store))
 
 
 @router.get("/jobs/{job_id}/live")
@@ -224,7 +231,7 @@ def job_live(request: Request, job_id: str, session: SessionDep) -> Response:
         job = service.get_job(session, ui.user, job_id)
     except NotFound as exc:
         return Response(str(exc), status_code=404)
-    return page(request, "job_live.html", {"ui": ui, "job": job, "events": views.timeline(job)})
+    return page(request, "job_live.html", _live(session, ui, job))
 
 
 @router.post("/jobs/{job_id}/cancel")
@@ -236,7 +243,7 @@ async def cancel(request: Request, job_id: str, session: SessionDep, store: Stor
     except NotFound as exc:
         return not_found(request, ui, str(exc))
     except Conflict as exc:
-        context = _job_context(ui, service.get_job(session, ui.user, job_id), store)
+        context = _job_context(session, ui, service.get_job(session, ui.user, job_id), store)
         return page(request, "job.html", {**context, "notice": str(exc)}, 409)
     return RedirectResponse(f"/ui/jobs/{job_id}", 303)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -43,22 +44,24 @@ def fmt_time(at: datetime | None) -> str:
     return "–" if at is None else at.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def timeline(job: Job) -> list[Event]:
-    """The job's history from its row: submitted, dispatched, started, each finished stage, the end."""
-    events = [Event(job.created_at, "submitted", f"{job.kind} job")]
-    if job.dispatched_at is not None:
-        events.append(Event(job.dispatched_at, "dispatched", "handed to a worker"))
-    if job.started_at is not None:
-        events.append(Event(job.started_at, "started", f"attempt {job.attempt} of {job.max_attempts}"))
-    for stage, seconds in (job.stage_timings or {}).items():
-        events.append(Event(None, f"stage {stage}", f"took {fmt_duration(seconds)}"))
-    if job.state == JobState.running.value and job.stage:
-        events.append(Event(job.updated_at, f"running {job.stage}", f"{job.progress:.0f}% of the job"))
-    if job.cancel_requested_at is not None:
-        events.append(Event(job.cancel_requested_at, "cancel requested"))
-    if job.finished_at is not None:
-        events.append(Event(job.finished_at, job.state, job.error or ""))
-    return events
+def timeline(job: Job, events: Sequence[Any]) -> list[Event]:
+    """The job's history from its events (`job_events` rows, oldest first). A stage shows once: when it finished,
+    with its duration, or while it runs, as started."""
+    finished = {(e.attempt, e.stage) for e in events if e.kind == "stage_finished"}
+    out = []
+    for e in events:
+        data = e.data or {}
+        if e.kind == "stage_finished":
+            out.append(Event(e.at, f"stage {e.stage}", f"took {fmt_duration(data.get('seconds'))}"))
+        elif e.kind == "stage_started":
+            if (e.attempt, e.stage) not in finished:
+                out.append(Event(e.at, f"stage {e.stage}", "running"))
+        elif e.kind == "started":
+            out.append(Event(e.at, "started", f"attempt {e.attempt} of {job.max_attempts}"
+                             + (f" on {e.detail}" if e.detail else "")))
+        else:
+            out.append(Event(e.at, e.kind.replace("_", " "), e.detail or ""))
+    return out
 
 
 def manifest_files(store: ArtifactStore, job: Job) -> list[dict[str, Any]]:

@@ -60,6 +60,7 @@ def form(stories_model: Path, stories_text: Path, **fields: str) -> dict[str, st
     values = {
         "kind": "prune", "model": str(stories_model), "method": "2ssp", "sparsity": "0.375",
         "calibration": f"{stories_text}:0:50", "eval": f"{stories_text}:50:60", "seq_len": "128",
+        "doc_separator": "<|endoftext|>",
     }
     values.update(fields)
     return values
@@ -140,7 +141,8 @@ def test_users_see_only_their_own_jobs(app: Any, stories_model: Path, stories_te
                          follow_redirects=False)
     job_id = created.headers["location"].rsplit("/", 1)[-1]
     assert job_id in alice.get("/ui").text and job_id in alice.get("/ui/jobs/rows?state=queued").text
-    assert alice.get(f"/ui/jobs/{job_id}").status_code == 200
+    timeline = re.search(r'<ol class="timeline">(.*?)</ol>', alice.get(f"/ui/jobs/{job_id}").text, re.S)[1]
+    assert re.findall(r"<strong>([^<]+)</strong>", timeline) == ["submitted", "dispatched"]  # the job's events
     for path in ("/ui", "/ui?state=queued", "/ui/jobs/rows", "/ui/jobs/rows?state=queued"):
         page = bob.get(path)
         assert page.status_code == 200 and job_id not in page.text and job_id[:8] not in page.text

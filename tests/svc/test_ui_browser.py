@@ -160,7 +160,8 @@ def test_dashboard_in_a_browser(
     assert alice.locator("svg.chart-throughput rect.bar").count() == 2
     assert "blocks after" in alice.locator("table.report-parameters").inner_text()
     timeline = alice.locator("ol.timeline").inner_text()
-    assert "submitted" in timeline and "stage stage1" in timeline and "succeeded" in timeline
+    assert "submitted" in timeline and "stage stage1 took" in timeline and "succeeded" in timeline
+    assert "running" not in timeline  # every stage that started also finished
     sha = alice.locator("#manifest-sha256").inner_text()
     assert sha == job["artifact"]["manifest_sha256"]
     shoot(alice, "job", clip_height=1640)
