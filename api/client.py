@@ -23,6 +23,10 @@ class VerificationError(Exception):
     """A downloaded file does not match the manifest (or the manifest does not match the job)."""
 
 
+class NoArtifact(Exception):
+    """The job has no artifact to download (not succeeded: queued, running, failed or cancelled)."""
+
+
 def verify_model_dir(model_dir: Path, manifest: dict[str, Any]) -> None:
     """Check every manifest entry exists under model_dir with the listed size and sha256."""
     for entry in manifest["files"]:
@@ -74,7 +78,8 @@ def download_artifact(
         job.raise_for_status()
         info = job.json().get("artifact")
         if not info:
-            raise VerificationError(f"job {job_id} has no artifact (state {job.json().get('state')})")
+            state, error = job.json().get("state"), job.json().get("error")
+            raise NoArtifact(f"job {job_id} has no artifact to download: it is {state}{f' ({error})' if error else ''}")
         expected = info["manifest_sha256"]
         dest.mkdir(parents=True, exist_ok=True)
         with client.stream("GET", f"{base}/jobs/{job_id}/artifact", headers=auth) as response:

@@ -44,9 +44,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_create(args: argparse.Namespace) -> int:
+    from service.keys import create_key
+
+    key = _keys_session(lambda session: create_key(session, args.name))
+    print(f"created an API key for user {args.name!r}; it is shown only once:")
+    print(key)
+    return 0
+
+
+def _keys_session(run: Any) -> Any:
+    """Run `run(session)` against the configured database (migrated first when auto_migrate is on)."""
     from service.db.migrate import upgrade_head
     from service.db.session import Database
-    from service.keys import create_key
 
     settings = Settings()
     if settings.auto_migrate:
@@ -54,11 +63,39 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
     db = Database(settings)
     try:
         with db.session() as session:
-            key = create_key(session, args.name)
+            return run(session)
     finally:
         db.dispose()
-    print(f"created an API key for user {args.name!r}; it is shown only once:")
-    print(key)
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    from service.keys import list_keys
+
+    def rows(session: Any) -> list[str]:
+        return [
+            f"{k.prefix:<12} {k.user.name:<20} created {k.created_at:%Y-%m-%d %H:%M:%S}"
+            + (f"  revoked {k.revoked_at:%Y-%m-%d %H:%M:%S}" if k.revoked_at else "")
+            for k in list_keys(session)
+        ]
+
+    lines = _keys_session(rows)
+    print("\n".join(lines) if lines else "no API keys (create one with: twossp keys create NAME)")
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    from service.keys import revoke_key
+
+    def revoke(session: Any) -> tuple[str, str]:
+        key = revoke_key(session, args.key)
+        return key.prefix, key.user.name
+
+    try:
+        prefix, user = _keys_session(revoke)
+    except LookupError as exc:
+        print(f"twossp: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"revoked key {prefix} of user {user!r}")
     return 0
 
 
@@ -66,17 +103,34 @@ def cmd_download(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
-    from api.client import VerificationError, download_artifact
+    import httpx
+
+    from api.client import NoArtifact, VerificationError, download_artifact
+
+    def fail(message: str, code: int = 2) -> int:
+        print(f"twossp: error: {message}", file=sys.stderr)
+        return code
 
     key = args.key or os.environ.get("TWOSSP_API_KEY")
     if not key:
-        print("twossp: error: pass --key or set TWOSSP_API_KEY", file=sys.stderr)
-        return 2
+        return fail("pass --key or set TWOSSP_API_KEY")
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
+        return fail(f"--out {out}: exists and is not an empty directory (pass --overwrite to replace its files)")
     try:
-        model_dir = download_artifact(args.api, key, args.job_id, Path(args.out))
+        model_dir = download_artifact(args.api, key, args.job_id, out)
+    except NoArtifact as exc:
+        return fail(str(exc))
     except VerificationError as exc:
-        print(f"twossp: error: verification failed: {exc}", file=sys.stderr)
-        return 1
+        return fail(f"verification failed: {exc}", 1)
+    except httpx.HTTPStatusError as exc:
+        try:
+            detail = exc.response.json().get("detail")
+        except ValueError:
+            detail = None
+        return fail(f"job {args.job_id}: HTTP {exc.response.status_code}{f': {detail}' if detail else ''}")
+    except httpx.RequestError as exc:
+        return fail(f"cannot reach the API at {args.api} ({type(exc).__name__}: {exc})")
     print(f"verified every file against the manifest; model in {model_dir}", file=sys.stderr)
     print(model_dir)
     return 0
@@ -102,6 +156,11 @@ def register_keys(subparsers: Any) -> None:
     create = sub.add_parser("create", help="create a user's API key and print it (last line)")
     create.add_argument("name", help="user name (created if new)")
     create.set_defaults(func=cmd_keys_create)
+    listing = sub.add_parser("list", help="list the keys: prefix, user, created, revoked")
+    listing.set_defaults(func=cmd_keys_list)
+    revoke = sub.add_parser("revoke", help="revoke a key (requests with it get 401)")
+    revoke.add_argument("key", help="the key, or the prefix `twossp keys list` shows")
+    revoke.set_defaults(func=cmd_keys_revoke)
 
 
 def register_download(subparsers: Any) -> None:
@@ -110,6 +169,7 @@ def register_download(subparsers: Any) -> None:
     p.add_argument("--api", default="http://127.0.0.1:8000", help="service base URL")
     p.add_argument("--key", help="API key (default: $TWOSSP_API_KEY)")
     p.add_argument("--out", required=True, help="directory for manifest.json and model/")
+    p.add_argument("--overwrite", action="store_true", help="allow a non-empty --out directory")
     p.set_defaults(func=cmd_download)
 
 

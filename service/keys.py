@@ -9,6 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service.db.models import ApiKey, User
+from service.db.types import utcnow
 
 KEY_PREFIX = "tsp_"
 
@@ -38,3 +39,23 @@ def user_for_key(session: Session, key: str) -> User | None:
         select(ApiKey).where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))
     )
     return row.user if row is not None else None
+
+
+def list_keys(session: Session) -> list[ApiKey]:
+    """Every key (revoked ones included), oldest first, with its user loaded."""
+    return list(session.scalars(select(ApiKey).join(User).order_by(ApiKey.created_at, User.name)))
+
+
+def revoke_key(session: Session, key_or_prefix: str) -> ApiKey:
+    """Revoke the key given whole or by the prefix `keys list` shows; LookupError when none or several match."""
+    text = key_or_prefix.strip()
+    rows = list(session.scalars(select(ApiKey).where(ApiKey.key_hash == hash_key(text))))
+    if not rows and text:
+        rows = list(session.scalars(select(ApiKey).where(ApiKey.prefix.startswith(text, autoescape=True))))
+    if len(rows) != 1:
+        raise LookupError(f"{len(rows)} keys match {text!r}; give the whole key or a longer prefix")
+    row = rows[0]
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+        session.commit()
+    return row

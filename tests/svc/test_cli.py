@@ -44,3 +44,33 @@ def test_keys_create_prints_the_key_last_and_stores_only_its_hash(tmp_path: Path
         row = session.scalar(select(ApiKey).join(User).where(User.name == "carol"))
         assert row is not None and row.key_hash == hash_key(key) and key not in (row.key_hash, row.prefix)
     db.dispose()
+
+
+def test_keys_list_and_revoke_and_a_revoked_key_gets_401(tmp_path: Path, pg_url: str, redis_url: str) -> None:
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "TWOSSP_DATABASE_URL": pg_url}
+
+    def twossp(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "server.cli", *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True)
+
+    key = twossp("keys", "create", "dave").stdout.strip().splitlines()[-1]
+    other = twossp("keys", "create", "erin").stdout.strip().splitlines()[-1]
+    listing = twossp("keys", "list")
+    assert listing.returncode == 0
+    (line,) = [row for row in listing.stdout.splitlines() if row.startswith(key[:10])]
+    assert "dave" in line and "revoked" not in line and key not in listing.stdout
+    settings = Settings(data_dir=tmp_path / "data", database_url=pg_url, broker_url=redis_url, auth_cache_s=0)
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/jobs", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+        revoked = twossp("keys", "revoke", key[:10])
+        assert revoked.returncode == 0 and "dave" in revoked.stdout
+        assert client.get("/jobs", headers={"Authorization": f"Bearer {key}"}).status_code == 401
+        assert client.get("/jobs", headers={"Authorization": f"Bearer {other}"}).status_code == 200
+    (line,) = [row for row in twossp("keys", "list").stdout.splitlines() if row.startswith(key[:10])]
+    assert "revoked" in line
+    missing = twossp("keys", "revoke", "tsp_nothing-like-this")
+    assert missing.returncode == 2 and missing.stderr.strip().startswith("twossp: error: 0 keys match")

@@ -170,3 +170,32 @@ def test_embedded_job_with_heal_reports_the_healed_model(
     model_dir = download_artifact(serve.base, serve.key, job_id, tmp_path / "download")
     assert (model_dir / "heal_loss.png").is_file()
     check_model_perplexity(model_dir, job)  # the artifact is the healed model
+
+
+def test_download_failures_are_one_line(
+    serve: Embedded, tmp_path: Path, stories_model: Path, stories_text: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import uuid
+
+    from server.cli import main as twossp
+
+    job_id = serve.api.submit(job_body(stories_model, stories_text)).json()["id"]
+    serve.api.cancel(job_id)
+    assert serve.api.wait_done(job_id, timeout=60)["state"] == "cancelled"
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "keep.txt").write_text("x")
+    cases = [
+        ([job_id, "--key", serve.key], f"job {job_id} has no artifact to download: it is cancelled"),
+        ([str(uuid.uuid4()), "--key", serve.key], "HTTP 404"),
+        ([job_id, "--key", "tsp_wrong"], "HTTP 401"),
+        ([job_id, "--key", serve.key, "--api", "http://127.0.0.1:9"], "cannot reach the API at http://127.0.0.1:9"),
+        ([job_id, "--key", serve.key, "--out", str(busy)], "--overwrite"),
+    ]
+    for args, needle in cases:
+        out = [] if "--out" in args else ["--out", str(tmp_path / "dl")]
+        api = [] if "--api" in args else ["--api", serve.base]
+        assert twossp(["download", *args, *api, *out]) == 2, args
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith("twossp: error: ") and needle in err, err
+    assert (busy / "keep.txt").read_text() == "x"
