@@ -79,10 +79,14 @@ def _event(
 
 def _stage_events(session: Session, claim_: Claim, marks: Sequence[StageMark]) -> None:
     for mark in marks:
-        data = None if mark.seconds is None else {"seconds": round(mark.seconds, 3)}
+        data: dict[str, Any] = {}
+        if mark.seconds is not None:
+            data["seconds"] = round(mark.seconds, 3)
+        if mark.percent is not None:
+            data["percent"] = round(mark.percent, 2)
         _event(
-            session, claim_.job_id, EventKind(mark.kind), claim_.attempt, RUNNING, stage=mark.stage, data=data,
-            at=mark.at,
+            session, claim_.job_id, EventKind(mark.kind), claim_.attempt, RUNNING, stage=mark.stage,
+            data=data or None, at=mark.at,
         )
 
 

@@ -27,3 +27,4 @@ class StageMark:
     stage: str
     at: datetime
     seconds: float | None = None  # stage_finished: time spent in the stage
+    percent: float | None = None  # the job's overall percent at that moment

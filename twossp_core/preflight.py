@@ -1,7 +1,8 @@
 """Checks a request can run before anything is queued or loaded (torch-free).
 
-Local models: config.json must exist and name a supported architecture; for 2SSP the balance plan must
-be feasible. Local data files must exist. Hub ids and hub datasets are checked when the job runs.
+Local models: config.json must exist and name a supported architecture, and the method's own preflight
+(from the method registry, e.g. 2SSP's balance plan) must pass. Local data files must exist. Hub ids and
+hub datasets are checked when the job runs.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from twossp_core.export.compact_config import to_base
 from twossp_core.export.registry import check_family, check_ffn_width
 from twossp_core.models.counts import block_counts
 from twossp_core.models.registry import check_supported
-from twossp_core.pruning.twossp.balance import plan_balance
+from twossp_core.pruning.registry import method_preflight
 from twossp_core.spec import DataSource, PruneSpec
 
 # `name` or `org/name`: letters, digits, `-`, `_`, `.`; no `--`/`..` runs, at most 96 characters per part
@@ -79,20 +80,9 @@ def check_model(spec: PruneSpec, *, relative_paths: bool = True) -> None:
     if cfg is None:
         return
     check_family(spec.export, cfg.get("model_type"))
-    if spec.method in ("2ssp", "2ssp-refit"):
-        counts = block_counts(cfg)
-        options = spec.method_options()
-        plan = plan_balance(
-            blocks=counts.blocks,
-            sparsity=spec.sparsity,
-            mlp_params=counts.mlp,
-            attn_params=counts.attention,
-            block_params_total=counts.blocks_total,
-            intermediate_size=counts.intermediate_size,
-            alpha=options.alpha,  # type: ignore[attr-defined]
-            num_attention=options.num_attention_to_prune,  # type: ignore[attr-defined]
-            round_to=options.round_to,  # type: ignore[attr-defined]
-        )
-        check_ffn_width(spec.export, plan.kept_neurons, hint=" (2SSP: pass --option round_to=256)")
+    check = method_preflight(spec.method)
+    width = check(block_counts(cfg), spec.sparsity, spec.method_options()) if check is not None else None
+    if width is not None:  # the method decides the FFN width it keeps
+        check_ffn_width(spec.export, width, hint=" (2SSP: pass --option round_to=256)")
     elif "round_to" not in type(spec.method_options()).model_fields:  # methods that keep the FFN width
         check_ffn_width(spec.export, int(cfg.get("intermediate_size") or 0))

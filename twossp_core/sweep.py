@@ -32,6 +32,7 @@ from twossp_core.pipeline import (
 from twossp_core.progress import CancelFn, ProgressFn, Reporter
 from twossp_core.report_table import comparison_markdown, plot_comparison
 from twossp_core.spec import SweepSpec
+from twossp_core.stages import run_prefix
 
 COMPARISON_JSON = "comparison.json"
 COMPARISON_MD = "comparison.md"
@@ -109,7 +110,7 @@ def run_sweep(
         for sparsity in spec.sparsities:
             reporter.checkpoint()
             name = run_name(method, sparsity)
-            run_reporter = _RunReporter(reporter, f"{method}@{sparsity:g}")
+            run_reporter = _RunReporter(reporter, run_prefix(method, sparsity))
             options = spec.options[method]
             try:
                 model, outcome, prune_s = prune_model(ws, method, sparsity, options, run_reporter, copy_model=True)

@@ -1,115 +1,98 @@
-"""Turning pipeline stage callbacks into an overall percent and per-stage timings."""
+"""Turning pipeline stage callbacks into an overall percent, per-stage timings and stage marks.
+
+The stages and their weights come from the core (`twossp_core.stages`: the pipeline's own, each method's from
+the method registry); the service adds its upload. Percent only ever grows: a stage the plan does not know
+(an older plan, a method that reports more than it declared) keeps the percent where it was.
+"""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
+from service.db.models import JobKind
 from service.records import StageMark
+from twossp_core.stages import Stage
 
-# share of the whole job per stage, in pipeline order; unknown stages keep the last known position; the heal
-# stages count only in jobs that heal (see ProgressTracker)
-STAGE_WEIGHTS: dict[str, float] = {
-    "load": 5,
-    "calibration": 5,
-    "evaluate_dense": 15,
-    "stage1": 25,
-    "stage2": 25,
-    "evaluate_pruned": 15,
-    "heal_data": 2,
-    "heal": 60,
-    "evaluate_healed": 15,
-    "export": 5,
-    "upload": 5,
-}
-HEAL_STAGES = ("heal_data", "heal", "evaluate_healed")
+log = logging.getLogger(__name__)
+
+UPLOAD = Stage("upload", 5)  # the service's own last stage: the output to the artifact store
 
 
-def _starts(weights: dict[str, float]) -> dict[str, float]:
-    starts, acc = {}, 0.0
-    for name, weight in weights.items():
-        starts[name] = acc
-        acc += weight
-    return starts
+def job_stages(kind: str, spec: dict[str, Any]) -> list[Stage]:
+    """The stage plan of a job (its validated spec as stored on the row), upload included."""
+    from twossp_core.spec import parse_spec, parse_sweep_spec
+    from twossp_core.stages import prune_stages, sweep_stages
+
+    if kind == JobKind.sweep.value:
+        return [*sweep_stages(parse_sweep_spec(spec)), UPLOAD]
+    return [*prune_stages(parse_spec(spec)), UPLOAD]
 
 
-_TOTAL = sum(w for s, w in STAGE_WEIGHTS.items() if s not in HEAL_STAGES)
-_START = _starts({s: w for s, w in STAGE_WEIGHTS.items() if s not in HEAL_STAGES})
-_HEAL_TOTAL = sum(STAGE_WEIGHTS.values())
-_HEAL_START = _starts(STAGE_WEIGHTS)
+class StagePlan:
+    """Where each stage starts and how much of the whole it is, in percent. A name may come back later in the
+    plan (a method that refits again after its second stage): its n-th entry takes its n-th slot."""
 
-# a sweep: the shared setup (load, calibration, evaluate_dense) as for one job, then equal shares per run
-SWEEP_SETUP = ("load", "calibration", "evaluate_dense")
-_SETUP_PCT = 100.0 * sum(STAGE_WEIGHTS[s] for s in SWEEP_SETUP) / _TOTAL
-_TAIL_PCT = {"comparison": (95.0, 2.5), "upload": (97.5, 2.5)}  # stage: (start, share) in percent
-_RUNS_PCT = 95.0 - _SETUP_PCT
-# within one run: the method's own stages, then evaluate_pruned (then the heal, when the sweep heals);
-# 2SSP's stage1/stage2 have their own slots
-_RUN_SLOTS = {"stage1": (0.0, 25.0), "stage2": (25.0, 50.0), "evaluate_pruned": (50.0, 65.0),
-              "heal_data": (65.0, 67.0), "heal": (67.0, 127.0), "evaluate_healed": (127.0, 142.0)}
-_RUN_OTHER = (0.0, 50.0)
-_RUN_TOTAL = 65.0
-_RUN_HEAL_TOTAL = 142.0
-STAGE_MAX_CHARS = 50  # jobs.stage column
+    def __init__(self, stages: Sequence[Stage]) -> None:
+        total = sum(s.weight for s in stages) or 1.0
+        self.slots: dict[str, list[tuple[float, float]]] = {}
+        start = 0.0
+        for stage in stages:
+            share = 100.0 * stage.weight / total
+            self.slots.setdefault(stage.name, []).append((start, share))
+            start += share
 
-
-def sweep_run_names(methods: Sequence[str], sparsities: Sequence[float]) -> list[str]:
-    """Stage prefixes of a sweep's runs, in the order the sweep runs them (`method@sparsity`)."""
-    return [f"{m}@{s:g}" for m in methods for s in sparsities]
+    def percent(self, stage: str, fraction: float, entry: int = 0) -> float | None:
+        slots = self.slots.get(stage)
+        if not slots:
+            return None
+        start, share = slots[min(entry, len(slots) - 1)]
+        return min(100.0, start + share * fraction)
 
 
 class ProgressTracker:
     """Thread-safe enough for one writer (the pipeline) and one reader (the heartbeat)."""
 
-    def __init__(self, runs: Sequence[str] = (), *, heal: bool = False) -> None:
-        """`runs`: for a sweep, the run prefixes its stage names carry (see sweep_run_names); `heal`: whether
-        the job heals its models (the heal stages then take their share of the job)."""
-        self.runs = {name: i for i, name in enumerate(runs)}
-        self.heal = heal
-        self._total, self._start = (_HEAL_TOTAL, _HEAL_START) if heal else (_TOTAL, _START)
+    def __init__(self, stages: Sequence[Stage] = ()) -> None:
+        self.plan = StagePlan(stages)
         self.stage: str | None = None
-        self.detail: str | None = None
+        self.detail: str | None = None  # what the stage is doing now (the heal's step and loss)
         self.percent = 0.0
         self.timings: dict[str, float] = {}
         self.marks: list[StageMark] = []  # every stage start and end, in order (appended only)
         self._stage_started = time.monotonic()
         self._finished = False
+        self._unknown: set[str] = set()
+        self._entries: dict[str, int] = {}  # how many times each stage was entered
 
     def _close_stage(self, now: float) -> None:
         if self.stage is not None:
             spent = now - self._stage_started
             self.timings[self.stage] = round(self.timings.get(self.stage, 0.0) + spent, 3)
-            self.marks.append(StageMark("stage_finished", self.stage, datetime.now(UTC), spent))
+            self.marks.append(StageMark("stage_finished", self.stage, datetime.now(UTC), spent, self.percent))
 
     def update(self, stage: str, fraction: float, detail: str | None = None) -> None:
-        """`detail`: what the stage is doing now (the heal's step and loss), shown after the stage name."""
+        """`detail`: what the stage is doing now, shown after the stage name on the job (not in its events)."""
         now = time.monotonic()
         self.detail = detail
+        fraction = min(max(fraction, 0.0), 1.0)
         if stage != self.stage:
             self._close_stage(now)
             self.stage = stage
             self._stage_started = now
-            self.marks.append(StageMark("stage_started", stage, datetime.now(UTC)))
-        fraction = min(max(fraction, 0.0), 1.0)
-        percent = self._sweep_percent(stage, fraction) if self.runs else None
-        if percent is None and stage in self._start:
-            percent = 100.0 * (self._start[stage] + STAGE_WEIGHTS[stage] * fraction) / self._total
+            self._entries[stage] = self._entries.get(stage, 0) + 1
+            start = self.plan.percent(stage, 0.0, self._entries[stage] - 1)
+            self.percent = max(self.percent, start if start is not None else 0.0)
+            self.marks.append(StageMark("stage_started", stage, datetime.now(UTC), None, self.percent))
+        percent = self.plan.percent(stage, fraction, self._entries[stage] - 1)
+        if percent is None and stage not in self._unknown:
+            self._unknown.add(stage)
+            log.warning("stage %r is not in the job's stage plan; progress holds at %.1f %%", stage, self.percent)
         if percent is not None:
             self.percent = max(self.percent, percent)
-
-    def _sweep_percent(self, stage: str, fraction: float) -> float | None:
-        if stage in SWEEP_SETUP:
-            return 100.0 * (_START[stage] + STAGE_WEIGHTS[stage] * fraction) / _TOTAL
-        if stage in _TAIL_PCT:
-            start, share = _TAIL_PCT[stage]
-            return start + share * fraction
-        run, _, sub = stage.partition("/")
-        if run not in self.runs:
-            return None
-        lo, hi = _RUN_SLOTS.get(sub, _RUN_OTHER)
-        within = (lo + (hi - lo) * fraction) / (_RUN_HEAL_TOTAL if self.heal else _RUN_TOTAL)
-        return _SETUP_PCT + _RUNS_PCT * (self.runs[run] + within) / len(self.runs)
 
     def finish(self) -> None:
         """Close the current stage (the job is over); it stays the reported stage."""
@@ -120,5 +103,4 @@ class ProgressTracker:
     def snapshot(self) -> tuple[str | None, float, dict[str, float]]:
         timings = dict(self.timings)
         stage = self.stage if self.stage is None or self.detail is None else f"{self.stage} ({self.detail})"
-        stage = None if stage is None else stage[:STAGE_MAX_CHARS]
         return stage, round(self.percent, 2), timings

@@ -28,7 +28,8 @@ from service.paths import PathRefused, check_tree, resolve_allowed
 from service.records import StageMark
 from service.settings import Settings
 from service.store import ArtifactStore, make_store
-from worker.progress import ProgressTracker, sweep_run_names
+from twossp_core.stages import Stage
+from worker.progress import ProgressTracker, job_stages
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +151,7 @@ class JobRunner:
 
     def _run_claimed(self, claim: Claim, work: Path, timeout_exceptions: tuple[type[BaseException], ...]) -> str:
         soft_limit = min(self.settings.job_soft_time_limit_s, claim.time_limit_s)
-        tracker = ProgressTracker(self._run_names(claim), heal=claim.spec.get("heal") is not None)
+        tracker = ProgressTracker(self._stages(claim))
         heartbeat = Heartbeat(self, claim, tracker, soft_limit)
         heartbeat.start()
 
@@ -239,10 +240,13 @@ class JobRunner:
                 delay = min(delay * 2, 10.0)
 
     @staticmethod
-    def _run_names(claim: Claim) -> list[str]:
-        if claim.kind != JobKind.sweep.value:
-            return []
-        return sweep_run_names(claim.spec.get("methods") or [], claim.spec.get("sparsities") or [])
+    def _stages(claim: Claim) -> list[Stage]:
+        from twossp_core.errors import TwosspError
+
+        try:
+            return job_stages(claim.kind, claim.spec)
+        except TwosspError:
+            return []  # the spec no longer parses: the run fails with the reason when it starts
 
     def _execute(
         self,

@@ -18,7 +18,9 @@ from twossp_core.export.load import load_pruned  # noqa: E402
 from twossp_core.export.save import save_pruned  # noqa: E402
 from twossp_core.pipeline import prepare, prune_model, run_prune  # noqa: E402
 from twossp_core.progress import Reporter  # noqa: E402
+from twossp_core.pruning.registry import method_names  # noqa: E402
 from twossp_core.spec import parse_spec  # noqa: E402
+from twossp_core.stages import prune_stages  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -71,13 +73,28 @@ def test_same_seed_same_result(workdir, tmp_path):
     assert json.loads((tmp_path / "a" / "report.json").read_text())["perplexity"] == a["perplexity"]
 
 
-def test_progress_covers_every_stage_in_order(workdir, tmp_path):
+FAST_OPTIONS = {
+    "evopress": {"generations": 2, "offspring": 2, "initial_candidates": 2, "initial_tokens": 16,
+                 "selection_tokens": [16, 32], "selection_survivors": [2, 1]},
+}
+
+
+@pytest.mark.parametrize("method", [*method_names(), "2ssp+heal"])
+def test_progress_covers_every_stage_in_order(workdir, tmp_path, method):
+    """The stages a run reports are exactly the plan the registry declares for its method, in order."""
     seen: list[tuple[str, float]] = []
-    run_prune(_spec(workdir), tmp_path / "o", progress=lambda stage, f: seen.append((stage, f)))
-    stages = list(dict.fromkeys(s for s, _ in seen))
-    assert stages == ["load", "calibration", "evaluate_dense", "stage1", "stage2", "evaluate_pruned", "export"]
-    for stage in stages:
-        fractions = [f for s, f in seen if s == stage]
+    method, _, heal = method.partition("+")
+    extra = {"heal": {"steps": 2, "batch_size": 2, "seq_len": 16}} if heal else {}
+    spec = _spec(workdir, method=method, sparsity=0.25, options=FAST_OPTIONS.get(method, {}), **extra)
+    run_prune(spec, tmp_path / "o", progress=lambda stage, f: seen.append((stage, f)))
+    entered = [stage for i, (stage, _) in enumerate(seen) if i == 0 or seen[i - 1][0] != stage]
+    assert entered == [s.name for s in prune_stages(spec)]
+    runs: list[list[float]] = []  # the fractions of each stage entry
+    for i, (stage, fraction) in enumerate(seen):
+        if i == 0 or seen[i - 1][0] != stage:
+            runs.append([])
+        runs[-1].append(fraction)
+    for fractions in runs:
         assert fractions == sorted(fractions) and fractions[-1] == 1.0
 
 

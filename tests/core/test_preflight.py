@@ -15,6 +15,7 @@ from twossp_core.errors import DataError, InfeasibleTarget, ModelNotFound, Unsup
 from twossp_core.models.counts import block_counts  # noqa: E402
 from twossp_core.models.registry import adapter_for  # noqa: E402
 from twossp_core.preflight import check_model  # noqa: E402
+from twossp_core.pruning.registry import method_preflight  # noqa: E402
 from twossp_core.spec import parse_spec  # noqa: E402
 
 
@@ -38,17 +39,19 @@ def _spec(model, text_file, **kw):
     return parse_spec({"model": str(model), "calibration": [str(text_file)], "eval": [str(text_file)], **kw})
 
 
-def test_feasible_request_passes(llama_dir, tmp_path):
+def test_the_methods_own_preflight_decides_feasibility(llama_dir, tmp_path):
     text = tmp_path / "t.txt"
     text.write_text("hello")
-    check_model(_spec(llama_dir, text, sparsity=0.4))
-
-
-def test_infeasible_request_is_refused(llama_dir, tmp_path):
-    text = tmp_path / "t.txt"
-    text.write_text("hello")
-    with pytest.raises(InfeasibleTarget):
+    assert method_preflight("2ssp") is not None
+    check_model(_spec(llama_dir, text, sparsity=0.4))  # the balance can be planned: accepted
+    # the same model and sparsity, but more attention modules than the target allows: refused before queueing
+    with pytest.raises(InfeasibleTarget, match="attention modules"):
         check_model(_spec(llama_dir, text, sparsity=0.1, options={"num_attention_to_prune": 4}))
+    with pytest.raises(InfeasibleTarget, match="blocks"):
+        check_model(_spec(llama_dir, text, sparsity=0.4, options={"num_attention_to_prune": 99}))
+    # a method without a preflight of its own is not held to 2SSP's plan
+    assert method_preflight("shortgpt") is None
+    check_model(_spec(llama_dir, text, method="shortgpt", sparsity=0.1, options={}))
 
 
 def test_unsupported_and_missing_models_are_refused(tmp_path):

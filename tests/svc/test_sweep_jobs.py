@@ -166,11 +166,11 @@ def test_sweep_job_runs_on_the_embedded_default(
 
 
 def test_sweep_progress_advances_run_by_run() -> None:
-    from worker.progress import ProgressTracker, sweep_run_names
+    from worker.progress import ProgressTracker, job_stages
 
-    runs = sweep_run_names(["2ssp", "shortgpt"], [0.25, 0.5])
-    assert runs == ["2ssp@0.25", "2ssp@0.5", "shortgpt@0.25", "shortgpt@0.5"]
-    tracker = ProgressTracker(runs)
+    spec = {"model": "org/model", "methods": ["2ssp", "shortgpt"], "sparsities": [0.25, 0.5]}
+    tracker = ProgressTracker(job_stages("sweep", spec))
+    runs = ["2ssp@0.25", "2ssp@0.5", "shortgpt@0.25", "shortgpt@0.5"]
     stages = ["load", "calibration", "evaluate_dense"]
     stages += [f"{run}/{sub}" for run in runs[:2] for sub in ("stage1", "stage2", "evaluate_pruned")]
     stages += [f"{run}/{sub}" for run in runs[2:] for sub in ("influence", "evaluate_pruned")]
@@ -180,6 +180,11 @@ def test_sweep_progress_advances_run_by_run() -> None:
             tracker.update(stage, fraction)
             seen.append(tracker.snapshot()[1])
     assert seen == sorted(seen) and seen[-1] == 100.0
-    assert seen[3 * 3 - 1] == 25.0  # the shared setup
-    assert seen[(3 + 3) * 3 - 1] == pytest.approx(25.0 + 70.0 / 4)  # the first run
-    assert len(set(seen)) > len(seen) // 2
+    # every stage moves the percent: within it (0 -> 0.5 -> 1) and across the runs
+    assert all(a < b for a, b in zip(seen[1::3], seen[2::3], strict=True)), seen
+    ends = seen[2::3]
+    assert ends == sorted(set(ends))
+    # a run's share is its method's weight: 2SSP's two stages weigh what ShortGPT's one does
+    run_end = {run: ends[stages.index(f"{run}/evaluate_pruned")] for run in runs}
+    twossp_run = run_end["2ssp@0.5"] - run_end["2ssp@0.25"]
+    assert twossp_run == pytest.approx(run_end["shortgpt@0.5"] - run_end["shortgpt@0.25"])

@@ -38,8 +38,6 @@ class PruneOutcome:
 
 class PruningMethod(ABC):
     name: ClassVar[str]
-    # stage names reported through progress, in order (the service shows them)
-    stages: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: BaseModel) -> None:
         self.config = config

@@ -1,18 +1,24 @@
-"""User-facing method names → option schema and implementation.
+"""User-facing method names → everything the rest of the code needs to know about a method.
 
-Configs are plain pydantic models (no torch) so requests can be validated anywhere; the
-implementation class is imported only when a run starts.
+Each entry names its option schema and implementation, the stages it reports (with their share of the run,
+for progress), an optional preflight check and the export formats its output supports. Configs and
+preflight checks are torch-free so requests can be validated anywhere; the implementation class is imported
+only when a run starts. Adding a method is one entry here (and its package).
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
 from twossp_core.errors import InvalidSpec
+from twossp_core.stages import Stage
+
+ALL_EXPORTS = ("compact", "portable")
 
 
 @dataclass(frozen=True)
@@ -20,6 +26,14 @@ class MethodEntry:
     config: str  # "module:Class" of the pydantic options model
     impl: str  # "module:Class" of the PruningMethod subclass
     summary: str
+    # the stage names the method reports through progress, in order, with their weights (the pipeline's
+    # evaluate_dense stage weighs 15; a method weighs about 50 in all); a stage entered twice is listed twice
+    stages: tuple[Stage, ...]
+    # "module:function"(counts: BlockCounts, sparsity, config) raising InfeasibleTarget when the target cannot
+    # be met on a model of that shape, and returning the FFN width the pruned blocks keep when the method decides
+    # it (None otherwise); torch-free, run before a job is queued
+    preflight: str | None = None
+    exports: tuple[str, ...] = ALL_EXPORTS  # export formats a model pruned by this method can be saved in
 
 
 METHODS: dict[str, MethodEntry] = {
@@ -27,36 +41,47 @@ METHODS: dict[str, MethodEntry] = {
         "twossp_core.pruning.twossp.config:TwoSSPConfig",
         "twossp_core.pruning.twossp.method:TwoSSP",
         "2SSP: FFN neuron pruning by activation norm, then greedy attention removal by perplexity",
+        stages=(Stage("stage1", 25), Stage("stage2", 25)),
+        preflight="twossp_core.pruning.twossp.balance:check_feasible",
     ),
     "2ssp-refit": MethodEntry(
         "twossp_core.pruning.twossp_refit.config:TwoSSPRefitConfig",
         "twossp_core.pruning.twossp_refit.method:TwoSSPRefit",
         "2SSP + refit: 2SSP, then a least-squares refit of every kept FFN's down projection (no training)",
+        # the refit runs again after stage 2 when stage 2 removed attention modules
+        stages=(Stage("stage1", 20), Stage("refit", 10), Stage("stage2", 15), Stage("refit", 5)),
+        preflight="twossp_core.pruning.twossp.balance:check_feasible",
     ),
     "shortgpt": MethodEntry(
         "twossp_core.pruning.shortgpt.config:ShortGPTConfig",
         "twossp_core.pruning.shortgpt.method:ShortGPT",
         "ShortGPT: delete the blocks with the lowest block influence (1 - cos(input, output), last token)",
+        stages=(Stage("influence", 50),),
     ),
     "window": MethodEntry(
         "twossp_core.pruning.window.config:WindowConfig",
         "twossp_core.pruning.window.method:SlidingWindow",
         "Sliding window: delete the run of consecutive blocks with the smallest angular distance across it",
+        stages=(Stage("distances", 50),),
     ),
     "blockpruner": MethodEntry(
         "twossp_core.pruning.blockpruner.config:BlockPrunerConfig",
         "twossp_core.pruning.blockpruner.method:BlockPruner",
         "BlockPruner: greedy removal of attention/FFN submodules by calibration perplexity",
+        stages=(Stage("greedy_removal", 50),),
     ),
     "slicegpt": MethodEntry(
         "twossp_core.pruning.slicegpt.config:SliceGPTConfig",
         "twossp_core.pruning.slicegpt.method:SliceGPT",
         "SliceGPT: PCA rotation and hidden-dimension slicing (sparsity = hidden fraction; llama only)",
+        stages=(Stage("pca", 40), Stage("rotate", 10)),
+        exports=("compact",),  # a rotated-and-sliced model has no plain-architecture equivalent
     ),
     "evopress": MethodEntry(
         "twossp_core.pruning.evopress.config:EvoPressConfig",
         "twossp_core.pruning.evopress.method:EvoPress",
         "EvoPress: evolutionary search over dropped attention/FFN submodules by KL to the dense model",
+        stages=(Stage("evolution", 50),),
     ),
 }
 
@@ -70,12 +95,22 @@ def method_names() -> list[str]:
     return list(METHODS)
 
 
-def method_config(name: str, options: dict[str, Any] | None = None) -> BaseModel:
-    """Validate `options` against the method's schema; unknown method or option → InvalidSpec."""
+def method_entry(name: str) -> MethodEntry:
     entry = METHODS.get(name)
     if entry is None:
         raise InvalidSpec(f"unknown method {name!r}; available: {', '.join(METHODS)}")
-    config_cls = _load(entry.config)
+    return entry
+
+
+def method_preflight(name: str) -> Callable[..., int | None] | None:
+    """The method's feasibility check (see MethodEntry.preflight), if it has one."""
+    entry = method_entry(name)
+    return None if entry.preflight is None else _load(entry.preflight)
+
+
+def method_config(name: str, options: dict[str, Any] | None = None) -> BaseModel:
+    """Validate `options` against the method's schema; unknown method or option → InvalidSpec."""
+    config_cls = _load(method_entry(name).config)
     try:
         return config_cls.model_validate(options or {})
     except ValidationError as exc:
@@ -85,7 +120,4 @@ def method_config(name: str, options: dict[str, Any] | None = None) -> BaseModel
 
 
 def method_class(name: str) -> type:
-    entry = METHODS.get(name)
-    if entry is None:
-        raise InvalidSpec(f"unknown method {name!r}; available: {', '.join(METHODS)}")
-    return _load(entry.impl)
+    return _load(method_entry(name).impl)

@@ -23,7 +23,6 @@ STAGE = "greedy_removal"
 
 class BlockPruner(PruningMethod):
     name = "blockpruner"
-    stages = (STAGE,)
     config: BlockPrunerConfig
 
     @torch.no_grad()

@@ -66,7 +66,6 @@ def candidate_kl(adapter: ModelAdapter, ref: DenseReference, genome: Genome, win
 
 class EvoPress(PruningMethod):
     name = "evopress"
-    stages = (STAGE,)
     config: EvoPressConfig
 
     def reference(self, ctx: PruneContext) -> DenseReference:

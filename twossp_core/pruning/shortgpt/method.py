@@ -15,7 +15,6 @@ STAGE = "influence"
 
 class ShortGPT(PruningMethod):
     name = "shortgpt"
-    stages = (STAGE,)
     config: ShortGPTConfig
 
     def prune(self, ctx: PruneContext, sparsity: float) -> PruneOutcome:

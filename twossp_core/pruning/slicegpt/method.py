@@ -26,7 +26,6 @@ SPARSITY_MEANING = (
 
 class SliceGPT(PruningMethod):
     name = "slicegpt"
-    stages = (STAGE, "rotate")
     config: SliceGPTConfig
 
     def prune(self, ctx: PruneContext, sparsity: float) -> PruneOutcome:

@@ -6,8 +6,13 @@ Pure arithmetic on parameter counts; no torch.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from twossp_core.errors import InfeasibleTarget
+
+if TYPE_CHECKING:
+    from twossp_core.models.counts import BlockCounts
+    from twossp_core.pruning.twossp.config import TwoSSPConfig
 
 
 @dataclass(frozen=True)
@@ -68,3 +73,19 @@ def plan_balance(
     if round_to > 1:
         kept = min(intermediate_size, max(round_to, round(kept / round_to) * round_to))
     return BalancePlan(num_attention=n_attn, kept_neurons=kept, target_params=target, ffn_params_per_block=per_block)
+
+
+def check_feasible(counts: BlockCounts, sparsity: float, config: TwoSSPConfig) -> int:
+    """The registry's preflight for 2SSP: InfeasibleTarget unless the balance can be planned on this shape;
+    returns the FFN width every block keeps."""
+    return plan_balance(
+        blocks=counts.blocks,
+        sparsity=sparsity,
+        mlp_params=counts.mlp,
+        attn_params=counts.attention,
+        block_params_total=counts.blocks_total,
+        intermediate_size=counts.intermediate_size,
+        alpha=config.alpha,
+        num_attention=config.num_attention_to_prune,
+        round_to=config.round_to,
+    ).kept_neurons

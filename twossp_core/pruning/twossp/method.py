@@ -14,7 +14,6 @@ SCORES_CACHE_KEY = "2ssp.neuron_scores"
 
 class TwoSSP(PruningMethod):
     name = "2ssp"
-    stages = (stage1.STAGE, stage2.STAGE)
     config: TwoSSPConfig
 
     def plan(self, ctx: PruneContext, sparsity: float):  # noqa: ANN201 - BalancePlan

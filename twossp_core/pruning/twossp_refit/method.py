@@ -19,7 +19,6 @@ from twossp_core.pruning.twossp_refit.sequential import Calls, capture_calls, re
 
 class TwoSSPRefit(TwoSSP):
     name = "2ssp-refit"
-    stages = (stage1.STAGE, refit.STAGE, stage2.STAGE)
     config: TwoSSPRefitConfig
 
     def prune(self, ctx: PruneContext, sparsity: float) -> PruneOutcome:

@@ -15,7 +15,6 @@ STAGE = "distances"
 
 class SlidingWindow(PruningMethod):
     name = "window"
-    stages = (STAGE,)
     config: WindowConfig
 
     def prune(self, ctx: PruneContext, sparsity: float) -> PruneOutcome:

@@ -1,0 +1,62 @@
+"""The stages a run reports through progress, in order, each with its share of the run's time (torch-free).
+
+The pipeline's own stages are declared here and each method declares its own in the method registry, so
+progress (the service's percent, the job timeline) follows every method and every new stage: a stage added to
+the pipeline is added to `prune_stages` too, a method's stages come with its registry entry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from twossp_core.spec import PruneSpec, SweepSpec
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    weight: float  # relative share of the run's time (only ratios within one plan matter)
+
+
+# before the method runs: load the model, tokenize the data, evaluate the dense model
+SETUP = (Stage("load", 5), Stage("calibration", 5), Stage("evaluate_dense", 15))
+# after it: evaluate the pruned model, heal it when asked (then evaluate it again), then save it
+MEASURE = (Stage("evaluate_pruned", 15),)
+HEAL = (Stage("heal_data", 2), Stage("heal", 60), Stage("evaluate_healed", 15))
+EXPORT = Stage("export", 5)
+# a sweep's last step: the comparison table and plots
+COMPARISON = Stage("comparison", 2)
+
+
+def method_stages(method: str) -> tuple[Stage, ...]:
+    from twossp_core.pruning.registry import method_entry
+
+    return method_entry(method).stages
+
+
+def prune_stages(spec: PruneSpec) -> list[Stage]:
+    """Every stage of one pruning run, in the order the pipeline reports them."""
+    return [*SETUP, *method_stages(spec.method), *MEASURE, *_heal(spec), EXPORT]
+
+
+def _heal(spec: PruneSpec | SweepSpec) -> tuple[Stage, ...]:
+    return HEAL if spec.heal is not None else ()
+
+
+def run_prefix(method: str, sparsity: float) -> str:
+    """How a sweep names one run's stages: `<run_prefix>/<stage>` (e.g. `shortgpt@0.25/influence`)."""
+    return f"{method}@{sparsity:g}"
+
+
+def sweep_stages(spec: SweepSpec) -> list[Stage]:
+    """Every stage of a sweep: the shared setup, each run's method, measure (and heal) stages, the comparison (a sweep
+    that saves its models exports them within the run, without a stage of its own)."""
+    stages = list(SETUP)
+    for method in spec.methods:
+        per_run = [*method_stages(method), *MEASURE, *_heal(spec)]
+        for sparsity in spec.sparsities:
+            stages += [Stage(f"{run_prefix(method, sparsity)}/{s.name}", s.weight) for s in per_run]
+    stages.append(COMPARISON)
+    return stages
