@@ -32,6 +32,7 @@ from twossp_core.stages import Stage
 from worker.progress import ProgressTracker, job_stages
 
 log = logging.getLogger(__name__)
+DONE_STAGE = "done"  # the stage a succeeded job reports (with progress 100)
 
 
 def default_worker_id() -> str:
@@ -158,9 +159,11 @@ class JobRunner:
         def should_cancel() -> bool:
             return heartbeat.stop_reason is not None
 
-        def finish(state: JobState, error: str | None = None, **values: Any) -> str:
+        def finish(state: JobState, error: str | None = None, *, final_stage: str | None = None, **values: Any) -> str:
+            """Record the terminal state; the stage stays where the run stopped unless final_stage says otherwise."""
             tracker.finish()
             stage, _, timings = tracker.snapshot()
+            stage = final_stage or stage
 
             def write(session: Session) -> bool:
                 with heartbeat.marks_lock:  # the heartbeat still runs (it keeps the lease while this retries)
@@ -198,7 +201,10 @@ class JobRunner:
                 heartbeat.halt()
                 return StopReason.fenced
             # the manifest exists now; succeed unless a cancel arrived meanwhile
-            state = finish(JobState.succeeded, require_no_cancel=True, progress=100.0, report=report, artifact=artifact)
+            state = finish(
+                JobState.succeeded, final_stage=DONE_STAGE, require_no_cancel=True, progress=100.0, report=report,
+                artifact=artifact,
+            )
             if state == StopReason.fenced:
                 return finish(JobState.cancelled, "cancelled by user")
             return state

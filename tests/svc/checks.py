@@ -15,7 +15,7 @@ REPORT_KEYS = {
 
 def check_succeeded_job(job: dict[str, Any]) -> None:
     assert job["state"] == "succeeded", job
-    assert job["progress"] == 100 and job["error"] is None
+    assert job["progress"] == 100 and job["error"] is None and job["stage"] == "done"  # terminal, not "upload"
     report = job["report"]
     assert REPORT_KEYS <= set(report)
     assert set(report["params"]) >= {"blocks_before", "blocks_after", "total_before", "total_after"}
