@@ -73,16 +73,16 @@ def main() -> int:
             }
             job = client.post("/jobs", json=body).raise_for_status().json()
             print(f"submitted job {job['id']} to {api}")
-            last = None
-            while True:
-                job = client.get(f"/jobs/{job['id']}").raise_for_status().json()
-                line = f"  {job['state']:<10} {job.get('stage') or '':<16} {round(job.get('progress') or 0):>3}%"
-                if line != last:
-                    print(line, flush=True)
-                    last = line
-                if job["state"] in ("succeeded", "failed", "cancelled"):
-                    break
-                time.sleep(0.5)
+            from tqdm import tqdm
+
+            with tqdm(total=100, file=sys.stderr, bar_format="{desc:<20} {percentage:3.0f}%|{bar}| {elapsed}") as bar:
+                while True:
+                    job = client.get(f"/jobs/{job['id']}").raise_for_status().json()
+                    bar.set_description_str(job.get("stage") or job["state"], refresh=False)
+                    bar.update(max(0.0, round(job.get("progress") or 0) - bar.n))
+                    if job["state"] in ("succeeded", "failed", "cancelled"):
+                        break
+                    time.sleep(0.5)
             if job["state"] != "succeeded":
                 print(f"quickstart: job {job['state']}: {job.get('error')}", file=sys.stderr)
                 return 1

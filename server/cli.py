@@ -12,6 +12,12 @@ from typing import Any
 from service.settings import Settings
 
 
+def configure_logging(level: str) -> None:
+    """The service's log lines at `level` (--log-level) and above, uvicorn's included."""
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger().setLevel(level.upper())
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -19,7 +25,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from service.broker import EmbeddedBroker
     from service.db.migrate import upgrade_head
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging(args.log_level)
     settings = Settings()
     if settings.auto_migrate:
         upgrade_head(settings)

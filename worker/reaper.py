@@ -22,6 +22,10 @@ def serve_forever(settings: Settings, stop: threading.Event) -> None:
     db = Database(settings)
     broker = make_broker(settings.broker_url, settings.celery_queue)
     reaper = Reaper(db, broker, settings, make_store(settings))
+    log.info(
+        "reaper started: a maintenance pass every %g s (cancel grace %g s, dispatch grace %g s)",
+        settings.reaper_interval_s, settings.cancel_grace_s, settings.dispatch_grace_s,
+    )
     try:
         while not stop.is_set():
             try:

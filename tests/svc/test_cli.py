@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select
 
 from server.cli import register_download, register_keys, register_serve
@@ -74,3 +75,39 @@ def test_keys_list_and_revoke_and_a_revoked_key_gets_401(tmp_path: Path, pg_url:
     assert "revoked" in line
     missing = twossp("keys", "revoke", "tsp_nothing-like-this")
     assert missing.returncode == 2 and missing.stderr.strip().startswith("twossp: error: 0 keys match")
+
+
+def test_serve_honours_its_log_level(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import logging
+
+    import uvicorn
+
+    from server.cli import build_parser
+
+    seen: dict[str, object] = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(kw))  # everything but the serving loop
+    monkeypatch.setenv("TWOSSP_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("TWOSSP_EMBEDDED_WORKER", "false")
+    root = logging.getLogger()
+    level = root.level
+    try:
+        for name, value in (("warning", logging.WARNING), ("debug", logging.DEBUG)):
+            args = build_parser().parse_args(["serve", "--log-level", name])
+            assert args.func(args) == 0
+            assert root.level == value and seen["log_level"] == name
+            assert logging.getLogger("worker.runner").isEnabledFor(logging.INFO) == (value <= logging.INFO)
+    finally:
+        root.setLevel(level)
+
+
+def test_the_reaper_says_when_it_starts(pg_url: str, redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+    import threading
+
+    from worker.reaper import serve_forever
+
+    stop = threading.Event()
+    stop.set()  # one look at the start, no pass
+    with caplog.at_level(logging.INFO, logger="twossp.reaper"):
+        serve_forever(Settings(database_url=pg_url, broker_url=redis_url), stop)
+    assert any(r.getMessage().startswith("reaper started: a maintenance pass every") for r in caplog.records)
