@@ -9,6 +9,7 @@ from typing import Protocol
 import anyio.to_thread
 from fastapi import FastAPI
 
+from api.docs_ui import install_docs
 from api.errors import install_error_handlers
 from api.metrics import install_metrics
 from api.middleware import BodySizeLimit
@@ -57,6 +58,8 @@ def create_app(
         version="0.1.0",
         summary="Structured pruning of LLMs with 2SSP, as a batch service",
         lifespan=lifespan,
+        docs_url=None,  # install_docs serves /docs from local assets
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.db = Database(settings)
@@ -64,6 +67,7 @@ def create_app(
     app.state.broker = broker or make_broker(settings.broker_url, settings.celery_queue)
     install_error_handlers(app)
     install_openapi(app)
+    install_docs(app)
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(ui.router)
