@@ -26,6 +26,9 @@ class Settings(BaseSettings):
     artifact_store: Literal["local", "s3"] = "local"
     artifact_dir: Path | None = Field(None, description="local store root; default data_dir/artifacts")
     s3_endpoint_url: str | None = None
+    s3_public_endpoint_url: str | None = Field(
+        None, description="the S3 endpoint as clients reach it, for presigned download URLs (default: s3_endpoint_url)"
+    )
     s3_bucket: str = "twossp-artifacts"
     s3_region: str = "us-east-1"
     s3_access_key: str | None = None
@@ -97,7 +100,7 @@ class Settings(BaseSettings):
             return [part for part in value.split(":") if part.strip()]
         return value
 
-    @field_validator("broker_url", "database_url", "s3_endpoint_url", mode="before")
+    @field_validator("broker_url", "database_url", "s3_endpoint_url", "s3_public_endpoint_url", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value

@@ -19,6 +19,7 @@ def _make(settings: Settings) -> ArtifactStore:
         return S3Store(
             settings.s3_bucket,
             endpoint_url=settings.s3_endpoint_url,
+            public_endpoint_url=settings.s3_public_endpoint_url,
             region=settings.s3_region,
             access_key=settings.s3_access_key,
             secret_key=settings.s3_secret_key.get_secret_value() if settings.s3_secret_key else None,

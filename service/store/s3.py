@@ -19,6 +19,7 @@ class S3Store(ArtifactStore):
         bucket: str,
         *,
         endpoint_url: str | None = None,
+        public_endpoint_url: str | None = None,
         region: str = "us-east-1",
         access_key: str | None = None,
         secret_key: str | None = None,
@@ -29,18 +30,23 @@ class S3Store(ArtifactStore):
 
         self.bucket = bucket
         self.prefix = prefix.strip("/")
-        self.client: Any = boto3.client(
-            "s3",
-            endpoint_url=endpoint_url,
-            region_name=region,
-            aws_access_key_id=access_key,
-            aws_secret_access_key=secret_key,
-            config=Config(
-                signature_version="s3v4",
-                s3={"addressing_style": "path"},
-                retries={"max_attempts": 3, "mode": "standard"},
-            ),
-        )
+        def client(endpoint: str | None) -> Any:
+            return boto3.client(
+                "s3",
+                endpoint_url=endpoint,
+                region_name=region,
+                aws_access_key_id=access_key,
+                aws_secret_access_key=secret_key,
+                config=Config(
+                    signature_version="s3v4",
+                    s3={"addressing_style": "path"},
+                    retries={"max_attempts": 3, "mode": "standard"},
+                ),
+            )
+
+        self.client: Any = client(endpoint_url)
+        # presigned URLs name the host clients reach (signing is local: this client never connects)
+        self.signer: Any = client(public_endpoint_url) if public_endpoint_url else self.client
 
     def is_transient(self, exc: Exception) -> bool:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -81,7 +87,7 @@ class S3Store(ArtifactStore):
             body.close()
 
     def presigned_url(self, key: str, expires_s: int) -> str | None:
-        return self.client.generate_presigned_url(
+        return self.signer.generate_presigned_url(
             "get_object", Params={"Bucket": self.bucket, "Key": self._key(key)}, ExpiresIn=expires_s
         )
 

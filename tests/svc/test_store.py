@@ -62,6 +62,18 @@ def test_s3_presigned_urls_serve_the_files(s3_endpoint: str, s3_bucket: str, tmp
     assert body == (tmp_path / "model" / "model.safetensors").read_bytes()
 
 
+def test_s3_presigned_urls_name_the_public_endpoint(s3_endpoint: str, s3_bucket: str, tmp_path: Path) -> None:
+    # the workers reach S3 as 127.0.0.1; clients (here: the same server as localhost) through another name
+    public = s3_endpoint.replace("127.0.0.1", "localhost")
+    assert public != s3_endpoint
+    settings = Settings(data_dir=tmp_path, s3_public_endpoint_url=public, **s3_settings(s3_endpoint, s3_bucket))
+    store = make_store(settings)
+    info = store.upload_dir(model_dir(tmp_path), "job-3", 1)
+    url = store.presigned_url(f"{info['prefix']}/files/model.safetensors", 60)
+    assert url is not None and url.startswith(f"{public}/")
+    assert httpx.get(url).raise_for_status().content == (tmp_path / "model" / "model.safetensors").read_bytes()
+
+
 def test_local_store_rejects_keys_escaping_its_root(tmp_path: Path) -> None:
     store = make_store(Settings(data_dir=tmp_path))
     with pytest.raises(ValueError):
