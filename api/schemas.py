@@ -54,8 +54,8 @@ class JobOut(BaseModel):
     links: JobLinks
 
     @classmethod
-    def from_row(cls, job: Job, base: str = "") -> JobOut:
-        prefix = f"{base}/jobs/{job.id}"
+    def from_row(cls, job: Job) -> JobOut:
+        prefix = f"/jobs/{job.id}"
         artifact = None
         if job.artifact and job.state == JobState.succeeded.value:
             artifact = ArtifactInfo.model_validate(job.artifact, from_attributes=False, strict=False)

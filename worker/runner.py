@@ -6,6 +6,7 @@ of truth; every write is fenced by the attempt number, so a stale attempt can ne
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
 import shutil
@@ -60,10 +61,12 @@ class ClaimUnavailable(Exception):
     """The database could not be asked whether the job is claimable; the job stays queued."""
 
 
-class StopReason:
+class StopReason(enum.StrEnum):
+    """Why the heartbeat asks the pipeline to stop at its next safe point."""
+
     cancelled = "cancelled"
     timeout = "timeout"
-    fenced = "fenced"
+    fenced = "fenced"  # a newer attempt owns the job: this one must not write anything
 
 
 class Heartbeat(threading.Thread):
@@ -76,7 +79,7 @@ class Heartbeat(threading.Thread):
         self.tracker = tracker
         self.soft_limit_s = soft_limit_s
         self.started = time.monotonic()
-        self.stop_reason: str | None = None
+        self.stop_reason: StopReason | None = None
         self.marks_sent = 0  # tracker.marks[:marks_sent] are recorded as job events
         # held while stage marks are written (a beat, or the final write), so none is recorded twice
         self.marks_lock = threading.Lock()

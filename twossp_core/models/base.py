@@ -44,7 +44,6 @@ def slice_linear(linear: nn.Linear, keep: torch.Tensor, dim: int) -> nn.Linear:
 class ModelAdapter:
     """Default behaviour for pre-norm decoder-only models laid out like Llama."""
 
-    model_types: ClassVar[tuple[str, ...]] = ()
     attention_module: ClassVar[str] = "self_attn"
     mlp_module: ClassVar[str] = "mlp"
     attention_norms: ClassVar[tuple[str, ...]] = ("input_layernorm",)
@@ -54,6 +53,9 @@ class ModelAdapter:
     # whether a block adds its FFN's output to the residual stream unchanged (no norm after the FFN)
     ffn_output_in_residual: ClassVar[bool] = True
     attention_projs: ClassVar[tuple[str, ...]] = ("q_proj", "k_proj", "v_proj", "o_proj")  # separate q, k, v, o
+    embedding_module: ClassVar[str] = "embed_tokens"  # on the decoder
+    final_norm_module: ClassVar[str] = "norm"  # on the decoder
+    head_module: ClassVar[str] = "lm_head"  # on the model
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
@@ -110,15 +112,15 @@ class ModelAdapter:
 
     # ---- forward pieces -----------------------------------------------------------------------------
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.decoder.embed_tokens(input_ids)
+        return getattr(self.decoder, self.embedding_module)(input_ids)
 
     def final_norm(self, hidden: torch.Tensor) -> torch.Tensor:
         """The norm after the last block (the decoder's own output already includes it)."""
-        return self.decoder.norm(hidden)
+        return getattr(self.decoder, self.final_norm_module)(hidden)
 
     def head(self, normed: torch.Tensor) -> torch.Tensor:
         """LM head on final-normed hidden states."""
-        return self.model.lm_head(normed)
+        return getattr(self.model, self.head_module)(normed)
 
     # ---- structural edits ---------------------------------------------------------------------------
     def slice_ffn(self, idx: int, keep: torch.Tensor) -> None:

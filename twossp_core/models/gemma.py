@@ -4,4 +4,4 @@ from twossp_core.models.base import ModelAdapter
 
 
 class GemmaAdapter(ModelAdapter):
-    model_types = ("gemma",)
+    """Llama's layout: ModelAdapter's defaults."""

@@ -6,7 +6,6 @@ from twossp_core.models.base import ModelAdapter
 
 
 class Gemma2Adapter(ModelAdapter):
-    model_types = ("gemma2",)
     attention_norms = ("input_layernorm", "post_attention_layernorm")
     mlp_norms = ("pre_feedforward_layernorm", "post_feedforward_layernorm")
     ffn_output_in_residual = False  # the FFN output passes through post_feedforward_layernorm

@@ -4,4 +4,4 @@ from twossp_core.models.base import ModelAdapter
 
 
 class LlamaAdapter(ModelAdapter):
-    model_types = ("llama",)
+    """The reference layout: ModelAdapter's defaults."""

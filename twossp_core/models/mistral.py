@@ -4,4 +4,4 @@ from twossp_core.models.base import ModelAdapter
 
 
 class MistralAdapter(ModelAdapter):
-    model_types = ("mistral",)
+    """Llama's layout: ModelAdapter's defaults."""

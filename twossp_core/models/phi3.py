@@ -6,7 +6,6 @@ from twossp_core.models.base import ModelAdapter, slice_linear
 
 
 class Phi3Adapter(ModelAdapter):
-    model_types = ("phi3",)
     up_projs = ("gate_up_proj",)
 
     def slice_ffn(self, idx: int, keep: torch.Tensor) -> None:

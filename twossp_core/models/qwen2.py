@@ -4,4 +4,4 @@ from twossp_core.models.base import ModelAdapter
 
 
 class Qwen2Adapter(ModelAdapter):
-    model_types = ("qwen2",)
+    """Llama's layout (biased q/k/v projections): ModelAdapter's defaults."""

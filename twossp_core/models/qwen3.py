@@ -4,4 +4,4 @@ from twossp_core.models.base import ModelAdapter
 
 
 class Qwen3Adapter(ModelAdapter):
-    model_types = ("qwen3",)
+    """Llama's layout (q/k norms inside attention): ModelAdapter's defaults."""

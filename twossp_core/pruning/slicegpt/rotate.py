@@ -1,4 +1,5 @@
-"""Rotate-and-slice of a Llama-family model (the glue between PCA bases and modules).
+"""Rotate-and-slice of a Llama-family model (the glue between PCA bases and modules; module names come from the
+adapter).
 
 Row-vector convention: a residual state h (original basis) becomes h Q[:, :k]. Norm weights are folded into the
 linears that read the norm's output; norms keep a constant weight sqrt(d / k) and eps * d / k, so an RMS over k
@@ -58,34 +59,36 @@ def rotate_and_slice(
     head_dim = int(getattr(config, "head_dim", None) or hidden // config.num_attention_heads)
     eps = float(config.rms_norm_eps)
     new_eps, scale = eps * hidden / kept, math.sqrt(hidden / kept)
-    device = adapter.decoder.embed_tokens.weight.device
+    decoder = adapter.decoder
+    device = getattr(decoder, adapter.embedding_module).weight.device
     qa = [q[:, :kept].to(device) for q in attn_bases]
     qm = [q[:, :kept].to(device) for q in mlp_bases]
     qf = final_basis[:, :kept].to(device)
 
-    embed = adapter.decoder.embed_tokens
+    embed = getattr(decoder, adapter.embedding_module)
     new_embed = nn.Embedding(embed.num_embeddings, kept, padding_idx=embed.padding_idx, device=device,
                              dtype=embed.weight.dtype)
     new_embed.weight.data.copy_(embed.weight.data.double() @ qa[0])
-    head = model.lm_head
-    final_norm = adapter.decoder.norm
-    model.lm_head = rotate_inputs(head, final_norm.weight.data, qf)
-    adapter.decoder.embed_tokens = new_embed
+    final_norm = getattr(decoder, adapter.final_norm_module)
+    setattr(model, adapter.head_module, rotate_inputs(getattr(model, adapter.head_module), final_norm.weight.data, qf))
+    setattr(decoder, adapter.embedding_module, new_embed)
     _reset_norm(final_norm, kept, scale, new_eps)
 
     shortcuts = []
     for i, layer in enumerate(adapter.layers):
         nxt = qa[i + 1] if i + 1 < len(qa) else qf
         attn, mlp = adapter.attention(i), adapter.mlp(i)
-        gamma_a, gamma_m = layer.input_layernorm.weight.data, layer.post_attention_layernorm.weight.data
-        for name in ("q_proj", "k_proj", "v_proj"):
+        (attn_norm,), (mlp_norm,) = adapter.attention_norms, adapter.mlp_norms  # one pre-norm each
+        gamma_a, gamma_m = getattr(layer, attn_norm).weight.data, getattr(layer, mlp_norm).weight.data
+        *reads, out = adapter.attention_projs  # q, k, v read the normed residual; o writes into it
+        for name in reads:
             setattr(attn, name, rotate_inputs(getattr(attn, name), gamma_a, qa[i]))
-        attn.o_proj = rotate_outputs(attn.o_proj, qm[i])
-        for name in ("gate_proj", "up_proj"):
+        setattr(attn, out, rotate_outputs(getattr(attn, out), qm[i]))
+        for name in adapter.up_projs:
             setattr(mlp, name, rotate_inputs(getattr(mlp, name), gamma_m, qm[i]))
-        mlp.down_proj = rotate_outputs(mlp.down_proj, nxt)
-        _reset_norm(layer.input_layernorm, kept, scale, new_eps)
-        _reset_norm(layer.post_attention_layernorm, kept, scale, new_eps)
+        setattr(mlp, adapter.down_proj, rotate_outputs(getattr(mlp, adapter.down_proj), nxt))
+        _reset_norm(getattr(layer, attn_norm), kept, scale, new_eps)
+        _reset_norm(getattr(layer, mlp_norm), kept, scale, new_eps)
         shortcuts.append((qa[i].T @ qm[i], qm[i].T @ nxt))
 
     config.head_dim = head_dim
