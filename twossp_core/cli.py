@@ -69,6 +69,14 @@ def add_data_arguments(p: argparse.ArgumentParser, *, calibration: bool = True) 
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--no-throughput", action="store_true", help="skip the throughput measurement")
+    p.add_argument("--max-device-memory", default=None, metavar="SIZE",
+                   help="memory budget of the compute device (bytes, or 800MB, 0.8GB, 2GiB)")
+    p.add_argument("--max-host-memory", default=None, metavar="SIZE",
+                   help="budget of this process's peak RSS (bytes or a size); a model that does not fit in memory "
+                   "runs block by block")
+    p.add_argument("--execution", default="auto", choices=["auto", "in-memory", "block-by-block"],
+                   help="auto (default): in memory unless that does not fit the budgets; block-by-block: one decoder "
+                   "block in memory at a time, weights read from the safetensors files")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
 
@@ -128,12 +136,18 @@ def job_fields(args: argparse.Namespace) -> dict[str, Any]:
         "heal": heal_field(args),
         "export": args.export,
         "export_options": export_option_values(args),
+        **memory_fields(args),
     }
     if args.calibration:
         data["calibration"] = args.calibration
     if args.eval is not None:
         data["eval"] = args.eval
     return data
+
+
+def memory_fields(args: argparse.Namespace) -> dict[str, Any]:
+    return {"max_device_memory": args.max_device_memory, "max_host_memory": args.max_host_memory,
+            "execution": args.execution}
 
 
 def spec_from_args(args: argparse.Namespace, *, sparsity: float, method: str) -> Any:
@@ -190,6 +204,15 @@ def format_summary(report: dict[str, Any]) -> str:
     t = report["timings"]
     parts = [f"{k[:-2]} {v:.2f}s" for k, v in t.items() if k.endswith("_s")]
     lines.append("timings: " + ", ".join(parts))
+    memory = report.get("memory")
+    if memory:
+        from twossp_core.memory import format_size
+
+        measured = memory["measured"]
+        line = f"memory: {memory['mode']}, peak RSS {format_size(measured['host_peak_rss'])}"
+        if measured.get("device_peak_allocated") is not None:
+            line += f", device peak {format_size(measured['device_peak_allocated'])}"
+        lines.append(line + f" (planned {format_size(memory['plan']['host_peak'])})")
     return "\n".join(lines)
 
 
@@ -230,7 +253,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     data: dict[str, Any] = {
         "model": args.model, "doc_separator": args.doc_separator, "seq_len": args.seq_len,
         "eval_windows": args.eval_windows, "dtype": args.dtype, "device": args.device,
-        "measure_throughput": not args.no_throughput,
+        "measure_throughput": not args.no_throughput, **memory_fields(args),
     }
     if args.eval is not None:
         data["eval"] = args.eval
@@ -256,6 +279,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         "throughput_tokens_per_s": ws.dense_throughput.median if ws.dense_throughput else None,
         "throughput_spread": ws.dense_throughput.as_dict() if ws.dense_throughput else None,
         "params": ws.dense_params,
+        "memory": {"mode": ws.memory_plan.mode if ws.memory_plan else None,
+                   "plan": ws.memory_plan.as_dict() if ws.memory_plan else None},
     }
     if args.tasks:
         from twossp_core.evaluation.zeroshot import PAPER_TASKS, zero_shot
@@ -323,9 +348,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def show_notices() -> None:
+    """The library's notices (the memory plan) go to stderr, before the work starts."""
+    import logging
+
+    logger = logging.getLogger("twossp")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    show_notices()
     try:
         return int(args.func(args) or 0)
     except TwosspError as exc:

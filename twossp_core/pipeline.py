@@ -23,6 +23,7 @@ from twossp_core.data.windows import load_windows
 from twossp_core.errors import DataError
 from twossp_core.evaluation.perplexity import perplexity
 from twossp_core.evaluation.throughput import Throughput, forward_throughput, measure_throughput
+from twossp_core.memory import MemoryPlan
 from twossp_core.models.base import ModelAdapter
 from twossp_core.models.registry import adapter_for
 from twossp_core.preflight import check_data, check_local_model, check_model
@@ -31,6 +32,9 @@ from twossp_core.pruning.base import PruneContext, PruneOutcome
 from twossp_core.pruning.registry import method_class, method_config
 from twossp_core.runtime.hub import require_hub_datasets
 from twossp_core.runtime.loading import load_model
+from twossp_core.runtime.modes import job_plan, load_for_plan, memory_report
+from twossp_core.runtime.offload import is_offloaded, offloader_of
+from twossp_core.runtime.peaks import PeakMeter
 from twossp_core.spec import DEFAULT_SEQ_LEN, JobSpecBase, PruneSpec
 
 REPORT_FILE = "report.json"
@@ -52,10 +56,11 @@ class Workspace:
     cache: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     model_is_dense: bool = True  # False once a run pruned `model` in place (then a heal reloads the teacher)
+    memory_plan: MemoryPlan | None = None
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        return ws_device(self.model)
 
     def throughput_input(self) -> torch.Tensor:
         first = next(iter(self.evals.values()), self.calibration)
@@ -81,12 +86,12 @@ def prepare(spec: JobSpecBase, reporter: Reporter, *, with_calibration: bool = T
     require_hub_datasets(sorted({s.name for s in sources if s.is_hub and not Path(s.name).exists()}))
     torch.manual_seed(spec.seed)
     t0 = time.perf_counter()
+    plan = job_plan(spec)  # refuses a job that cannot fit its memory budgets before anything is loaded
     reporter.update("load", 0.0)
-    model, tokenizer = load_model(spec.model, dtype=spec.dtype, device=spec.device)
+    model, tokenizer = load_for_plan(spec, plan)
     reporter.update("load", 1.0)
     t1 = time.perf_counter()
     seq_len = effective_seq_len(spec, model.config)
-    device = next(model.parameters()).device
 
     reporter.checkpoint()
     reporter.update("calibration", 0.0)
@@ -100,6 +105,7 @@ def prepare(spec: JobSpecBase, reporter: Reporter, *, with_calibration: bool = T
         )
         parts.append(windows)
         remaining -= windows.shape[0]
+    device = ws_device(model)
     calibration = torch.cat(parts).to(device)
     evals: dict[str, torch.Tensor] = {}
     for source in spec.eval_sources():
@@ -112,14 +118,25 @@ def prepare(spec: JobSpecBase, reporter: Reporter, *, with_calibration: bool = T
     reporter.update("calibration", 1.0)
     t2 = time.perf_counter()
 
-    ws = Workspace(spec=spec, model=model, tokenizer=tokenizer, seq_len=seq_len, calibration=calibration, evals=evals)
+    ws = Workspace(spec=spec, model=model, tokenizer=tokenizer, seq_len=seq_len, calibration=calibration, evals=evals,
+                   memory_plan=plan)
     adapter = adapter_for(model)
     ws.dense_params = {"blocks": adapter.blocks_params(), "total": adapter.total_params()}
     ws.dense_perplexity = evaluate_perplexity(ws, adapter, "evaluate_dense", reporter)
-    if spec.measure_throughput:
+    if measures_throughput(ws):
         ws.dense_throughput = forward_throughput(adapter, ws.throughput_input(), checkpoint=reporter.checkpoint)
     ws.timings.update(load_s=t1 - t0, data_s=t2 - t1, evaluate_dense_s=time.perf_counter() - t2)
     return ws
+
+
+def ws_device(model: Any) -> torch.device:
+    offloader = offloader_of(model)
+    return offloader.device if offloader is not None else next(model.parameters()).device
+
+
+def measures_throughput(ws: Workspace) -> bool:
+    """Throughput is measured in memory only: block by block, a forward pass times the weight reads."""
+    return ws.spec.measure_throughput and not is_offloaded(adapter_for(ws.model))
 
 
 def evaluate_perplexity(ws: Workspace, adapter: ModelAdapter, stage: str, reporter: Reporter) -> dict[str, float]:
@@ -160,7 +177,7 @@ def measure_pruned(
     t0 = time.perf_counter()
     pruned_ppl = evaluate_perplexity(ws, adapter, "evaluate_pruned", reporter)
     throughput: dict[str, Throughput | None] = {"dense": None, "pruned": None}
-    if ws.spec.measure_throughput:
+    if measures_throughput(ws):
         throughput = measure_pruned_throughput(ws, model, adapter, reporter)
     blocks_after, total_after = adapter.blocks_params(), adapter.total_params()
     blocks_before = ws.dense_params["blocks"]
@@ -342,6 +359,7 @@ def run_prune(
     reporter = Reporter(progress, should_cancel)
     start = time.perf_counter()
     check_model(spec)
+    meter = PeakMeter("cpu" if spec.device == "cpu" or not torch.cuda.is_available() else "cuda")
     ws = prepare(spec, reporter)
     reporter.checkpoint()
     model, outcome, prune_s = prune_model(ws, spec.method, spec.sparsity, spec.options, reporter, copy_model=False)
@@ -362,6 +380,8 @@ def run_prune(
         {k: v for k, v in ws.timings.items()}, export_s=time.perf_counter() - t_export,
         total_s=time.perf_counter() - start,
     )
+    assert ws.memory_plan is not None
+    report["memory"] = memory_report(spec, ws.memory_plan, meter, model)
     write_json_atomic(Path(out_dir) / REPORT_FILE, report)
     reporter.update("export", 1.0)
     return report

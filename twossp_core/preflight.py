@@ -12,9 +12,10 @@ import re
 from pathlib import Path
 
 from twossp_core.data.sources import check_txt_range
-from twossp_core.errors import DataError, ModelNotFound
+from twossp_core.errors import DataError, InvalidSpec, ModelNotFound
 from twossp_core.export.compact_config import to_base
 from twossp_core.export.registry import check_family, check_ffn_width
+from twossp_core.memory import spec_plan
 from twossp_core.models.counts import block_counts
 from twossp_core.models.registry import check_supported
 from twossp_core.pruning.registry import method_preflight
@@ -80,6 +81,18 @@ def check_model(spec: PruneSpec, *, relative_paths: bool = True) -> None:
     if cfg is None:
         return
     check_family(spec.export, cfg.get("model_type"))
+    if spec.max_host_memory is not None or spec.max_device_memory is not None or spec.execution != "auto":
+        # refuse a job that fits its budgets on none of the devices it may run on, before it is queued
+        devices = {"cpu": ["cpu"], "cuda": ["cuda"]}.get(spec.device, ["cuda", "cpu"])
+        errors = []
+        for device in devices:
+            try:
+                spec_plan(spec, cfg, device=device)
+                break
+            except InvalidSpec as exc:
+                errors.append(exc)
+        else:
+            raise errors[0]
     check = method_preflight(spec.method)
     width = check(block_counts(cfg), spec.sparsity, spec.method_options()) if check is not None else None
     if width is not None:  # the method decides the FFN width it keeps

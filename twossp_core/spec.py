@@ -84,6 +84,17 @@ class JobSpecBase(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = Field(0, ge=0, le=MAX_SEED, description="random seed (0 to 2**63-1)")
     measure_throughput: bool = True
+    max_device_memory: int | None = Field(
+        None, description="memory budget of the compute device in bytes (or a size such as 800MB, 0.8GB)"
+    )
+    max_host_memory: int | None = Field(
+        None, description="budget of the process's host memory (peak RSS) in bytes (or a size such as 800MB)"
+    )
+    execution: Literal["auto", "in-memory", "block-by-block"] = Field(
+        "auto",
+        description="in-memory: the whole model on the device; block-by-block: one decoder block at a time, "
+        "weights read from safetensors; auto: in-memory unless it does not fit the budgets",
+    )
     export: str = Field(
         "compact",
         description="export format (twossp_core.export.registry): compact (only what remains, with "
@@ -104,6 +115,18 @@ class JobSpecBase(BaseModel):
         for item in value:
             DataSource.parse(item)
         return value
+
+    @field_validator("max_device_memory", "max_host_memory", mode="before")
+    @classmethod
+    def _parse_size(cls, value: Any) -> int | None:
+        from twossp_core.memory import parse_size
+
+        if value is None:
+            return None
+        try:
+            return parse_size(value)
+        except InvalidSpec as exc:
+            raise ValueError(str(exc)) from None
 
     def calibration_sources(self) -> list[DataSource]:
         return [DataSource.parse(s) for s in self.calibration]

@@ -9,6 +9,7 @@ import torch
 
 from twossp_core.models.base import ModelAdapter
 from twossp_core.runtime.forward import window_nll
+from twossp_core.runtime.offload import is_offloaded
 
 
 @torch.no_grad()
@@ -19,6 +20,10 @@ def perplexity(
     batch_size: int = 1,
     on_progress: Callable[[float], None] | None = None,
 ) -> float:
+    if is_offloaded(adapter):  # block by block: every block read once per pass, same numbers
+        from twossp_core.runtime.sequential import perplexity_by_block
+
+        return perplexity_by_block(adapter, windows, batch_size=batch_size, on_progress=on_progress)
     total, count = 0.0, 0
     n = windows.shape[0]
     for start in range(0, n, batch_size):

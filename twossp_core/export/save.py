@@ -14,6 +14,8 @@ from twossp_core.export import remote_modeling
 from twossp_core.export.card import write_card
 from twossp_core.export.compact_config import BASE_KEY, MODELING_FILE, to_compact
 from twossp_core.export.remote_modeling import STRUCTURE_KEY, needs_structure
+from twossp_core.export.streamed import write_weights_by_block
+from twossp_core.runtime.offload import offloader_of
 
 BASE_LINE_MARK = "# twossp:base-class"
 
@@ -47,13 +49,20 @@ def save_pruned(model: Any, tokenizer: Any, out_dir: Path, metadata: dict[str, A
     """Save into `out_dir` atomically: files are written to a temporary sibling, then moved in place.
 
     Existing files in out_dir with the same names are replaced; nothing partial is left on failure.
+    A block-by-block (offloaded) model is written shard by shard, one block in memory at a time (export.streamed).
     """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     out_dir.mkdir(exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".twossp-save-", dir=out_dir.parent))
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
+        if offloader_of(model) is None:
+            model.save_pretrained(tmp, safe_serialization=True)
+        else:
+            model.config.save_pretrained(tmp)
+            if getattr(model, "generation_config", None) is not None and model.can_generate():
+                model.generation_config.save_pretrained(tmp)
+            write_weights_by_block(model, tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         config_path = tmp / "config.json"

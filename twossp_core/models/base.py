@@ -206,6 +206,16 @@ class ModelAdapter:
         return [i for i in range(self.num_blocks) if self.mlp_removed(i)]
 
     @contextmanager
+    def layers_replaced(self, layers: nn.ModuleList) -> Iterator[None]:
+        """Temporarily run the decoder with other layer modules (as many as it has blocks)."""
+        saved = self.decoder.layers
+        self.decoder.layers = layers
+        try:
+            yield
+        finally:
+            self.decoder.layers = saved
+
+    @contextmanager
     def bypassed(self, kind: Literal["attention", "mlp"], idx: int) -> Iterator[None]:
         """Temporarily run block idx without its attention or FFN (used to score removal candidates)."""
         layer = self.layers[idx]

@@ -15,6 +15,7 @@ from twossp_core.models.base import ModelAdapter
 from twossp_core.progress import Reporter
 from twossp_core.pruning.twossp.scores import top_k, window_norms
 from twossp_core.runtime.forward import StopForward
+from twossp_core.runtime.offload import editing_block, is_offloaded
 
 STAGE = "stage1"
 
@@ -25,6 +26,10 @@ def neuron_scores(
 ) -> list[torch.Tensor]:
     """Per block: (intermediate,) mean over windows of each neuron's activation L2 norm over tokens."""
     reporter = reporter or Reporter()
+    if is_offloaded(adapter):
+        from twossp_core.pruning.twossp.stage1_by_block import neuron_scores_by_block
+
+        return neuron_scores_by_block(adapter, windows, batch_size=batch_size, reporter=reporter, stage=STAGE)
     sums = [torch.zeros(adapter.intermediate_size, dtype=torch.float32, device=windows.device)
             for _ in range(adapter.num_blocks)]
     hooked = [i for i in range(adapter.num_blocks) if not adapter.mlp_removed(i)]
@@ -59,5 +64,6 @@ def neuron_scores(
 def apply_width(adapter: ModelAdapter, scores: list[torch.Tensor], kept: int) -> None:
     """Physically keep the `kept` best neurons of every block's FFN."""
     for idx, block_scores in enumerate(scores):
-        adapter.slice_ffn(idx, top_k(block_scores, kept))
+        with editing_block(adapter, idx):
+            adapter.slice_ffn(idx, top_k(block_scores, kept))
     adapter.set_intermediate_size(kept)

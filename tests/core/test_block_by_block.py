@@ -1,0 +1,172 @@
+"""Block-by-block execution takes the same decisions and measures the same perplexities as the in-memory model,
+holds one block at a time, writes the same exported weights, and jobs that cannot fit their budgets are refused."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tiny_models import save_tiny, tiny_workdir  # noqa: E402
+
+from twossp_core.cli import main  # noqa: E402
+from twossp_core.errors import InvalidSpec  # noqa: E402
+from twossp_core.evaluation.perplexity import perplexity  # noqa: E402
+from twossp_core.export.streamed import INDEX_FILE, write_weights_by_block  # noqa: E402
+from twossp_core.models.registry import adapter_for  # noqa: E402
+from twossp_core.pipeline import run_prune  # noqa: E402
+from twossp_core.pruning.base import PruneContext  # noqa: E402
+from twossp_core.pruning.registry import method_class, method_config  # noqa: E402
+from twossp_core.runtime.loading import load_model  # noqa: E402
+from twossp_core.runtime.offload import load_block_by_block, offloader_of  # noqa: E402
+from twossp_core.spec import parse_spec  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bbb")
+    return {family: save_tiny(family, root / family) for family in ("llama", "gemma2", "phi")}
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tiny_workdir(tmp_path_factory.mktemp("bbb-job"))
+
+
+def _pair(path: Path):
+    dense, _ = load_model(str(path))
+    offloaded, _ = load_block_by_block(str(path))
+    return adapter_for(dense), adapter_for(offloaded)
+
+
+def _windows(n: int = 4, seq: int = 16) -> torch.Tensor:
+    return torch.randint(0, 90, (n, seq), generator=torch.Generator().manual_seed(0))
+
+
+def _outcome_key(outcome):
+    return outcome.removed_attention, outcome.removed_mlp, outcome.removed_blocks, outcome.kept_ffn_neurons
+
+
+@pytest.mark.parametrize(("family", "method"), [
+    ("llama", "2ssp"), ("gemma2", "2ssp"), ("phi", "2ssp"), ("llama", "shortgpt"), ("llama", "blockpruner"),
+])
+def test_same_decisions_and_perplexities_as_in_memory(models, family, method):
+    dense, offloaded = _pair(models[family])
+    windows = _windows()
+    assert perplexity(offloaded, windows, batch_size=4) == perplexity(dense, windows, batch_size=4)
+    options = {"round_to": 1, "stage2_windows": 2} if method == "2ssp" else {}
+    outcomes = [method_class(method)(method_config(method, options)).prune(PruneContext(adapter=a, calibration=windows),
+                                                                           0.4) for a in (dense, offloaded)]
+    assert _outcome_key(outcomes[0]) == _outcome_key(outcomes[1])
+    assert outcomes[0].details == outcomes[1].details  # removal perplexities, scores: bit-identical
+    assert perplexity(offloaded, windows, batch_size=4) == perplexity(dense, windows, batch_size=4)
+    # nothing of the blocks stays in memory but the one block last used
+    real = [i for i, layer in enumerate(offloaded.layers) if any(not p.is_meta for p in layer.parameters())]
+    assert len(real) <= 1
+
+
+def test_passes_read_each_block_once_and_chunks_give_the_same_numbers(models):
+    dense, offloaded = _pair(models["llama"])
+    offloader = offloader_of(offloaded.model)
+    windows = _windows(8)
+    expected = perplexity(dense, windows, batch_size=2)
+    before = offloader.block_reads
+    assert perplexity(offloaded, windows, batch_size=2) == expected
+    assert offloader.block_reads - before == offloaded.num_blocks  # one read per block, not per batch
+    offloader.window_budget = 3  # one batch of 2 per pass: four passes over the blocks
+    before = offloader.block_reads
+    assert perplexity(offloaded, windows, batch_size=2) == expected
+    assert offloader.block_reads - before == 4 * offloaded.num_blocks
+
+
+def test_streamed_shards_load_as_the_same_model(models, tmp_path):
+    dense, offloaded = _pair(models["gemma2"])  # tied embeddings: written once
+    names = write_weights_by_block(offloaded.model, tmp_path, shard_bytes=20_000)
+    assert len(names) > 1 and (tmp_path / INDEX_FILE).is_file()
+    offloaded.model.config.save_pretrained(tmp_path)
+    from transformers import AutoModelForCausalLM
+
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    batch = _windows(2)
+    with torch.no_grad():
+        assert torch.equal(reloaded(batch).logits, dense.model(batch).logits)
+
+
+def _spec(workdir: Path, **kw):
+    return parse_spec({
+        "model": str(workdir / "model"), "sparsity": 0.4, "calibration": [str(workdir / "text.txt")],
+        "eval": [str(workdir / "text.txt")], "seq_len": 32, "calibration_windows": 6, "eval_windows": 5,
+        "measure_throughput": False, **kw,
+    })
+
+
+def test_job_in_both_modes_reports_memory_and_writes_the_same_model(workdir, tmp_path):
+    reports = {}
+    for mode in ("in-memory", "block-by-block"):
+        reports[mode] = run_prune(_spec(workdir, execution=mode), tmp_path / mode)
+    a, b = reports["in-memory"], reports["block-by-block"]
+    for key in ("removed_attention", "kept_ffn_neurons", "perplexity", "method_details", "params"):
+        assert a[key] == b[key], key
+    assert a["memory"]["mode"] == "in-memory" and b["memory"]["mode"] == "block-by-block"
+    for report in (a, b):
+        measured = report["memory"]["measured"]
+        assert measured["host_peak_rss"] >= measured["host_rss_at_start"] > 0
+        assert report["memory"]["plan"]["host_peak"] > report["memory"]["plan"]["baseline"]
+    assert b["memory"]["block_reads"] > 0
+    weights = [load_file(tmp_path / mode / "model.safetensors") for mode in reports]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    saved = json.loads((tmp_path / "block-by-block" / "report.json").read_text())
+    assert saved["memory"]["plan"]["mode"] == "block-by-block"
+
+
+def test_auto_takes_block_by_block_when_the_model_does_not_fit(workdir, tmp_path, monkeypatch):
+    from twossp_core.runtime import modes
+
+    monkeypatch.setattr(modes, "current_rss", lambda: 3 * 10**8)  # a fixed baseline: the tiny model is below RSS noise
+    roomy = modes.job_plan(_spec(workdir))
+    tight = modes.job_plan(_spec(workdir, execution="block-by-block"))
+    assert roomy.mode == "in-memory" and tight.host_peak < roomy.host_peak
+    budget = (roomy.host_peak + tight.host_peak) // 2  # below the in-memory peak, above the block-by-block one
+    report = run_prune(_spec(workdir, max_host_memory=budget), tmp_path / "auto")
+    assert report["memory"]["mode"] == "block-by-block"
+    assert report["memory"]["budgets"]["max_host_memory"] == budget
+
+
+def test_too_small_budget_is_refused_before_loading(workdir, tmp_path, capsys):
+    with pytest.raises(InvalidSpec, match="does not fit the memory budget"):
+        run_prune(_spec(workdir, max_host_memory="1MB"), tmp_path / "never")
+    assert not (tmp_path / "never").exists()
+    code = main(["prune", "--model", str(workdir / "model"), "--sparsity", "0.4", "--calibration",
+                 str(workdir / "text.txt"), "--eval", str(workdir / "text.txt"), "--seq-len", "32",
+                 "--max-host-memory", "10MB", "--no-progress", "--out", str(tmp_path / "cli")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1].startswith("twossp: error: the model does not fit the memory budget (host 10.00 MB)")
+
+
+@pytest.mark.parametrize(("fields", "needle"), [
+    ({"method": "slicegpt"}, "cannot run block by block"),
+    ({"export": "portable"}, "not available in block-by-block mode"),
+])
+def test_block_mode_refuses_what_it_cannot_do(workdir, tmp_path, fields, needle):
+    with pytest.raises(InvalidSpec, match=needle):
+        run_prune(_spec(workdir, execution="block-by-block", **fields), tmp_path / "never")
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("800MB", 800 * 10**6), ("0.8GB", 8 * 10**8), ("2GiB", 2 * 2**30), ("1024", 1024), (4096, 4096), ("1.5 kb", 1500),
+])
+def test_sizes(workdir, text, expected):
+    assert _spec(workdir, max_device_memory=text).max_device_memory == expected
+
+
+@pytest.mark.parametrize("text", ["lots", "-5MB", "0", "12XB", True, float("inf"), "2000000TB"])
+def test_bad_sizes_are_refused(workdir, text):
+    with pytest.raises(InvalidSpec, match="max_host_memory"):
+        _spec(workdir, max_host_memory=text)

@@ -1,0 +1,277 @@
+"""Memory budgets and the memory plan of a job (torch-free: the API and the CLI check requests with it).
+
+A job runs in one of two modes:
+
+- `in-memory`: the whole model sits on the compute device (the usual path);
+- `block-by-block`: the weights stay in their safetensors files; one decoder block at a time is read onto the
+  compute device, the embeddings, final norm and LM head stay resident, and the calibration and evaluation
+  activations wait on the host between blocks (see twossp_core/runtime/offload.py and sequential.py).
+
+`plan_memory` estimates, from the model's config.json alone, what each mode needs on the host and on the compute
+device (with a CPU device both are the same host memory); `choose_mode` picks the mode that fits the budgets
+(`in-memory` first) or refuses with the plan in the message.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from twossp_core.errors import InvalidSpec
+from twossp_core.models.counts import block_counts
+
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+MODES = ("in-memory", "block-by-block")
+EXECUTIONS = ("auto", *MODES)
+LOGIT_CHUNK = 512  # positions per LM-head chunk (twossp_core.runtime.forward.LOGIT_CHUNK)
+# methods whose every weight edit goes through runtime.offload.editing_block (or needs no weights), so they run
+# correctly on an offloaded model; others are refused in block-by-block mode instead of computing garbage
+BLOCK_BY_BLOCK_METHODS = ("2ssp", "shortgpt", "window", "blockpruner", "evopress")
+# the least a process holds besides the plan's tensors (the Python interpreter with torch and transformers
+# imported, CPU build): used where the job's own process is not running (request checks, routing), so that only
+# a job that cannot fit anyway is refused; the job itself plans with its measured RSS
+DEFAULT_BASELINE = 256 * 2**20
+# allocator slack and small tensors not itemised (masks, rotary tables, token ids, scores)
+SLACK_FRACTION = 0.05
+
+MAX_SIZE = 2**60
+_SIZE_RE = re.compile(r"^\s*(?P<num>\d+(?:\.\d+)?)\s*(?P<unit>[kKmMgGtT]i?[bB]?|[bB])?\s*$")
+_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
+          "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
+
+
+def parse_size(value: Any) -> int:
+    """Bytes from an int or a string such as `800MB`, `0.8GB`, `2GiB`, `1024` (decimal units: 1 GB = 10^9)."""
+    if isinstance(value, bool):
+        raise InvalidSpec(f"memory size {value!r} is not a size")
+    if isinstance(value, int | float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise InvalidSpec(f"memory size {value!r} is not a size")
+        size = int(value)
+    elif isinstance(value, str):
+        match = _SIZE_RE.match(value)
+        if match is None:
+            raise InvalidSpec(f"memory size {value!r}: expected bytes or a number with a unit (800MB, 0.8GB, 2GiB)")
+        unit = (match["unit"] or "").lower().removesuffix("b")
+        size = int(float(match["num"]) * _UNITS[unit])
+    else:
+        raise InvalidSpec(f"memory size {value!r} is not a size")
+    if not 0 < size <= MAX_SIZE:
+        raise InvalidSpec(f"memory size {value!r} must be positive and at most 1 EiB")
+    return size
+
+
+def format_size(size: int | float | None) -> str:
+    if size is None:
+        return "-"
+    for unit, scale in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if abs(size) >= scale:
+            return f"{size / scale:.2f} {unit}"
+    return f"{int(size)} B"
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the plan needs from a config.json."""
+
+    blocks: int
+    hidden: int
+    intermediate: int
+    heads: int
+    vocab: int
+    block_params: int
+    resident_params: int  # embeddings + final norm + LM head (tied weights counted once)
+
+    @property
+    def total_params(self) -> int:
+        return self.blocks * self.block_params + self.resident_params
+
+
+def model_shape(cfg: dict[str, Any]) -> ModelShape:
+    counts = block_counts(cfg)
+    hidden, vocab = int(cfg["hidden_size"]), int(cfg["vocab_size"])
+    tied = bool(cfg.get("tie_word_embeddings", cfg.get("model_type") in ("gemma", "gemma2")))
+    resident = vocab * hidden * (1 if tied else 2) + hidden
+    if cfg.get("model_type") == "phi":  # LayerNorm with bias, LM head with bias
+        resident += hidden + vocab
+    return ModelShape(
+        blocks=counts.blocks, hidden=hidden, intermediate=counts.intermediate_size,
+        heads=int(cfg["num_attention_heads"]), vocab=vocab, block_params=counts.block,
+        resident_params=resident,
+    )
+
+
+@dataclass(frozen=True)
+class Workload:
+    """The sizes of the work: windows, batch sizes and precision."""
+
+    dtype: str = "float32"
+    seq_len: int = 2048
+    calibration_windows: int = 32
+    batch_size: int = 4  # windows per forward pass (evaluation batches; stage 1 uses fewer)
+    record_windows: int = 1  # windows whose every block input is recorded (2SSP stage 2)
+    device: str = "cpu"  # "cpu" or "cuda": where blocks compute
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    mode: str
+    weights: int  # all weights in the job's dtype
+    block: int  # one decoder block
+    resident: int  # what stays on the compute device besides blocks
+    activations: int  # per forward batch, plus recorded block inputs, plus (block mode) host-held windows
+    baseline: int  # the process before any tensor: interpreter, torch, transformers
+    host_peak: int
+    device_peak: int  # equal to host_peak with a CPU device (the same memory)
+    device: str
+    activation_windows: int | None = None  # block mode: windows held on the host per pass (None: all)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def describe(self) -> str:
+        parts = [f"weights {format_size(self.weights)}", f"one block {format_size(self.block)}",
+                 f"activations {format_size(self.activations)}", f"baseline {format_size(self.baseline)}"]
+        peaks = f"peak host {format_size(self.host_peak)}"
+        if self.device != "cpu":
+            peaks += f", peak device {format_size(self.device_peak)}"
+        return f"memory plan ({self.mode}): " + ", ".join(parts) + f"; {peaks}"
+
+
+def _batch_activations(shape: ModelShape, w: Workload, batch: int) -> int:
+    """Transient tensors of one forward batch through one block, and the LM-head chunk of the NLL."""
+    item = DTYPE_BYTES[w.dtype]
+    tokens = batch * w.seq_len
+    block = tokens * (6 * shape.hidden + 3 * shape.intermediate) * item
+    attention_scores = batch * shape.heads * w.seq_len * w.seq_len * 4  # eager attention holds the scores
+    logits = batch * min(LOGIT_CHUNK, w.seq_len) * shape.vocab * 4 * 2  # float32 logits + exp buffer
+    return block + attention_scores + logits
+
+
+def plan_memory(
+    cfg: dict[str, Any], work: Workload, mode: str, *, baseline: int = DEFAULT_BASELINE,
+    host_budget: int | None = None,
+) -> MemoryPlan:
+    """The estimate of one mode. In block mode with a host budget, the host-held windows are limited to what
+    fits (at least one batch): evaluations then run in several passes over the blocks."""
+    shape = model_shape(cfg)
+    item = DTYPE_BYTES[work.dtype]
+    weights = shape.total_params * item
+    block = shape.block_params * item
+    resident = shape.resident_params * item
+    window_hidden = work.seq_len * shape.hidden * item
+    transient = _batch_activations(shape, work, work.batch_size)
+    records = work.record_windows * shape.blocks * window_hidden  # BlockRunner records (stage 2)
+    on_cpu = work.device == "cpu"
+    if mode == "in-memory":
+        device_peak = weights + transient + records
+        device_peak += int(SLACK_FRACTION * device_peak)
+        host_peak = baseline + device_peak if on_cpu else baseline
+        return MemoryPlan(mode, weights, block, weights, transient + records, baseline,
+                          host_peak, host_peak if on_cpu else device_peak, work.device)
+    if mode != "block-by-block":
+        raise ValueError(mode)
+    # one block computing plus the next one being read; records kept on the device for stage 2
+    device_fixed = resident + 2 * block + transient + records
+    device_fixed += int(SLACK_FRACTION * device_fixed)
+    host_fixed = baseline + (device_fixed if on_cpu else 2 * block)
+    windows = max(work.calibration_windows, work.batch_size)
+    if host_budget is not None:
+        fit = (host_budget - host_fixed) // max(window_hidden, 1)
+        windows = max(work.batch_size, min(windows, fit // work.batch_size * work.batch_size))
+    held = windows * window_hidden
+    host_peak = host_fixed + held
+    device_peak = host_peak if on_cpu else device_fixed
+    return MemoryPlan(mode, weights, block, resident, transient + records + held, baseline, host_peak,
+                      device_peak, work.device, activation_windows=windows)
+
+
+def fits(plan: MemoryPlan, host_budget: int | None, device_budget: int | None) -> bool:
+    if host_budget is not None and plan.host_peak > host_budget:
+        return False
+    if device_budget is not None and plan.device != "cpu" and plan.device_peak > device_budget:
+        return False
+    return True
+
+
+def choose_mode(
+    cfg: dict[str, Any], work: Workload, *, execution: str = "auto", host_budget: int | None = None,
+    device_budget: int | None = None, baseline: int = DEFAULT_BASELINE,
+) -> MemoryPlan:
+    """The plan to run with: `execution` forces a mode; `auto` takes in-memory when it fits (or when no budget is
+    set), else block-by-block. Raises InvalidSpec when the chosen mode does not fit the budgets."""
+    if execution not in EXECUTIONS:
+        raise InvalidSpec(f"execution {execution!r} is not one of {', '.join(EXECUTIONS)}")
+    plans = {mode: plan_memory(cfg, work, mode, baseline=baseline, host_budget=host_budget) for mode in MODES}
+    if execution != "auto":
+        chosen = plans[execution]
+    elif fits(plans["in-memory"], host_budget, device_budget):
+        chosen = plans["in-memory"]
+    else:
+        chosen = plans["block-by-block"]
+    if fits(chosen, host_budget, device_budget):
+        return chosen
+    budgets = ", ".join(f"{name} {format_size(b)}" for name, b in (("host", host_budget), ("device", device_budget))
+                        if b is not None)
+    needs = f"host {format_size(chosen.host_peak)}"
+    if chosen.device != "cpu":
+        needs += f", device {format_size(chosen.device_peak)}"
+    raise InvalidSpec(f"the model does not fit the memory budget ({budgets}): {chosen.describe()}; "
+                      f"{chosen.mode} mode needs at least {needs}")
+
+
+def recorded_windows(method: str | None, options: dict[str, Any], calibration_windows: int) -> int:
+    """Windows whose every block input a method records (BlockRunner) at once."""
+    if method == "2ssp":
+        return int(options.get("stage2_windows", 1))
+    if method == "blockpruner":
+        return int(options.get("windows", calibration_windows))
+    if method == "evopress":
+        return calibration_windows
+    return 0
+
+
+def job_workload(spec: Any, cfg: dict[str, Any], device: str) -> Workload:
+    """The workload of a job spec (PruneSpec, SweepSpec or an evaluation-only JobSpecBase) on `device`."""
+    default_seq = 2048
+    limit = cfg.get("max_position_embeddings")
+    seq_len = spec.seq_len or default_seq
+    if limit:
+        seq_len = min(seq_len, int(limit))
+    methods = [spec.method] if hasattr(spec, "method") else list(getattr(spec, "methods", []))
+    options = getattr(spec, "options", {}) or {}
+    per_method = {spec.method: options} if hasattr(spec, "method") else options
+    records = max([recorded_windows(m, per_method.get(m, {}) or {}, spec.calibration_windows)
+                   for m in methods] or [0])
+    return Workload(dtype=spec.dtype, seq_len=seq_len, calibration_windows=spec.calibration_windows,
+                    record_windows=records, device=device)
+
+
+def check_block_mode(spec: Any) -> None:
+    """Refuse what block-by-block execution cannot do (yet): sweeps, exports other than compact, heal, methods that
+    edit weights outside the offloading hooks."""
+    if hasattr(spec, "methods"):
+        raise InvalidSpec("sweeps run in memory; the model needs block-by-block execution here: run twossp prune "
+                          "once per method and sparsity, or raise the memory budget")
+    export = getattr(spec, "export", "compact")
+    if export != "compact":
+        raise InvalidSpec(f"export {export!r} is not available in block-by-block mode; use 'compact' (twossp export "
+                          "turns the result into another format on a machine where it fits)")
+    if getattr(spec, "heal", None) is not None:
+        raise InvalidSpec("heal trains the whole model at once and cannot run block by block; raise the memory budget "
+                          "or prune without heal")
+    method = getattr(spec, "method", None)
+    if method is not None and method not in BLOCK_BY_BLOCK_METHODS:
+        raise InvalidSpec(f"method {method!r} cannot run block by block (it edits weights across blocks); "
+                          f"block-by-block methods: {', '.join(BLOCK_BY_BLOCK_METHODS)}")
+
+
+def spec_plan(spec: Any, cfg: dict[str, Any], *, device: str, baseline: int = DEFAULT_BASELINE) -> MemoryPlan:
+    """The plan a job spec runs with (its budgets and `execution`), or InvalidSpec when it cannot fit or block mode
+    cannot run it."""
+    plan = choose_mode(cfg, job_workload(spec, cfg, device), execution=spec.execution,
+                       host_budget=spec.max_host_memory, device_budget=spec.max_device_memory, baseline=baseline)
+    if plan.mode == "block-by-block":
+        check_block_mode(spec)
+    return plan

@@ -1,0 +1,214 @@
+"""Block-by-block execution: a model whose decoder blocks live in their safetensors files, not in memory.
+
+`load_block_by_block` builds the model's modules on the meta device (no memory), then reads the embeddings, the
+final norm and the LM head onto the compute device; every decoder block stays on the meta device. An
+`Offloader` attached to the model reads a block's weights onto the device just before the block runs (a forward
+pre-hook) and frees the block that was there before, so one block is in memory at a time and every forward
+pass in the library works unchanged, with the same arithmetic as the in-memory model.
+
+Structural edits keep working: removing a submodule or a whole block needs no weights (the removed modules'
+stored weights are simply not read again), and edits that change weights (slicing FFN neurons) run inside
+`editing_block`, which reads the block, lets the edit run, and writes the edited block to a scratch file when
+the block leaves memory. Forward passes over many windows should go block by block rather than window by window
+(twossp_core/runtime/sequential.py), so every block is read once per pass instead of once per window.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from twossp_core.errors import ModelNotFound
+from twossp_core.models.base import ModelAdapter
+from twossp_core.runtime.tensor_files import TensorEntry, index_directory, read_header, read_tensor
+
+OFFLOADER_ATTR = "_twossp_offloader"
+BLOCK_KEY_ATTR = "_twossp_block"  # a layer's index in the loaded checkpoint (kept when blocks are deleted)
+
+
+def offloader_of(model: nn.Module) -> Offloader | None:
+    return getattr(model, OFFLOADER_ATTR, None)
+
+
+def is_offloaded(adapter: ModelAdapter) -> bool:
+    return offloader_of(adapter.model) is not None
+
+
+def _set_parameter(root: nn.Module, name: str, value: torch.Tensor) -> None:
+    owner_name, _, attr = name.rpartition(".")
+    owner = root.get_submodule(owner_name) if owner_name else root
+    owner._parameters[attr] = nn.Parameter(value, requires_grad=False)
+
+
+class Offloader:
+    """Keeps at most one decoder block of `adapter` materialised on `device`."""
+
+    def __init__(self, adapter: ModelAdapter, entries: dict[str, TensorEntry], prefix: str,
+                 device: torch.device) -> None:
+        self.adapter = adapter
+        self.entries = entries
+        self.prefix = prefix  # checkpoint name of the layer list, e.g. "model.layers."
+        self.device = device
+        self.edited: dict[int, dict[str, TensorEntry]] = {}
+        self.resident: nn.Module | None = None
+        self.dirty = False
+        self.block_reads = 0
+        self.window_budget: int | None = None  # windows a block-by-block pass may hold (from the memory plan)
+        self._scratch: tempfile.TemporaryDirectory[str] | None = None
+        for idx, layer in enumerate(adapter.layers):
+            setattr(layer, BLOCK_KEY_ATTR, idx)
+            layer.register_forward_pre_hook(self._before_forward)
+        setattr(adapter.model, OFFLOADER_ATTR, self)
+
+    def _before_forward(self, module: nn.Module, args: Any) -> None:
+        self.ensure(module)
+
+    def ensure(self, layer: nn.Module) -> None:
+        """Make `layer` the materialised block (freeing the previous one first)."""
+        if layer is self.resident:
+            return
+        self.release()
+        key = getattr(layer, BLOCK_KEY_ATTR)
+        edited = self.edited.get(key)
+        for name, param in list(layer.named_parameters()):
+            entry = edited.get(name) if edited is not None else self.entries.get(f"{self.prefix}{key}.{name}")
+            if entry is None:
+                raise ModelNotFound(f"block {key}: the checkpoint has no weights for {name}")
+            if tuple(entry.shape) != tuple(param.shape):
+                raise RuntimeError(
+                    f"block {key}: stored {name} has shape {entry.shape}, the module {tuple(param.shape)}")
+            _set_parameter(layer, name, read_tensor(entry).to(device=self.device, dtype=param.dtype))
+        self.resident = layer
+        self.block_reads += 1
+
+    def release(self) -> None:
+        """Free the materialised block, writing it to the scratch folder first if it was edited."""
+        layer = self.resident
+        if layer is None:
+            return
+        if self.dirty:
+            self._write_back(layer)
+            self.dirty = False
+        layer.to("meta")
+        self.resident = None
+
+    def _write_back(self, layer: nn.Module) -> None:
+        from safetensors.torch import save_file
+
+        if self._scratch is None:
+            self._scratch = tempfile.TemporaryDirectory(prefix="twossp-blocks-")
+        key = getattr(layer, BLOCK_KEY_ATTR)
+        path = Path(self._scratch.name) / f"block-{key}.safetensors"
+        save_file({n: p.detach().to("cpu").contiguous() for n, p in layer.named_parameters()}, str(path))
+        self.edited[key] = read_header(path)
+
+    @contextmanager
+    def editing(self, layer: nn.Module) -> Iterator[None]:
+        self.ensure(layer)
+        yield
+        if self.resident is not layer:
+            raise RuntimeError("a block left memory while it was being edited")
+        self.dirty = True
+
+    def block_state(self, layer: nn.Module) -> dict[str, torch.Tensor]:
+        """The block's current weights (it becomes the materialised block)."""
+        self.ensure(layer)
+        return dict(layer.named_parameters())
+
+    def close(self) -> None:
+        self.release()
+        if self._scratch is not None:
+            self._scratch.cleanup()
+            self._scratch = None
+
+
+def editing_block(adapter: ModelAdapter, idx: int) -> Any:
+    """Context for an edit of block idx's weights: a no-op in memory; block by block, the block is read first
+    and its edited weights are kept (in a scratch file) when it leaves memory."""
+    offloader = offloader_of(adapter.model)
+    return nullcontext() if offloader is None else offloader.editing(adapter.layers[idx])
+
+
+def local_model_dir(model_id: str) -> Path:
+    """The directory holding the model's files (downloaded from the hub when the id is not a local path)."""
+    local = Path(model_id).expanduser()
+    if local.exists():
+        return local
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(model_id, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]))
+    except Exception as exc:  # the hub client raises many types; the user needs the first line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelNotFound(f"cannot download {model_id!r}: {first}") from None
+
+
+def _layers_prefix(model: nn.Module, layers: nn.ModuleList) -> str:
+    for name, module in model.named_modules():
+        if module is layers:
+            return name + "."
+    raise RuntimeError("the decoder's layer list is not a submodule of the model")
+
+
+@torch.no_grad()
+def load_block_by_block(model_id: str, *, dtype: str = "float32", device: str = "cpu") -> tuple[Any, Any]:
+    """(model with offloaded blocks, tokenizer): see the module docstring."""
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from twossp_core.export.remote_modeling import STRUCTURE_KEY, pruned_class
+    from twossp_core.models.registry import adapter_for, check_supported
+    from twossp_core.runtime.loading import load_config, quiet_transformers, resolve_device, resolve_dtype
+
+    quiet_transformers()
+    local = local_model_dir(model_id)
+    config = load_config(str(local))
+    check_supported(getattr(config, "model_type", None))
+    torch_dtype, target = resolve_dtype(dtype), resolve_device(device)
+    entries = index_directory(local)
+    with torch.device("meta"):
+        if getattr(config, STRUCTURE_KEY, None):
+            base = getattr(transformers, (config.architectures or [""])[0], None)
+            if base is None:
+                raise ModelNotFound(f"{model_id}: unknown architecture {config.architectures!r} in config.json")
+            model = pruned_class(base)._from_config(config, dtype=torch_dtype)
+        else:
+            model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
+    adapter = adapter_for(model)
+    prefix = _layers_prefix(model, adapter.layers)
+    in_blocks = {id(m) for m in adapter.layers.modules()}
+    for module in model.modules():  # non-persistent buffers (rotary tables, embedding scales) are computed
+        if id(module) not in in_blocks and any(b.is_meta for b in module.buffers(recurse=False)):
+            module.to_empty(device="cpu", recurse=False)
+            model._init_weights(module)
+    block_params = {id(p) for p in adapter.layers.parameters()}
+    for name, param in list(model.named_parameters()):
+        if id(param) in block_params:
+            continue
+        entry = entries.get(name)
+        if entry is None:
+            continue  # a tied weight (checked below, after tying)
+        _set_parameter(model, name, read_tensor(entry).to(device=target, dtype=param.dtype))
+    if getattr(config, "tie_word_embeddings", False):
+        model.tie_weights()
+    for module in model.modules():
+        if id(module) not in in_blocks:
+            for bname, buf in list(module._buffers.items()):
+                if buf is not None:
+                    module._buffers[bname] = buf.to(target)
+    block_params = {id(p) for p in adapter.layers.parameters()}
+    left = [n for n, p in model.named_parameters() if p.is_meta and id(p) not in block_params]
+    if left:
+        raise ModelNotFound(f"{model_id}: weights not found in the checkpoint: {', '.join(left[:5])}")
+    model.eval()
+    model.config.use_cache = False
+    Offloader(adapter, entries, prefix, target)
+    tokenizer = AutoTokenizer.from_pretrained(str(local), trust_remote_code=False)
+    tokenizer.model_max_length = int(1e30)
+    return model, tokenizer
