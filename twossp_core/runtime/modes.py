@@ -10,7 +10,7 @@ from twossp_core.runtime.peaks import PeakMeter, current_rss
 
 logger = logging.getLogger("twossp")
 # RSS the process still gains after the plan is made: the model family's code, the tokenizer, the data code
-RUNTIME_ALLOWANCE = 128 * 2**20
+RUNTIME_ALLOWANCE = 64 * 2**20
 
 
 def model_config_dict(model_id: str) -> dict[str, Any]:
