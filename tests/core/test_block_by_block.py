@@ -123,6 +123,10 @@ def test_job_in_both_modes_reports_memory_and_writes_the_same_model(workdir, tmp
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     saved = json.loads((tmp_path / "block-by-block" / "report.json").read_text())
     assert saved["memory"]["plan"]["mode"] == "block-by-block"
+    # the pruned (compact) directory runs block by block too, with the numbers of its in-memory load
+    dense, offloaded = _pair(tmp_path / "block-by-block")
+    assert offloaded.removed_attention == a["removed_attention"]
+    assert perplexity(offloaded, _windows(), batch_size=2) == perplexity(dense, _windows(), batch_size=2)
 
 
 def test_auto_takes_block_by_block_when_the_model_does_not_fit(workdir, tmp_path, monkeypatch):

@@ -40,6 +40,26 @@ def is_offloaded(adapter: ModelAdapter) -> bool:
     return offloader_of(adapter.model) is not None
 
 
+M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+MMAP_THRESHOLD = 1 << 20
+
+
+def return_freed_blocks_to_the_os() -> bool:
+    """Make glibc serve allocations of 1 MiB and more with their own memory maps, so a freed block goes back to
+    the operating system at once. By default glibc raises this threshold (up to 32 MiB) each time such a buffer is
+    freed, after which block-sized tensors come from the heap and the freed ones stay in the process: measured on
+    an 8-block model, a prune's peak RSS grew by almost the whole model instead of under two blocks. Process-wide;
+    False where the C library is not glibc."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+    except (OSError, AttributeError):
+        return False
+
+
 def _set_parameter(root: nn.Module, name: str, value: torch.Tensor) -> None:
     owner_name, _, attr = name.rpartition(".")
     owner = root.get_submodule(owner_name) if owner_name else root
@@ -61,6 +81,7 @@ class Offloader:
         self.block_reads = 0
         self.window_budget: int | None = None  # windows a block-by-block pass may hold (from the memory plan)
         self._scratch: tempfile.TemporaryDirectory[str] | None = None
+        return_freed_blocks_to_the_os()
         for idx, layer in enumerate(adapter.layers):
             setattr(layer, BLOCK_KEY_ATTR, idx)
             layer.register_forward_pre_hook(self._before_forward)
