@@ -36,6 +36,7 @@ DEFAULT_BASELINE = 256 * 2**20
 SLACK_FRACTION = 0.05
 
 MAX_SIZE = 2**60
+LOAD_FACTOR = 2  # host bytes per weight byte while a model loads in memory (a mapped file and its copy)
 _SIZE_RE = re.compile(r"^\s*(?P<num>\d+(?:\.\d+)?)\s*(?P<unit>[kKmMgGtT]i?[bB]?|[bB])?\s*$")
 _UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
           "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
@@ -167,7 +168,9 @@ def plan_memory(
     if mode == "in-memory":
         device_peak = weights + transient + records
         device_peak += int(SLACK_FRACTION * device_peak)
-        host_peak = baseline + device_peak if on_cpu else baseline
+        # the model is loaded on the host first (then moved to a GPU): while transformers loads it, the file's
+        # mapped pages and the copied tensors are both in the process (measured: 1.62 x the weights at the peak)
+        host_peak = baseline + max(device_peak, LOAD_FACTOR * weights) if on_cpu else baseline + LOAD_FACTOR * weights
         return MemoryPlan(mode, weights, block, weights, transient + records, baseline,
                           host_peak, host_peak if on_cpu else device_peak, work.device)
     if mode != "block-by-block":
