@@ -103,7 +103,8 @@ def test_real_model_pruned_with_round_to_256_matches_its_compact_export(tmp_path
 
 def test_widths_decilm_cannot_hold_are_refused_before_running(stories_model, stories_text):
     base = {"model": str(stories_model), "sparsity": 0.375, "export": "decilm",
-            "calibration": [f"{stories_text}:0:10"], "eval": [f"{stories_text}:10:20"]}
+            "calibration": [f"{stories_text}:0:10"], "eval": [f"{stories_text}:10:20"],
+            "doc_separator": "<|endoftext|>"}
     with pytest.raises(InvalidSpec, match="multiples of 256.*96.*round_to=256"):
         check_model(parse_spec(base))  # 2SSP keeps 96 of 172 neurons
     with pytest.raises(InvalidSpec, match="multiples of 256.*172"):
