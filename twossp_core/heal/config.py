@@ -32,12 +32,12 @@ class HealConfig(BaseModel):
                                          "accumulation); default batch_size")
     seq_len: int | None = Field(None, ge=8, le=MAX_SEQ_LEN,
                                 description="training window length; default the job's seq_len")
-    lr: float = Field(2e-3, gt=0.0, le=1.0, description="peak learning rate")
+    lr: float = Field(3e-3, gt=0.0, le=1.0, description="peak learning rate")
     schedule: Literal["onecycle", "cosine", "constant"] = Field(
         "onecycle", description="onecycle: linear warm-up to lr over warmup of the steps, then cosine to "
         "lr x final_lr_ratio; cosine: the same without warm-up; constant")
-    warmup: float = Field(0.1, ge=0.0, lt=1.0, description="fraction of the steps spent warming up (onecycle)")
-    final_lr_ratio: float = Field(0.01, ge=0.0, le=1.0, description="last learning rate / lr")
+    warmup: float = Field(0.05, ge=0.0, lt=1.0, description="fraction of the steps spent warming up (onecycle)")
+    final_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="last learning rate / lr")
     weight_decay: float = Field(0.0, ge=0.0)
     betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas")
     grad_clip: float | None = Field(1.0, gt=0.0, description="clip the global gradient norm (null: no clip)")
