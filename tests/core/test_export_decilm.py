@@ -80,6 +80,11 @@ def test_every_submodule_kind_reloads_with_the_pruned_logits(tmp_path):
     assert sorted(p.name for p in (tmp_path / "decilm").glob("*.py")) == ["configuration_decilm.py",
                                                                           "modeling_decilm.py"]
     assert "vllm serve" in (tmp_path / "decilm" / "README.md").read_text()
+    (tmp_path / "new").touch()  # every exported file readable like any new file (the weights were 0600)
+    new_mode = (tmp_path / "new").stat().st_mode & 0o777
+    assert {f.name: f.stat().st_mode & 0o777 for f in (tmp_path / "decilm").iterdir()} == {
+        f.name: new_mode for f in (tmp_path / "decilm").iterdir()
+    }
 
 
 def test_real_model_pruned_with_round_to_256_matches_its_compact_export(tmp_path, capsys):

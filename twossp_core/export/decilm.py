@@ -90,6 +90,7 @@ def export_decilm(
     """Write config.json, model.safetensors, the tokenizer, the two code files and the model card."""
     from safetensors.torch import save_file
 
+    from twossp_core.export.save import readable_like_new_files
     from twossp_core.models.registry import adapter_for
 
     if (getattr(model.config, STRUCTURE_KEY, None) or {}).get(SHORTCUT_KEY):
@@ -114,6 +115,7 @@ def export_decilm(
         code_dir = Path(decilm_code.__file__).parent
         for name in CODE_FILES:
             shutil.copyfile(code_dir / name, tmp / name)
+        readable_like_new_files(tmp)
         for item in tmp.iterdir():
             target = out_dir / item.name
             if target.is_dir():
