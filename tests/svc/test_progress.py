@@ -25,7 +25,8 @@ FAST_OPTIONS = {
 
 @pytest.fixture
 def serve(tmp_path: Path, test_data: Path) -> Iterator[Embedded]:
-    server = Embedded(tmp_path, bare_env([test_data]))
+    # a heartbeat every 0.2 s: the short jobs below are seen in several stages while they run
+    server = Embedded(tmp_path, bare_env([test_data], TWOSSP_HEARTBEAT_INTERVAL_S="0.2"))
     yield server
     server.proc.stop()
 
@@ -36,7 +37,7 @@ def test_every_method_advances_through_its_own_stages(serve: Embedded, stories_m
     ids = {}
     for method in methods:
         body = job_body(stories_model, stories_text, method=method, sparsity=0.25, options=FAST_OPTIONS.get(method, {}),
-                        calibration_windows=4)
+                        calibration_windows=4, eval=[f"{stories_text}:500:600"])
         response = serve.api.submit(body)
         assert response.status_code == 202, response.text
         ids[method] = response.json()["id"]
