@@ -94,7 +94,9 @@ def main() -> int:
         model_dir = download_artifact(api, key, job["id"], dest)
         print(f"downloaded and verified against the manifest: {model_dir}")
         from transformers import AutoModelForCausalLM
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()
         pruned = AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=True)
         print(f"loaded with transformers: {pruned.num_parameters():,} parameters")
         print(format_summary(job["report"]))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -16,6 +17,7 @@ def configure_logging(level: str) -> None:
     """The service's log lines at `level` (--log-level) and above, uvicorn's included."""
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger().setLevel(level.upper())
+    os.environ["TWOSSP_LOG_LEVEL"] = level.upper()  # the embedded worker's job processes log at the same level
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -64,6 +64,10 @@ class Settings(BaseSettings):
     )
     max_active_jobs_per_user: int = Field(100, ge=1, description="queued + running jobs a user may have")
 
+    log_level: Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"] = Field(
+        "INFO", description="log level of the worker processes (`twossp serve --log-level` sets it for its children)"
+    )
+
     # jobs
     job_soft_time_limit_s: float = Field(6 * 3600, gt=0)
     job_time_limit_s: float = Field(6 * 3600 + 300, gt=0)

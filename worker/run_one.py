@@ -34,14 +34,15 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1:
         print("usage: python -m worker.run_one JOB_ID", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    settings = Settings()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     exit_with_parent()
-    runner = JobRunner(Settings())
+    runner = JobRunner(settings)
     try:
         state = runner.run(args[0])
     finally:
         runner.db.dispose()
-    print(state)
+    logging.getLogger(__name__).info("job %s ended %s", args[0], state)
     return 0
 
 

@@ -88,6 +88,7 @@ def test_serve_honours_its_log_level(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(kw))  # everything but the serving loop
     monkeypatch.setenv("TWOSSP_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("TWOSSP_EMBEDDED_WORKER", "false")
+    monkeypatch.setenv("TWOSSP_LOG_LEVEL", "INFO")  # restored after the test; serve sets it for its job processes
     root = logging.getLogger()
     level = root.level
     try:
@@ -96,6 +97,7 @@ def test_serve_honours_its_log_level(monkeypatch: pytest.MonkeyPatch, tmp_path: 
             assert args.func(args) == 0
             assert root.level == value and seen["log_level"] == name
             assert logging.getLogger("worker.runner").isEnabledFor(logging.INFO) == (value <= logging.INFO)
+            assert Settings().log_level == name.upper()  # what the embedded worker's job processes read
     finally:
         root.setLevel(level)
 
