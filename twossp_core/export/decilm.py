@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +89,7 @@ def export_decilm(
     """Write config.json, model.safetensors, the tokenizer, the two code files and the model card."""
     from safetensors.torch import save_file
 
-    from twossp_core.export.save import readable_like_new_files
+    from twossp_core.export.save import staged_into
     from twossp_core.models.registry import adapter_for
 
     if (getattr(model.config, STRUCTURE_KEY, None) or {}).get(SHORTCUT_KEY):
@@ -101,10 +100,7 @@ def export_decilm(
     if config.get("tie_word_embeddings"):
         state.pop("lm_head.weight", None)
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    out_dir.mkdir(exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".twossp-decilm-", dir=out_dir.parent))
-    try:
+    with staged_into(out_dir) as tmp:
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
         generation = getattr(model, "generation_config", None)
@@ -115,13 +111,5 @@ def export_decilm(
         code_dir = Path(decilm_code.__file__).parent
         for name in CODE_FILES:
             shutil.copyfile(code_dir / name, tmp / name)
-        readable_like_new_files(tmp)
-        for item in tmp.iterdir():
-            target = out_dir / item.name
-            if target.is_dir():
-                shutil.rmtree(target)
-            item.replace(target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     write_card(out_dir, metadata, "decilm", model.config)
     return {"stored_params": sum(t.numel() for t in state.values()), "layers": len(config["block_configs"])}

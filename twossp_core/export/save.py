@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,25 @@ def modeling_source(base_architecture: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+@contextmanager
+def staged_into(out_dir: Path) -> Iterator[Path]:
+    """A private folder beside `out_dir` to write an export into; on success its files get the mode of new files
+    and move into `out_dir` (created if missing), replacing same-named entries. Always removed afterwards."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".twossp-save-", dir=out_dir.parent))
+    try:
+        yield tmp
+        readable_like_new_files(tmp)
+        for item in tmp.iterdir():
+            target = out_dir / item.name
+            if target.is_dir():
+                shutil.rmtree(target)
+            item.replace(target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def readable_like_new_files(directory: Path) -> None:
     """Give every file under `directory` the mode a new file gets (0644 under the usual umask): the weights are
     written through a private temporary file (0600), the other files are not."""
@@ -52,10 +73,7 @@ def save_pruned(model: Any, tokenizer: Any, out_dir: Path, metadata: dict[str, A
     A block-by-block (offloaded) model is written shard by shard, one block in memory at a time (export.streamed).
     """
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    out_dir.mkdir(exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".twossp-save-", dir=out_dir.parent))
-    try:
+    with staged_into(out_dir) as tmp:
         if offloader_of(model) is None:
             model.save_pretrained(tmp, safe_serialization=True)
         else:
@@ -72,14 +90,6 @@ def save_pruned(model: Any, tokenizer: Any, out_dir: Path, metadata: dict[str, A
             config = to_compact(config)  # its own model_type: never loads as the base architecture
             (tmp / MODELING_FILE).write_text(modeling_source(config[BASE_KEY]["architecture"]))
         config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        readable_like_new_files(tmp)
-        for item in tmp.iterdir():
-            target = out_dir / item.name
-            if target.is_dir():
-                shutil.rmtree(target)
-            item.replace(target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 
