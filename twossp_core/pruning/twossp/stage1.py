@@ -30,31 +30,9 @@ def neuron_scores(
         from twossp_core.pruning.twossp.stage1_by_block import neuron_scores_by_block
 
         return neuron_scores_by_block(adapter, windows, batch_size=batch_size, reporter=reporter, stage=STAGE)
-    sums = [torch.zeros(adapter.intermediate_size, dtype=torch.float32, device=windows.device)
-            for _ in range(adapter.num_blocks)]
-    hooked = [i for i in range(adapter.num_blocks) if not adapter.mlp_removed(i)]
-    last = hooked[-1] if hooked else -1
-    handles = []
-
-    def make_hook(idx: int) -> Any:
-        def hook(module: Any, args: tuple[Any, ...]) -> None:
-            sums[idx] += window_norms(args[0])
-            if idx == last:
-                raise StopForward  # nothing after this point contributes to any score
-        return hook
-
-    for idx in hooked:
-        handles.append(adapter.down_projection(idx).register_forward_pre_hook(make_hook(idx)))
+    sums, handles = install_score_hooks(adapter, windows.device)
     try:
-        n = windows.shape[0]
-        with torch.inference_mode():
-            for start in range(0, n, batch_size):
-                reporter.checkpoint()
-                try:
-                    adapter.decoder(input_ids=windows[start : start + batch_size], use_cache=False)
-                except StopForward:
-                    pass
-                reporter.update(STAGE, min(start + batch_size, n) / n)
+        run_windows(adapter, windows, batch_size, reporter, STAGE)
     finally:
         for h in handles:
             h.remove()
@@ -67,3 +45,36 @@ def apply_width(adapter: ModelAdapter, scores: list[torch.Tensor], kept: int) ->
         with editing_block(adapter, idx):
             adapter.slice_ffn(idx, top_k(block_scores, kept))
     adapter.set_intermediate_size(kept)
+
+
+def install_score_hooks(adapter: ModelAdapter, device: Any) -> tuple[list[torch.Tensor], list[Any]]:
+    """Per-block sums of the down projections' input norms, filled by forward pre-hooks (returned with their
+    handles, which the caller removes); the last scored block stops the forward: nothing after it counts."""
+    sums = [torch.zeros(adapter.intermediate_size, dtype=torch.float32, device=device)
+            for _ in range(adapter.num_blocks)]
+    hooked = [i for i in range(adapter.num_blocks) if not adapter.mlp_removed(i)]
+    last = hooked[-1] if hooked else -1
+
+    def make_hook(idx: int) -> Any:
+        def hook(module: Any, args: tuple[Any, ...]) -> None:
+            sums[idx] += window_norms(args[0])
+            if idx == last:
+                raise StopForward
+        return hook
+
+    handles = [adapter.down_projection(idx).register_forward_pre_hook(make_hook(idx)) for idx in hooked]
+    return sums, handles
+
+
+def run_windows(adapter: ModelAdapter, windows: torch.Tensor, batch_size: int, reporter: Reporter, stage: str) -> None:
+    """Run the decoder over the windows in batches for the hooks installed on it (a hook may stop a forward
+    early with StopForward), with a cancel checkpoint and a progress update per batch."""
+    n = windows.shape[0]
+    with torch.inference_mode():
+        for start in range(0, n, batch_size):
+            reporter.checkpoint()
+            try:
+                adapter.decoder(input_ids=windows[start : start + batch_size], use_cache=False)
+            except StopForward:
+                pass
+            reporter.update(stage, min(start + batch_size, n) / n)

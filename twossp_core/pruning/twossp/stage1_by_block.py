@@ -6,14 +6,11 @@ same batch norms in the same batch order, so the scores are bit-identical to the
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from twossp_core.models.base import ModelAdapter
 from twossp_core.progress import Reporter
-from twossp_core.pruning.twossp.scores import window_norms
-from twossp_core.runtime.forward import StopForward
+from twossp_core.pruning.twossp.stage1 import install_score_hooks
 from twossp_core.runtime.sequential import capture_batch, chunks, compute_device, run_blocks, window_budget
 
 
@@ -22,21 +19,9 @@ def neuron_scores_by_block(
     adapter: ModelAdapter, windows: torch.Tensor, *, batch_size: int, reporter: Reporter, stage: str
 ) -> list[torch.Tensor]:
     device = compute_device(adapter)
-    sums = [torch.zeros(adapter.intermediate_size, dtype=torch.float32, device=device)
-            for _ in range(adapter.num_blocks)]
+    sums, handles = install_score_hooks(adapter, device)
     hooked = [i for i in range(adapter.num_blocks) if not adapter.mlp_removed(i)]
     last = hooked[-1] if hooked else -1
-    handles = []
-
-    def make_hook(idx: int) -> Any:
-        def hook(module: Any, args: tuple[Any, ...]) -> None:
-            sums[idx] += window_norms(args[0])
-            if idx == last:
-                raise StopForward  # the last scored block's output is not needed
-        return hook
-
-    for idx in hooked:
-        handles.append(adapter.down_projection(idx).register_forward_pre_hook(make_hook(idx)))
     n = windows.shape[0]
     groups = list(chunks(n, batch_size, window_budget(adapter)))
     try:

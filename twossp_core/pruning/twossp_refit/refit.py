@@ -22,6 +22,7 @@ from torch import nn
 
 from twossp_core.models.base import ModelAdapter
 from twossp_core.progress import Reporter
+from twossp_core.pruning.twossp.stage1 import run_windows
 from twossp_core.runtime.forward import StopForward
 
 STAGE = "refit"
@@ -109,15 +110,7 @@ def accumulate(
 
     handles = [adapter.down_projection(i).register_forward_hook(make_hook(i)) for i in hooked]
     try:
-        n = windows.shape[0]
-        with torch.inference_mode():
-            for start in range(0, n, batch_size):
-                reporter.checkpoint()
-                try:
-                    adapter.decoder(input_ids=windows[start : start + batch_size], use_cache=False)
-                except StopForward:
-                    pass
-                reporter.update(STAGE, min(start + batch_size, n) / n)
+        run_windows(adapter, windows, batch_size, reporter, STAGE)
     finally:
         for h in handles:
             h.remove()
