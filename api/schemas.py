@@ -44,6 +44,9 @@ class JobOut(BaseModel):
     sparsity: float | None = Field(description="the target sparsity (null for a sweep: see spec.sparsities)")
     spec: dict[str, Any] = Field(description="the normalized request (PruneSpec or SweepSpec fields)")
     stage_timings: dict[str, float] = Field(description="seconds spent in each finished stage")
+    queue: str | None = Field(
+        None, description="the worker class (Celery queue) the job was routed to by its memory plan; null: the default"
+    )
     attempt: int
     max_attempts: int
     cancel_requested: bool
@@ -72,6 +75,7 @@ class JobOut(BaseModel):
             sparsity=job.sparsity,
             spec=job.spec,
             stage_timings=job.stage_timings or {},
+            queue=job.queue,
             attempt=job.attempt,
             max_attempts=job.max_attempts,
             cancel_requested=job.cancel_requested,

@@ -31,6 +31,7 @@ ENV TWOSSP_DATA_DIR=/data \
     PYTHONPATH=/app
 
 # One job per process on the GPU: concurrency 1, prefetch 1, a fresh pool child per job (torch and CUDA
-# are only ever imported in that child, never in the parent).
+# are only ever imported in that child, never in the parent). The queue is TWOSSP_WORKER_QUEUE (default twossp):
+# the worker's class, which it advertises with its memory so the API routes jobs that fit it there.
 CMD ["celery", "-A", "worker.celery_app", "worker", "--pool", "prefork", "--concurrency", "1", \
-     "--prefetch-multiplier", "1", "--max-tasks-per-child", "1", "-Q", "twossp", "--loglevel", "INFO"]
+     "--prefetch-multiplier", "1", "--max-tasks-per-child", "1", "--loglevel", "INFO"]

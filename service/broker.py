@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Collection
 from typing import Protocol
 
 RUN_JOB_TASK = "twossp.run_job"
@@ -15,7 +16,9 @@ RUN_JOB_TASK = "twossp.run_job"
 class Broker(Protocol):
     kind: str
 
-    def publish(self, job_id: str) -> None: ...
+    def publish(self, job_id: str, queue: str | None = None) -> None:
+        """Send the job to `queue` (the worker class it was routed to; None: the default queue)."""
+        ...
 
     def stop(self, job_id: str) -> bool:
         """Kill the job's run wherever it executes; False if this transport cannot (its worker does it)."""
@@ -23,9 +26,9 @@ class Broker(Protocol):
 
     def check(self) -> None: ...
 
-    def held(self) -> set[str] | None:
-        """Ids of the jobs whose messages the broker holds (waiting in the queue or delivered and not yet
-        acknowledged), or None when this transport cannot tell."""
+    def held(self, queues: Collection[str] = ()) -> set[str] | None:
+        """Ids of the jobs whose messages the broker holds (waiting in the default queue or one of `queues`, or
+        delivered and not yet acknowledged), or None when this transport cannot tell."""
         ...
 
     def close(self) -> None: ...
@@ -39,7 +42,7 @@ class EmbeddedBroker:
     def __init__(self) -> None:
         self.wake = threading.Event()
 
-    def publish(self, job_id: str) -> None:
+    def publish(self, job_id: str, queue: str | None = None) -> None:
         self.wake.set()
 
     def stop(self, job_id: str) -> bool:
@@ -48,7 +51,7 @@ class EmbeddedBroker:
     def check(self) -> None:
         return None
 
-    def held(self) -> set[str] | None:
+    def held(self, queues: Collection[str] = ()) -> set[str] | None:
         return None  # the embedded worker reads the database itself: there is no message to lose
 
     def close(self) -> None:
@@ -70,13 +73,13 @@ class CeleryBroker:
             task_default_queue=queue,
         )
 
-    def publish(self, job_id: str) -> None:
+    def publish(self, job_id: str, queue: str | None = None) -> None:
         # the task id is the job id, so a run can be revoked knowing only the job
         self.app.send_task(
             RUN_JOB_TASK,
             args=[job_id],
             task_id=job_id,
-            queue=self.queue,
+            queue=queue or self.queue,
             retry=True,
             retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.3, "interval_max": 1},
         )
@@ -91,8 +94,8 @@ class CeleryBroker:
         with self.app.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, timeout=3)
 
-    def held(self) -> set[str] | None:
-        """Redis transport: the queue list plus kombu's `unacked` hash (late-acked messages being worked on)."""
+    def held(self, queues: Collection[str] = ()) -> set[str] | None:
+        """Redis transport: the queue lists plus kombu's `unacked` hash (late-acked messages being worked on)."""
         if not self.broker_url.startswith(("redis://", "rediss://")):
             return None
         import redis
@@ -100,8 +103,9 @@ class CeleryBroker:
         client = redis.Redis.from_url(self.broker_url, socket_timeout=5, socket_connect_timeout=3)
         try:
             ids: set[str] = set()
-            for raw in client.lrange(self.queue, 0, -1):
-                ids.add(_task_id(_loads(raw)))
+            for queue in sorted({self.queue, *queues}):
+                for raw in client.lrange(queue, 0, -1):
+                    ids.add(_task_id(_loads(raw)))
             for raw in client.hvals(UNACKED_KEY):  # [message, exchange, routing key]
                 entry = _loads(raw)
                 ids.add(_task_id(entry[0] if isinstance(entry, list) and entry else None))

@@ -111,9 +111,15 @@ def submit(session: Session, job: Job) -> None:
 
 
 def dispatch(session: Session, broker: Broker, job_id: str) -> bool:
-    """Publish a queued job and mark it dispatched. A failure leaves it for the dispatcher loop."""
+    """Publish a queued job to its queue and mark it dispatched. A failure leaves it for the dispatcher loop."""
     try:
-        broker.publish(job_id)
+        queue = session.scalar(select(Job.queue).where(Job.id == job_id))
+    except SQLAlchemyError as exc:
+        session.rollback()
+        log.warning("could not read job %s's queue (will retry from the outbox): %s", job_id, exc)
+        return False
+    try:
+        broker.publish(job_id, queue)
     except Exception as exc:  # broker down: the reaper/dispatcher republishes undispatched rows
         log.warning("could not publish job %s (will retry from the outbox): %s", job_id, exc)
         return False
@@ -418,6 +424,11 @@ def unheld(session: Session, held: set[str], older_than_s: float, limit: int = 5
         .limit(limit)
     ).all()
     return [job_id for job_id in rows if job_id not in held]
+
+
+def queued_queues(session: Session) -> set[str]:
+    """The queues that queued jobs were routed to (the default queue, null, is left out)."""
+    return set(session.scalars(select(Job.queue).where(Job.state == QUEUED, Job.queue.is_not(None)).distinct()))
 
 
 def attempt_states(session: Session, job_ids: set[str]) -> dict[str, tuple[str, int]]:

@@ -94,8 +94,28 @@ class Settings(BaseSettings):
     embedded_worker: bool = Field(True, description="run the in-process worker when no broker is set")
     embedded_poll_s: float = Field(1.0, gt=0)
     torch_threads: int | None = Field(None, ge=1, description="CPU threads per job (torch.set_num_threads)")
-    celery_queue: str = "twossp"
+    celery_queue: str = Field(
+        "twossp", description="the queue jobs go to while no worker has advertised its class (see worker_queue)"
+    )
     work_dir: Path | None = Field(None, description="scratch space for running jobs; default data_dir/work")
+
+    # worker classes: what a Celery worker advertises, and how long the API routes jobs to what it advertised
+    worker_queue: str | None = Field(
+        None, description="the queue this worker consumes: its class, as jobs are routed (default celery_queue)"
+    )
+    worker_device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="what this worker's jobs compute on; auto asks torch in a short subprocess at start"
+    )
+    worker_memory: int | None = Field(
+        None, description="memory this worker offers a job: its GPU's (cuda) or the host's (cpu); default detected"
+    )
+    worker_host_memory: int | None = Field(
+        None, description="host memory this worker offers a job (cuda workers; default: the machine's total)"
+    )
+    worker_advertise_interval_s: float = Field(30.0, gt=0, description="how often a worker renews its advertisement")
+    worker_expiry_s: float = Field(
+        3600.0, gt=0, description="a worker not seen this long no longer counts when jobs are routed"
+    )
 
     @field_validator("allowed_local_roots", mode="before")
     @classmethod
@@ -103,6 +123,20 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part for part in value.split(":") if part.strip()]
         return value
+
+    @field_validator("worker_memory", "worker_host_memory", mode="before")
+    @classmethod
+    def _size(cls, value: object) -> object:
+        """Bytes, or a size with a unit (24GB, 80GiB); empty is unset."""
+        if value is None or value == "":
+            return None
+        from twossp_core.errors import InvalidSpec
+        from twossp_core.memory import parse_size
+
+        try:
+            return parse_size(value)
+        except InvalidSpec as exc:
+            raise ValueError(str(exc)) from None
 
     @field_validator("broker_url", "database_url", "s3_endpoint_url", "s3_public_endpoint_url", mode="before")
     @classmethod

@@ -2,14 +2,17 @@
 
 One job per process (prefork pool, prefetch 1, a fresh child per job), late acks so a lost worker's message
 is redelivered, and Celery's soft/hard time limits from the settings. The parent process never imports
-torch, so CUDA is only ever initialised in the child running a job.
+torch, so CUDA is only ever initialised in the child running a job. Once ready, the worker advertises the queues it
+consumes and its memory (`worker/advertise.py`); without `-Q` it consumes `TWOSSP_WORKER_QUEUE`.
 """
 
 from __future__ import annotations
 
 from celery import Celery
+from celery.signals import worker_ready, worker_shutdown
 
 from service.settings import Settings
+from worker.advertise import on_worker_ready, on_worker_shutdown
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -17,7 +20,7 @@ def make_celery(settings: Settings) -> Celery:
         raise RuntimeError("TWOSSP_BROKER_URL is not set: the Celery worker needs a broker (e.g. redis://...)")
     app = Celery("twossp", broker=settings.broker_url, include=["worker.tasks"])
     app.conf.update(
-        task_default_queue=settings.celery_queue,
+        task_default_queue=settings.worker_queue or settings.celery_queue,
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         task_ignore_result=True,
@@ -36,3 +39,5 @@ def make_celery(settings: Settings) -> Celery:
 
 
 app = make_celery(Settings())
+worker_ready.connect(on_worker_ready, weak=False)
+worker_shutdown.connect(on_worker_shutdown, weak=False)

@@ -66,7 +66,7 @@ def stop_overdue_cancels(db: Database, broker: Broker, settings: Settings, resul
 def dispatch_outbox(db: Database, broker: Broker, settings: Settings, result: MaintenanceResult) -> None:
     with db.session() as session:
         pending = lifecycle.undispatched(session, settings.dispatch_grace_s, settings.redispatch_after_s)
-        held = broker.held()
+        held = broker.held(lifecycle.queued_queues(session))
         if held is not None:  # a broker that lost messages (restarted without persistence) gets them again
             lost = lifecycle.unheld(session, held, settings.redispatch_unheld_after_s)
             if lost:

@@ -46,10 +46,10 @@ def readyz(request: Request) -> JSONResponse:
             conn.execute(text("SELECT 1"))
 
     def queue_check() -> None:
-        held = state.broker.held()
-        if held is None:
-            return
         with state.db.session() as session:
+            held = state.broker.held(lifecycle.queued_queues(session))
+            if held is None:
+                return
             lost = lifecycle.unheld(session, held, state.settings.redispatch_unheld_after_s)
         if lost:
             raise QueueMismatch(

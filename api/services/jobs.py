@@ -12,11 +12,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.errors import Conflict, InputRejected, NotFound, TooManyRequests
-from api.services.inputs import request_hash, validate_request
+from api.services.inputs import JobSpec, request_hash, validate_request
 from service import lifecycle
 from service.broker import Broker
 from service.db.models import Job, JobEvent, JobKind, JobState, User
+from service.routing import NoWorkerFits, choose_queue
 from service.settings import Settings
+from service.workers import worker_classes
+from twossp_core.preflight import local_config
 from twossp_core.spec import PruneSpec
 
 log = logging.getLogger(__name__)
@@ -58,8 +61,10 @@ def submit_job(
             f"{settings.max_active_jobs_per_user}); submit more once some finish",
             retry_after=max(settings.retry_after_s, 30),
         )
+    queue = route(session, broker, settings, spec)
     job = Job(
         owner_id=user.id,
+        queue=queue,
         idempotency_key=idempotency_key,
         request_hash=digest,
         kind=kind.value,
@@ -81,6 +86,22 @@ def submit_job(
     # leaves the row undispatched and the outbox (the reaper) publishes it
     lifecycle.dispatch(session, broker, job.id)
     return Submission(job, created=True)
+
+
+def route(session: Session, broker: Broker, settings: Settings, spec: JobSpec) -> str | None:
+    """The worker queue for the job: the smallest advertised class that holds its memory plan; None (the default
+    queue) with the embedded worker or while no worker has advertised. InputRejected when no class can take it."""
+    if broker.kind == "embedded":
+        return None
+    classes = worker_classes(session, settings.worker_expiry_s)
+    if not classes:
+        return None
+    try:
+        chosen = choose_queue(spec, local_config(spec.model, relative_paths=False), classes)
+    except NoWorkerFits as exc:
+        raise InputRejected(str(exc)) from None
+    log.info("job for %s routed to queue %s", spec.model, chosen.queue)
+    return chosen.queue
 
 
 def _by_idempotency_key(session: Session, user: User, key: str) -> Job | None:

@@ -1,5 +1,6 @@
-"""Tables: users, their API keys (hashed), jobs and job events. The job row is the source of truth for a job;
-its events are the append-only history of how it got there."""
+"""Tables: users, their API keys (hashed), jobs, job events and workers. The job row is the source of truth for a
+job; its events are the append-only history of how it got there; a worker row is what a running Celery worker
+advertises (its queue and memory), renewed while it runs."""
 
 from __future__ import annotations
 
@@ -8,7 +9,19 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, MetaData, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from service.db.types import UTCDateTime, utcnow
@@ -118,6 +131,9 @@ class Job(Base):
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     time_limit_s: Mapped[float] = mapped_column(Float)
 
+    # the worker queue (class) the job was routed to; null: the default queue (`celery_queue`)
+    queue: Mapped[str | None] = mapped_column(String(200), nullable=True)
+
     # outbox: committed with the row, set once the broker accepted the message
     dispatched: Mapped[bool] = mapped_column(Boolean, default=False)
     dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
@@ -147,3 +163,18 @@ class JobEvent(Base):
     stage: Mapped[str | None] = mapped_column(String(50), nullable=True)
     detail: Mapped[str | None] = mapped_column(Text, nullable=True)
     data: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
+class Worker(Base):
+    """A Celery worker's advertisement: the queue it consumes (its class), what its jobs compute on and the memory
+    it offers them. Renewed every `worker_advertise_interval_s`; rows unseen for `worker_expiry_s` are ignored."""
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)  # the Celery node name
+    queue: Mapped[str] = mapped_column(String(200), primary_key=True)
+    device: Mapped[str] = mapped_column(String(8))  # "cuda" or "cpu"
+    memory: Mapped[int] = mapped_column(BigInteger)  # bytes: the GPU's (cuda) or the host's (cpu)
+    host_memory: Mapped[int] = mapped_column(BigInteger)  # bytes of host memory
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_seen: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)

@@ -102,11 +102,12 @@ def _healthy(base: str, proc: Proc) -> bool:
         return False
 
 
-def start_worker(settings: Settings, log_dir: Path, **extra_env: str) -> Proc:
+def start_worker(settings: Settings, log_dir: Path, queue: str | None = None, **extra_env: str) -> Proc:
+    """A Celery worker consuming `queue` (default: the settings' celery_queue)."""
     proc = Proc(
-        "worker",
+        f"worker-{queue}" if queue else "worker",
         [
-            sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", settings.celery_queue,
+            sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", queue or settings.celery_queue,
             "--pool", "prefork", "--concurrency", "1", "--loglevel", "INFO", "-n", f"w{uuid.uuid4().hex[:6]}@%h",
             "--without-gossip", "--without-mingle", "--without-heartbeat",
         ],

@@ -1,0 +1,120 @@
+"""Routing a job to a worker class by memory (torch-free: the API routes with it).
+
+A worker class is one Celery queue and what its workers advertise: the device their jobs compute on and the
+memory they offer (`service/workers.py`). A job goes to the smallest class whose memory holds the job's plan
+(`twossp_core.memory.spec_plan`: the mode the job will run in given its budgets, so a budgeted job that runs
+block by block needs far less than the same model in memory). With `device: auto` GPU classes come first.
+A model whose config the API cannot read (a hub id) goes to the largest class.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from twossp_core.errors import InvalidSpec
+from twossp_core.memory import MemoryPlan, format_size, spec_plan
+
+
+@dataclass(frozen=True)
+class WorkerClass:
+    queue: str
+    device: str  # "cuda" or "cpu"
+    memory: int  # bytes offered to a job: the GPU's (cuda) or the host's (cpu)
+    host_memory: int  # bytes of host memory offered to a job
+    workers: int = 1
+
+    def describe(self) -> str:
+        if self.device == "cuda":
+            return (f"'{self.queue}' (cuda, {format_size(self.memory)} device, "
+                    f"{format_size(self.host_memory)} host)")
+        return f"'{self.queue}' (cpu, {format_size(self.memory)} host)"
+
+
+@dataclass(frozen=True)
+class Route:
+    queue: str
+    plan: MemoryPlan | None  # None: the model's config is unknown here (a hub id)
+
+
+class NoWorkerFits(Exception):
+    """No advertised worker class can hold the job; the message states the need and the largest capacity."""
+
+
+def _size_key(cls: WorkerClass) -> tuple[int, int, str]:
+    return cls.memory, cls.host_memory, cls.queue
+
+
+def job_device(spec: Any, cls: WorkerClass) -> str | None:
+    """The device the job would compute on in this class; None when the class cannot give it what it asks."""
+    if spec.device == "auto":
+        return cls.device
+    if spec.device == "cuda" and cls.device != "cuda":
+        return None
+    return spec.device
+
+
+def shortfall(plan: MemoryPlan, cls: WorkerClass) -> str | None:
+    """Why the plan does not fit the class (None when it fits)."""
+    if plan.device != "cpu" and plan.device_peak > cls.memory:
+        return f"device {format_size(plan.device_peak)} > {format_size(cls.memory)}"
+    host = cls.memory if cls.device == "cpu" else cls.host_memory
+    if plan.host_peak > host:
+        return f"host {format_size(plan.host_peak)} > {format_size(host)}"
+    return None
+
+
+def choose_queue(spec: Any, cfg: dict[str, Any] | None, classes: list[WorkerClass]) -> Route:
+    """The class a job goes to: the smallest that holds its plan (GPU classes first for `device: auto`).
+
+    `cfg` is the model's config.json (None for a hub id: the largest class that can give the job its device).
+    Raises NoWorkerFits when no class can take the job."""
+    if not classes:
+        raise ValueError("no worker classes to choose from")
+    usable = [c for c in classes if job_device(spec, c) is not None]
+    if not usable:
+        raise NoWorkerFits(
+            f"no worker class can take this job: it asks for device {spec.device!r} and the worker classes are "
+            + ", ".join(c.describe() for c in sorted(classes, key=_size_key))
+        )
+    if cfg is None:
+        return Route(max(usable, key=_size_key).queue, None)
+    plans: dict[str, MemoryPlan | InvalidSpec] = {}
+    fitting: list[tuple[WorkerClass, MemoryPlan]] = []
+    misses: list[str] = []
+    for cls in sorted(usable, key=_size_key):
+        device = job_device(spec, cls)
+        assert device is not None
+        if device not in plans:
+            try:
+                plans[device] = spec_plan(spec, cfg, device=device)
+            except InvalidSpec as exc:
+                plans[device] = exc
+        plan = plans[device]
+        if isinstance(plan, InvalidSpec):
+            misses.append(f"'{cls.queue}': {plan}")
+            continue
+        reason = shortfall(plan, cls)
+        if reason is None:
+            fitting.append((cls, plan))
+        else:
+            misses.append(f"'{cls.queue}' {reason}")
+    if fitting:
+        gpu_first = spec.device == "auto"
+        cls, plan = min(fitting, key=lambda item: (gpu_first and item[0].device != "cuda", *_size_key(item[0])))
+        return Route(cls.queue, plan)
+    largest = max(usable, key=_size_key)
+    plan = plans[job_device(spec, largest) or "cpu"]
+    need = str(plan) if isinstance(plan, InvalidSpec) else _need(plan)
+    raise NoWorkerFits(
+        f"no worker class has the memory for this job: it needs {need}; the largest worker class is "
+        f"{largest.describe()}; short: {', '.join(misses)}. Set max_device_memory / max_host_memory so that it runs "
+        "block by block, or add a worker class with more memory"
+    )
+
+
+def _need(plan: MemoryPlan) -> str:
+    need = f"{format_size(plan.host_peak)} host"
+    if plan.device != "cpu":
+        need = f"{format_size(plan.device_peak)} device memory and " + need
+    return f"{need} ({plan.mode} on {plan.device})"

@@ -1,0 +1,247 @@
+"""Routing jobs by memory: the choice of a worker class (units), the registry workers advertise in, the broker
+looking into every routed queue, and two real Celery workers on their own queues taking the jobs that fit them."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from sqlalchemy import select, update
+
+from service.broker import CeleryBroker
+from service.db.migrate import upgrade_head
+from service.db.models import Worker
+from service.db.session import Database
+from service.db.types import utcnow
+from service.routing import NoWorkerFits, WorkerClass, choose_queue
+from service.settings import Settings
+from service.workers import Advertisement, advertise, worker_classes
+from twossp_core.memory import format_size, spec_plan
+from twossp_core.spec import parse_spec, parse_sweep_spec
+from worker.advertise import detect_capacity
+
+from .procs import Api, Proc, create_key, start_api, start_worker
+from .support import job_body
+
+GB = 10**9
+# a Llama-2-7B-shaped config: 6.7 B parameters, 27 GB of float32 weights
+LLAMA_7B = {
+    "model_type": "llama", "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
+    "num_attention_heads": 32, "num_key_value_heads": 32, "vocab_size": 32000, "max_position_embeddings": 4096,
+    "tie_word_embeddings": False, "architectures": ["LlamaForCausalLM"],
+}
+
+
+def spec(**fields: Any):  # type: ignore[no-untyped-def]
+    return parse_spec({"model": "/models/llama-7b", "sparsity": 0.375, "seq_len": 2048, **fields})
+
+
+def gpu(queue: str, gb: float, host_gb: float = 512) -> WorkerClass:
+    return WorkerClass(queue, "cuda", int(gb * GB), int(host_gb * GB))
+
+
+def cpu(queue: str, gb: float) -> WorkerClass:
+    return WorkerClass(queue, "cpu", int(gb * GB), int(gb * GB))
+
+
+# ---- the choice --------------------------------------------------------------------------------------------
+def test_the_smallest_class_that_holds_the_plan_is_chosen() -> None:
+    need = spec_plan(spec(), LLAMA_7B, device="cuda").device_peak  # in memory: about 31 GB
+    assert 25 * GB < need < 40 * GB
+    classes = [gpu("h200", 141), gpu("a100-40", 40), gpu("l4", 24), gpu("h100", 80)]
+    route = choose_queue(spec(), LLAMA_7B, classes)
+    assert route.queue == "a100-40" and route.plan is not None and route.plan.mode == "in-memory"
+    # bfloat16 halves the weights: the 24 GB class holds it
+    assert choose_queue(spec(dtype="bfloat16"), LLAMA_7B, classes).queue == "l4"
+
+
+def test_a_budget_that_runs_block_by_block_needs_a_smaller_class() -> None:
+    classes = [gpu("small", 16), gpu("large", 80)]
+    assert choose_queue(spec(), LLAMA_7B, classes).queue == "large"
+    route = choose_queue(spec(max_device_memory="12GB"), LLAMA_7B, classes)
+    assert route.queue == "small"
+    assert route.plan is not None and route.plan.mode == "block-by-block" and route.plan.device_peak < 12 * GB
+
+
+def test_a_gpu_class_also_needs_the_host_memory_of_the_load() -> None:
+    # in memory the model is loaded on the host first: twice the weights (54 GB) do not fit a 32 GB host
+    classes = [gpu("gpu-small-host", 80, host_gb=32), gpu("gpu-big-host", 96, host_gb=256)]
+    assert choose_queue(spec(), LLAMA_7B, classes).queue == "gpu-big-host"
+
+
+def test_device_auto_prefers_gpu_classes_and_device_cpu_uses_host_memory() -> None:
+    classes = [cpu("cpu", 64), gpu("gpu", 80, host_gb=64)]
+    assert choose_queue(spec(), LLAMA_7B, classes).queue == "gpu"
+    # a CPU job needs the 64 GB host: both classes have it, the smaller (by offered memory) is taken
+    assert choose_queue(spec(device="cpu"), LLAMA_7B, classes).queue == "cpu"
+    with pytest.raises(NoWorkerFits, match="asks for device 'cuda'"):
+        choose_queue(spec(device="cuda"), LLAMA_7B, [cpu("cpu", 512)])
+
+
+def test_a_job_no_class_can_hold_is_refused_with_its_need_and_the_largest_capacity() -> None:
+    classes = [gpu("small", 16), gpu("large", 24)]
+    with pytest.raises(NoWorkerFits) as caught:
+        choose_queue(spec(), LLAMA_7B, classes)
+    message = str(caught.value)
+    need = spec_plan(spec(), LLAMA_7B, device="cuda").device_peak
+    assert f"needs {need / GB:.2f} GB device memory" in message
+    assert "the largest worker class is 'large' (cuda, 24.00 GB device" in message
+    assert "max_device_memory" in message
+
+
+def test_a_sweep_is_planned_in_memory_and_a_hub_model_goes_to_the_largest_class() -> None:
+    sweep = parse_sweep_spec({"model": "/m", "methods": ["2ssp", "shortgpt"], "sparsities": [0.25, 0.5],
+                              "seq_len": 2048, "dtype": "bfloat16"})
+    classes = [gpu("small", 16), gpu("mid", 24), gpu("large", 80)]
+    assert choose_queue(sweep, LLAMA_7B, classes).queue == "mid"
+    route = choose_queue(spec(model="meta-llama/Llama-2-7b-hf"), None, classes)
+    assert route.queue == "large" and route.plan is None
+
+
+# ---- what workers advertise ----------------------------------------------------------------------------------
+def test_capacity_from_settings_and_detected_host_memory() -> None:
+    import psutil
+
+    assert detect_capacity(Settings(worker_device="cpu", worker_memory="2GB")).memory == 2 * GB
+    detected = detect_capacity(Settings(worker_device="cpu"))
+    assert detected.device == "cpu" and detected.memory == detected.host_memory == psutil.virtual_memory().total
+    configured = detect_capacity(Settings(worker_device="cuda", worker_memory="80GB", worker_host_memory="1TB"))
+    assert (configured.device, configured.memory, configured.host_memory) == ("cuda", 80 * GB, 10**12)
+
+
+def test_the_registry_keeps_recent_workers_one_class_per_queue(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path)
+    upgrade_head(settings)
+    db = Database(settings)
+    try:
+        with db.session() as session:
+            advertise(session, Advertisement("a@h", "small", "cuda", 24 * GB, 64 * GB), expiry_s=60)
+            advertise(session, Advertisement("b@h", "small", "cuda", 20 * GB, 128 * GB), expiry_s=60)
+            advertise(session, Advertisement("c@h", "large", "cuda", 80 * GB, 256 * GB), expiry_s=60)
+            advertise(session, Advertisement("a@h", "small", "cuda", 24 * GB, 64 * GB), expiry_s=60)  # renewal
+            classes = {c.queue: c for c in worker_classes(session, expiry_s=60)}
+        # a job in `small` may land on either worker: the class offers the least of each
+        assert classes["small"] == WorkerClass("small", "cuda", 20 * GB, 64 * GB, workers=2)
+        assert classes["large"].memory == 80 * GB
+        with db.session() as session:  # `large` was last seen two minutes ago
+            session.execute(update(Worker).where(Worker.queue == "large").values(
+                last_seen=utcnow() - timedelta(seconds=120)))
+            session.commit()
+            assert [c.queue for c in worker_classes(session, expiry_s=60)] == ["small"]
+            advertise(session, Advertisement("a@h", "small", "cuda", 24 * GB, 64 * GB), expiry_s=60)
+            assert session.scalars(select(Worker.name).order_by(Worker.name)).all() == ["a@h", "b@h"]  # forgotten
+    finally:
+        db.dispose()
+
+
+def test_the_broker_holds_messages_in_every_routed_queue(redis_url: str) -> None:
+    broker = CeleryBroker(redis_url, "twossp")
+    try:
+        broker.publish("job-default")
+        broker.publish("job-large", "large")
+        assert broker.held() == {"job-default"}
+        assert broker.held({"large"}) == {"job-default", "job-large"}
+        client = redis.Redis.from_url(redis_url)
+        assert client.llen("large") == 1 and client.llen("twossp") == 1
+        client.close()
+    finally:
+        broker.close()
+
+
+# ---- two real worker classes -----------------------------------------------------------------------------------
+def small_body(stories_model: Path, stories_text: Path) -> dict[str, Any]:
+    return job_body(stories_model, stories_text, seq_len=128)
+
+
+def large_body(stories_model: Path, stories_text: Path) -> dict[str, Any]:
+    return job_body(stories_model, stories_text, seq_len=512)  # the attention scores grow with seq_len squared
+
+
+def host_need(body: dict[str, Any]) -> int:
+    """The host memory the API plans for the body on a CPU worker."""
+    cfg = json.loads((Path(body["model"]) / "config.json").read_text())
+    return spec_plan(parse_spec(body), cfg, device="cpu").host_peak
+
+
+@dataclass
+class ClassesStack:
+    settings: Settings
+    alice: Api
+    logs: Path
+    big_model: Path
+    procs: dict[str, Proc]
+
+
+@pytest.fixture(scope="module")
+def classes_stack(
+    tmp_path_factory: pytest.TempPathFactory, pg_factory: Callable[[], str], redis_server: str, test_data: Path
+) -> Iterator[ClassesStack]:
+    redis.Redis.from_url(redis_server).flushdb()
+    root = tmp_path_factory.mktemp("routing")
+    logs = root / "logs"
+    logs.mkdir()
+    big_model = root / "models" / "llama-7b"  # only its config: the job is refused before anything loads
+    big_model.mkdir(parents=True)
+    (big_model / "config.json").write_text(json.dumps(LLAMA_7B))
+    settings = Settings(
+        data_dir=root / "data", database_url=pg_factory(), broker_url=redis_server,
+        allowed_local_roots=[test_data, big_model.parent], torch_threads=1, lease_seconds=10,
+    )
+    api_proc, base = start_api(settings, logs)
+    stack = ClassesStack(settings, Api(base, create_key(settings, "alice")), logs, big_model, {"api": api_proc})
+    yield stack
+    for proc in stack.procs.values():
+        proc.stop()
+    # the next module's stack must not meet these workers' messages
+    redis.Redis.from_url(redis_server).flushdb()
+
+
+@pytest.mark.slow
+def test_jobs_go_to_the_worker_class_that_holds_them(
+    classes_stack: ClassesStack, stories_model: Path, stories_text: Path
+) -> None:
+    stack, alice = classes_stack, classes_stack.alice
+    small, large = small_body(stories_model, stories_text), large_body(stories_model, stories_text)
+    small_need, large_need = host_need(small), host_need(large)
+    assert large_need - small_need > 20 * 10**6
+
+    # no worker has advertised yet: the job goes to the default queue, as before routing existed
+    early = alice.submit(small)
+    assert early.status_code == 202, early.text
+    assert early.json()["queue"] is None
+    assert alice.cancel(early.json()["id"]).json()["state"] == "cancelled"
+
+    # a CPU class with room for the short windows only, and one with room for both
+    small_memory, large_memory = (small_need + large_need) // 2, large_need + 200 * 10**6
+    for name, memory in (("small", small_memory), ("large", large_memory)):
+        stack.procs[name] = start_worker(stack.settings, stack.logs, queue=name, TWOSSP_WORKER_DEVICE="cpu",
+                                         TWOSSP_WORKER_MEMORY=str(memory))
+    for name in ("small", "large"):
+        stack.procs[name].wait_for_output("advertised worker", timeout=60)
+
+    first = alice.submit(small)
+    second = alice.submit(large)
+    assert first.status_code == 202 and second.status_code == 202, (first.text, second.text)
+    assert first.json()["queue"] == "small" and second.json()["queue"] == "large"
+
+    refused = alice.submit(job_body(stack.big_model, stories_text))
+    assert refused.status_code == 422
+    detail = refused.json()["detail"]
+    assert "no worker class has the memory for this job: it needs" in detail
+    assert f"needs {format_size(host_need(job_body(stack.big_model, stories_text)))} host (in-memory on cpu)" in detail
+    assert f"the largest worker class is 'large' (cpu, {format_size(large_memory)} host)" in detail
+
+    ids = first.json()["id"], second.json()["id"]
+    done = [alice.wait_done(job_id, timeout=120) for job_id in ids]
+    assert all(job["state"] == "succeeded" for job in done), done
+    # each ran on its class's worker: the worker that received the task ran it
+    small_log, large_log = stack.procs["small"].output(), stack.procs["large"].output()
+    assert ids[0] in small_log and ids[0] not in large_log
+    assert ids[1] in large_log and ids[1] not in small_log
+    assert alice.http.get("/jobs").json()["total"] == 3  # the refused job was never queued
