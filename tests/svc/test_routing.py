@@ -4,6 +4,7 @@ looking into every routed queue, and two real Celery workers on their own queues
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -14,17 +15,22 @@ import pytest
 import redis
 from sqlalchemy import select, update
 
+from api.services.jobs import submit_job
+from service import lifecycle
 from service.broker import CeleryBroker
 from service.db.migrate import upgrade_head
 from service.db.models import Worker
 from service.db.session import Database
 from service.db.types import utcnow
+from service.keys import create_key as new_key
+from service.keys import user_for_key
 from service.routing import NoWorkerFits, WorkerClass, choose_queue
 from service.settings import Settings
 from service.workers import Advertisement, advertise, worker_classes
 from twossp_core.memory import format_size, spec_plan
 from twossp_core.spec import parse_spec, parse_sweep_spec
 from worker.advertise import detect_capacity
+from worker.maintenance import run_maintenance
 
 from .procs import Api, Proc, create_key, start_api, start_worker
 from .support import job_body
@@ -152,6 +158,53 @@ def test_the_broker_holds_messages_in_every_routed_queue(redis_url: str) -> None
         client.close()
     finally:
         broker.close()
+
+
+def queued_ids(client: redis.Redis, queue: str) -> list[str]:
+    return [json.loads(raw)["headers"]["id"] for raw in client.lrange(queue, 0, -1)]
+
+
+def test_the_reaper_republishes_a_job_to_the_queue_it_was_routed_to(
+    tmp_path: Path, pg_url: str, redis_url: str, test_data: Path, stories_model: Path, stories_text: Path
+) -> None:
+    settings = Settings(
+        data_dir=tmp_path, database_url=pg_url, broker_url=redis_url, allowed_local_roots=[test_data],
+        dispatch_grace_s=0, redispatch_unheld_after_s=0.1,
+    )
+    db = Database(settings)
+    broker = CeleryBroker(redis_url, settings.celery_queue)
+    client = redis.Redis.from_url(redis_url)
+    try:
+        with db.session() as session:
+            for queue, memory in (("small", 10 * 10**6), ("large", 10 * GB)):
+                advertise(session, Advertisement(f"w-{queue}@h", queue, "cpu", memory, memory), expiry_s=60)
+            user = user_for_key(session, new_key(session, "alice"))
+            assert user is not None
+            job = submit_job(session, broker, settings, user, job_body(stories_model, stories_text), None).job
+        assert job.queue == "large"
+        assert queued_ids(client, "large") == [job.id] and client.llen("twossp") == 0
+
+        # the broker lost the message (a restart without persistence): the reaper publishes it to `large` again
+        client.delete("large")
+        time.sleep(0.2)
+        assert run_maintenance(db, broker, settings).dispatched == [job.id]
+        assert queued_ids(client, "large") == [job.id] and client.llen("twossp") == 0
+        # held in `large`: nothing more to publish
+        time.sleep(0.2)
+        assert run_maintenance(db, broker, settings).dispatched == []
+
+        # a lost worker's job is requeued and published to its queue again
+        with db.session() as session:
+            assert lifecycle.claim(session, job.id, "host:1", lease_s=0.01) is not None
+        client.delete("large")
+        time.sleep(0.1)
+        result = run_maintenance(db, broker, settings)
+        assert result.requeued == [job.id] and job.id in result.dispatched
+        assert set(queued_ids(client, "large")) == {job.id} and client.llen("twossp") == 0
+    finally:
+        client.close()
+        broker.close()
+        db.dispose()
 
 
 # ---- two real worker classes -----------------------------------------------------------------------------------
