@@ -213,3 +213,17 @@ def test_a_heal_shows_its_loss_curve_and_summary() -> None:
     assert len(points) == 3 and ys[0] < ys[1] < ys[2]  # the loss falls: the line goes down the chart
     assert dict(report_tables({"heal": heal})["Heal"])["loss"] == "2.5"
     assert loss_curve_chart({"loss_curve": [[1, 4.0]]}) is None
+
+
+def test_the_job_page_names_the_worker_class_the_job_was_routed_to(
+    app: Any, stories_model: Path, stories_text: Path
+) -> None:
+    alice = signed_in(app, "alice")
+    created = alice.post("/ui/submit", data={**form(stories_model, stories_text), "csrf": csrf_of(alice)},
+                         follow_redirects=False)
+    job_id = created.headers["location"].rsplit("/", 1)[-1]
+    assert "worker class" not in alice.get(f"/ui/jobs/{job_id}").text  # embedded: not routed
+    with app.state.db.session() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(queue="large"))
+        session.commit()
+    assert "worker class <code>large</code>" in alice.get(f"/ui/jobs/{job_id}").text
