@@ -17,7 +17,7 @@ from service.lifecycle import HARD_TIMEOUT
 from service.settings import Settings
 
 from .checks import assert_torch_not_loaded, check_history, check_model_perplexity, check_succeeded_job
-from .procs import Api, Proc, create_key, start_api, start_reaper, start_worker, wait_until
+from .procs import TERMINAL, Api, Proc, create_key, start_api, start_reaper, start_worker, wait_until
 from .support import job_body, s3_settings, stuck_body
 
 pytestmark = pytest.mark.slow
@@ -112,6 +112,42 @@ def test_job_end_to_end_on_the_real_model(
     # another user sees nothing
     assert stack.bob.http.get(f"/jobs/{job_id}").status_code == 404
     assert stack.bob.http.get(f"/jobs/{job_id}/artifact").status_code == 404
+
+
+def test_job_with_heal_through_a_celery_worker(stack: Stack, stories_model: Path, stories_text: Path) -> None:
+    """Prune, heal and evaluate again in a Celery pool process: the heal is seen step by step over HTTP while it
+    runs, and GET /jobs/{id} ends with the healed perplexities and the heal block."""
+    steps = 24
+    heal = {"steps": steps, "batch_size": 2, "seq_len": 128, "lr": 3e-3}
+    worker = stack.worker(TWOSSP_HEARTBEAT_INTERVAL_S="0.2")  # the running job's stage is written every 0.2 s
+    seen: list[tuple[str, str | None, float]] = []
+
+    def finished(job_id: str) -> dict | None:
+        job = stack.alice.job(job_id)
+        seen.append((job["state"], job["stage"], job["progress"]))
+        return job if job["state"] in TERMINAL else None
+
+    try:
+        submitted = stack.alice.submit(job_body(stories_model, stories_text, heal=heal))
+        assert submitted.status_code == 202, submitted.text
+        job_id = submitted.json()["id"]
+        job = wait_until(lambda: finished(job_id), 60, "the healed job", interval=0.05)
+    finally:
+        worker.stop()
+
+    check_succeeded_job(job)
+    running = [stage for state, stage, _ in seen if state == "running" and stage is not None]
+    healing = {stage for stage in running if stage.startswith("heal (step ") and f"/{steps} loss " in stage}
+    assert len(healing) >= 2, running  # seen at several of its steps, not only once
+    percents = [percent for _, _, percent in seen]
+    assert percents == sorted(percents) and percents[-1] == 100.0, seen
+    assert {"heal_data", "heal", "evaluate_healed"} <= job["stage_timings"].keys()
+
+    report = job["report"]
+    assert report["perplexity"] and all(e["healed"] < e["pruned"] for e in report["perplexity"]), report
+    assert report["heal"]["steps"] == steps and len(report["heal"]["loss_curve"]) == steps
+    stages = check_history(stack.alice.events(job_id, limit=50), [("submitted", 0), ("started", 1), ("succeeded", 1)])
+    assert stages[1][-5:] == ["heal_data", "heal", "evaluate_healed", "export", "upload"], stages
 
 
 def test_worker_killed_mid_job_is_rerun(stack: Stack, slow_model: Path, stories_text: Path) -> None:
