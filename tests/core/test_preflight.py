@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -79,3 +80,16 @@ def test_request_checks_do_not_import_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_every_familys_counts_are_computed_without_torch():
+    code = (
+        "import json, sys; from twossp_core.models.counts import block_counts;"
+        "from twossp_core.models.registry import supported_model_types;"
+        "cfg = {'hidden_size': 64, 'intermediate_size': 96, 'num_attention_heads': 4, 'num_hidden_layers': 2};"
+        "blocks = {t: block_counts({**cfg, 'model_type': t}).block for t in supported_model_types()};"
+        "print(json.dumps({'blocks': blocks, 'torch': 'torch' in sys.modules}))"
+    )
+    out = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert out["torch"] is False
+    assert sorted(out["blocks"]) == sorted(FAMILIES) and all(n > 0 for n in out["blocks"].values())
