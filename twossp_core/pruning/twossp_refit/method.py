@@ -118,12 +118,15 @@ def _sequential_memory(
     ctx: PruneContext, dense_layers: list[torch.nn.Module], kept: int, residual: bool
 ) -> dict[str, int]:
     """Bytes the sequential refit holds besides the model: the dense blocks (host memory), the hidden states at
-    one block boundary for every calibration window (pruned and dense paths) and one block's normal equations."""
+    one block boundary for every calibration window (pruned and dense paths, plus the block's outputs for the
+    residual target), one block's down-projection inputs (residual target) and one block's normal equations."""
     hidden = int(ctx.adapter.config.hidden_size)
     param = next(ctx.adapter.model.parameters())
+    tokens = int(ctx.calibration.numel())
     return {
         "dense_blocks_bytes": sum(p.numel() * p.element_size() for layer in dense_layers for p in layer.parameters()),
-        "boundary_states_bytes": int(ctx.calibration.numel()) * hidden * param.element_size() * (2 if residual else 1),
+        "boundary_states_bytes": tokens * hidden * param.element_size() * (3 if residual else 1),
+        "activations_bytes": tokens * kept * param.element_size() if residual else 0,
         "accumulator_bytes": (kept * kept + kept * hidden + 1) * 8,
     }
 

@@ -46,9 +46,12 @@ def capture_calls(adapter: ModelAdapter, windows: torch.Tensor, batch_size: int 
 
 
 def _capture_batch(adapter: ModelAdapter, input_ids: torch.Tensor) -> Calls:
+    """Block 0 runs; every later block only records its call and passes its input through (the arguments are the
+    same whatever the hidden states are), so the capture costs about one block, not a forward pass."""
     first: list[torch.Tensor] = []
     args: list[tuple[Any, ...]] = []
     kwargs: list[dict[str, Any]] = []
+    returns_tuple: list[bool] = []
     last = adapter.num_blocks - 1
 
     def hook(module: Any, a: tuple[Any, ...], kw: dict[str, Any]) -> None:
@@ -64,7 +67,18 @@ def _capture_batch(adapter: ModelAdapter, input_ids: torch.Tensor) -> Calls:
         if len(args) > last:
             raise StopForward
 
-    handles = [layer.register_forward_pre_hook(hook, with_kwargs=True) for layer in adapter.layers]
+    def output_style(module: Any, a: tuple[Any, ...], output: Any) -> None:
+        returns_tuple.append(isinstance(output, tuple))
+
+    def passthrough(*a: Any, **kw: Any) -> Any:
+        hidden = a[0] if a else kw["hidden_states"]
+        return (hidden,) if returns_tuple[0] else hidden
+
+    layers = list(adapter.layers)
+    handles = [layer.register_forward_pre_hook(hook, with_kwargs=True) for layer in layers]
+    handles.append(layers[0].register_forward_hook(output_style))
+    for layer in layers[1:]:
+        layer.forward = passthrough
     try:
         adapter.decoder(input_ids=input_ids, use_cache=False)
     except StopForward:
@@ -72,6 +86,8 @@ def _capture_batch(adapter: ModelAdapter, input_ids: torch.Tensor) -> Calls:
     finally:
         for h in handles:
             h.remove()
+        for layer in layers[1:]:
+            del layer.forward
     return Calls(first[0], args, kwargs)
 
 
@@ -114,15 +130,21 @@ def sequential_refit(
         if moved:
             dense_layer = dense_layer.to(device)
         if adapter.mlp_removed(idx):
-            stats = None
+            _advance(layer, calls, idx, pruned)
+            if target == "residual":
+                _advance(dense_layer, calls, idx, dense)
         else:
-            stats = _block_statistics(adapter, idx, dense_layer, calls, pruned, dense, target)
-            results.append(refit_block(adapter.down_projection(idx), idx, stats, ridge))
-        with torch.inference_mode():
-            for b, call in enumerate(calls):
-                pruned[b] = block_output(layer(pruned[b], *call.args[idx], **call.kwargs[idx]))
-                if stats is None and target == "residual":
-                    dense[b] = block_output(dense_layer(dense[b], *call.args[idx], **call.kwargs[idx]))
+            down = adapter.down_projection(idx)
+            before = down.weight.detach().clone() if target == "residual" else None
+            stats, outputs, activations = _block_statistics(adapter, idx, dense_layer, calls, pruned, dense, target)
+            results.append(refit_block(down, idx, stats, ridge))
+            if before is None:  # the ffn target's families may normalise the FFN output: run the block again
+                _advance(layer, calls, idx, pruned)
+            else:  # the block output is linear in the down projection: correct the recorded outputs
+                change = down.weight.detach().float() - before.float()
+                for b, (out, activation) in enumerate(zip(outputs, activations, strict=True)):
+                    pruned[b] = (out.float() + activation.float() @ change.T).to(out.dtype)
+            del outputs, activations
         if moved:
             dense_layers[idx] = dense_layer.to("cpu")
         reporter.update(STAGE, (idx + 1) / blocks)
@@ -137,8 +159,10 @@ def _block_statistics(
     pruned: list[torch.Tensor],
     dense: list[torch.Tensor],
     target: Target,
-) -> NormalEquations:
-    """Normal equations of block idx; for the residual target, advances `dense` past the block."""
+) -> tuple[NormalEquations, list[torch.Tensor], list[torch.Tensor]]:
+    """Normal equations of block idx, with the block's outputs and down-projection inputs per batch (kept for the
+    residual target only: with them the refit's effect on the outputs is one product, not another block pass);
+    for the residual target, advances `dense` past the block."""
     down = adapter.down_projection(idx)
     seen: dict[str, torch.Tensor] = {}
 
@@ -151,6 +175,8 @@ def _block_statistics(
     layer = adapter.layers[idx]
     dense_mlp = getattr(dense_layer, adapter.mlp_module)
     stats = NormalEquations.zeros(down.weight.shape[1], down.weight.shape[0], pruned[0].device)
+    outputs: list[torch.Tensor] = []
+    activations: list[torch.Tensor] = []
     handles = [down.register_forward_hook(on_down)]
     if target == "ffn":
         handles.append(adapter.mlp(idx).register_forward_pre_hook(on_mlp_input, with_kwargs=True))
@@ -167,8 +193,18 @@ def _block_statistics(
                 if down.bias is not None:
                     wanted = wanted - down.bias.float()
                 stats.add(seen["activation"], wanted)
+                if target == "residual":
+                    outputs.append(out)
+                    activations.append(seen["activation"])
                 seen.clear()
     finally:
         for h in handles:
             h.remove()
-    return stats
+    return stats, outputs, activations
+
+
+def _advance(layer: nn.Module, calls: list[Calls], idx: int, states: list[torch.Tensor]) -> None:
+    """Replace every batch's hidden states at block idx's input by the block's output."""
+    with torch.inference_mode():
+        for b, call in enumerate(calls):
+            states[b] = block_output(layer(states[b], *call.args[idx], **call.kwargs[idx]))
