@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import time
+from typing import Any
+
+import torch
 
 from twossp_core.pruning.base import PruneContext, PruneOutcome, PruningMethod
 from twossp_core.pruning.twossp import stage1, stage2
-from twossp_core.pruning.twossp.balance import plan_balance
+from twossp_core.pruning.twossp.balance import BalancePlan, plan_balance
 from twossp_core.pruning.twossp.config import TwoSSPConfig
 
 SCORES_CACHE_KEY = "2ssp.neuron_scores"
@@ -16,7 +19,7 @@ class TwoSSP(PruningMethod):
     name = "2ssp"
     config: TwoSSPConfig
 
-    def plan(self, ctx: PruneContext, sparsity: float):  # noqa: ANN201 - BalancePlan
+    def plan(self, ctx: PruneContext, sparsity: float) -> BalancePlan:
         a = ctx.adapter
         return plan_balance(
             blocks=a.num_blocks,
@@ -31,33 +34,44 @@ class TwoSSP(PruningMethod):
         )
 
     def prune(self, ctx: PruneContext, sparsity: float) -> PruneOutcome:
-        cfg = self.config
         plan = self.plan(ctx, sparsity)
-        adapter = ctx.adapter
-
         t0 = time.perf_counter()
+        stage1.apply_width(ctx.adapter, self.neuron_scores(ctx), plan.kept_neurons)
+        t1 = time.perf_counter()
+        ctx.reporter.checkpoint()
+        removals = self.remove_attention(ctx, plan)
+        t2 = time.perf_counter()
+        return self.outcome(plan, removals, {"stage1_s": t1 - t0, "stage2_s": t2 - t1}, {})
+
+    # ---- the steps 2SSP's variants share -----------------------------------------------------------------
+    def neuron_scores(self, ctx: PruneContext) -> list[torch.Tensor]:
+        """Stage 1's scores of the dense model, computed once per context cache (a sweep's sparsities share
+        them)."""
         scores = ctx.cache.get(SCORES_CACHE_KEY)
         if scores is None:
             scores = stage1.neuron_scores(
-                adapter, ctx.calibration, batch_size=cfg.batch_size, reporter=ctx.reporter
+                ctx.adapter, ctx.calibration, batch_size=self.config.batch_size, reporter=ctx.reporter
             )
             ctx.cache[SCORES_CACHE_KEY] = scores
-        stage1.apply_width(adapter, scores, plan.kept_neurons)
-        t1 = time.perf_counter()
+        return scores
 
-        ctx.reporter.checkpoint()
-        removals = stage2.greedy_attention_removal(
-            adapter,
-            ctx.calibration[: cfg.stage2_windows],
-            plan.num_attention,
-            mode=cfg.stage2_mode,
+    def remove_attention(self, ctx: PruneContext, plan: BalancePlan) -> list[stage2.Removal]:
+        """Stage 2: the planned number of attention modules, removed greedily."""
+        cfg = self.config
+        return stage2.greedy_attention_removal(
+            ctx.adapter, ctx.calibration[: cfg.stage2_windows], plan.num_attention, mode=cfg.stage2_mode,
             reporter=ctx.reporter,
         )
-        t2 = time.perf_counter()
+
+    def outcome(
+        self, plan: BalancePlan, removals: list[stage2.Removal], timings: dict[str, float], extra: dict[str, Any]
+    ) -> PruneOutcome:
+        """The outcome of a run that followed `plan`; `extra` adds to the details every variant reports."""
+        cfg = self.config
         return PruneOutcome(
             removed_attention=sorted(r.block for r in removals),
             kept_ffn_neurons=plan.kept_neurons,
-            timings={"stage1_s": t1 - t0, "stage2_s": t2 - t1},
+            timings=timings,
             details={
                 "num_attention_removed": plan.num_attention,
                 "target_params": plan.target_params,
@@ -67,5 +81,6 @@ class TwoSSP(PruningMethod):
                 "round_to": cfg.round_to,
                 "stage2_windows": cfg.stage2_windows,
                 "stage2_mode": cfg.stage2_mode,
+                **extra,
             },
         )

@@ -9,8 +9,8 @@ from typing import Any
 import torch
 
 from twossp_core.pruning.base import PruneContext, PruneOutcome
-from twossp_core.pruning.twossp import stage1, stage2
-from twossp_core.pruning.twossp.method import SCORES_CACHE_KEY, TwoSSP
+from twossp_core.pruning.twossp import stage1
+from twossp_core.pruning.twossp.method import TwoSSP
 from twossp_core.pruning.twossp.scores import top_k
 from twossp_core.pruning.twossp_refit import refit
 from twossp_core.pruning.twossp_refit.config import TwoSSPRefitConfig
@@ -29,10 +29,7 @@ class TwoSSPRefit(TwoSSP):
         cost: dict[str, Any] = {}
 
         t0 = time.perf_counter()
-        scores = ctx.cache.get(SCORES_CACHE_KEY)
-        if scores is None:
-            scores = stage1.neuron_scores(adapter, ctx.calibration, batch_size=cfg.batch_size, reporter=ctx.reporter)
-            ctx.cache[SCORES_CACHE_KEY] = scores
+        scores = self.neuron_scores(ctx)
         timings["stage1_s"] = time.perf_counter() - t0
 
         ctx.reporter.checkpoint()
@@ -59,10 +56,7 @@ class TwoSSPRefit(TwoSSP):
 
         ctx.reporter.checkpoint()
         t0 = time.perf_counter()
-        removals = stage2.greedy_attention_removal(
-            adapter, ctx.calibration[: cfg.stage2_windows], plan.num_attention, mode=cfg.stage2_mode,
-            reporter=ctx.reporter,
-        )
+        removals = self.remove_attention(ctx, plan)
         timings["stage2_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -74,35 +68,21 @@ class TwoSSPRefit(TwoSSP):
         del dense_layers, calls, stats
         cost["peak_device_bytes"] = _peak(ctx.calibration.device)
 
-        return PruneOutcome(
-            removed_attention=sorted(r.block for r in removals),
-            kept_ffn_neurons=plan.kept_neurons,
-            timings=timings,
-            details={
-                "num_attention_removed": plan.num_attention,
-                "target_params": plan.target_params,
-                "removal_order": [r.block for r in removals],
-                "removal_perplexity": [r.perplexity for r in removals],
-                "alpha": cfg.alpha,
-                "round_to": cfg.round_to,
-                "stage2_windows": cfg.stage2_windows,
-                "stage2_mode": cfg.stage2_mode,
-                "refit": {
-                    "ridge": cfg.ridge,
-                    "inputs": cfg.refit_inputs,
-                    "target": resolve_target(adapter, cfg.refit_target)
-                    if cfg.refit_inputs == "sequential" else "ffn",
-                    "stage2_on_refit": cfg.stage2_on_refit,
-                    "seconds": timings["refit_s"],
-                    "fraction_of_stage1": timings["refit_s"] / timings["stage1_s"] if timings["stage1_s"] else None,
-                    **cost,
-                    "calibration_tokens": int(ctx.calibration.numel()),
-                    "error_sliced": [b.error_sliced for b in blocks],
-                    "error_refit": [b.error_refit for b in blocks],
-                    "rejected_blocks": [b.block for b in blocks if b.kept_sliced],
-                },
+        return self.outcome(plan, removals, timings, {
+            "refit": {
+                "ridge": cfg.ridge,
+                "inputs": cfg.refit_inputs,
+                "target": resolve_target(adapter, cfg.refit_target) if cfg.refit_inputs == "sequential" else "ffn",
+                "stage2_on_refit": cfg.stage2_on_refit,
+                "seconds": timings["refit_s"],
+                "fraction_of_stage1": timings["refit_s"] / timings["stage1_s"] if timings["stage1_s"] else None,
+                **cost,
+                "calibration_tokens": int(ctx.calibration.numel()),
+                "error_sliced": [b.error_sliced for b in blocks],
+                "error_refit": [b.error_refit for b in blocks],
+                "rejected_blocks": [b.block for b in blocks if b.kept_sliced],
             },
-        )
+        })
 
     def _sequential(
         self, ctx: PruneContext, dense_layers: list[torch.nn.Module], calls: list[Calls] | None
