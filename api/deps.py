@@ -15,7 +15,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from api.errors import TooManyRequests, Unauthorized, Unavailable
-from api.limits import KeyCache, RateLimiter
+from api.limits import KeyCache, Limiter, make_limiter
 from service.broker import Broker
 from service.db.models import User
 from service.db.session import Database
@@ -69,13 +69,25 @@ async def get_broker(request: Request) -> Broker:
     return request.app.state.broker
 
 
-def _limits(request: Request) -> tuple[RateLimiter, KeyCache]:
+def _limits(request: Request) -> tuple[Limiter, KeyCache]:
     state = request.app.state
     if getattr(state, "rate_limiter", None) is None:
         settings: Settings = state.settings
         state.key_cache = KeyCache(settings.auth_cache_s)
-        state.rate_limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
+        state.rate_limiter = make_limiter(settings.broker_url, settings.rate_limit_per_s, settings.rate_limit_burst)
     return state.rate_limiter, state.key_cache
+
+
+async def _spend(request: Request, bucket: str, per: str) -> None:
+    """Spend one request of `bucket`'s budget, or answer 429 with Retry-After."""
+    limiter, _ = _limits(request)
+    wait = await limiter.check(bucket)
+    if wait:
+        raise TooManyRequests(
+            f"rate limit: at most {limiter.rate:g} requests/s per {per} (bursts of {limiter.burst}); "
+            f"retry after {wait} s",
+            retry_after=wait,
+        )
 
 
 async def current_user(
@@ -85,7 +97,7 @@ async def current_user(
 ) -> User:
     if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
         raise Unauthorized("missing API key: send `Authorization: Bearer KEY`")
-    limiter, cache = _limits(request)
+    _, cache = _limits(request)
     digest = hash_key(credentials.credentials)
     cached = cache.get(digest)
     if cached is None:
@@ -94,14 +106,14 @@ async def current_user(
             raise Unauthorized("invalid API key")
         cached = (user.id, user.name)
         cache.put(digest, cached)
-    wait = limiter.acquire(digest)
-    if wait:
-        raise TooManyRequests(
-            f"rate limit: at most {request.app.state.settings.rate_limit_per_s:g} requests/s per API key "
-            f"(bursts of {request.app.state.settings.rate_limit_burst}); retry after {wait} s",
-            retry_after=wait,
-        )
+    await _spend(request, f"key:{digest}", "API key")
     return User(id=cached[0], name=cached[1])  # detached: routes use its id and name only
+
+
+async def ui_rate_limit(request: Request) -> None:
+    """Dashboard requests (sign-in included) spend the budget of the client's address: a forged or missing
+    session cookie cannot buy a fresh budget, and guessing keys at the sign-in form is slowed like any request."""
+    await _spend(request, f"ui:{request.client.host if request.client else 'unknown'}", "client address")
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

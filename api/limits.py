@@ -1,11 +1,22 @@
-"""Per-API-key request rate limits (token buckets, per API process) and a short-lived cache of key lookups."""
+"""Request rate limits (token buckets) and a short-lived cache of key lookups.
+
+The buckets live in Redis when the service has a Redis broker, so every API process sharing it spends one budget
+per client; without Redis (the embedded shape, one API process) they live in the process.
+"""
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any, Protocol
+
+import anyio
+import anyio.to_thread
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -37,6 +48,96 @@ class RateLimiter:
                 bucket.tokens -= 1.0
                 return 0
             return max(1, math.ceil((1.0 - bucket.tokens) / self.rate))
+
+
+class Limiter(Protocol):
+    rate: float
+    burst: int
+
+    async def check(self, key: str) -> int:
+        """0 when the request may go on, else the seconds to wait before a retry can succeed."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class LocalLimiter(RateLimiter):
+    """The in-process buckets, for one API process."""
+
+    async def check(self, key: str) -> int:
+        return self.acquire(key)
+
+    def close(self) -> None:
+        pass
+
+
+# One token bucket per key in a Redis hash {tokens, at}, refilled by `rate` per second up to `burst`, on the Redis
+# server's clock (TIME), in one atomic script: API processes on several hosts spend the same budget.
+_BUCKET_LUA = """
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local tokens = tonumber(state[1])
+local at = tonumber(state[2])
+if tokens == nil or at == nil then
+  tokens = burst
+  at = now
+end
+tokens = math.min(burst, tokens + math.max(0, now - at) * rate)
+local wait = 0
+if tokens >= 1 then
+  tokens = tokens - 1
+else
+  wait = math.max(1, math.ceil((1 - tokens) / rate))
+end
+redis.call('HSET', KEYS[1], 'tokens', string.format('%.6f', tokens), 'at', string.format('%.6f', now))
+redis.call('EXPIRE', KEYS[1], math.ceil(burst / rate) + 1)
+return wait
+"""
+KEY_PREFIX = "twossp:ratelimit:"
+REDIS_TIMEOUT_S = 0.5
+# the blocking Redis calls run on threads of their own, never on the request handlers' threads
+_REDIS_THREADS = anyio.CapacityLimiter(32)
+
+
+class RedisLimiter:
+    """The token buckets in Redis. If Redis cannot be reached the process's own buckets decide meanwhile (the
+    limit is then per process again, as it is while the broker is down anyway)."""
+
+    def __init__(self, url: str, rate: float, burst: int) -> None:
+        import redis
+
+        self.rate, self.burst = rate, burst
+        self._client = redis.Redis.from_url(
+            url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S, health_check_interval=30
+        )
+        self._script: Any = self._client.register_script(_BUCKET_LUA)
+        self._fallback = LocalLimiter(rate, burst)
+        self._warned_at = 0.0
+
+    def _check(self, key: str) -> int:
+        return int(self._script(keys=[KEY_PREFIX + key], args=[repr(float(self.rate)), self.burst]))
+
+    async def check(self, key: str) -> int:
+        try:
+            return await anyio.to_thread.run_sync(self._check, key, limiter=_REDIS_THREADS)
+        except Exception as exc:  # redis errors come in several types; the request must not fail for it
+            if time.monotonic() - self._warned_at > 60:
+                self._warned_at = time.monotonic()
+                log.warning("rate limits fall back to this process (Redis: %s: %s)", type(exc).__name__, exc)
+            return await self._fallback.check(key)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def make_limiter(broker_url: str | None, rate: float, burst: int) -> Limiter:
+    """Shared through Redis when the broker is Redis, else per process."""
+    if broker_url is not None and broker_url.startswith(("redis://", "rediss://", "unix://")):
+        return RedisLimiter(broker_url, rate, burst)
+    return LocalLimiter(rate, burst)
 
 
 class KeyCache:

@@ -15,6 +15,7 @@ from twossp_core.data.sources import check_txt_range
 from twossp_core.errors import DataError, InvalidSpec, ModelNotFound
 from twossp_core.export.compact_config import to_base
 from twossp_core.export.registry import check_family, check_ffn_width
+from twossp_core.local_inputs import local_path
 from twossp_core.memory import spec_plan
 from twossp_core.models.counts import block_counts
 from twossp_core.models.registry import check_supported
@@ -37,7 +38,7 @@ def is_hub_id(model: str) -> bool:
 def local_config(model: str, relative_paths: bool = True) -> dict | None:
     """The config.json of a local model directory (a compact export's as its base), None for a hub id.
     With relative_paths=False only an absolute path is looked up on disk; anything else is a hub id."""
-    path = Path(model).expanduser()
+    path = local_path(model)
     if not relative_paths and not Path(model).is_absolute():
         return None
     if not path.exists():
@@ -56,9 +57,9 @@ def local_config(model: str, relative_paths: bool = True) -> dict | None:
 def check_data(sources: list[DataSource], doc_separator: str | None, relative_paths: bool = True) -> None:
     """Local data files exist and their document ranges select something (hub datasets are checked later)."""
     for source in sources:
-        if source.is_hub and (not relative_paths or not Path(source.name).exists()):
+        if source.is_hub and (not relative_paths or not local_path(source.name).exists()):
             continue
-        if not Path(source.name).expanduser().is_file():
+        if not local_path(source.name).is_file():
             raise DataError(f"data source {source.label!r}: no such file")
         check_txt_range(source, doc_separator)
 

@@ -24,7 +24,10 @@ def make_celery(settings: Settings) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         task_ignore_result=True,
-        task_soft_time_limit=settings.job_soft_time_limit_s,
+        # a soft limit equal to the hard one leaves no time to stop cooperatively: the job is killed at the limit
+        task_soft_time_limit=(
+            settings.job_soft_time_limit_s if settings.job_soft_time_limit_s < settings.job_time_limit_s else None
+        ),
         task_time_limit=settings.job_time_limit_s,
         worker_prefetch_multiplier=1,
         worker_concurrency=settings.worker_concurrency,

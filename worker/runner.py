@@ -25,11 +25,13 @@ from service import lifecycle
 from service.db.models import JobKind, JobState
 from service.db.session import Database
 from service.lifecycle import Claim
-from service.paths import PathRefused, check_tree, resolve_allowed
+from service.paths import PathRefused
 from service.records import StageMark
 from service.settings import Settings
 from service.store import ArtifactStore, make_store
+from twossp_core.local_inputs import redirected
 from twossp_core.stages import Stage
+from worker.inputs import pinned_inputs
 from worker.progress import ProgressTracker, job_stages
 
 log = logging.getLogger(__name__)
@@ -38,23 +40,6 @@ DONE_STAGE = "done"  # the stage a succeeded job reports (with progress 100)
 
 def default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def check_job_paths(spec: dict[str, Any], roots: list[Path]) -> None:
-    """The API checked the request's paths when it was submitted; check them again now that the job is about to
-    open them: the model directory and every file in it, and every local data file (PathRefused if not)."""
-    from twossp_core.spec import DataSource
-
-    model = str(spec.get("model") or "")
-    if Path(model).is_absolute():
-        check_tree(resolve_allowed(model, roots, "model"), roots, "model")
-    heal = spec.get("heal") if isinstance(spec.get("heal"), dict) else {}
-    for text in [*(spec.get("calibration") or []), *(spec.get("eval") or []), *(heal.get("data") or [])]:
-        source = DataSource.parse(text)
-        if not source.is_hub:
-            real = resolve_allowed(source.name, roots, "data source")
-            if real.is_dir():
-                raise PathRefused(f"data source {source.name!r}: not a regular file")
 
 
 class ClaimUnavailable(Exception):
@@ -193,8 +178,13 @@ class JobRunner:
         previous_cwd = os.getcwd()
         os.chdir(work)  # hub ids must never resolve against whatever directory the worker started in
         try:
-            check_job_paths(claim.spec, self.settings.resolved_roots())
-            report = self._execute(claim, work / "out", tracker.update, should_cancel)
+            # the API checked the paths at submission; the files may have changed since: open them now, check
+            # what was opened, and have the job read exactly those files
+            with (
+                pinned_inputs(claim.spec, self.settings.resolved_roots(), work / "inputs") as inputs,
+                redirected(inputs.redirects),
+            ):
+                report = self._execute(claim, work / "out", tracker.update, should_cancel)
             if heartbeat.stop_reason is not None:
                 raise Cancelled("stopped after the last stage")
             tracker.update("upload", 0.0)

@@ -8,6 +8,8 @@ main process (it knows which pool process ran the job), not after the lease runs
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import socket
 
 from celery import Task
@@ -37,6 +39,13 @@ class JobRequest(Request):
     """Runs in the worker's main process."""
 
     def on_timeout(self, soft: bool, timeout: float) -> None:
+        if not soft and self.worker_pid:
+            # the pool kills the process only after this returns: kill it first, so the run cannot record an
+            # outcome of its own while its timeout is being recorded
+            try:
+                os.kill(self.worker_pid, signal.SIGKILL)
+            except OSError:
+                pass
         super().on_timeout(soft, timeout)
         if soft or not self.args:
             return

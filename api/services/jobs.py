@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +26,7 @@ from twossp_core.preflight import local_config
 from twossp_core.spec import PruneSpec
 
 log = logging.getLogger(__name__)
+_SQLITE_SUBMIT_LOCK = threading.Lock()
 
 
 def is_job_id(value: str) -> bool:
@@ -50,38 +54,45 @@ def submit_job(
         if existing is not None:
             return _replay(existing, digest)
 
-    active = session.scalar(
-        select(func.count())
-        .select_from(Job)
-        .where(Job.owner_id == user.id, Job.state.in_([JobState.queued.value, JobState.running.value]))
-    )
-    if (active or 0) >= settings.max_active_jobs_per_user:
-        raise TooManyRequests(
-            f"you have {active} jobs queued or running (TWOSSP_MAX_ACTIVE_JOBS_PER_USER="
-            f"{settings.max_active_jobs_per_user}); submit more once some finish",
-            retry_after=max(settings.retry_after_s, 30),
-        )
     queue = route(session, broker, settings, spec)
-    job = Job(
-        owner_id=user.id,
-        queue=queue,
-        idempotency_key=idempotency_key,
-        request_hash=digest,
-        kind=kind.value,
-        spec=spec.model_dump(mode="json"),
-        model=spec.model,
-        method=spec.method if isinstance(spec, PruneSpec) else None,
-        sparsity=spec.sparsity if isinstance(spec, PruneSpec) else None,
-        max_attempts=settings.max_attempts,
-        time_limit_s=settings.job_time_limit_s,
-    )
-    try:
-        lifecycle.submit(session, job)  # the row is the outbox entry: dispatched=false until the broker has it
-    except IntegrityError:
-        existing = _by_idempotency_key(session, user, idempotency_key) if idempotency_key else None
-        if existing is None:
-            raise
-        return _replay(existing, digest)
+    with _submissions_of(session, user):
+        if idempotency_key is not None:  # a concurrent request with the same key may have committed meanwhile
+            existing = _by_idempotency_key(session, user, idempotency_key)
+            if existing is not None:
+                session.rollback()
+                return _replay(existing, digest)
+        active = session.scalar(
+            select(func.count())
+            .select_from(Job)
+            .where(Job.owner_id == user.id, Job.state.in_([JobState.queued.value, JobState.running.value]))
+        )
+        if (active or 0) >= settings.max_active_jobs_per_user:
+            session.rollback()  # releases the owner's lock
+            raise TooManyRequests(
+                f"you have {active} jobs queued or running (TWOSSP_MAX_ACTIVE_JOBS_PER_USER="
+                f"{settings.max_active_jobs_per_user}); submit more once some finish",
+                retry_after=max(settings.retry_after_s, 30),
+            )
+        job = Job(
+            owner_id=user.id,
+            queue=queue,
+            idempotency_key=idempotency_key,
+            request_hash=digest,
+            kind=kind.value,
+            spec=spec.model_dump(mode="json"),
+            model=spec.model,
+            method=spec.method if isinstance(spec, PruneSpec) else None,
+            sparsity=spec.sparsity if isinstance(spec, PruneSpec) else None,
+            max_attempts=settings.max_attempts,
+            time_limit_s=settings.job_time_limit_s,
+        )
+        try:
+            lifecycle.submit(session, job)  # the row is the outbox entry: dispatched=false until the broker has it
+        except IntegrityError:
+            existing = _by_idempotency_key(session, user, idempotency_key) if idempotency_key else None
+            if existing is None:
+                raise
+            return _replay(existing, digest)
     # committed: from here on the answer is 202 with the job; a broker or database hiccup while publishing
     # leaves the row undispatched and the outbox (the reaper) publishes it
     lifecycle.dispatch(session, broker, job.id)
@@ -102,6 +113,24 @@ def route(session: Session, broker: Broker, settings: Settings, spec: JobSpec) -
         raise InputRejected(str(exc)) from None
     log.info("job for %s routed to queue %s", spec.model, chosen.queue)
     return chosen.queue
+
+
+@contextmanager
+def _submissions_of(session: Session, user: User) -> Iterator[None]:
+    """One submission of a user at a time from counting their active jobs to committing the new one, so
+    concurrent submissions cannot pass the cap together. On Postgres the user's row is locked (`FOR UPDATE`,
+    held by the transaction that lifecycle.submit commits, every API process alike); SQLite has one API process
+    (the embedded shape), where a process lock does the same."""
+    if session.get_bind().dialect.name == "sqlite":
+        with _SQLITE_SUBMIT_LOCK:
+            yield
+        return
+    session.execute(select(User.id).where(User.id == user.id).with_for_update())
+    try:
+        yield
+    except BaseException:
+        session.rollback()
+        raise
 
 
 def _by_idempotency_key(session: Session, user: User, key: str) -> Job | None:

@@ -9,13 +9,13 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import parse_qs
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
-from api.deps import BrokerDep, SessionDep, SettingsDep, StoreDep
+from api.deps import BrokerDep, SessionDep, SettingsDep, StoreDep, ui_rate_limit
 from api.errors import Conflict, NotFound, ServiceError
 from api.routes.jobs import artifact as artifact_download
 from api.routes.jobs import manifest as manifest_download
@@ -39,7 +39,7 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store",
 }
 
-router = APIRouter(prefix="/ui", include_in_schema=False)
+router = APIRouter(prefix="/ui", include_in_schema=False, dependencies=[Depends(ui_rate_limit)])
 templates = Jinja2Templates(directory=HERE / "templates")
 templates.env.globals.update(fmt_duration=views.fmt_duration, fmt_time=views.fmt_time, duration_s=views.duration_s)
 TERMINAL = {s.value for s in TERMINAL_STATES}

@@ -280,6 +280,72 @@ def test_rate_limit_and_active_job_cap(limited: tuple[TestClient, str], stories_
     assert client.get("/jobs", headers=headers).status_code == 200
 
 
+@pytest.fixture
+def capped(tmp_path: Path, pg_url: str, redis_url: str, test_data: Path) -> Iterator[tuple[Settings, str, str]]:
+    """A real API process (uvicorn, 16 handler threads) on Postgres that lets a user have 2 active jobs."""
+    settings = Settings(
+        data_dir=tmp_path / "data", database_url=pg_url, broker_url=redis_url, allowed_local_roots=[test_data],
+        rate_limit_per_s=10_000, rate_limit_burst=10_000, max_active_jobs_per_user=2,
+    )
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    key = create_key_cli(settings, "alice")
+    proc, base = start_api(settings, logs)
+    try:
+        yield settings, base, key
+    finally:
+        proc.stop()
+
+
+def test_concurrent_submissions_cannot_pass_the_active_job_cap(
+    capped: tuple[Settings, str, str], stories_model: Path, stories_text: Path
+) -> None:
+    settings, base, key = capped
+    posts = burst(base, key, [("POST", "/jobs", job_body(stories_model, stories_text, seed=s), {}) for s in range(24)])
+    line = report("24 concurrent POST /jobs with TWOSSP_MAX_ACTIVE_JOBS_PER_USER=2", posts)
+    codes = sorted(code for code, _, _ in posts)
+    assert codes == [202, 202] + [429] * 22, line
+    assert all("TWOSSP_MAX_ACTIVE_JOBS_PER_USER=2" in body["detail"] for code, _, body in posts if code == 429)
+    listed = Api(base, key).http.get("/jobs").json()
+    assert listed["total"] == 2, listed
+
+
+def _two_apps(settings: Settings) -> Iterator[tuple[TestClient, TestClient, str]]:
+    """Two API instances (separate apps, as in two processes) on one database and one Redis, and a key."""
+    with TestClient(create_app(settings)) as first, TestClient(create_app(settings)) as second:
+        db: Database = first.app.state.db  # type: ignore[attr-defined]
+        with db.session() as session:
+            key = create_key(session, "alice")
+        yield first, second, key
+
+
+def test_rate_limits_are_shared_through_redis_by_every_api_process(
+    tmp_path: Path, pg_url: str, redis_url: str
+) -> None:
+    settings = Settings(data_dir=tmp_path / "d", database_url=pg_url, broker_url=redis_url,
+                        rate_limit_per_s=0.01, rate_limit_burst=6)
+    for first, second, key in _two_apps(settings):
+        headers = {"Authorization": f"Bearer {key}"}
+        statuses = [(first if i % 2 else second).get("/jobs", headers=headers).status_code for i in range(12)]
+        assert statuses == [200] * 6 + [429] * 6, statuses  # one budget of 6, not 6 per process
+        limited = first.get("/jobs", headers=headers)
+        assert limited.headers["Retry-After"] == "100" and "0.01 requests/s per API key" in limited.json()["detail"]
+
+        # the dashboard too (per client address), sign-in page included
+        pages = [(first if i % 2 else second).get("/ui/login").status_code for i in range(8)]
+        assert pages == [200] * 6 + [429] * 2, pages
+        assert int(second.get("/ui", follow_redirects=False).headers["Retry-After"]) >= 1
+
+
+def test_rate_limits_fall_back_to_the_process_when_redis_is_unreachable(tmp_path: Path, pg_url: str) -> None:
+    settings = Settings(data_dir=tmp_path / "d", database_url=pg_url,
+                        broker_url=f"redis://127.0.0.1:{free_port()}/0", rate_limit_per_s=0.01, rate_limit_burst=3)
+    for first, _, key in _two_apps(settings):
+        headers = {"Authorization": f"Bearer {key}"}
+        statuses = [first.get("/jobs", headers=headers).status_code for _ in range(5)]
+        assert statuses == [200] * 3 + [429] * 2, statuses
+
+
 # ---- broker and database faults with real Celery workers ------------------------------------------------
 class RedisServer:
     """A private redis-server without persistence on a free loopback port (never the shared one)."""
@@ -412,6 +478,46 @@ def test_queued_and_finishing_jobs_survive_a_postgres_outage(
             proc.stop()
 
 
+def test_a_hard_time_limit_kill_is_recorded_at_once(
+    tmp_path: Path, pg_url: str, redis_url: str, test_data: Path, slow_model: Path, stories_model: Path,
+    stories_text: Path
+) -> None:
+    """Celery's hard limit kills the pool process in the middle of a step with no safe point (tokenizing one huge
+    document); the worker's main process records the timeout. There is no reaper and the lease is long, so
+    nothing else could end the job within seconds."""
+    from datetime import datetime
+
+    from service.lifecycle import HARD_TIMEOUT
+
+    from .support import stuck_body
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    limit = 8.0
+    settings = fault_settings(tmp_path, pg_url, redis_url, test_data, slow_model.parent, lease_seconds=300,
+                              job_soft_time_limit_s=limit, job_time_limit_s=limit)
+    procs: list[Proc] = []
+    try:
+        api_proc, base = start_api(settings, logs)
+        procs.append(api_proc)
+        api = Api(base, create_key_cli(settings, "alice"))
+        worker = start_worker(settings, logs)
+        procs.append(worker)
+        job_id = api.submit(stuck_body(slow_model.parent, stories_model, stories_text)).json()["id"]
+        api.wait_state(job_id, {"running"}, timeout=60)
+        job = api.wait_done(job_id, timeout=limit + 20)
+        assert job["state"] == "failed" and job["error"] == HARD_TIMEOUT, job
+        ran = datetime.fromisoformat(job["finished_at"]) - datetime.fromisoformat(job["started_at"])
+        print(f"hard time limit {limit:g} s: the job was recorded failed {ran.total_seconds():.1f} s after it started")
+        assert ran.total_seconds() < limit + 4, ran
+        events = api.events(job_id)
+        assert [e["kind"] for e in events][-1] == "failed" and events[-1]["detail"] == HARD_TIMEOUT
+        worker.wait_for_output("killed at its hard time limit", timeout=5)
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+
+
 # ---- paths: symlinks out of the allowed roots, relative ids ---------------------------------------------
 @pytest.fixture
 def roots(tmp_path: Path, stories_model: Path) -> tuple[Path, Path]:
@@ -457,6 +563,47 @@ def test_symlinks_out_of_the_roots_are_refused_by_the_api_and_the_worker(
         assert JobRunner(settings).run(job_id) == "failed"
         job = client.get(f"/jobs/{job_id}", headers=headers).json()
         assert job["error"].startswith("refused: model") and "links outside the allowed roots" in job["error"]
+
+
+def test_inputs_swapped_for_links_after_the_worker_checked_them_are_not_followed(
+    tmp_path: Path, pg_url: str, redis_url: str, test_data: Path, roots: tuple[Path, Path], stories_text: Path
+) -> None:
+    """The weights and the data file are replaced by links out of the roots after the worker's checks, just
+    before the job opens them: the job reads the files it checked (the ones outside are not even valid)."""
+    from worker.runner import JobRunner
+
+    allowed, outside = roots
+    text = allowed / "text" / "stories.txt"
+    text.parent.mkdir()
+    text.write_bytes(stories_text.read_bytes())
+    (outside / "model.safetensors").write_bytes(b"not weights")
+    (outside / "stories.txt").write_text("one document only")
+    weights = allowed / "model" / "model.safetensors"
+    settings = Settings(data_dir=tmp_path / "d", database_url=pg_url, broker_url=redis_url,
+                        allowed_local_roots=[allowed, test_data], torch_threads=1)
+    body = job_body(allowed / "model", text, calibration=[f"{text}:0:200"], eval=[f"{text}:500:510"])
+
+    class SwappingRunner(JobRunner):
+        def _execute(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+            for path in (weights, text):
+                path.rename(tmp_path / f"kept-{path.name}")
+                path.symlink_to(outside / path.name)
+            return super()._execute(*args, **kwargs)
+
+    with TestClient(create_app(settings)) as client:
+        db: Database = client.app.state.db  # type: ignore[attr-defined]
+        with db.session() as session:
+            headers = {"Authorization": f"Bearer {create_key(session, 'alice')}"}
+        accepted = client.post("/jobs", json=body, headers=headers)
+        assert accepted.status_code == 202, accepted.text
+        job_id = accepted.json()["id"]
+        assert SwappingRunner(settings).run(job_id) == "succeeded", client.get(f"/jobs/{job_id}", headers=headers).text
+        job = client.get(f"/jobs/{job_id}", headers=headers).json()
+    assert weights.is_symlink() and text.is_symlink()  # the swap happened
+    # the report names the inputs as the request did, and the evaluation read the real text's documents
+    assert job["report"]["model"] == str(allowed / "model")
+    assert [p["dataset"] for p in job["report"]["perplexity"]] == [f"{text}:500:510"]
+    assert job["report"]["data"]["eval"][f"{text}:500:510"] >= 1, job["report"]["data"]
 
 
 def test_relative_model_ids_are_never_looked_up_in_the_api_working_directory(

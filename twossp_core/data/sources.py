@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Literal
 
 from twossp_core.errors import DataError
+from twossp_core.local_inputs import local_path
 from twossp_core.spec import HUB_DATASETS, DataSource
 
 Role = Literal["calibration", "eval"]
@@ -59,7 +60,7 @@ def _txt_documents(path: Path, separator: str | None) -> list[str]:
 def check_txt_range(source: DataSource, doc_separator: str | None) -> None:
     """Refuse a document range of a local .txt file that selects nothing, before any model is loaded: without a
     separator the file is one document (the usual slip is a forgotten --doc-separator)."""
-    path = Path(source.name).expanduser()
+    path = local_path(source.name)
     if path.suffix.lower() != ".txt" or not source.start or not path.is_file():
         return
     if doc_separator is None:
@@ -123,10 +124,10 @@ def _hub_documents(source: DataSource, role: Role) -> Iterator[str]:
 def iter_documents(source: DataSource, role: Role, doc_separator: str | None = None) -> Iterator[str]:
     """Documents START..END-1 of the source, in order."""
     docs: Iterable[str]
-    if source.is_hub and not Path(source.name).exists():
+    if source.is_hub and not local_path(source.name).exists():
         docs = _hub_documents(source, role)
     else:
-        path = Path(source.name).expanduser()
+        path = local_path(source.name)
         _check_file(path, source.label)
         suffix = path.suffix.lower()
         if suffix == ".txt":

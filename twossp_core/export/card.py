@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from twossp_core.local_inputs import local_path
+
 CARD_FILE = "README.md"
 
 CITATION = """@article{sandri2025twossp,
@@ -28,13 +30,13 @@ FORMAT_TAGS = {
 
 
 def _is_local(model: str) -> bool:
-    return Path(model).expanduser().exists() or model.startswith((".", "/", "~"))
+    return local_path(model).exists() or model.startswith((".", "/", "~"))
 
 
 def _base_card_text(model: str) -> str | None:
     """The base model's own README.md, from its local directory or the hub cache (never downloaded here)."""
     if _is_local(model):
-        path = Path(model).expanduser() / CARD_FILE
+        path = local_path(model) / CARD_FILE
         return path.read_text(errors="replace") if path.is_file() else None
     try:
         from huggingface_hub import try_to_load_from_cache

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -10,6 +9,7 @@ import torch
 from twossp_core.errors import InvalidSpec, ModelNotFound
 from twossp_core.export.compact_config import is_compact, to_base
 from twossp_core.export.remote_modeling import STRUCTURE_KEY, pruned_class
+from twossp_core.local_inputs import local_path
 from twossp_core.models.registry import check_supported
 from twossp_core.runtime.hub import require_hub_model
 
@@ -45,7 +45,7 @@ def load_config(model_id: str) -> Any:
 
     quiet_transformers()
 
-    local = Path(model_id).expanduser()
+    local = local_path(model_id)
     if local.exists() and not (local / "config.json").is_file():
         raise ModelNotFound(f"{model_id}: a local model directory must contain config.json")
     source = str(local) if local.exists() else model_id
@@ -76,7 +76,7 @@ def load_model(model_id: str, *, dtype: str = "float32", device: str = "cpu") ->
     check_supported(getattr(config, "model_type", None))
     torch_dtype = resolve_dtype(dtype)
     target = resolve_device(device)
-    source = str(Path(model_id).expanduser()) if Path(model_id).expanduser().exists() else model_id
+    source = str(local_path(model_id)) if local_path(model_id).exists() else model_id
     kwargs: dict[str, Any] = {"dtype": torch_dtype, "trust_remote_code": False}
     try:
         if getattr(config, STRUCTURE_KEY, None):

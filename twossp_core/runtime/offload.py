@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from twossp_core.errors import ModelNotFound
+from twossp_core.local_inputs import local_path
 from twossp_core.models.base import ModelAdapter
 from twossp_core.runtime.tensor_files import TensorEntry, index_directory, read_header, read_tensor
 
@@ -158,7 +159,7 @@ def editing_block(adapter: ModelAdapter, idx: int) -> Any:
 
 def local_model_dir(model_id: str) -> Path:
     """The directory holding the model's files (downloaded from the hub when the id is not a local path)."""
-    local = Path(model_id).expanduser()
+    local = local_path(model_id)
     if local.exists():
         return local
     from huggingface_hub import snapshot_download
