@@ -1,7 +1,7 @@
 """Local paths a job may read: absolute, and (every symlink resolved) inside the allowed roots.
 
-The API checks a request's paths before queueing; the worker checks them again, every file of a model
-directory included, right before the job opens them (the files may have changed in between)."""
+The API checks a request's paths before queueing; the worker opens the files and then checks what it opened
+(worker/inputs.py), since they may have changed in between."""
 
 from __future__ import annotations
 
