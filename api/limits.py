@@ -135,7 +135,7 @@ class RedisLimiter:
 
 def make_limiter(broker_url: str | None, rate: float, burst: int) -> Limiter:
     """Shared through Redis when the broker is Redis, else per process."""
-    if broker_url is not None and broker_url.startswith(("redis://", "rediss://", "unix://")):
+    if broker_url is not None and broker_url.startswith(("redis://", "rediss://")):
         return RedisLimiter(broker_url, rate, burst)
     return LocalLimiter(rate, burst)
 
