@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import statistics
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
+from service.db.migrate import upgrade_head
 from service.db.session import Database
 from service.keys import create_key
 from service.settings import Settings
@@ -308,6 +310,33 @@ def test_concurrent_submissions_cannot_pass_the_active_job_cap(
     assert all("TWOSSP_MAX_ACTIVE_JOBS_PER_USER=2" in body["detail"] for code, _, body in posts if code == 429)
     listed = Api(base, key).http.get("/jobs").json()
     assert listed["total"] == 2, listed
+
+
+def test_concurrent_submissions_cannot_pass_the_cap_on_sqlite(
+    tmp_path: Path, test_data: Path, stories_model: Path, stories_text: Path
+) -> None:
+    """The embedded shape: one API process on SQLite, its handler threads submitting at once."""
+    settings = Settings(data_dir=tmp_path / "d", allowed_local_roots=[test_data], max_active_jobs_per_user=2,
+                        embedded_worker=False)
+    upgrade_head(settings)
+    with TestClient(create_app(settings)) as client:
+        db: Database = client.app.state.db  # type: ignore[attr-defined]
+        with db.session() as session:
+            headers = {"Authorization": f"Bearer {create_key(session, 'alice')}"}
+        barrier = threading.Barrier(12)
+        codes: list[int] = []
+
+        def post(seed: int) -> None:
+            body = job_body(stories_model, stories_text, seed=seed)
+            barrier.wait()
+            codes.append(client.post("/jobs", json=body, headers=headers).status_code)
+
+        threads = [threading.Thread(target=post, args=(seed,)) for seed in range(12)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert sorted(codes) == [202, 202] + [429] * 10, codes
 
 
 def _two_apps(settings: Settings) -> Iterator[tuple[TestClient, TestClient, str]]:
