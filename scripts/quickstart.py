@@ -27,9 +27,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def twossp(*args: str, env: dict[str, str]) -> list[str]:
+def twossp(*args: str) -> list[str]:
+    """The twossp command of this Python (the installed script, else the module)."""
     exe = Path(sys.executable).with_name("twossp")
-    return [str(exe), *args]
+    return [str(exe), *args] if exe.exists() else [sys.executable, "-m", "twossp_core.cli", *args]
 
 
 def main() -> int:
@@ -37,6 +38,10 @@ def main() -> int:
     parser.add_argument("--data", default=os.environ.get("TWOSSP_EXAMPLE_DATA", str(REPO.parent / "shared" / "data")),
                         help="folder with models/stories260k and text/tinystories-val-1000.txt")
     parser.add_argument("--sparsity", type=float, default=0.375)
+    parser.add_argument("--method", default="2ssp")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--heal", choices=["kd", "lm"], default=None, help="heal the pruned model (default: no heal)")
     parser.add_argument("--workdir", default=str(REPO / "twossp-data"), help="TWOSSP_DATA_DIR for the service")
     args = parser.parse_args()
 
@@ -51,9 +56,9 @@ def main() -> int:
     port = free_port()
     api = f"http://127.0.0.1:{port}"
 
-    key = subprocess.run(twossp("keys", "create", "quickstart", env=env), env=env, check=True,
+    key = subprocess.run(twossp("keys", "create", "quickstart"), env=env, check=True,
                          capture_output=True, text=True).stdout.strip().splitlines()[-1]
-    server = subprocess.Popen(twossp("serve", "--port", str(port), "--log-level", "warning", env=env), env=env)
+    server = subprocess.Popen(twossp("serve", "--port", str(port), "--log-level", "warning"), env=env)
     try:
         with httpx.Client(base_url=api, headers={"Authorization": f"Bearer {key}"}, timeout=30) as client:
             for _ in range(120):
@@ -67,10 +72,12 @@ def main() -> int:
                 print("quickstart: the server did not start", file=sys.stderr)
                 return 1
             body = {
-                "model": str(model), "sparsity": args.sparsity, "method": "2ssp",
+                "model": str(model), "sparsity": args.sparsity, "method": args.method,
                 "calibration": [f"{text}:0:500"], "eval": [f"{text}:500:1000"],
-                "doc_separator": "<|endoftext|>", "seq_len": 512,
+                "doc_separator": "<|endoftext|>", "seq_len": 512, "device": args.device, "dtype": args.dtype,
             }
+            if args.heal:
+                body["heal"] = {"loss": args.heal}
             job = client.post("/jobs", json=body).raise_for_status().json()
             print(f"submitted job {job['id']} to {api}")
             from tqdm import tqdm
