@@ -28,15 +28,15 @@ step environment 60 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_ver
   $PY -c 'import torch, transformers; print(torch.__version__, transformers.__version__, torch.cuda.get_device_name())'"
 
 # a job through the embedded service's worker on the GPU: bf16, 2ssp-refit, default kd heal, download + reload
-step service_job 240 "$PY" scripts/quickstart.py --data "$DATA" --workdir "$OUT/service" --method 2ssp-refit \
+step service_job 150 "$PY" scripts/quickstart.py --data "$DATA" --workdir "$OUT/service" --method 2ssp-refit \
   --device "$DEVICE" --dtype bfloat16 --heal kd
 
 # exports from a CUDA prune of c4llama-8l (bf16): GGUF (deci graph) and the DeciLM layout, reloaded
-step export_gguf 180 "${TW[@]}" prune "${C4[@]}" --sparsity 0.375 --device "$DEVICE" --dtype bfloat16 \
+step export_gguf 90 "${TW[@]}" prune "${C4[@]}" --sparsity 0.375 --device "$DEVICE" --dtype bfloat16 \
   --export gguf --export-option type=bf16 --out "$OUT/gguf" --json
-step export_decilm 180 "${TW[@]}" prune "${C4[@]}" --sparsity 0.375 --option round_to=256 --device "$DEVICE" \
+step export_decilm 90 "${TW[@]}" prune "${C4[@]}" --sparsity 0.375 --option round_to=256 --device "$DEVICE" \
   --dtype bfloat16 --export decilm --out "$OUT/decilm" --json
-step reload 120 "$PY" - "$OUT" "$DEVICE" <<'EOF'
+step reload 60 "$PY" - "$OUT" "$DEVICE" <<'EOF'
 import sys
 from pathlib import Path
 
@@ -58,7 +58,7 @@ EOF
 
 # block-by-block against in-memory on the GPU (fp32): decisions and perplexities must be the same
 for mode in in-memory block-by-block; do
-  step "execution_$mode" 180 "${TW[@]}" prune "${C4[@]}" --sparsity 0.375 --device "$DEVICE" --execution "$mode" \
+  step "execution_$mode" 90 "${TW[@]}" prune "${C4[@]}" --sparsity 0.375 --device "$DEVICE" --execution "$mode" \
     --out "$OUT/$mode" --json
 done
 step compare_modes 30 "$PY" - "$OUT" <<'EOF'
@@ -78,6 +78,6 @@ print("same decisions")
 EOF
 
 # the refit's cost next to stage 1 at Llama-2-7B's block shape, bf16
-[ "$DEVICE" = cuda ] && step refit_7b 300 "$PY" bench/refit.py --shape 7b --device "$DEVICE" --dtype bfloat16 --name 7b-cuda-bf16
+[ "$DEVICE" = cuda ] && step refit_7b 200 "$PY" bench/refit.py --shape 7b --device "$DEVICE" --dtype bfloat16 --name 7b-cuda-bf16
 cp bench/results/refit-7b-cuda-bf16.json "$OUT/" 2>/dev/null
 cat "$OUT/summary.txt"
