@@ -23,6 +23,10 @@ MAX_DEPTH = 8
 _OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC  # O_NONBLOCK: a FIFO must not hang us
 
 
+class _Unopenable(Exception):
+    """An entry of a model directory that cannot be opened (a dangling link, no permission)."""
+
+
 class PinnedInputs:
     """The open files of one job and the directory of links to them; `redirects` maps each local input the spec
     names to the path the job reads it from."""
@@ -47,7 +51,9 @@ class PinnedInputs:
         except NotADirectoryError:
             raise PathRefused(f"{what}: not a directory") from None
         except OSError as exc:
-            raise PathRefused(f"{what}: {shown} cannot be opened ({exc.strerror})") from None
+            if dir_fd is not None:
+                raise _Unopenable(name) from None
+            raise PathRefused(f"{what}: cannot be opened ({exc.strerror})") from None
         try:
             real = Path(os.readlink(f"/proc/self/fd/{fd}"))
             if not inside(real, self.roots):
@@ -104,7 +110,10 @@ class PinnedInputs:
             if name.startswith("."):
                 continue
             shown = str(relative / name)
-            fd = self._open(name, dir_fd, what, shown)
+            try:
+                fd = self._open(name, dir_fd, what, shown)
+            except _Unopenable:
+                continue  # a dangling link or an unreadable entry: the job could not read it either
             if stat.S_ISDIR(os.fstat(fd).st_mode):
                 try:
                     self._mirror(fd, target / name, what, relative / name, depth + 1)
