@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every registered method (`--methods all`: 2ssp, 2ssp-refit, shortgpt, window, blockpruner, slicegpt, evopress)
 # at 25 / 37.5 / 50 % on the two real models; each comparison is one `twossp sweep` command.
-# Usage: bench/compare.sh [stories260k|c4llama-8l|all] [heal]
+# Usage: bench/compare.sh [stories260k|c4llama-8l|all] [heal|no-heal] [more twossp sweep options]
 # `heal` heals every pruned model with the default heal (`--heal kd`: the same budget for every method) and
 # writes the pruned and healed perplexities to bench/results/comparison-<model>-healed/ instead.
 # Data: $TWOSSP_TEST_DATA (default ../shared/data). Results: bench/results/comparison-<model>/.
@@ -16,13 +16,14 @@ if [[ "${2:-}" == "heal" ]]; then
   heal=(--heal kd)
   suffix="-healed"
 fi
+extra=("${@:3}")
 
 if [[ "$which" == "stories260k" || "$which" == "all" ]]; then
   "$TWOSSP" sweep --model "$DATA/models/stories260k" --methods all --sparsities 0.25,0.375,0.5 \
     --calibration "$DATA/text/tinystories-val-1000.txt:0:500" \
     --eval "$DATA/text/tinystories-val-1000.txt:500:1000" \
     --doc-separator '<|endoftext|>' --seq-len 512 --calibration-windows 32 \
-    "${heal[@]}" --out "bench/results/comparison-stories260k$suffix" --overwrite --no-progress
+    "${heal[@]}" "${extra[@]}" --out "bench/results/comparison-stories260k$suffix" --overwrite --no-progress
 fi
 
 if [[ "$which" == "c4llama-8l" || "$which" == "all" ]]; then
@@ -30,5 +31,5 @@ if [[ "$which" == "c4llama-8l" || "$which" == "all" ]]; then
     --calibration "$DATA/text/c4-validation-2k.jsonl:0:1000" \
     --eval "$DATA/text/c4-validation-2k.jsonl:1000:1200" \
     --seq-len 512 --calibration-windows 32 \
-    "${heal[@]}" --out "bench/results/comparison-c4llama-8l$suffix" --overwrite --no-progress
+    "${heal[@]}" "${extra[@]}" --out "bench/results/comparison-c4llama-8l$suffix" --overwrite --no-progress
 fi

@@ -33,7 +33,7 @@ from twossp_core.pruning.twossp import stage1  # noqa: E402
 from twossp_core.pruning.twossp.balance import plan_balance  # noqa: E402
 from twossp_core.pruning.twossp.scores import top_k  # noqa: E402
 from twossp_core.pruning.twossp_refit import refit  # noqa: E402
-from twossp_core.pruning.twossp_refit.sequential import sequential_refit  # noqa: E402
+from twossp_core.pruning.twossp_refit.sequential import copy_dense_blocks, sequential_refit  # noqa: E402
 
 SHAPES: dict[str, dict[str, int]] = {
     # blocks, hidden, FFN, heads, key-value heads, vocabulary, calibration windows, window length
@@ -134,13 +134,14 @@ def main(argv: list[str] | None = None) -> int:
     work_adapter = adapter_for(work)
     peak_reset(device)
     t = clock.now()
-    dense_layers = [copy.deepcopy(layer).to("cpu") for layer in work_adapter.layers]
+    dense_layers = copy_dense_blocks(work_adapter)
     stage1.apply_width(work_adapter, scores, plan.kept_neurons)
     blocks = sequential_refit(work_adapter, dense_layers, windows, ridge=1e-3)
     seq_s = clock.now() - t
     result["sequential"] = {
         "seconds": seq_s, "fraction_of_stage1": seq_s / stage1_s, "peak_device_bytes": peak(device),
-        "dense_blocks_host_bytes": sum(p.numel() * p.element_size() for m in dense_layers for p in m.parameters()),
+        "dense_blocks_bytes": sum(p.numel() * p.element_size() for m in dense_layers for p in m.parameters()),
+        "dense_blocks_device": str(next(dense_layers[0].parameters()).device),
         "boundary_states_bytes": windows.numel() * shape["hidden"] * torch.finfo(dtype).bits // 8 * 2,
         "rejected_blocks": [b.block for b in blocks if b.kept_sliced],
     }

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import time
 from typing import Any
 
@@ -14,7 +13,13 @@ from twossp_core.pruning.twossp.method import TwoSSP
 from twossp_core.pruning.twossp.scores import top_k
 from twossp_core.pruning.twossp_refit import refit
 from twossp_core.pruning.twossp_refit.config import TwoSSPRefitConfig
-from twossp_core.pruning.twossp_refit.sequential import Calls, capture_calls, resolve_target, sequential_refit
+from twossp_core.pruning.twossp_refit.sequential import (
+    Calls,
+    capture_calls,
+    copy_dense_blocks,
+    resolve_target,
+    sequential_refit,
+)
 
 
 class TwoSSPRefit(TwoSSP):
@@ -44,8 +49,7 @@ class TwoSSPRefit(TwoSSP):
             if cfg.stage2_on_refit:
                 blocks = refit.apply_refit(adapter, stats, cfg.ridge)
         else:
-            # the dense blocks are the targets; they wait on the CPU while the model is on an accelerator
-            dense_layers = [copy.deepcopy(layer).to("cpu") for layer in adapter.layers]
+            dense_layers = copy_dense_blocks(adapter)
             residual = resolve_target(adapter, cfg.refit_target) == "residual"
             cost.update(_sequential_memory(ctx, dense_layers, plan.kept_neurons, residual))
             stage1.apply_width(adapter, scores, plan.kept_neurons)
@@ -105,6 +109,7 @@ def _sequential_memory(
     tokens = int(ctx.calibration.numel())
     return {
         "dense_blocks_bytes": sum(p.numel() * p.element_size() for layer in dense_layers for p in layer.parameters()),
+        "dense_blocks_device": str(next(dense_layers[0].parameters()).device) if dense_layers else None,
         "boundary_states_bytes": tokens * hidden * param.element_size() * (3 if residual else 1),
         "activations_bytes": tokens * kept * param.element_size() if residual else 0,
         "accumulator_bytes": (kept * kept + kept * hidden + 1) * 8,

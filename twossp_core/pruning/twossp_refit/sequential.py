@@ -15,6 +15,7 @@ for "residual", the dense model's), never the FFN activations: those only feed t
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -89,6 +90,19 @@ def _capture_batch(adapter: ModelAdapter, input_ids: torch.Tensor) -> Calls:
         for layer in layers[1:]:
             del layer.forward
     return Calls(first[0], args, kwargs)
+
+
+def copy_dense_blocks(adapter: ModelAdapter) -> list[nn.Module]:
+    """Copies of the dense blocks, the sequential refit's targets: on the model's accelerator when they take at
+    most half of its free memory (no transfers), else in host memory (each moved to the device while used)."""
+    layers = list(adapter.layers)
+    device = next(adapter.model.parameters()).device
+    if device.type == "cuda":
+        need = sum(p.numel() * p.element_size() for layer in layers for p in layer.parameters())
+        free, _ = torch.cuda.mem_get_info(device)
+        if need <= free // 2:
+            return [copy.deepcopy(layer) for layer in layers]
+    return [copy.deepcopy(layer).to("cpu") for layer in layers]
 
 
 def resolve_target(adapter: ModelAdapter, target: Target) -> Target:
