@@ -51,8 +51,8 @@ def create_app(
             for service in reversed(services):
                 service.stop()
             app.state.broker.close()
-            if getattr(app.state, "rate_limiter", None) is not None:
-                app.state.rate_limiter.close()
+            if getattr(app.state, "limits", None) is not None:
+                app.state.limits.close()
             app.state.db.dispose()
 
     app = FastAPI(

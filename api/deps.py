@@ -5,7 +5,7 @@ The ones that do no blocking work are `async` so they cost no trip through the h
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import anyio
 import anyio.to_thread
@@ -15,7 +15,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from api.errors import TooManyRequests, Unauthorized, Unavailable
-from api.limits import KeyCache, Limiter, make_limiter
+from api.limits import Gate, Limiter, Limits
 from service.broker import Broker
 from service.db.models import User
 from service.db.session import Database
@@ -69,19 +69,28 @@ async def get_broker(request: Request) -> Broker:
     return request.app.state.broker
 
 
-def _limits(request: Request) -> tuple[Limiter, KeyCache]:
+def _limits(request: Request) -> Limits:
     state = request.app.state
-    if getattr(state, "rate_limiter", None) is None:
-        settings: Settings = state.settings
-        state.key_cache = KeyCache(settings.auth_cache_s)
-        state.rate_limiter = make_limiter(settings.broker_url, settings.rate_limit_per_s, settings.rate_limit_burst)
-    return state.rate_limiter, state.key_cache
+    if getattr(state, "limits", None) is None:
+        state.limits = Limits.from_settings(state.settings)
+    return state.limits
 
 
-async def _spend(request: Request, bucket: str, per: str) -> None:
-    """Spend one request of `bucket`'s budget, or answer 429 with Retry-After."""
-    limiter, _ = _limits(request)
-    wait = await limiter.check(bucket)
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def _failures_of(request: Request) -> str:
+    return f"authfail:{client_address(request)}"
+
+
+async def _spend(request: Request, bucket: str, per: str, gate: Gate | None = None) -> None:
+    """Spend one request of `bucket`'s budget, or answer 429 with Retry-After (also when the `gate` bucket, the
+    address's failed authentications, is empty)."""
+    limiter = _limits(request).requests
+    wait = await limiter.check(bucket, gate=gate)
+    if wait < 0 and gate is not None:
+        raise _too_many_failures(gate[0], -wait)
     if wait:
         raise TooManyRequests(
             f"rate limit: at most {limiter.rate:g} requests/s per {per} (bursts of {limiter.burst}); "
@@ -90,30 +99,67 @@ async def _spend(request: Request, bucket: str, per: str) -> None:
         )
 
 
+def _too_many_failures(limiter: Limiter, wait: int) -> TooManyRequests:
+    return TooManyRequests(
+        f"too many failed authentications from this address: {limiter.burst} missing or wrong API keys, then "
+        f"one more every {1 / limiter.rate:g} s; retry after {wait} s",
+        retry_after=wait,
+    )
+
+
+async def refuse_blocked_address(request: Request) -> None:
+    """429 when the client's address has spent its budget of failed authentications. Checked before a key is
+    looked up: a blocked address learns nothing about the keys it tries, valid ones included."""
+    limiter = _limits(request).auth_failures
+    wait = await limiter.check(_failures_of(request), spend=False)
+    if wait:
+        raise _too_many_failures(limiter, wait)
+
+
+async def record_failed_authentication(request: Request) -> None:
+    """Spend one failed authentication of the client's address; 429 instead of the failure's own answer when
+    none was left."""
+    limiter = _limits(request).auth_failures
+    wait = await limiter.check(_failures_of(request))
+    if wait:
+        raise _too_many_failures(limiter, wait)
+
+
+async def _unauthorized(request: Request, detail: str) -> NoReturn:
+    await record_failed_authentication(request)
+    raise Unauthorized(detail)
+
+
 async def current_user(
     request: Request,
     session: Annotated[Session, Depends(get_session, scope="function")],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> User:
+    """The key's user. Every request from an address that has spent its failed authentications gets 429: a
+    key that must be looked up is checked against that budget first, and a key found in the cache (a valid
+    one) in the same Redis round trip that spends its request budget."""
     if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
-        raise Unauthorized("missing API key: send `Authorization: Bearer KEY`")
-    _, cache = _limits(request)
+        await _unauthorized(request, "missing API key: send `Authorization: Bearer KEY`")
+    limits = _limits(request)
     digest = hash_key(credentials.credentials)
-    cached = cache.get(digest)
+    cached = limits.keys.get(digest)
+    gate: Gate | None = (limits.auth_failures, _failures_of(request))
     if cached is None:
+        await refuse_blocked_address(request)
         user = await run_in_threadpool(user_for_key, session, credentials.credentials)
         if user is None:
-            raise Unauthorized("invalid API key")
+            await _unauthorized(request, "invalid API key")
         cached = (user.id, user.name)
-        cache.put(digest, cached)
-    await _spend(request, f"key:{digest}", "API key")
+        limits.keys.put(digest, cached)
+        gate = None  # looked at just now
+    await _spend(request, f"key:{digest}", "API key", gate)
     return User(id=cached[0], name=cached[1])  # detached: routes use its id and name only
 
 
 async def ui_rate_limit(request: Request) -> None:
     """Dashboard requests (sign-in included) spend the budget of the client's address: a forged or missing
     session cookie cannot buy a fresh budget, and guessing keys at the sign-in form is slowed like any request."""
-    await _spend(request, f"ui:{request.client.host if request.client else 'unknown'}", "client address")
+    await _spend(request, f"ui:{client_address(request)}", "client address")
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

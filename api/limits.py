@@ -1,4 +1,5 @@
-"""Request rate limits (token buckets) and a short-lived cache of key lookups.
+"""Request rate limits (token buckets), the budget of failed authentications per client address, and a
+short-lived cache of key lookups.
 
 The buckets live in Redis when the service has a Redis broker, so every API process sharing it spends one budget
 per client; without Redis (the embedded shape, one API process) they live in the process.
@@ -16,6 +17,8 @@ from typing import Any, Protocol
 import anyio
 import anyio.to_thread
 
+from service.settings import Settings
+
 log = logging.getLogger(__name__)
 
 
@@ -27,25 +30,29 @@ class _Bucket:
 
 class RateLimiter:
     """`rate` requests per second sustained, `burst` at once. `acquire` returns 0 when the request may go on,
-    else the seconds to wait before a retry can succeed."""
+    else the seconds to wait before a retry can succeed; with `spend=False` it only looks (a full or unknown
+    bucket is 0) and takes nothing."""
 
     def __init__(self, rate: float, burst: int, max_keys: int = 100_000) -> None:
         self.rate, self.burst, self.max_keys = rate, burst, max_keys
         self._buckets: dict[str, _Bucket] = {}
         self._lock = threading.Lock()
 
-    def acquire(self, key: str) -> int:
+    def acquire(self, key: str, spend: bool = True) -> int:
         now = time.monotonic()
         with self._lock:
             bucket = self._buckets.get(key)
             if bucket is None:
+                if not spend:
+                    return 0
                 if len(self._buckets) >= self.max_keys:
                     self._buckets.clear()
                 bucket = self._buckets[key] = _Bucket(float(self.burst), now)
             bucket.tokens = min(float(self.burst), bucket.tokens + (now - bucket.updated) * self.rate)
             bucket.updated = now
             if bucket.tokens >= 1.0:
-                bucket.tokens -= 1.0
+                if spend:
+                    bucket.tokens -= 1.0
                 return 0
             return max(1, math.ceil((1.0 - bucket.tokens) / self.rate))
 
@@ -54,43 +61,68 @@ class Limiter(Protocol):
     rate: float
     burst: int
 
-    async def check(self, key: str) -> int:
-        """0 when the request may go on, else the seconds to wait before a retry can succeed."""
+    async def check(self, key: str, spend: bool = True, gate: Gate | None = None) -> int:
+        """0 when the request may go on, else the seconds to wait before a retry can succeed. `spend=False`
+        only looks: it takes nothing from the bucket. With a `gate` (another limiter's bucket, only looked at)
+        the answer is minus the gate's wait when that bucket is empty, and nothing is spent."""
         ...
 
     def close(self) -> None: ...
 
 
+Gate = tuple[Limiter, str]
+
+
 class LocalLimiter(RateLimiter):
     """The in-process buckets, for one API process."""
 
-    async def check(self, key: str) -> int:
-        return self.acquire(key)
+    async def check(self, key: str, spend: bool = True, gate: Gate | None = None) -> int:
+        if gate is not None:
+            blocked = await gate[0].check(gate[1], spend=False)
+            if blocked:
+                return -blocked
+        return self.acquire(key, spend)
 
     def close(self) -> None:
         pass
 
 
 # One token bucket per key in a Redis hash {tokens, at}, refilled by `rate` per second up to `burst`, on the Redis
-# server's clock (TIME), in one atomic script: API processes on several hosts spend the same budget.
+# server's clock (TIME), in one atomic script: API processes on several hosts spend the same budget. With
+# ARGV[3] = 0 the script only looks at the bucket and writes nothing. KEYS[2], when given, is a gate with its
+# own rate and burst (ARGV[4], ARGV[5]) that is only looked at: while it is empty the script answers minus its
+# wait and spends nothing (two limits in one round trip).
 _BUCKET_LUA = """
-local rate = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
+local function refilled(key, rate, burst, now)
+  local state = redis.call('HMGET', key, 'tokens', 'at')
+  local tokens = tonumber(state[1])
+  local at = tonumber(state[2])
+  if tokens == nil or at == nil then
+    return burst
+  end
+  return math.min(burst, tokens + math.max(0, now - at) * rate)
+end
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
-local tokens = tonumber(state[1])
-local at = tonumber(state[2])
-if tokens == nil or at == nil then
-  tokens = burst
-  at = now
+if #KEYS > 1 then
+  local gate_rate = tonumber(ARGV[4])
+  local gate_tokens = refilled(KEYS[2], gate_rate, tonumber(ARGV[5]), now)
+  if gate_tokens < 1 then
+    return -math.max(1, math.ceil((1 - gate_tokens) / gate_rate))
+  end
 end
-tokens = math.min(burst, tokens + math.max(0, now - at) * rate)
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local tokens = refilled(KEYS[1], rate, burst, now)
 local wait = 0
-if tokens >= 1 then
-  tokens = tokens - 1
-else
+if tokens < 1 then
   wait = math.max(1, math.ceil((1 - tokens) / rate))
+end
+if ARGV[3] == '0' then
+  return wait
+end
+if wait == 0 then
+  tokens = tokens - 1
 end
 redis.call('HSET', KEYS[1], 'tokens', string.format('%.6f', tokens), 'at', string.format('%.6f', now))
 redis.call('EXPIRE', KEYS[1], math.ceil(burst / rate) + 1)
@@ -114,20 +146,34 @@ class RedisLimiter:
             url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S, health_check_interval=30
         )
         self._script: Any = self._client.register_script(_BUCKET_LUA)
-        self._fallback = LocalLimiter(rate, burst)
+        self.fallback = LocalLimiter(rate, burst)
         self._warned_at = 0.0
 
-    def _check(self, key: str) -> int:
-        return int(self._script(keys=[KEY_PREFIX + key], args=[repr(float(self.rate)), self.burst]))
+    def _check(self, key: str, spend: bool, gate: tuple[RedisLimiter, str] | None) -> int:
+        keys = [KEY_PREFIX + key]
+        args: list[Any] = [repr(float(self.rate)), self.burst, int(spend)]
+        if gate is not None:
+            keys.append(KEY_PREFIX + gate[1])
+            args += [repr(float(gate[0].rate)), gate[0].burst]
+        return int(self._script(keys=keys, args=args))
 
-    async def check(self, key: str) -> int:
+    async def check(self, key: str, spend: bool = True, gate: Gate | None = None) -> int:
+        redis_gate: tuple[RedisLimiter, str] | None = None
+        if gate is not None:
+            if isinstance(gate[0], RedisLimiter):
+                redis_gate = (gate[0], gate[1])
+            else:  # a gate elsewhere: looked at first
+                blocked = await gate[0].check(gate[1], spend=False)
+                if blocked:
+                    return -blocked
         try:
-            return await anyio.to_thread.run_sync(self._check, key, limiter=_REDIS_THREADS)
+            return await anyio.to_thread.run_sync(self._check, key, spend, redis_gate, limiter=_REDIS_THREADS)
         except Exception as exc:  # redis errors come in several types; the request must not fail for it
             if time.monotonic() - self._warned_at > 60:
                 self._warned_at = time.monotonic()
                 log.warning("rate limits fall back to this process (Redis: %s: %s)", type(exc).__name__, exc)
-            return await self._fallback.check(key)
+            local_gate = None if redis_gate is None else (redis_gate[0].fallback, redis_gate[1])
+            return await self.fallback.check(key, spend, local_gate)
 
     def close(self) -> None:
         self._client.close()
@@ -165,3 +211,27 @@ class KeyCache:
             if len(self._entries) >= self.max_keys:
                 self._entries.clear()
             self._entries[key_hash] = (user, time.monotonic() + self.ttl_s)
+
+
+@dataclass
+class Limits:
+    """One API process's limits: `requests` per API key (per client address for the dashboard),
+    `auth_failures` per client address (missing or wrong API keys), and the cache of key lookups."""
+
+    requests: Limiter
+    auth_failures: Limiter
+    keys: KeyCache
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Limits:
+        return cls(
+            requests=make_limiter(settings.broker_url, settings.rate_limit_per_s, settings.rate_limit_burst),
+            auth_failures=make_limiter(
+                settings.broker_url, settings.auth_failure_rate_per_s, settings.auth_failure_burst
+            ),
+            keys=KeyCache(settings.auth_cache_s),
+        )
+
+    def close(self) -> None:
+        self.requests.close()
+        self.auth_failures.close()

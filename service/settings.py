@@ -63,6 +63,15 @@ class Settings(BaseSettings):
         5.0, ge=0, description="cache key lookups this long (a revoked key keeps working that much longer)"
     )
     max_active_jobs_per_user: int = Field(100, ge=1, description="queued + running jobs a user may have")
+    # failed authentications (a missing or wrong API key, a failed dashboard sign-in) per client address: after
+    # `auth_failure_burst` of them the address gets 429 on every authenticated route, valid key or not, and
+    # regains one attempt every 1 / `auth_failure_rate_per_s` seconds
+    auth_failure_burst: int = Field(
+        20, ge=1, description="failed authentications a client address may make before it gets 429"
+    )
+    auth_failure_rate_per_s: float = Field(
+        0.1, gt=0, description="failed authentications per second a client address regains once its burst is spent"
+    )
 
     log_level: Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"] = Field(
         "INFO", description="log level of the worker processes (`twossp serve --log-level` sets it for its children)"

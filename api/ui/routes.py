@@ -15,7 +15,15 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
-from api.deps import BrokerDep, SessionDep, SettingsDep, StoreDep, ui_rate_limit
+from api.deps import (
+    BrokerDep,
+    SessionDep,
+    SettingsDep,
+    StoreDep,
+    record_failed_authentication,
+    refuse_blocked_address,
+    ui_rate_limit,
+)
 from api.errors import Conflict, NotFound, ServiceError
 from api.routes.jobs import artifact as artifact_download
 from api.routes.jobs import manifest as manifest_download
@@ -93,8 +101,10 @@ async def login(request: Request, session: SessionDep) -> Response:
     target = auth.safe_next(_one(form, "next"))
     if not auth.check_login_token(request, _one(form, "csrf")):
         return _login_form(request, target, "The sign-in form expired: please try again.", 403)
+    await refuse_blocked_address(request)
     response = RedirectResponse(target, 303)
     if not auth.sign_in(session, (_one(form, "api_key") or "").strip(), response, request):
+        await record_failed_authentication(request)  # the API's budget of failures per address: 429 once spent
         return _login_form(request, target, "Invalid API key.", 401)
     return response
 

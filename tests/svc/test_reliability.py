@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import statistics
 import threading
 import time
@@ -18,6 +19,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
+from api.limits import KeyCache
 from service.db.migrate import upgrade_head
 from service.db.session import Database
 from service.keys import create_key
@@ -368,11 +370,76 @@ def test_rate_limits_are_shared_through_redis_by_every_api_process(
 
 def test_rate_limits_fall_back_to_the_process_when_redis_is_unreachable(tmp_path: Path, pg_url: str) -> None:
     settings = Settings(data_dir=tmp_path / "d", database_url=pg_url,
-                        broker_url=f"redis://127.0.0.1:{free_port()}/0", rate_limit_per_s=0.01, rate_limit_burst=3)
+                        broker_url=f"redis://127.0.0.1:{free_port()}/0", rate_limit_per_s=0.01, rate_limit_burst=3,
+                        auth_failure_burst=2, auth_failure_rate_per_s=0.01)
     for first, _, key in _two_apps(settings):
         headers = {"Authorization": f"Bearer {key}"}
         statuses = [first.get("/jobs", headers=headers).status_code for _ in range(5)]
         assert statuses == [200] * 3 + [429] * 2, statuses
+        guesses = [first.get("/jobs", headers={"Authorization": "Bearer tsp_guess"}).status_code for _ in range(3)]
+        assert guesses == [401, 401, 429], guesses
+        blocked = first.get("/jobs", headers=headers)
+        assert blocked.status_code == 429 and "failed authentications" in blocked.json()["detail"], blocked.text
+
+
+def _sign_in(client: TestClient, api_key: str) -> int:
+    page = client.get("/ui/login")
+    token = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    assert token is not None, page.text
+    return client.post("/ui/login", data={"csrf": token[1], "api_key": api_key}, follow_redirects=False).status_code
+
+
+def test_failed_authentications_are_limited_per_address_by_every_api_process(
+    tmp_path: Path, pg_url: str, redis_url: str
+) -> None:
+    import redis
+
+    settings = Settings(data_dir=tmp_path / "d", database_url=pg_url, broker_url=redis_url,
+                        auth_failure_burst=4, auth_failure_rate_per_s=0.01)
+    for first, second, key in _two_apps(settings):
+        valid = {"Authorization": f"Bearer {key}"}
+        assert first.get("/jobs", headers=valid).status_code == second.get("/jobs", headers=valid).status_code == 200
+        wrong = [{"Authorization": "Bearer tsp_guess"}, {}, {"Authorization": "Basic abc"}]
+        statuses = [(first if i % 2 else second).get("/jobs", headers=wrong[i % 3]).status_code for i in range(6)]
+        assert statuses == [401] * 4 + [429] * 2, statuses  # one budget of 4 failures, not 4 per process
+        blocked = first.get("/jobs", headers={"Authorization": "Bearer tsp_another_guess"})
+        assert blocked.headers["Retry-After"] == "100", blocked.headers
+        assert "too many failed authentications from this address" in blocked.json()["detail"]
+        # a blocked address learns nothing about the keys it tries: a valid one is refused the same way, whether
+        # the process has it cached (first, second) or must look it up
+        assert first.get("/jobs", headers=valid).status_code == second.get("/jobs", headers=valid).status_code == 429
+        second.app.state.limits.keys = KeyCache(0)  # type: ignore[attr-defined]
+        assert second.get("/jobs", headers=valid).status_code == 429
+        assert _sign_in(first, key) == 429  # nor can it go on at the dashboard's sign-in
+        assert redis.Redis.from_url(redis_url).exists("twossp:ratelimit:authfail:testclient")
+
+        # valid keys from other addresses are not slowed down, and those addresses keep their own budget
+        for app_client, host in ((first, "192.0.2.10"), (second, "192.0.2.11")):
+            other = TestClient(app_client.app, client=(host, 40000))
+            assert [other.get("/jobs", headers={"Authorization": f"Bearer {key}"}).status_code
+                    for _ in range(20)] == [200] * 20
+            assert other.get("/jobs", headers={"Authorization": "Bearer tsp_guess"}).status_code == 401
+
+
+def test_failed_authentications_are_limited_in_the_process_without_redis(tmp_path: Path, pg_url: str) -> None:
+    """No broker (the embedded shape): each process keeps the budget; failed sign-ins spend it too."""
+    settings = Settings(data_dir=tmp_path / "d", database_url=pg_url, embedded_worker=False,
+                        auth_failure_burst=3, auth_failure_rate_per_s=0.5)
+    for first, second, key in _two_apps(settings):
+        assert first.get("/jobs", headers={"Authorization": f"Bearer {key}"}).status_code == 200  # now cached
+        assert _sign_in(first, "tsp_guess") == 401
+        statuses = [first.get("/jobs", headers={"Authorization": "Bearer tsp_guess"}).status_code for _ in range(3)]
+        assert statuses == [401, 401, 429], statuses
+        blocked = first.get("/jobs", headers={"Authorization": f"Bearer {key}"})
+        assert blocked.status_code == 429 and blocked.headers["Retry-After"] == "2", blocked.text
+        assert "3 missing or wrong API keys, then one more every 2 s" in blocked.json()["detail"]
+        assert second.get("/jobs", headers={"Authorization": f"Bearer {key}"}).status_code == 200  # its own budget
+        other = TestClient(first.app, client=("192.0.2.10", 40000))
+        assert other.get("/jobs", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+        time.sleep(2.1)  # one failure regained
+        assert first.get("/jobs", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+        assert first.get("/jobs", headers={}).status_code == 401
+        assert first.get("/jobs", headers={}).status_code == 429
 
 
 # ---- broker and database faults with real Celery workers ------------------------------------------------
