@@ -11,6 +11,7 @@ import statistics
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -95,25 +96,30 @@ def report(what: str, results: list[tuple[int, float, Any]]) -> str:
     return line
 
 
-@pytest.fixture
-def served(tmp_path: Path, pg_url: str, redis_url: str, test_data: Path) -> Iterator[tuple[Settings, str, str]]:
-    """A real API process (uvicorn) on Postgres with a Redis broker, no worker: jobs stay queued."""
+@contextmanager
+def api_process(tmp_path: Path, user: str, **fields: Any) -> Iterator[tuple[Settings, str, str]]:
+    """A real API process (uvicorn) with `fields` as its settings (rate limits out of the way unless given) and an
+    API key of `user`; yields the settings, the base URL and the key."""
     settings = Settings(
-        data_dir=tmp_path / "data",
-        database_url=pg_url,
-        broker_url=redis_url,
-        allowed_local_roots=[test_data],
-        rate_limit_per_s=10_000,
-        rate_limit_burst=10_000,
+        **{"data_dir": tmp_path / "data", "rate_limit_per_s": 10_000, "rate_limit_burst": 10_000, **fields}
     )
     logs = tmp_path / "logs"
     logs.mkdir()
-    key = create_key_cli(settings, "loader")
+    key = create_key_cli(settings, user)
     proc, base = start_api(settings, logs)
     try:
         yield settings, base, key
     finally:
         proc.stop()
+
+
+@pytest.fixture
+def served(tmp_path: Path, pg_url: str, redis_url: str, test_data: Path) -> Iterator[tuple[Settings, str, str]]:
+    """A real API process (uvicorn) on Postgres with a Redis broker, no worker: jobs stay queued."""
+    with api_process(
+        tmp_path, "loader", database_url=pg_url, broker_url=redis_url, allowed_local_roots=[test_data]
+    ) as served_api:
+        yield served_api
 
 
 def test_concurrent_reads_and_idempotent_posts(served: tuple[Settings, str, str], stories_model: Path,
@@ -287,18 +293,11 @@ def test_rate_limit_and_active_job_cap(limited: tuple[TestClient, str], stories_
 @pytest.fixture
 def capped(tmp_path: Path, pg_url: str, redis_url: str, test_data: Path) -> Iterator[tuple[Settings, str, str]]:
     """A real API process (uvicorn, 16 handler threads) on Postgres that lets a user have 2 active jobs."""
-    settings = Settings(
-        data_dir=tmp_path / "data", database_url=pg_url, broker_url=redis_url, allowed_local_roots=[test_data],
-        rate_limit_per_s=10_000, rate_limit_burst=10_000, max_active_jobs_per_user=2,
-    )
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    key = create_key_cli(settings, "alice")
-    proc, base = start_api(settings, logs)
-    try:
-        yield settings, base, key
-    finally:
-        proc.stop()
+    with api_process(
+        tmp_path, "alice", database_url=pg_url, broker_url=redis_url, allowed_local_roots=[test_data],
+        max_active_jobs_per_user=2,
+    ) as capped_api:
+        yield capped_api
 
 
 def test_concurrent_submissions_cannot_pass_the_active_job_cap(
