@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -169,3 +170,53 @@ def test_llama_cpp_tokenizes_like_transformers(tmp_path, model_name):
         assert got == want, doc
     bos = tokenizer(docs[0])["input_ids"]
     assert llm.tokenize(docs[0].encode(), add_bos=True) == bos
+
+
+def test_a_sliding_window_model_declares_its_window_as_context_and_is_exact_within_it(tmp_path):
+    """llama.cpp attends to every position: a Mistral with a 16-position window is exported with a context of 16,
+    where both compute the same thing (the DeciLM layout likewise, with no `sliding_window` left)."""
+    import gguf
+    from tiny_models import tiny_config
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from twossp_core.evaluation.llamacpp import load_gguf, window_logits
+    from twossp_core.models.registry import adapter_for
+
+    _llama_cpp()
+    tokenizer = AutoTokenizer.from_pretrained(require_data("models", "stories260k"))  # a BPE vocabulary GGUF holds
+
+    def tiny(family: str):
+        torch.manual_seed(0)
+        config = tiny_config(family)
+        config.vocab_size = len(tokenizer)
+        config.intermediate_size = 256  # a width the DeciLM layout holds
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.dim() >= 2:
+                    p.normal_(0.0, 0.2)
+        return model
+
+    model = tiny("mistral")
+    assert model.config.sliding_window == 16 and model.config.max_position_embeddings == 128
+    adapter_for(model).remove_attention(1)
+    entry = run_export("gguf", model, tokenizer, tmp_path / "gguf", {"method": "test"}, {"type": "f32"})
+    assert entry["context_length"] == 16 and entry["context_capped_by_sliding_window"]
+    fields = gguf.GGUFReader(tmp_path / "gguf" / GGUF_FILE).fields
+    assert fields["deci.context_length"].contents() == 16
+    window = torch.randint(3, model.config.vocab_size, (16,), generator=torch.Generator().manual_seed(0))
+    llm = load_gguf(tmp_path / "gguf" / GGUF_FILE, n_ctx=16, f32_cache=True)
+    try:
+        got = window_logits(llm, window.tolist())
+    finally:
+        llm.close()
+    want = _torch_logits(model, window)
+    assert np.abs(got - want).max() < 1e-4 * np.abs(want).max()
+
+    decilm = run_export("decilm", model, tokenizer, tmp_path / "decilm", {"method": "test"}, {})
+    config = json.loads((tmp_path / "decilm" / "config.json").read_text())
+    assert decilm["context_length"] == config["max_position_embeddings"] == 16 and config["sliding_window"] is None
+
+    llama = tiny("llama")
+    plain = run_export("gguf", llama, tokenizer, tmp_path / "llama", {"method": "test"}, {"type": "f32"})
+    assert plain["context_length"] == 128 and not plain["context_capped_by_sliding_window"]

@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from twossp_core.errors import InvalidSpec
 from twossp_core.export import decilm_code
 from twossp_core.export.card import write_card
+from twossp_core.export.context import exported_context
 from twossp_core.export.decilm_code.configuration_decilm import ffn_mult_to_intermediate_size
 from twossp_core.export.registry import check_ffn_width
 from twossp_core.export.remote_modeling import SHORTCUT_KEY, STRUCTURE_KEY
@@ -80,6 +81,9 @@ def decilm_config(model: Any, adapter: Any, metadata: dict[str, Any]) -> dict[st
         block_configs=blocks,
         twossp=metadata,
     )
+    context, window_cap = exported_context(model.config)
+    if window_cap is not None:
+        config.update(max_position_embeddings=context, sliding_window=None)
     return config
 
 
@@ -112,4 +116,6 @@ def export_decilm(
         for name in CODE_FILES:
             shutil.copyfile(code_dir / name, tmp / name)
     write_card(out_dir, metadata, "decilm", model.config)
-    return {"stored_params": sum(t.numel() for t in state.values()), "layers": len(config["block_configs"])}
+    return {"stored_params": sum(t.numel() for t in state.values()), "layers": len(config["block_configs"]),
+            "context_length": config["max_position_embeddings"],
+            "context_capped_by_sliding_window": exported_context(model.config)[1] is not None}

@@ -36,6 +36,7 @@ from pydantic import BaseModel
 
 from twossp_core.errors import InvalidSpec
 from twossp_core.export.card import write_card
+from twossp_core.export.context import exported_context
 from twossp_core.export.gguf_vocab import gguf_vocab, write_vocab
 from twossp_core.export.remote_modeling import SHORTCUT_KEY, STRUCTURE_KEY
 
@@ -196,13 +197,14 @@ def write_gguf(model: Any, tokenizer: Any, path: Path, metadata: dict[str, Any],
     head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // n_head)
     qtype_name, ftype_name = WEIGHT_TYPES[weight_type]
     wanted = getattr(gguf.GGMLQuantizationType, qtype_name)
+    context, window_cap = exported_context(config)
 
     tmp = path.with_name(f".{path.name}.tmp")
     writer = gguf.GGUFWriter(str(tmp), arch)
     try:
         name = Path(str(metadata.get("model") or "model")).name
         writer.add_name(f"{name} pruned with {metadata.get('method', 'twossp')}")
-        writer.add_context_length(int(config.max_position_embeddings))
+        writer.add_context_length(context)
         writer.add_embedding_length(int(config.hidden_size))
         writer.add_block_count(len(plans))
         if arch == "llama":
@@ -246,6 +248,8 @@ def write_gguf(model: Any, tokenizer: Any, path: Path, metadata: dict[str, Any],
         "zero_ffn_layers": [p.source for p in plans if p.zero_ffn],
         "zero_attention_layers": [p.source for p in plans if p.attention == "zero-linear"],
         "stored_params": stored,
+        "context_length": context,
+        "context_capped_by_sliding_window": window_cap is not None,
         "files": [path.name],
     }
 
