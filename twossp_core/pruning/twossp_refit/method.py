@@ -14,12 +14,12 @@ from twossp_core.pruning.twossp.scores import top_k
 from twossp_core.pruning.twossp_refit import refit
 from twossp_core.pruning.twossp_refit.config import TwoSSPRefitConfig
 from twossp_core.pruning.twossp_refit.sequential import (
-    Calls,
     capture_calls,
     copy_dense_blocks,
     resolve_target,
     sequential_refit,
 )
+from twossp_core.runtime.sequential import BatchState
 
 
 class TwoSSPRefit(TwoSSP):
@@ -89,7 +89,7 @@ class TwoSSPRefit(TwoSSP):
         })
 
     def _sequential(
-        self, ctx: PruneContext, dense_layers: list[torch.nn.Module], calls: list[Calls] | None
+        self, ctx: PruneContext, dense_layers: list[torch.nn.Module], calls: list[BatchState] | None
     ) -> list[refit.BlockRefit]:
         cfg = self.config
         return sequential_refit(

@@ -16,7 +16,6 @@ for "residual", the dense model's), never the FFN activations: those only feed t
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -25,71 +24,21 @@ from torch import nn
 from twossp_core.models.base import ModelAdapter
 from twossp_core.progress import Reporter
 from twossp_core.pruning.twossp_refit.refit import STAGE, BlockRefit, NormalEquations, refit_block
-from twossp_core.runtime.forward import StopForward, block_output
+from twossp_core.runtime.forward import block_output
+from twossp_core.runtime.sequential import BatchState, capture_batch
 
 Target = Literal["residual", "ffn"]
 
 
-@dataclass
-class Calls:
-    """One batch of windows: the input of block 0 and the other arguments the decoder passes to every block."""
-
-    hidden: torch.Tensor
-    args: list[tuple[Any, ...]]
-    kwargs: list[dict[str, Any]]
-
-
-def capture_calls(adapter: ModelAdapter, windows: torch.Tensor, batch_size: int = 1) -> list[Calls]:
-    """The block-0 inputs and per-block call arguments of every batch of windows. They do not depend on any weight
-    a pruning changes (embeddings, positions, masks), so one capture serves every refit pass of a prune."""
+def capture_calls(adapter: ModelAdapter, windows: torch.Tensor, batch_size: int = 1) -> list[BatchState]:
+    """The block-0 inputs (on the windows' device) and per-block call arguments of every batch of windows, captured
+    without computing any block. They do not depend on any weight a pruning changes (embeddings, positions,
+    masks), so one capture serves every refit pass of a prune."""
     with torch.inference_mode():
-        return [_capture_batch(adapter, windows[s : s + batch_size]) for s in range(0, windows.shape[0], batch_size)]
-
-
-def _capture_batch(adapter: ModelAdapter, input_ids: torch.Tensor) -> Calls:
-    """Block 0 runs; every later block only records its call and passes its input through (the arguments are the
-    same whatever the hidden states are), so the capture costs about one block, not a forward pass."""
-    first: list[torch.Tensor] = []
-    args: list[tuple[Any, ...]] = []
-    kwargs: list[dict[str, Any]] = []
-    returns_tuple: list[bool] = []
-    last = adapter.num_blocks - 1
-
-    def hook(module: Any, a: tuple[Any, ...], kw: dict[str, Any]) -> None:
-        if a:
-            hidden, rest = a[0], a[1:]
-        else:
-            kw = dict(kw)
-            hidden, rest = kw.pop("hidden_states"), ()
-        if not first:
-            first.append(hidden)
-        args.append(rest)
-        kwargs.append({k: v for k, v in kw.items() if k != "hidden_states"})
-        if len(args) > last:
-            raise StopForward
-
-    def output_style(module: Any, a: tuple[Any, ...], output: Any) -> None:
-        returns_tuple.append(isinstance(output, tuple))
-
-    def passthrough(*a: Any, **kw: Any) -> Any:
-        hidden = a[0] if a else kw["hidden_states"]
-        return (hidden,) if returns_tuple[0] else hidden
-
-    layers = list(adapter.layers)
-    handles = [layer.register_forward_pre_hook(hook, with_kwargs=True) for layer in layers]
-    handles.append(layers[0].register_forward_hook(output_style))
-    for layer in layers[1:]:
-        layer.forward = passthrough
-    try:
-        adapter.decoder(input_ids=input_ids, use_cache=False)
-    except StopForward:
-        pass
-    finally:
-        for h in handles:
-            h.remove()
-        for layer in layers[1:]:
-            del layer.forward
-    return Calls(first[0], args, kwargs)
+        calls = [capture_batch(adapter, windows[s : s + batch_size]) for s in range(0, windows.shape[0], batch_size)]
+    for call in calls:
+        call.hidden = call.hidden.to(windows.device)
+    return calls
 
 
 def copy_dense_blocks(adapter: ModelAdapter) -> list[nn.Module]:
@@ -119,7 +68,7 @@ def sequential_refit(
     ridge: float,
     target: Target = "residual",
     batch_size: int = 1,
-    calls: list[Calls] | None = None,
+    calls: list[BatchState] | None = None,
     reporter: Reporter | None = None,
 ) -> list[BlockRefit]:
     """Refit every remaining down projection of the (sliced, maybe attention-pruned) model in block order.
@@ -169,7 +118,7 @@ def _block_statistics(
     adapter: ModelAdapter,
     idx: int,
     dense_layer: nn.Module,
-    calls: list[Calls],
+    calls: list[BatchState],
     pruned: list[torch.Tensor],
     dense: list[torch.Tensor],
     target: Target,
@@ -217,7 +166,7 @@ def _block_statistics(
     return stats, outputs, activations
 
 
-def _advance(layer: nn.Module, calls: list[Calls], idx: int, states: list[torch.Tensor]) -> None:
+def _advance(layer: nn.Module, calls: list[BatchState], idx: int, states: list[torch.Tensor]) -> None:
     """Replace every batch's hidden states at block idx's input by the block's output."""
     with torch.inference_mode():
         for b, call in enumerate(calls):
