@@ -176,3 +176,19 @@ def test_sizes(workdir, text, expected):
 def test_bad_sizes_are_refused(workdir, text):
     with pytest.raises(InvalidSpec, match="max_host_memory"):
         _spec(workdir, max_host_memory=text)
+
+
+@pytest.mark.parametrize("method", ["shortgpt", "window"])
+def test_depth_methods_read_each_block_once_per_pass(models, method):
+    """ShortGPT's and the sliding window's block states come from block-by-block passes: each block is read once
+    per pass over the windows (not once per window), with the in-memory model's decisions and scores."""
+    dense, offloaded = _pair(models["llama"])
+    offloader = offloader_of(offloaded.model)
+    windows = _windows(6)
+    outcomes = []
+    for adapter in (dense, offloaded):
+        before = offloader.block_reads
+        ctx = PruneContext(adapter=adapter, calibration=windows)
+        outcomes.append(method_class(method)(method_config(method, {})).prune(ctx, 0.4))
+    assert offloader.block_reads - before == 4  # the 4 blocks once each (reads for removal need none)
+    assert _outcome_key(outcomes[0]) == _outcome_key(outcomes[1]) and outcomes[0].details == outcomes[1].details

@@ -9,6 +9,8 @@ import torch
 
 from twossp_core.models.base import ModelAdapter
 from twossp_core.progress import Reporter
+from twossp_core.runtime.offload import is_offloaded
+from twossp_core.runtime.sequential import BatchState, capture_batch, chunks, compute_device, run_blocks, window_budget
 
 CACHE_KEY = "depth.last_token_states"
 
@@ -22,6 +24,8 @@ def last_token_states(
     reporter = reporter or Reporter()
     blocks = adapter.num_blocks
     states = torch.zeros(blocks + 1, windows.shape[0], adapter.config.hidden_size, dtype=torch.float32)
+    if is_offloaded(adapter):
+        return _states_block_by_block(adapter, windows, states, stage, reporter)
     current = {"row": 0}
     handles = []
 
@@ -47,6 +51,30 @@ def last_token_states(
     finally:
         for h in handles:
             h.remove()
+    return states
+
+
+def _states_block_by_block(
+    adapter: ModelAdapter, windows: torch.Tensor, states: torch.Tensor, stage: str, reporter: Reporter
+) -> torch.Tensor:
+    """The same states from block-by-block passes (each block read once per pass, not once per window): every
+    window goes through the same block calls, one window per batch, as the whole-model pass above."""
+    blocks, count = adapter.num_blocks, windows.shape[0]
+    groups = list(chunks(count, 1, window_budget(adapter)))
+    device = compute_device(adapter)
+    for g, group in enumerate(groups):
+        reporter.checkpoint()
+        batches = [capture_batch(adapter, windows[s:e].to(device)) for s, e in group]
+        rows = [s for s, _ in group]
+        for row, batch in zip(rows, batches, strict=True):
+            states[0, row] = batch.hidden[0, -1].float()
+
+        def record(idx: int, g: int = g, rows: list[int] = rows, batches: list[BatchState] = batches) -> None:
+            for row, batch in zip(rows, batches, strict=True):
+                states[idx + 1, row] = batch.hidden[0, -1].float()
+            reporter.update(stage, (g + (idx + 1) / blocks) / len(groups))
+
+        run_blocks(adapter, batches, on_block=record)
     return states
 
 
