@@ -4,12 +4,15 @@ A worker class is one Celery queue and what its workers advertise: the device th
 memory they offer (`service/workers.py`). A job goes to the smallest class whose memory holds the job's plan
 (`twossp_core.memory.spec_plan`: the mode the job will run in given its budgets, so a budgeted job that runs
 block by block needs far less than the same model in memory). With `device: auto` GPU classes come first.
-A model whose config the API cannot read (a hub id) goes to the largest class.
+When no class holds the job as it asks and it leaves its budgets unset (`execution: auto`), the smallest class
+where it fits block by block takes it, with that class's memory written into the job as its budgets (so the
+worker runs it block by block instead of running out of memory). A model whose config the API cannot read (a hub
+id) goes to the largest class.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from twossp_core.errors import InvalidSpec
@@ -35,6 +38,7 @@ class WorkerClass:
 class Route:
     queue: str
     plan: MemoryPlan | None  # None: the model's config is unknown here (a hub id)
+    budgets: dict[str, int] = field(default_factory=dict)  # budget fields to set on the job (the class's memory)
 
 
 class NoWorkerFits(Exception):
@@ -80,7 +84,7 @@ def choose_queue(spec: Any, cfg: dict[str, Any] | None, classes: list[WorkerClas
     if cfg is None:
         return Route(max(usable, key=_size_key).queue, None)
     plans: dict[str, MemoryPlan | InvalidSpec] = {}
-    fitting: list[tuple[WorkerClass, MemoryPlan]] = []
+    fitting: list[tuple[WorkerClass, MemoryPlan, dict[str, int]]] = []
     misses: list[str] = []
     for cls in sorted(usable, key=_size_key):
         device = job_device(spec, cls)
@@ -96,13 +100,18 @@ def choose_queue(spec: Any, cfg: dict[str, Any] | None, classes: list[WorkerClas
             continue
         reason = shortfall(plan, cls)
         if reason is None:
-            fitting.append((cls, plan))
+            fitting.append((cls, plan, {}))
         else:
             misses.append(f"'{cls.queue}' {reason}")
+    if not fitting:
+        fitting, block_misses = _block_by_block_fits(spec, cfg, usable)
+        misses += block_misses
     if fitting:
         gpu_first = spec.device == "auto"
-        cls, plan = min(fitting, key=lambda item: (gpu_first and item[0].device != "cuda", *_size_key(item[0])))
-        return Route(cls.queue, plan)
+        cls, plan, budgets = min(
+            fitting, key=lambda item: (gpu_first and item[0].device != "cuda", *_size_key(item[0]))
+        )
+        return Route(cls.queue, plan, budgets)
     largest = max(usable, key=_size_key)
     plan = plans[job_device(spec, largest) or "cpu"]
     need = str(plan) if isinstance(plan, InvalidSpec) else _need(plan)
@@ -111,6 +120,40 @@ def choose_queue(spec: Any, cfg: dict[str, Any] | None, classes: list[WorkerClas
         f"{largest.describe()}; short: {', '.join(misses)}. Set max_device_memory / max_host_memory so that it runs "
         "block by block, or add a worker class with more memory"
     )
+
+
+def class_budgets(spec: Any, cls: WorkerClass) -> dict[str, int]:
+    """The budgets a class imposes where the job sets none: the host memory it offers and, for a job on its GPU,
+    the GPU's memory."""
+    budgets: dict[str, int] = {}
+    if spec.max_host_memory is None:
+        budgets["max_host_memory"] = cls.memory if cls.device == "cpu" else cls.host_memory
+    if spec.max_device_memory is None and job_device(spec, cls) == "cuda":
+        budgets["max_device_memory"] = cls.memory
+    return budgets
+
+
+def _block_by_block_fits(
+    spec: Any, cfg: dict[str, Any], classes: list[WorkerClass]
+) -> tuple[list[tuple[WorkerClass, MemoryPlan, dict[str, int]]], list[str]]:
+    """Classes that hold the job with their memory as the budgets it leaves unset (block by block, for a job whose
+    `execution` is `auto`), and why the others do not."""
+    fitting: list[tuple[WorkerClass, MemoryPlan, dict[str, int]]] = []
+    misses: list[str] = []
+    if spec.execution != "auto":
+        return fitting, misses
+    for cls in sorted(classes, key=_size_key):
+        budgets = class_budgets(spec, cls)
+        if not budgets:
+            continue
+        try:
+            plan = spec_plan(spec.model_copy(update=budgets), cfg, device=job_device(spec, cls) or "cpu")
+        except InvalidSpec as exc:
+            misses.append(f"'{cls.queue}' block by block: {exc}")
+            continue
+        if plan.mode == "block-by-block" and shortfall(plan, cls) is None:
+            fitting.append((cls, plan, budgets))
+    return fitting, misses
 
 
 def _need(plan: MemoryPlan) -> str:

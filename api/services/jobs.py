@@ -19,7 +19,7 @@ from api.services.inputs import JobSpec, request_hash, validate_request
 from service import lifecycle
 from service.broker import Broker
 from service.db.models import Job, JobEvent, JobKind, JobState, User
-from service.routing import NoWorkerFits, choose_queue
+from service.routing import NoWorkerFits, Route, choose_queue
 from service.settings import Settings
 from service.workers import worker_classes
 from twossp_core.preflight import local_config
@@ -54,7 +54,10 @@ def submit_job(
         if existing is not None:
             return _replay(existing, digest)
 
-    queue = route(session, broker, settings, spec)
+    chosen = route(session, broker, settings, spec)
+    queue = chosen.queue if chosen is not None else None
+    if chosen is not None and chosen.budgets:  # the class's memory becomes the job's budgets (block by block)
+        spec = spec.model_copy(update=chosen.budgets)
     with _submissions_of(session, user):
         if idempotency_key is not None:  # a concurrent request with the same key may have committed meanwhile
             existing = _by_idempotency_key(session, user, idempotency_key)
@@ -99,9 +102,10 @@ def submit_job(
     return Submission(job, created=True)
 
 
-def route(session: Session, broker: Broker, settings: Settings, spec: JobSpec) -> str | None:
-    """The worker queue for the job: the smallest advertised class that holds its memory plan; None (the default
-    queue) with the embedded worker or while no worker has advertised. InputRejected when no class can take it."""
+def route(session: Session, broker: Broker, settings: Settings, spec: JobSpec) -> Route | None:
+    """The worker class for the job: the smallest advertised class that holds its memory plan (with the budgets it
+    gives the job, if any); None (the default queue) with the embedded worker or while no worker has advertised.
+    InputRejected when no class can take it."""
     if broker.kind == "embedded":
         return None
     classes = worker_classes(session, settings.worker_expiry_s)
@@ -111,8 +115,9 @@ def route(session: Session, broker: Broker, settings: Settings, spec: JobSpec) -
         chosen = choose_queue(spec, local_config(spec.model, relative_paths=False), classes)
     except NoWorkerFits as exc:
         raise InputRejected(str(exc)) from None
-    log.info("job for %s routed to queue %s", spec.model, chosen.queue)
-    return chosen.queue
+    log.info("job for %s routed to queue %s%s", spec.model, chosen.queue,
+             f" with budgets {chosen.budgets}" if chosen.budgets else "")
+    return chosen
 
 
 @contextmanager

@@ -90,14 +90,26 @@ def test_device_auto_prefers_gpu_classes_and_device_cpu_uses_host_memory() -> No
         choose_queue(spec(device="cuda"), LLAMA_7B, [cpu("cpu", 512)])
 
 
+def test_a_job_no_class_holds_in_memory_runs_block_by_block_with_the_class_memory_as_budgets() -> None:
+    classes = [gpu("tiny", 4), gpu("small", 16), gpu("large", 24)]  # 7B in float32 needs about 31 GB in memory
+    route = choose_queue(spec(), LLAMA_7B, classes)
+    assert route.queue == "small"  # block by block it needs about 8.7 GB of device memory: not the 4 GB class
+    assert route.budgets == {"max_host_memory": 512 * GB, "max_device_memory": 16 * GB}
+    assert route.plan is not None and route.plan.mode == "block-by-block" and route.plan.device_peak <= 16 * GB
+    # a job that forces in-memory execution is not moved to block-by-block
+    with pytest.raises(NoWorkerFits, match="the largest worker class is 'large'"):
+        choose_queue(spec(execution="in-memory"), LLAMA_7B, classes)
+
+
 def test_a_job_no_class_can_hold_is_refused_with_its_need_and_the_largest_capacity() -> None:
-    classes = [gpu("small", 16), gpu("large", 24)]
+    classes = [gpu("small", 2), gpu("large", 4)]
     with pytest.raises(NoWorkerFits) as caught:
         choose_queue(spec(), LLAMA_7B, classes)
     message = str(caught.value)
     need = spec_plan(spec(), LLAMA_7B, device="cuda").device_peak
     assert f"needs {need / GB:.2f} GB device memory" in message
-    assert "the largest worker class is 'large' (cuda, 24.00 GB device" in message
+    assert "the largest worker class is 'large' (cuda, 4.00 GB device" in message
+    assert "'large' block by block: the model does not fit the memory budget" in message  # nor block by block
     assert "max_device_memory" in message
 
 
@@ -290,6 +302,18 @@ def test_jobs_go_to_the_worker_class_that_holds_them(
     assert f"needs {format_size(host_need(job_body(stack.big_model, stories_text)))} host (in-memory on cpu)" in detail
     assert f"the largest worker class is 'large' (cpu, {format_size(large_memory)} host)" in detail
 
+    # a GPU class with room for it block by block (no worker consumes it here): the job is routed there with the
+    # class's memory as its budgets, so a worker would run it block by block instead of running out of memory
+    db = Database(stack.settings)
+    with db.session() as session:
+        advertise(session, Advertisement("gpu16@test", "gpu16", "cuda", 16 * GB, 64 * GB), expiry_s=3600)
+    db.dispose()
+    routed = alice.submit(job_body(stack.big_model, stories_text))
+    assert routed.status_code == 202, routed.text
+    assert routed.json()["queue"] == "gpu16"
+    assert routed.json()["spec"]["max_device_memory"] == 16 * GB and routed.json()["spec"]["max_host_memory"] == 64 * GB
+    assert alice.cancel(routed.json()["id"]).json()["state"] == "cancelled"
+
     ids = first.json()["id"], second.json()["id"]
     done = [alice.wait_done(job_id, timeout=120) for job_id in ids]
     assert all(job["state"] == "succeeded" for job in done), done
@@ -297,4 +321,4 @@ def test_jobs_go_to_the_worker_class_that_holds_them(
     small_log, large_log = stack.procs["small"].output(), stack.procs["large"].output()
     assert ids[0] in small_log and ids[0] not in large_log
     assert ids[1] in large_log and ids[1] not in small_log
-    assert alice.http.get("/jobs").json()["total"] == 3  # the refused job was never queued
+    assert alice.http.get("/jobs").json()["total"] == 4  # the refused job was never queued
