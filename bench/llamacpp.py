@@ -3,14 +3,15 @@ parameter ratio.
 
     .venv/bin/python bench/llamacpp.py            # the benchmark model (models.py FULL) → results/llamacpp-full.json
     .venv/bin/python bench/llamacpp.py --quick    # the quick model → results/llamacpp-quick.json
+    .venv/bin/python bench/llamacpp.py --model wide --rounds 7 --prompt 256   # 147 M parameters → llamacpp-wide.json
 
 The model is pruned with 2SSP at 25 / 37.5 / 50 % (stage-1 scores shared), every model (dense included) is
 exported with `--export gguf` in the same weight type and run through llama-cpp-python on the same prompt: a
 prompt of `--prompt` tokens processed in one batch, then `--generate` more tokens of the same text fed one at a
 time with the KV cache (the work of generating them). Rounds are
 interleaved (dense, 25 %, 37.5 %, 50 %, dense, …) so background load hits every model alike; the ratios use each
-model's best round (its least disturbed one, as bench/run.py does), the medians are kept in the JSON
-too. Needs the `llamacpp` extra.
+model's best round (its least disturbed one, as bench/run.py does); the medians and the median of each round's
+own ratios (`paired_*`) are kept in the JSON too. Needs the `llamacpp` extra.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from models import SPECS, build_model, calibration_windows, data_dir  # noqa: E402
 from run import machine  # noqa: E402
 
+from twossp_core.cli import option_value  # noqa: E402
 from twossp_core.evaluation.llamacpp import gguf_speed  # noqa: E402
 from twossp_core.export.gguf import GGUF_FILE  # noqa: E402
 from twossp_core.export.registry import run_export  # noqa: E402
@@ -48,19 +50,24 @@ def paired(samples: dict[str, dict[str, list[float]]], key: str, metric: str) ->
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="the quick model")
+    parser.add_argument("--quick", action="store_true", help="the quick model (same as --model quick)")
+    parser.add_argument("--model", choices=sorted(SPECS), default="full", help="the benchmark model (models.py)")
     parser.add_argument("--type", default="f16", choices=["f32", "f16", "bf16", "q8_0"], help="GGUF weight type")
     parser.add_argument("--threads", type=int, default=1, help="llama.cpp threads (default 1)")
     parser.add_argument("--prompt", type=int, default=512, help="prompt tokens processed in one batch")
     parser.add_argument("--generate", type=int, default=64, help="tokens generated one at a time")
     parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds (default 15)")
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                        help="a 2SSP option, e.g. round_to=32 (repeatable)")
+    parser.add_argument("--name", help="results file name suffix (default: the model's name)")
     args = parser.parse_args(argv)
 
     import torch
     from transformers import AutoTokenizer
 
     torch.set_num_threads(1)
-    spec = SPECS["quick" if args.quick else "full"]
+    spec = SPECS["quick" if args.quick else args.model]
+    options = dict(option_value(text) for text in args.option)
     base = build_model(spec)
     tokenizer = AutoTokenizer.from_pretrained(data_dir() / "models" / spec.tokenizer)
     calibration = calibration_windows(spec, spec.calibration_windows)
@@ -71,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     for s in SPARSITIES:
         model = copy.deepcopy(base)
         ctx = PruneContext(adapter=adapter_for(model), calibration=calibration, cache=cache)
-        method_class("2ssp")(method_config("2ssp", {})).prune(ctx, s)
+        method_class("2ssp")(method_config("2ssp", options)).prune(ctx, s)
         models[str(s)] = model
         print(f"pruned at {s}", file=sys.stderr)
     params = {k: adapter_for(m).total_params() for k, m in models.items()}
@@ -97,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(args.threads),
         "model": spec.describe(),
         "gguf_type": args.type,
+        "options": options,
         "threads": args.threads,
         "prompt_tokens": len(prompt),
         "generated_tokens": args.generate,
@@ -130,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             "paired_generation_vs_param_ratio": paired(samples, key, "tg") / param_ratio,
         }
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"llamacpp-{spec.name}.json"
+    path = RESULTS / f"llamacpp-{args.name or spec.name}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"{'sparsity':>9} {'arch':>6} {'params x':>9} {'pp x':>7} {'tg x':>7} "
           f"{'pp x paired':>12} {'tg x paired':>12}")

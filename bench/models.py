@@ -49,7 +49,11 @@ FULL = BenchModel("full", layers=12, hidden=512, intermediate=1376, heads=8, kv_
                   calibration_windows=32)
 QUICK = BenchModel("quick", layers=12, hidden=128, intermediate=344, heads=4, kv_heads=2, seq_len=256,
                    calibration_windows=8, tokenizer="stories260k", text="tinystories-val-1000.txt", vocab=512)
-SPECS = {m.name: m for m in (FULL, QUICK)}
+# wider blocks (147 M parameters): per-token costs that do not scale with the weights (graph set-up, the Python
+# call, sampling buffers) weigh less next to the matrix work, as in real LLMs (bench/llamacpp.py --model wide)
+WIDE = BenchModel("wide", layers=12, hidden=1024, intermediate=2752, heads=16, kv_heads=8, seq_len=512,
+                  calibration_windows=8)
+SPECS = {m.name: m for m in (FULL, QUICK, WIDE)}
 
 
 def build_model(spec: BenchModel) -> Any:

@@ -46,7 +46,7 @@ class StageBars:
             self.bar = None
 
 
-def _option_value(text: str) -> tuple[str, Any]:
+def option_value(text: str) -> tuple[str, Any]:
     key, sep, raw = text.partition("=")
     if not sep or not key:
         raise InvalidSpec(f"--option expects KEY=VALUE, got {text!r}")
@@ -92,7 +92,7 @@ def add_export_argument(p: argparse.ArgumentParser, *, flag: str = "--export", d
 
 
 def export_option_values(args: argparse.Namespace) -> dict[str, Any]:
-    return dict(_option_value(o) for o in (args.export_option or []))
+    return dict(option_value(o) for o in (args.export_option or []))
 
 
 def add_heal_arguments(p: argparse.ArgumentParser) -> None:
@@ -105,7 +105,7 @@ def add_heal_arguments(p: argparse.ArgumentParser) -> None:
 
 def heal_field(args: argparse.Namespace) -> dict[str, Any] | None:
     """The request's `heal` object from --heal / --heal-option (None without --heal)."""
-    options = [_option_value(o) for o in (args.heal_option or [])]
+    options = [option_value(o) for o in (args.heal_option or [])]
     if args.heal is None:
         if options:
             raise InvalidSpec("--heal-option needs --heal kd|lm")
@@ -153,7 +153,7 @@ def memory_fields(args: argparse.Namespace) -> dict[str, Any]:
 def spec_from_args(args: argparse.Namespace, *, sparsity: float, method: str) -> Any:
     from twossp_core.spec import parse_spec
 
-    options = dict(_option_value(o) for o in (args.option or []))
+    options = dict(option_value(o) for o in (args.option or []))
     return parse_spec({**job_fields(args), "sparsity": sparsity, "method": method, "options": options})
 
 

@@ -11,9 +11,9 @@ from twossp_core.errors import InvalidSpec
 
 
 def _method_option(text: str) -> tuple[str, str, Any]:
-    from twossp_core.cli import _option_value
+    from twossp_core.cli import option_value
 
-    key, value = _option_value(text)
+    key, value = option_value(text)
     method, dot, name = key.partition(".")
     if not dot or not method or not name:
         raise InvalidSpec(f"--option expects METHOD.KEY=VALUE in a sweep, got {text!r}")

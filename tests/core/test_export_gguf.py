@@ -121,8 +121,9 @@ def test_removed_ffn_with_kept_attention_matches_the_pruned_model(tmp_path):
     entry = run_export("gguf", model, tokenizer, tmp_path, {"method": "test"}, {"type": "f32"})
     assert entry["architecture"] == "deci" and entry["zero_ffn_layers"] == [2]
     assert entry["zero_attention_layers"] == [0]
+    assert entry["ffn_padding"] == {0: 20, 1: 20, 3: 20, 4: 20}  # 172 neurons written as 192: 20 zero neurons
     fields = gguf.GGUFReader(tmp_path / GGUF_FILE).fields
-    assert list(fields["deci.feed_forward_length"].contents()) == [172, 172, 1, 172, 172]
+    assert list(fields["deci.feed_forward_length"].contents()) == [192, 192, 1, 192, 192]
     assert list(fields["deci.attention.head_count"].contents()) == [8, 8, 8, 8, 0]
     assert list(fields["deci.attention.head_count_kv"].contents()) == [0, 4, 4, 4, 0]
     llm = load_gguf(tmp_path / GGUF_FILE, n_ctx=SEQ_LEN, f32_cache=True)

@@ -13,3 +13,8 @@ class GGUFOptions(BaseModel):
         description="weight type of the matrices (norms stay f32); q8_0 stores a matrix whose rows are not a "
         "multiple of 32 values in f16",
     )
+    ffn_multiple: int = Field(
+        32, ge=1, le=4096,
+        description="FFN widths are padded up to a multiple of this with zero neurons (exact: a zero neuron adds "
+        "nothing); multiples of 32 keep llama.cpp on its fast matrix kernels; 1: no padding",
+    )
