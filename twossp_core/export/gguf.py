@@ -15,7 +15,7 @@ else than the pruned model are written as exact equivalents instead:
 
 FFN widths are padded up to a multiple of `ffn_multiple` (default 32) with zero neurons: a neuron whose gate, up
 and down weights are zero adds exactly zero, and widths that are multiples of 32 keep llama.cpp on its fast
-matrix kernels (a width of 944 instead of 960 made generation 1.2-1.3 x slower on the benchmark model, see
+matrix kernels (unpadded widths of 944, 752 and 560 made generation 1.17-1.26 x slower on the benchmark model, see
 bench/README.md) and let q8_0 quantize the down projections.
 
 A block that lost both its attention and its FFN is an identity and is left out. Weights are written in f32,
