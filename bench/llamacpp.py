@@ -53,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="the quick model (same as --model quick)")
     parser.add_argument("--model", choices=sorted(SPECS), default="full", help="the benchmark model (models.py)")
     parser.add_argument("--type", default="f16", choices=["f32", "f16", "bf16", "q8_0"], help="GGUF weight type")
+    parser.add_argument("--ffn-multiple", type=int, default=None,
+                        help="pad FFN widths to a multiple of this (the export's ffn_multiple; default: the export's)")
     parser.add_argument("--threads", type=int, default=1, help="llama.cpp threads (default 1)")
     parser.add_argument("--prompt", type=int, default=512, help="prompt tokens processed in one batch")
     parser.add_argument("--generate", type=int, default=64, help="tokens generated one at a time")
@@ -68,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     spec = SPECS["quick" if args.quick else args.model]
     options = dict(option_value(text) for text in args.option)
+    export_options: dict[str, Any] = {"type": args.type}
+    if args.ffn_multiple is not None:
+        export_options["ffn_multiple"] = args.ffn_multiple
     base = build_model(spec)
     tokenizer = AutoTokenizer.from_pretrained(data_dir() / "models" / spec.tokenizer)
     calibration = calibration_windows(spec, spec.calibration_windows)
@@ -89,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         for key, model in models.items():
             out = Path(tmp) / key
             files[key] = run_export("gguf", model, tokenizer, out, {"method": "2ssp", "model": spec.name},
-                                    {"type": args.type})
+                                    export_options)
             paths[key] = out / GGUF_FILE
             files[key]["bytes"] = paths[key].stat().st_size
         for r in range(args.rounds):
@@ -104,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(args.threads),
         "model": spec.describe(),
         "gguf_type": args.type,
+        "export_options": export_options,
         "options": options,
         "threads": args.threads,
         "prompt_tokens": len(prompt),

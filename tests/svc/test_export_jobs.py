@@ -31,7 +31,7 @@ def test_gguf_job_artifact_is_listed_and_verified(serve: Embedded, tmp_path: Pat
     body = job_body(stories_model, stories_text, export="gguf", export_options={"type": "q8_0"})
     job = serve.api.wait_done(serve.api.submit(body).json()["id"], timeout=120)
     assert job["state"] == "succeeded", job.get("error")
-    assert job["spec"]["export"] == "gguf" and job["spec"]["export_options"] == {"type": "q8_0", "ffn_multiple": 32}
+    assert job["spec"]["export"] == "gguf" and job["spec"]["export_options"] == {"type": "q8_0", "ffn_multiple": 64}
     assert job["report"]["export"]["format"] == "gguf"
     model_dir = download_artifact(serve.base, serve.key, job["id"], tmp_path / "download")
     manifest = json.loads((tmp_path / "download" / "manifest.json").read_text())

@@ -13,10 +13,10 @@ else than the pruned model are written as exact equivalents instead:
   attention in layer 0 is written as the `deci` "linear attention" (head_count_kv = 0) with a zero output
   matrix: it adds exactly zero, for one hidden x hidden matrix.
 
-FFN widths are padded up to a multiple of `ffn_multiple` (default 32) with zero neurons: a neuron whose gate, up
-and down weights are zero adds exactly zero, and widths that are multiples of 32 keep llama.cpp on its fast
-matrix kernels (unpadded widths of 944, 752 and 560 made generation 1.17-1.26 x slower on the benchmark model, see
-bench/README.md) and let q8_0 quantize the down projections.
+FFN widths are padded up to a multiple of `ffn_multiple` (default 64) with zero neurons: a neuron whose gate, up
+and down weights are zero adds exactly zero, and widths that are multiples of 64 keep llama.cpp on its fast
+matrix kernels (on the benchmark models, unpadded widths made generation 1.17-1.26 x slower, and widths that are
+multiples of 32 but not 64 up to 1.2 x slower; see bench/README.md) and let q8_0 quantize the down projections.
 
 A block that lost both its attention and its FFN is an identity and is left out. Weights are written in f32,
 f16, bf16 or q8_0 (norms and other vectors stay f32; under q8_0 a matrix whose rows are not a multiple of 32

@@ -14,7 +14,7 @@ class GGUFOptions(BaseModel):
         "multiple of 32 values in f16",
     )
     ffn_multiple: int = Field(
-        32, ge=1, le=4096,
+        64, ge=1, le=4096,
         description="FFN widths are padded up to a multiple of this with zero neurons (exact: a zero neuron adds "
-        "nothing); multiples of 32 keep llama.cpp on its fast matrix kernels; 1: no padding",
+        "nothing); multiples of 64 keep llama.cpp on its fast matrix kernels; 1: no padding",
     )
