@@ -44,11 +44,14 @@ def tiny_config(family: str) -> Any:
 FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "phi3", "phi", "gemma", "gemma2"]
 
 
-def tiny_model(family: str, seed: int = 0) -> Any:
+def tiny_model(family: str, seed: int = 0, **overrides: Any) -> Any:
+    """A tiny model of `family`; `overrides` replace config fields (e.g. vocab_size, intermediate_size)."""
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
     config = tiny_config(family)
+    for key, value in overrides.items():
+        setattr(config, key, value)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     # random init is near-degenerate; spread the weights so pruning decisions are not all ties
     with torch.no_grad():

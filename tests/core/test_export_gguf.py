@@ -177,8 +177,8 @@ def test_a_sliding_window_model_declares_its_window_as_context_and_is_exact_with
     """llama.cpp attends to every position: a Mistral with a 16-position window is exported with a context of 16,
     where both compute the same thing (the DeciLM layout likewise, with no `sliding_window` left)."""
     import gguf
-    from tiny_models import tiny_config
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from tiny_models import tiny_model
+    from transformers import AutoTokenizer
 
     from twossp_core.evaluation.llamacpp import load_gguf, window_logits
     from twossp_core.models.registry import adapter_for
@@ -186,19 +186,8 @@ def test_a_sliding_window_model_declares_its_window_as_context_and_is_exact_with
     _llama_cpp()
     tokenizer = AutoTokenizer.from_pretrained(require_data("models", "stories260k"))  # a BPE vocabulary GGUF holds
 
-    def tiny(family: str):
-        torch.manual_seed(0)
-        config = tiny_config(family)
-        config.vocab_size = len(tokenizer)
-        config.intermediate_size = 256  # a width the DeciLM layout holds
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
-        with torch.no_grad():
-            for p in model.parameters():
-                if p.dim() >= 2:
-                    p.normal_(0.0, 0.2)
-        return model
-
-    model = tiny("mistral")
+    # a vocabulary the tokenizer covers, and an FFN width the DeciLM layout holds
+    model = tiny_model("mistral", vocab_size=len(tokenizer), intermediate_size=256)
     assert model.config.sliding_window == 16 and model.config.max_position_embeddings == 128
     adapter_for(model).remove_attention(1)
     entry = run_export("gguf", model, tokenizer, tmp_path / "gguf", {"method": "test"}, {"type": "f32"})
@@ -218,6 +207,6 @@ def test_a_sliding_window_model_declares_its_window_as_context_and_is_exact_with
     config = json.loads((tmp_path / "decilm" / "config.json").read_text())
     assert decilm["context_length"] == config["max_position_embeddings"] == 16 and config["sliding_window"] is None
 
-    llama = tiny("llama")
+    llama = tiny_model("llama", vocab_size=len(tokenizer), intermediate_size=256)
     plain = run_export("gguf", llama, tokenizer, tmp_path / "llama", {"method": "test"}, {"type": "f32"})
     assert plain["context_length"] == 128 and not plain["context_capped_by_sliding_window"]
