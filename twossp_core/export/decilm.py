@@ -116,6 +116,7 @@ def export_decilm(
         for name in CODE_FILES:
             shutil.copyfile(code_dir / name, tmp / name)
     write_card(out_dir, metadata, "decilm", model.config)
+    context = config["max_position_embeddings"]
     return {"stored_params": sum(t.numel() for t in state.values()), "layers": len(config["block_configs"]),
-            "context_length": config["max_position_embeddings"],
-            "context_capped_by_sliding_window": exported_context(model.config)[1] is not None}
+            "context_length": context,
+            "context_capped_by_sliding_window": context != model.config.max_position_embeddings}
