@@ -2,8 +2,11 @@
 
 One process, one random Llama, one set of calibration windows (random token ids: the cost does not depend on
 the text). Stage 1 (the neuron scores on the dense model) is timed, then each refit mode on a fresh copy of the
-model: the sequential refit (copy of the dense blocks, slicing, one sequential pass with the residual target) and
-the dense-input refit (one accumulation pass, slicing, one solve per block). Stage 2 is not part of either.
+model: the default, stage 1 inside the sequential pass (copy of the dense blocks, one pass that scores, slices and
+refits block by block; its cost is reported as what it adds to stage 1), then the pass repeated after stage 2 from
+the middle block (as when stage 2 removes that block's attention); the sequential refit after a separate stage 1
+(copy of the dense blocks, slicing, one sequential pass with the residual target); and the dense-input refit (one
+accumulation pass, slicing, one solve per block). Stage 2 itself is not timed.
 
     python bench/refit.py                                 # CPU, 8 blocks of hidden 512 / FFN 1,376 (minutes)
     python bench/refit.py --shape 7b --device cuda --dtype bfloat16   # Llama-2-7B blocks on a GPU
@@ -129,14 +132,44 @@ def main(argv: list[str] | None = None) -> int:
     result["stage1"] = {"seconds": stage1_s, "peak_device_bytes": peak(device)}
     print(f"stage 1: {stage1_s:.2f} s", flush=True)
 
-    # sequential (the default): copy the dense blocks, slice, one sequential pass with the residual target
+    # the default: stage 1 inside the first sequential pass (its dense path scores the neurons), residual target
+    work = copy.deepcopy(model)
+    work_adapter = adapter_for(work)
+    peak_reset(device)
+    t = clock.now()
+    dense_layers = copy_dense_blocks(work_adapter)
+    blocks, fused_scores = sequential_refit(work_adapter, dense_layers, windows, ridge=1e-3, slice_to=plan.kept_neurons)
+    fused_s = clock.now() - t
+    same = fused_scores is not None and all(torch.equal(a, b) for a, b in zip(scores, fused_scores, strict=True))
+    result["stage1_in_refit_pass"] = {
+        "seconds": fused_s, "extra_over_stage1_s": fused_s - stage1_s,
+        "fraction_of_stage1": (fused_s - stage1_s) / stage1_s, "peak_device_bytes": peak(device),
+        "scores_equal_stage1": same, "rejected_blocks": [b.block for b in blocks if b.kept_sliced],
+    }
+    print(f"stage 1 inside the refit pass: {fused_s:.2f} s = stage 1 + {(fused_s - stage1_s) / stage1_s:.2f} x "
+          f"stage 1 (scores equal stage 1's: {same})", flush=True)
+
+    # the pass after stage 2, from the first block whose input changed (here the middle block)
+    start = adapter.num_blocks // 2
+    kept = [top_k(s, plan.kept_neurons) for s in scores]
+    work_adapter.remove_attention(start)
+    peak_reset(device)
+    t = clock.now()
+    sequential_refit(work_adapter, dense_layers, windows, ridge=1e-3, kept=kept, start=start)
+    repeat_s = clock.now() - t
+    result["repeat_after_stage2"] = {"from_block": start, "seconds": repeat_s,
+                                     "fraction_of_stage1": repeat_s / stage1_s, "peak_device_bytes": peak(device)}
+    print(f"repeated pass from block {start}: {repeat_s:.2f} s = {repeat_s / stage1_s:.2f} x stage 1", flush=True)
+    del work, work_adapter, dense_layers
+
+    # separate passes: stage 1's scores given; copy the dense blocks, slice, one sequential pass
     work = copy.deepcopy(model)
     work_adapter = adapter_for(work)
     peak_reset(device)
     t = clock.now()
     dense_layers = copy_dense_blocks(work_adapter)
     stage1.apply_width(work_adapter, scores, plan.kept_neurons)
-    blocks = sequential_refit(work_adapter, dense_layers, windows, ridge=1e-3)
+    blocks, _ = sequential_refit(work_adapter, dense_layers, windows, ridge=1e-3)
     seq_s = clock.now() - t
     result["sequential"] = {
         "seconds": seq_s, "fraction_of_stage1": seq_s / stage1_s, "peak_device_bytes": peak(device),

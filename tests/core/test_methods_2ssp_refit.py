@@ -150,10 +150,64 @@ def test_sequential_refit_equals_a_brute_force_with_removed_attention():
         models.append(model)
     expected = _brute_force_sequential(models[0], dense, windows, 1e-3)
     adapter = adapter_for(models[1])
-    results = sequential_refit(adapter, list(copy.deepcopy(dense.model.layers)), windows, ridge=1e-3, batch_size=2)
+    results, _ = sequential_refit(adapter, list(copy.deepcopy(dense.model.layers)), windows, ridge=1e-3,
+                                  batch_size=2)
     assert not any(r.kept_sliced for r in results)
     for i, want in enumerate(expected):
         torch.testing.assert_close(adapter.down_projection(i).weight.data.double(), want, rtol=1e-4, atol=1e-5)
+
+
+def test_stage1_inside_the_refit_pass_equals_stage1_then_the_refit():
+    dense = tiny_model("llama")
+    windows = calibration(5, 24)
+    scores = stage1.neuron_scores(adapter_for(dense), windows, batch_size=2)
+    separate, fused = copy.deepcopy(dense), copy.deepcopy(dense)
+    stage1.apply_width(adapter_for(separate), scores, 40)
+    expected, _ = sequential_refit(adapter_for(separate), list(copy.deepcopy(dense.model.layers)), windows,
+                                   ridge=1e-3, batch_size=2)
+    results, fused_scores = sequential_refit(adapter_for(fused), list(copy.deepcopy(dense.model.layers)), windows,
+                                             ridge=1e-3, batch_size=2, slice_to=40)
+    assert fused_scores is not None and all(torch.equal(a, b) for a, b in zip(scores, fused_scores, strict=True))
+    assert adapter_for(fused).intermediate_size == 40 and results == expected
+    for a, b in zip(separate.state_dict().values(), fused.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_the_pass_after_stage2_starts_at_the_first_changed_block():
+    dense = tiny_model("llama")
+    windows = calibration(4, 24)
+    layers = list(copy.deepcopy(dense.model.layers))
+    model = copy.deepcopy(dense)
+    first, scores = sequential_refit(adapter_for(model), layers, windows, ridge=1e-3, slice_to=40)
+    adapter_for(model).remove_attention(2)
+    kept = [top_k(s, 40) for s in scores]  # type: ignore[union-attr]
+    full = copy.deepcopy(model)
+    everything, _ = sequential_refit(adapter_for(full), layers, windows, ridge=1e-3, kept=kept)
+    partial, _ = sequential_refit(adapter_for(model), layers, windows, ridge=1e-3, kept=kept, start=2)
+    assert everything[:2] == first[:2]  # blocks before the removal: the same refit
+    # from block 2 on: the same refit, up to rounding (a skipped block's outputs come from a block pass, a refit
+    # block's from its sliced outputs plus the refit's change)
+    assert [r.block for r in partial] == [2, 3]
+    for want, got in zip(everything[2:], partial, strict=True):
+        assert got.error_refit == pytest.approx(want.error_refit, rel=1e-6)
+    assert everything[2:] != first[2:]  # the removal changed what blocks 2 and 3 see
+    for a, b in zip(full.state_dict().values(), model.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_the_method_gives_the_same_prune_with_or_without_cached_scores():
+    dense = tiny_model("llama")
+    windows = calibration(4, 32)
+    fused, separate = copy.deepcopy(dense), copy.deepcopy(dense)
+    batch = method_config("2ssp-refit", {}).batch_size
+    cache = {"2ssp.neuron_scores": stage1.neuron_scores(adapter_for(dense), windows, batch_size=batch)}
+    a = prune("2ssp-refit", fused, 0.4, windows=windows)
+    b = prune("2ssp-refit", separate, 0.4, windows=windows, cache=cache)
+    assert a.details["refit"]["stage1_in_refit_pass"] and not b.details["refit"]["stage1_in_refit_pass"]
+    assert a.removed_attention == b.removed_attention and a.removed_attention
+    assert a.details["refit"]["error_refit"] == b.details["refit"]["error_refit"]
+    for x, y in zip(fused.state_dict().values(), separate.state_dict().values(), strict=True):
+        assert torch.equal(x, y)
 
 
 @pytest.mark.parametrize("options", [{}, {"refit_inputs": "dense"}, {"refit_target": "ffn", "stage2_on_refit": False}])

@@ -9,7 +9,7 @@ import torch
 
 from twossp_core.pruning.base import PruneContext, PruneOutcome
 from twossp_core.pruning.twossp import stage1
-from twossp_core.pruning.twossp.method import TwoSSP
+from twossp_core.pruning.twossp.method import SCORES_CACHE_KEY, TwoSSP
 from twossp_core.pruning.twossp.scores import top_k
 from twossp_core.pruning.twossp_refit import refit
 from twossp_core.pruning.twossp_refit.config import TwoSSPRefitConfig
@@ -30,18 +30,28 @@ class TwoSSPRefit(TwoSSP):
         cfg = self.config
         plan = self.plan(ctx, sparsity)
         adapter = ctx.adapter
-        timings = {"stage1_s": 0.0, "refit_s": 0.0, "stage2_s": 0.0}
+        timings = {"stage1_s": 0.0, "stage1_refit_s": 0.0, "refit_s": 0.0, "stage2_s": 0.0}
         cost: dict[str, Any] = {}
 
-        t0 = time.perf_counter()
-        scores = self.neuron_scores(ctx)
-        timings["stage1_s"] = time.perf_counter() - t0
+        residual = cfg.refit_inputs == "sequential" and resolve_target(adapter, cfg.refit_target) == "residual"
+        # stage 1 inside the first refit pass: its dense path is stage 1's forward (unless a sweep has the scores)
+        fused = residual and cfg.stage2_on_refit and ctx.cache.get(SCORES_CACHE_KEY) is None
+        if not fused:
+            t0 = time.perf_counter()
+            scores = self.neuron_scores(ctx)
+            timings["stage1_s"] = time.perf_counter() - t0
 
         ctx.reporter.checkpoint()
         t0 = time.perf_counter()
         _reset_peak(ctx.calibration.device)
         dense_layers, calls, stats = None, None, None
-        if cfg.refit_inputs == "dense":
+        if fused:
+            dense_layers = copy_dense_blocks(adapter)
+            cost.update(_sequential_memory(ctx, dense_layers, plan.kept_neurons, residual))
+            calls = capture_calls(adapter, ctx.calibration, cfg.batch_size)
+            blocks, scores = self._sequential(ctx, dense_layers, calls, slice_to=plan.kept_neurons)
+            ctx.cache[SCORES_CACHE_KEY] = scores
+        elif cfg.refit_inputs == "dense":
             keep = [top_k(s, plan.kept_neurons) for s in scores]
             stats = refit.accumulate(adapter, ctx.calibration, keep, batch_size=cfg.batch_size, reporter=ctx.reporter)
             stage1.apply_width(adapter, scores, plan.kept_neurons)
@@ -50,13 +60,12 @@ class TwoSSPRefit(TwoSSP):
                 blocks = refit.apply_refit(adapter, stats, cfg.ridge)
         else:
             dense_layers = copy_dense_blocks(adapter)
-            residual = resolve_target(adapter, cfg.refit_target) == "residual"
             cost.update(_sequential_memory(ctx, dense_layers, plan.kept_neurons, residual))
             stage1.apply_width(adapter, scores, plan.kept_neurons)
             calls = capture_calls(adapter, ctx.calibration, cfg.batch_size)
             if cfg.stage2_on_refit:
-                blocks = self._sequential(ctx, dense_layers, calls)
-        timings["refit_s"] += time.perf_counter() - t0
+                blocks, _ = self._sequential(ctx, dense_layers, calls)
+        timings["stage1_refit_s" if fused else "refit_s"] += time.perf_counter() - t0
 
         ctx.reporter.checkpoint()
         t0 = time.perf_counter()
@@ -66,8 +75,15 @@ class TwoSSPRefit(TwoSSP):
         t0 = time.perf_counter()
         if cfg.refit_inputs == "dense" and not cfg.stage2_on_refit:
             blocks = refit.apply_refit(adapter, stats, cfg.ridge)  # the same weights: they ignore attention
-        elif cfg.refit_inputs == "sequential" and (removals or not cfg.stage2_on_refit):
-            blocks = self._sequential(ctx, dense_layers, calls)  # type: ignore[arg-type]
+        elif cfg.refit_inputs == "sequential" and not cfg.stage2_on_refit:
+            blocks, _ = self._sequential(ctx, dense_layers, calls)  # type: ignore[arg-type]
+        elif cfg.refit_inputs == "sequential" and removals:
+            # the refit again for the final structure, from the first block whose input stage 2 changed
+            start = min(r.block for r in removals)
+            kept = [None if adapter.mlp_removed(i) else top_k(s, plan.kept_neurons) for i, s in enumerate(scores)]
+            again, _ = self._sequential(ctx, dense_layers, calls, kept=kept, start=start)  # type: ignore[arg-type]
+            blocks = [b for b in blocks if b.block < start] + again
+            cost["repeated_from_block"] = start
         timings["refit_s"] += time.perf_counter() - t0
         del dense_layers, calls, stats
         cost["peak_device_bytes"] = _peak(ctx.calibration.device)
@@ -78,6 +94,7 @@ class TwoSSPRefit(TwoSSP):
                 "inputs": cfg.refit_inputs,
                 "target": resolve_target(adapter, cfg.refit_target) if cfg.refit_inputs == "sequential" else "ffn",
                 "stage2_on_refit": cfg.stage2_on_refit,
+                "stage1_in_refit_pass": fused,
                 "seconds": timings["refit_s"],
                 "fraction_of_stage1": timings["refit_s"] / timings["stage1_s"] if timings["stage1_s"] else None,
                 **cost,
@@ -89,12 +106,13 @@ class TwoSSPRefit(TwoSSP):
         })
 
     def _sequential(
-        self, ctx: PruneContext, dense_layers: list[torch.nn.Module], calls: list[BatchState] | None
-    ) -> list[refit.BlockRefit]:
+        self, ctx: PruneContext, dense_layers: list[torch.nn.Module], calls: list[BatchState] | None,
+        **options: Any,
+    ) -> tuple[list[refit.BlockRefit], list[torch.Tensor] | None]:
         cfg = self.config
         return sequential_refit(
             ctx.adapter, dense_layers, ctx.calibration, ridge=cfg.ridge, target=cfg.refit_target,
-            batch_size=cfg.batch_size, calls=calls, reporter=ctx.reporter,
+            batch_size=cfg.batch_size, calls=calls, reporter=ctx.reporter, **options,
         )
 
 

@@ -23,6 +23,7 @@ from torch import nn
 
 from twossp_core.models.base import ModelAdapter
 from twossp_core.progress import Reporter
+from twossp_core.pruning.twossp.scores import top_k, window_norms
 from twossp_core.pruning.twossp_refit.refit import STAGE, BlockRefit, NormalEquations, refit_block
 from twossp_core.runtime.forward import block_output
 from twossp_core.runtime.sequential import BatchState, capture_batch
@@ -70,14 +71,29 @@ def sequential_refit(
     batch_size: int = 1,
     calls: list[BatchState] | None = None,
     reporter: Reporter | None = None,
-) -> list[BlockRefit]:
+    slice_to: int | None = None,
+    kept: list[torch.Tensor | None] | None = None,
+    start: int = 0,
+) -> tuple[list[BlockRefit], list[torch.Tensor] | None]:
     """Refit every remaining down projection of the (sliced, maybe attention-pruned) model in block order.
 
     dense_layers[i] is block i of the dense model (on any device; moved to the model's device while used);
     `calls` (from `capture_calls` with the same windows and batch size) saves the capture pass.
+
+    With `slice_to` (residual target only) the model comes in unsliced and stage 1 happens inside the pass: the
+    dense path that computes the targets scores block i's neurons on the way (the same batch norms, summed in
+    the same order, as stage1.neuron_scores), then block i is sliced to its best `slice_to` neurons and refit, so
+    the dense model is run once for both. Returns the refits and, with `slice_to`, stage 1's scores.
+
+    With `kept` (block i's kept neuron indices, from the dense blocks) every down projection is first reset to its
+    sliced dense weight, so a repeated pass gives the refit of the structure it sees whatever ran before it; then
+    blocks before `start`, whose inputs and targets a pass after stage 2 leaves unchanged (stage 2 removed no
+    attention before `start`), are only run, not refit again: their refit would be the same.
     """
     reporter = reporter or Reporter()
     target = resolve_target(adapter, target)
+    if slice_to is not None and target != "residual":
+        raise ValueError("stage 1 runs inside the refit pass only with the residual target")
     device = windows.device
     results: list[BlockRefit] = []
     if calls is None:
@@ -85,6 +101,9 @@ def sequential_refit(
     pruned = [c.hidden for c in calls]
     dense = list(pruned)
     blocks = adapter.num_blocks
+    scores: list[torch.Tensor] | None = None
+    if slice_to is not None:
+        scores = [torch.zeros(adapter.intermediate_size, dtype=torch.float32, device=device) for _ in range(blocks)]
     for idx in range(blocks):
         reporter.checkpoint()
         layer = adapter.layers[idx]
@@ -92,12 +111,22 @@ def sequential_refit(
         moved = next(dense_layer.parameters()).device != device
         if moved:
             dense_layer = dense_layer.to(device)
-        if adapter.mlp_removed(idx):
+        if adapter.mlp_removed(idx) or idx < start:
             _advance(layer, calls, idx, pruned)
             if target == "residual":
                 _advance(dense_layer, calls, idx, dense)
         else:
             down = adapter.down_projection(idx)
+            if kept is not None and kept[idx] is not None:
+                dense_down = getattr(getattr(dense_layer, adapter.mlp_module), adapter.down_proj)
+                index = kept[idx].to(dense_down.weight.device)  # type: ignore[union-attr]
+                down.weight.data.copy_(dense_down.weight.data.index_select(1, index))
+            if target == "residual":
+                block_scores = _advance_dense(adapter, idx, dense_layer, calls, dense, scores is not None)
+                if scores is not None and slice_to is not None:
+                    scores[idx] = block_scores / windows.shape[0]
+                    adapter.slice_ffn(idx, top_k(scores[idx], slice_to))
+                    down = adapter.down_projection(idx)
             before = down.weight.detach().clone() if target == "residual" else None
             stats, outputs, activations = _block_statistics(adapter, idx, dense_layer, calls, pruned, dense, target)
             results.append(refit_block(down, idx, stats, ridge))
@@ -111,7 +140,31 @@ def sequential_refit(
         if moved:
             dense_layers[idx] = dense_layer.to("cpu")
         reporter.update(STAGE, (idx + 1) / blocks)
-    return results
+    if slice_to is not None:
+        adapter.set_intermediate_size(slice_to)
+    return results, scores
+
+
+def _advance_dense(
+    adapter: ModelAdapter, idx: int, dense_layer: nn.Module, calls: list[BatchState], dense: list[torch.Tensor],
+    score: bool,
+) -> torch.Tensor | None:
+    """Advance the dense path past block idx; with `score`, the sum over batches of its neurons' window norms."""
+    sums: torch.Tensor | None = None
+
+    def on_down(module: Any, args: tuple[Any, ...]) -> None:
+        nonlocal sums
+        norms = window_norms(args[0])
+        sums = norms if sums is None else sums + norms
+
+    down = getattr(getattr(dense_layer, adapter.mlp_module), adapter.down_proj)
+    handle = down.register_forward_pre_hook(on_down) if score else None
+    try:
+        _advance(dense_layer, calls, idx, dense)
+    finally:
+        if handle is not None:
+            handle.remove()
+    return sums
 
 
 def _block_statistics(
@@ -125,7 +178,7 @@ def _block_statistics(
 ) -> tuple[NormalEquations, list[torch.Tensor], list[torch.Tensor]]:
     """Normal equations of block idx, with the block's outputs and down-projection inputs per batch (kept for the
     residual target only: with them the refit's effect on the outputs is one product, not another block pass);
-    for the residual target, advances `dense` past the block."""
+    for the residual target, `dense` holds the dense block's outputs already."""
     down = adapter.down_projection(idx)
     seen: dict[str, torch.Tensor] = {}
 
@@ -148,8 +201,7 @@ def _block_statistics(
             for b, call in enumerate(calls):
                 out = block_output(layer(pruned[b], *call.args[idx], **call.kwargs[idx]))
                 # in float32 at least: a difference of residual states cancels most of their digits
-                if target == "residual":
-                    dense[b] = block_output(dense_layer(dense[b], *call.args[idx], **call.kwargs[idx]))
+                if target == "residual":  # `dense` is already past the block (_advance_dense)
                     wanted = dense[b].float() - out.float() + seen["down_out"].float()
                 else:
                     wanted = dense_mlp(seen["mlp_in"]).float()
