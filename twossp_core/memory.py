@@ -27,7 +27,7 @@ EXECUTIONS = ("auto", *MODES)
 LOGIT_CHUNK = 512  # positions per LM-head chunk (twossp_core.runtime.forward.LOGIT_CHUNK)
 # methods whose every weight edit goes through runtime.offload.editing_block (or needs no weights), so they run
 # correctly on an offloaded model; others are refused in block-by-block mode instead of computing garbage
-BLOCK_BY_BLOCK_METHODS = ("2ssp", "shortgpt", "window", "blockpruner", "evopress")
+BLOCK_BY_BLOCK_METHODS = ("2ssp", "2ssp-refit", "shortgpt", "window", "blockpruner", "evopress")
 # the least a process holds besides the plan's tensors (the Python interpreter with torch and transformers
 # imported, CPU build): used where the job's own process is not running (request checks, routing), so that only
 # a job that cannot fit anyway is refused; the job itself plans with its measured RSS
@@ -268,6 +268,9 @@ def check_block_mode(spec: Any) -> None:
     if method is not None and method not in BLOCK_BY_BLOCK_METHODS:
         raise InvalidSpec(f"method {method!r} cannot run block by block (it edits weights across blocks); "
                           f"block-by-block methods: {', '.join(BLOCK_BY_BLOCK_METHODS)}")
+    if method == "2ssp-refit" and (getattr(spec, "options", None) or {}).get("refit_inputs") == "dense":
+        raise InvalidSpec("2ssp-refit with refit_inputs=dense cannot run block by block (it holds every block's "
+                          "statistics at once); the default sequential refit can")
 
 
 def spec_plan(spec: Any, cfg: dict[str, Any], *, device: str, baseline: int = DEFAULT_BASELINE) -> MemoryPlan:

@@ -70,6 +70,30 @@ def test_same_decisions_and_perplexities_as_in_memory(models, family, method):
     assert len(real) <= 1
 
 
+@pytest.mark.parametrize(("family", "options"), [("llama", {}), ("gemma2", {}), ("llama", {"stage2_on_refit": False})])
+def test_2ssp_refit_block_by_block_gives_the_in_memory_prune(models, family, options, tmp_path):
+    dense, offloaded = _pair(models[family])
+    windows = _windows()
+    options = {"round_to": 1, **options}
+    outcomes = [method_class("2ssp-refit")(method_config("2ssp-refit", options)).prune(
+        PruneContext(adapter=a, calibration=windows), 0.4) for a in (dense, offloaded)]
+    assert _outcome_key(outcomes[0]) == _outcome_key(outcomes[1]) and outcomes[0].removed_attention
+    fits = [o.details["refit"] for o in outcomes]
+    for key in ("error_sliced", "error_refit", "rejected_blocks", "target", "stage1_in_refit_pass"):
+        assert fits[0][key] == fits[1][key], key
+    assert fits[1]["dense_blocks_device"] == "checkpoint" and fits[1]["dense_blocks_bytes"] == 0
+    assert outcomes[0].details["removal_perplexity"] == outcomes[1].details["removal_perplexity"]
+    assert perplexity(offloaded, windows, batch_size=4) == perplexity(dense, windows, batch_size=4)
+    write_weights_by_block(offloaded.model, tmp_path)
+    written = load_file(str(tmp_path / "model.safetensors"))
+    compared = [name for name in dense.model.state_dict() if name in written]
+    assert any(".mlp." in name for name in compared) and len(compared) >= len(written) - 1
+    for name in compared:
+        assert torch.equal(written[name], dense.model.state_dict()[name]), name
+    real = [i for i, layer in enumerate(offloaded.layers) if any(not p.is_meta for p in layer.parameters())]
+    assert len(real) <= 1
+
+
 def test_passes_read_each_block_once_and_chunks_give_the_same_numbers(models):
     dense, offloaded = _pair(models["llama"])
     offloader = offloader_of(offloaded.model)
@@ -158,7 +182,7 @@ def test_too_small_budget_is_refused_before_loading(workdir, tmp_path, capsys):
     ({"method": "slicegpt"}, "cannot run block by block"),
     ({"export": "portable"}, "not available in block-by-block mode"),
     ({"export": "gguf"}, "not available in block-by-block mode"),
-    ({"method": "2ssp-refit"}, "cannot run block by block"),
+    ({"method": "2ssp-refit", "options": {"refit_inputs": "dense"}}, "refit_inputs=dense cannot run block by block"),
 ])
 def test_block_mode_refuses_what_it_cannot_do(workdir, tmp_path, fields, needle):
     with pytest.raises(InvalidSpec, match=needle):

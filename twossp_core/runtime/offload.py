@@ -15,6 +15,7 @@ the block leaves memory. Forward passes over many windows should go block by blo
 
 from __future__ import annotations
 
+import copy
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -137,6 +138,31 @@ class Offloader:
         if self.resident is not layer:
             raise RuntimeError("a block left memory while it was being edited")
         self.dirty = True
+
+    def structure_copy(self, layer: nn.Module) -> nn.Module:
+        """A copy of a block's modules on the meta device (no weights, no offloading hook), to read the block's
+        original weights into later (`read_original`) whatever edits the block gets meanwhile."""
+        if layer is self.resident:
+            self.release()
+        hooks = layer._forward_pre_hooks
+        layer._forward_pre_hooks = type(hooks)()
+        try:
+            return copy.deepcopy(layer)
+        finally:
+            layer._forward_pre_hooks = hooks
+
+    def read_original(self, structure: nn.Module) -> nn.Module:
+        """A new block with `structure`'s modules and the checkpoint's weights for it (edits ignored), on the
+        device; it is not managed by the offloader (the caller frees it)."""
+        block = copy.deepcopy(structure)
+        key = getattr(block, BLOCK_KEY_ATTR)
+        for name, param in list(block.named_parameters()):
+            entry = self.entries.get(f"{self.prefix}{key}.{name}")
+            if entry is None:
+                raise ModelNotFound(f"block {key}: the checkpoint has no weights for {name}")
+            _set_parameter(block, name, read_tensor(entry).to(device=self.device, dtype=param.dtype))
+        self.block_reads += 1
+        return block
 
     def block_state(self, layer: nn.Module) -> dict[str, torch.Tensor]:
         """The block's current weights (it becomes the materialised block)."""

@@ -14,8 +14,8 @@ from twossp_core.pruning.twossp.scores import top_k
 from twossp_core.pruning.twossp_refit import refit
 from twossp_core.pruning.twossp_refit.config import TwoSSPRefitConfig
 from twossp_core.pruning.twossp_refit.sequential import (
+    DenseBlocks,
     capture_calls,
-    copy_dense_blocks,
     resolve_target,
     sequential_refit,
 )
@@ -46,7 +46,7 @@ class TwoSSPRefit(TwoSSP):
         _reset_peak(ctx.calibration.device)
         dense_layers, calls, stats = None, None, None
         if fused:
-            dense_layers = copy_dense_blocks(adapter)
+            dense_layers = DenseBlocks.of(adapter)
             cost.update(_sequential_memory(ctx, dense_layers, plan.kept_neurons, residual))
             calls = capture_calls(adapter, ctx.calibration, cfg.batch_size)
             blocks, scores = self._sequential(ctx, dense_layers, calls, slice_to=plan.kept_neurons)
@@ -59,7 +59,7 @@ class TwoSSPRefit(TwoSSP):
             if cfg.stage2_on_refit:
                 blocks = refit.apply_refit(adapter, stats, cfg.ridge)
         else:
-            dense_layers = copy_dense_blocks(adapter)
+            dense_layers = DenseBlocks.of(adapter)
             cost.update(_sequential_memory(ctx, dense_layers, plan.kept_neurons, residual))
             stage1.apply_width(adapter, scores, plan.kept_neurons)
             calls = capture_calls(adapter, ctx.calibration, cfg.batch_size)
@@ -106,7 +106,7 @@ class TwoSSPRefit(TwoSSP):
         })
 
     def _sequential(
-        self, ctx: PruneContext, dense_layers: list[torch.nn.Module], calls: list[BatchState] | None,
+        self, ctx: PruneContext, dense_layers: DenseBlocks, calls: list[BatchState] | None,
         **options: Any,
     ) -> tuple[list[refit.BlockRefit], list[torch.Tensor] | None]:
         cfg = self.config
@@ -116,18 +116,17 @@ class TwoSSPRefit(TwoSSP):
         )
 
 
-def _sequential_memory(
-    ctx: PruneContext, dense_layers: list[torch.nn.Module], kept: int, residual: bool
-) -> dict[str, int]:
-    """Bytes the sequential refit holds besides the model: the dense blocks (host memory), the hidden states at
+def _sequential_memory(ctx: PruneContext, dense_layers: DenseBlocks, kept: int, residual: bool) -> dict[str, Any]:
+    """Bytes the sequential refit holds besides the model: the dense blocks (copies in memory; block by block, one
+    block read at a time from the checkpoint, not counted), the hidden states at
     one block boundary for every calibration window (pruned and dense paths, plus the block's outputs for the
     residual target), one block's down-projection inputs (residual target) and one block's normal equations."""
     hidden = int(ctx.adapter.config.hidden_size)
     param = next(ctx.adapter.model.parameters())
     tokens = int(ctx.calibration.numel())
     return {
-        "dense_blocks_bytes": sum(p.numel() * p.element_size() for layer in dense_layers for p in layer.parameters()),
-        "dense_blocks_device": str(next(dense_layers[0].parameters()).device) if dense_layers else None,
+        "dense_blocks_bytes": dense_layers.nbytes(),
+        "dense_blocks_device": dense_layers.where(),
         "boundary_states_bytes": tokens * hidden * param.element_size() * (3 if residual else 1),
         "activations_bytes": tokens * kept * param.element_size() if residual else 0,
         "accumulator_bytes": (kept * kept + kept * hidden + 1) * 8,

@@ -26,6 +26,7 @@ from twossp_core.progress import Reporter
 from twossp_core.pruning.twossp.scores import top_k, window_norms
 from twossp_core.pruning.twossp_refit.refit import STAGE, BlockRefit, NormalEquations, refit_block
 from twossp_core.runtime.forward import block_output
+from twossp_core.runtime.offload import Offloader, editing_block, offloader_of
 from twossp_core.runtime.sequential import BatchState, capture_batch
 
 Target = Literal["residual", "ffn"]
@@ -40,6 +41,47 @@ def capture_calls(adapter: ModelAdapter, windows: torch.Tensor, batch_size: int 
     for call in calls:
         call.hidden = call.hidden.to(windows.device)
     return calls
+
+
+class DenseBlocks:
+    """The dense model's blocks, the sequential refit's targets. In memory: copies taken before any edit (see
+    `copy_dense_blocks`), moved to the compute device while used. Block by block: the blocks' original weights,
+    read from the checkpoint when a block is used and freed after, so the dense model is never in memory."""
+
+    def __init__(self, layers: list[nn.Module] | None = None, *, offloader: Offloader | None = None,
+                 structures: list[nn.Module] | None = None) -> None:
+        self.layers = layers
+        self.offloader = offloader
+        self.structures = structures
+        self.home: dict[int, torch.device] = {}
+
+    @classmethod
+    def of(cls, adapter: ModelAdapter) -> DenseBlocks:
+        """The dense blocks of `adapter`'s model as it is now (call before any edit)."""
+        offloader = offloader_of(adapter.model)
+        if offloader is None:
+            return cls(copy_dense_blocks(adapter))
+        return cls(offloader=offloader, structures=[offloader.structure_copy(layer) for layer in adapter.layers])
+
+    def acquire(self, idx: int, device: torch.device) -> nn.Module:
+        """Dense block idx on `device` (give it back with `release`)."""
+        if self.layers is None:
+            return self.offloader.read_original(self.structures[idx])  # type: ignore[union-attr,index]
+        self.home[idx] = next(self.layers[idx].parameters()).device
+        return self.layers[idx].to(device)
+
+    def release(self, idx: int, layer: nn.Module) -> None:
+        """Free a block read from the checkpoint, or move a copy back where it lives."""
+        layer.to("meta" if self.layers is None else self.home.pop(idx))
+
+    def nbytes(self) -> int:
+        """Bytes the copies hold (block by block: one block at a time, not counted)."""
+        return sum(p.numel() * p.element_size() for layer in self.layers or [] for p in layer.parameters())
+
+    def where(self) -> str | None:
+        if self.layers is None:
+            return "checkpoint"
+        return str(next(self.layers[0].parameters()).device) if self.layers else None
 
 
 def copy_dense_blocks(adapter: ModelAdapter) -> list[nn.Module]:
@@ -63,7 +105,7 @@ def resolve_target(adapter: ModelAdapter, target: Target) -> Target:
 @torch.no_grad()
 def sequential_refit(
     adapter: ModelAdapter,
-    dense_layers: list[nn.Module],
+    dense_layers: DenseBlocks | list[nn.Module],
     windows: torch.Tensor,
     *,
     ridge: float,
@@ -77,7 +119,8 @@ def sequential_refit(
 ) -> tuple[list[BlockRefit], list[torch.Tensor] | None]:
     """Refit every remaining down projection of the (sliced, maybe attention-pruned) model in block order.
 
-    dense_layers[i] is block i of the dense model (on any device; moved to the model's device while used);
+    dense_layers holds the dense model's blocks (a list: block i on any device, moved to the model's device while
+    used; or `DenseBlocks.of(adapter)`, which also reads them from the checkpoint when the model runs block by block);
     `calls` (from `capture_calls` with the same windows and batch size) saves the capture pass.
 
     With `slice_to` (residual target only) the model comes in unsliced and stage 1 happens inside the pass: the
@@ -98,6 +141,7 @@ def sequential_refit(
     results: list[BlockRefit] = []
     if calls is None:
         calls = capture_calls(adapter, windows, batch_size)
+    source = dense_layers if isinstance(dense_layers, DenseBlocks) else DenseBlocks(list(dense_layers))
     pruned = [c.hidden for c in calls]
     dense = list(pruned)
     blocks = adapter.num_blocks
@@ -107,38 +151,35 @@ def sequential_refit(
     for idx in range(blocks):
         reporter.checkpoint()
         layer = adapter.layers[idx]
-        dense_layer = dense_layers[idx]
-        moved = next(dense_layer.parameters()).device != device
-        if moved:
-            dense_layer = dense_layer.to(device)
+        dense_layer = source.acquire(idx, device)
         if adapter.mlp_removed(idx) or idx < start:
             _advance(layer, calls, idx, pruned)
             if target == "residual":
                 _advance(dense_layer, calls, idx, dense)
         else:
-            down = adapter.down_projection(idx)
-            if kept is not None and kept[idx] is not None:
-                dense_down = getattr(getattr(dense_layer, adapter.mlp_module), adapter.down_proj)
-                index = kept[idx].to(dense_down.weight.device)  # type: ignore[union-attr]
-                down.weight.data.copy_(dense_down.weight.data.index_select(1, index))
-            if target == "residual":
-                block_scores = _advance_dense(adapter, idx, dense_layer, calls, dense, scores is not None)
-                if scores is not None and slice_to is not None:
-                    scores[idx] = block_scores / windows.shape[0]
-                    adapter.slice_ffn(idx, top_k(scores[idx], slice_to))
-                    down = adapter.down_projection(idx)
-            before = down.weight.detach().clone() if target == "residual" else None
-            stats, outputs, activations = _block_statistics(adapter, idx, dense_layer, calls, pruned, dense, target)
-            results.append(refit_block(down, idx, stats, ridge))
-            if before is None:  # the ffn target's families may normalise the FFN output: run the block again
-                _advance(layer, calls, idx, pruned)
-            else:  # the block output is linear in the down projection: correct the recorded outputs
-                change = down.weight.detach().float() - before.float()
-                for b, (out, activation) in enumerate(zip(outputs, activations, strict=True)):
-                    pruned[b] = (out.float() + activation.float() @ change.T).to(out.dtype)
-            del outputs, activations
-        if moved:
-            dense_layers[idx] = dense_layer.to("cpu")
+            with editing_block(adapter, idx):
+                down = adapter.down_projection(idx)
+                if kept is not None and kept[idx] is not None:
+                    dense_down = getattr(getattr(dense_layer, adapter.mlp_module), adapter.down_proj)
+                    index = kept[idx].to(dense_down.weight.device)  # type: ignore[union-attr]
+                    down.weight.data.copy_(dense_down.weight.data.index_select(1, index))
+                if target == "residual":
+                    block_scores = _advance_dense(adapter, idx, dense_layer, calls, dense, scores is not None)
+                    if scores is not None and slice_to is not None:
+                        scores[idx] = block_scores / windows.shape[0]
+                        adapter.slice_ffn(idx, top_k(scores[idx], slice_to))
+                        down = adapter.down_projection(idx)
+                before = down.weight.detach().clone() if target == "residual" else None
+                stats, outputs, activations = _block_statistics(adapter, idx, dense_layer, calls, pruned, dense, target)
+                results.append(refit_block(down, idx, stats, ridge))
+                if before is None:  # the ffn target's families may normalise the FFN output: run the block again
+                    _advance(layer, calls, idx, pruned)
+                else:  # the block output is linear in the down projection: correct the recorded outputs
+                    change = down.weight.detach().float() - before.float()
+                    for b, (out, activation) in enumerate(zip(outputs, activations, strict=True)):
+                        pruned[b] = (out.float() + activation.float() @ change.T).to(out.dtype)
+                del outputs, activations
+        source.release(idx, dense_layer)
         reporter.update(STAGE, (idx + 1) / blocks)
     if slice_to is not None:
         adapter.set_intermediate_size(slice_to)
