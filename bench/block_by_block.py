@@ -5,11 +5,13 @@
                                              # interpreter alone is larger than 40 % of it)
 
 Generates a random Llama (bench/models.py's init, the stories260k tokenizer and TinyStories text) as a
-safetensors directory, then runs the same `twossp prune` job twice, each in a fresh process: in memory, and
-with `--max-host-memory` = 40 % of the weight bytes (which `auto` turns into block-by-block execution). Records
-each job's measured peak RSS (VmHWM, the interpreter and torch included, from report.json), its timings and its
-decisions, and writes bench/results/block_by_block[_quick].json. Nothing is asserted; the numbers are measured
-in this run.
+safetensors directory, then runs the same `twossp prune` job in fresh processes: in memory, and with
+`--max-host-memory` = 40 % of the weight bytes (which `auto` turns into block-by-block execution); by default
+four times, in memory, block by block, block by block, in memory (`--repeats 1`: once each). Records each job's
+measured peak RSS (VmHWM, the interpreter and torch included, from report.json), its timings, its processes' CPU
+and wall seconds and its decisions, and writes bench/results/block_by_block[_quick].json. The time overhead is
+the ratio of the block-by-block runs' seconds to the in-memory runs'. Nothing is asserted; the numbers are
+measured in this run.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -76,19 +79,22 @@ def run_job(model_dir: Path, out: Path, spec: BenchModel, extra: list[str]) -> d
         *extra,
     ]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_WAIT_POLICY": "PASSIVE"}
-    t0 = time.perf_counter()
+    t0, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=7200)
-    wall = time.perf_counter() - t0
+    wall, after = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if result.returncode != 0:
         raise RuntimeError(f"job failed ({result.returncode}): {result.stderr[-3000:]}")
     report = json.loads(result.stdout)
     plan_line = next((line for line in result.stderr.splitlines() if line.startswith("memory plan")), None)
-    return {"report": report, "wall_s": wall, "plan_line": plan_line}
+    return {"report": report, "wall_s": wall, "cpu_s": cpu, "plan_line": plan_line}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--repeats", type=int, choices=(1, 2), default=2,
+                        help="runs per mode (2: in memory, block by block, block by block, in memory)")
     parser.add_argument("--generate", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     spec = QUICK if args.quick else FULL
@@ -104,11 +110,19 @@ def main() -> None:
         generate_s = time.perf_counter() - t0
         weights = weight_bytes(model_dir)
         budget = None if args.quick else int(BUDGET_FRACTION * weights)
-        runs = {
-            "in-memory": run_job(model_dir, root / "in-memory", spec, ["--execution", "in-memory"]),
-            "budget": run_job(model_dir, root / "budget", spec,
-                              ["--execution", "block-by-block"] if args.quick else ["--max-host-memory", str(budget)]),
-        }
+        options = {"in-memory": ["--execution", "in-memory"],
+                   "budget": ["--execution", "block-by-block"] if args.quick else ["--max-host-memory", str(budget)]}
+        # in memory, block by block, then (with --repeats 2) block by block and in memory again: a load that
+        # drifts during the run weighs on both modes alike
+        order = ["in-memory", "budget", "budget", "in-memory"][: 2 * args.repeats] if args.repeats > 1 else [
+            "in-memory", "budget"]
+        seconds: dict[str, dict[str, list[float]]] = {name: {"wall_s": [], "cpu_s": []} for name in options}
+        runs: dict[str, dict[str, Any]] = {}
+        for name in order:
+            run = run_job(model_dir, root / name, spec, options[name])
+            seconds[name]["wall_s"].append(run["wall_s"])
+            seconds[name]["cpu_s"].append(run["cpu_s"])
+            runs[name] = run
         reports = {k: v["report"] for k, v in runs.items()}
         same = {key: reports["in-memory"].get(key) == reports["budget"].get(key) for key in DECISION_KEYS}
         from safetensors.torch import load_file
@@ -129,7 +143,8 @@ def main() -> None:
                 "peak_reset_at_start": memory["measured"]["host_peak_reset_at_start"],
                 "block_reads": memory["block_reads"],
                 "timings": run["report"]["timings"],
-                "process_wall_s": run["wall_s"],
+                "process_wall_s": seconds[name]["wall_s"],
+                "process_cpu_s": seconds[name]["cpu_s"],
             }
         a, b = summary["in-memory"]["timings"], summary["budget"]["timings"]
         results = {
@@ -146,6 +161,10 @@ def main() -> None:
             "in_memory_peak_rss_over_weights": summary["in-memory"]["peak_rss_bytes"] / weights,
             "identical": same,
             "overhead": {
+                # whole job processes, summed over the repeats: CPU seconds (user + system) and wall seconds
+                "process_cpu_s_ratio": sum(seconds["budget"]["cpu_s"]) / sum(seconds["in-memory"]["cpu_s"]),
+                "process_wall_s_ratio": sum(seconds["budget"]["wall_s"]) / sum(seconds["in-memory"]["wall_s"]),
+                # the last run of each mode, from its report's wall-clock timings
                 "total_s_ratio": b["total_s"] / a["total_s"],
                 "prune_s_ratio": b["prune_s"] / a["prune_s"],
                 "stage1_s_ratio": b["stage1_s"] / a["stage1_s"],
