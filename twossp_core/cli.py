@@ -74,9 +74,11 @@ def add_data_arguments(p: argparse.ArgumentParser, *, calibration: bool = True) 
     p.add_argument("--max-host-memory", default=None, metavar="SIZE",
                    help="budget of this process's peak RSS (bytes or a size); a model that does not fit in memory "
                    "runs block by block")
-    p.add_argument("--execution", default="auto", choices=["auto", "in-memory", "block-by-block"],
-                   help="auto (default): in memory unless that does not fit the budgets; block-by-block: one decoder "
-                   "block in memory at a time, weights read from the safetensors files")
+    p.add_argument("--execution", default="auto", choices=["auto", "in-memory", "block-by-block", "multi-device"],
+                   help="auto (default): in memory unless that does not fit the budgets (with several GPUs: spread "
+                   "over them when the first does not hold the model); block-by-block: one decoder block in memory "
+                   "at a time, weights read from the safetensors files; multi-device: the model spread over the "
+                   "visible GPUs")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
 

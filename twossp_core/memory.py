@@ -1,11 +1,13 @@
 """Memory budgets and the memory plan of a job (torch-free: the API and the CLI check requests with it).
 
-A job runs in one of two modes:
+A job runs in one of three modes:
 
 - `in-memory`: the whole model sits on the compute device (the usual path);
 - `block-by-block`: the weights stay in their safetensors files; one decoder block at a time is read onto the
   compute device, the embeddings, final norm and LM head stay resident, and the calibration and evaluation
-  activations wait on the host between blocks (see twossp_core/runtime/offload.py and sequential.py).
+  activations wait on the host between blocks (see twossp_core/runtime/offload.py and sequential.py);
+- `multi-device`: the whole model in memory, its parts spread over several GPUs (twossp_core/placement.py,
+  twossp_core/runtime/dispatch.py).
 
 `plan_memory` estimates, from the model's config.json alone, what each mode needs on the host and on the compute
 device (with a CPU device both are the same host memory); `choose_mode` picks the mode that fits the budgets
@@ -15,14 +17,16 @@ device (with a CPU device both are the same host memory); `choose_mode` picks th
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from twossp_core.errors import InvalidSpec
 from twossp_core.models.counts import block_counts
+from twossp_core.placement import Part, Placement, check_multi_device, multi_device_refusal, place
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-MODES = ("in-memory", "block-by-block")
+MODES = ("in-memory", "block-by-block", "multi-device")
 EXECUTIONS = ("auto", *MODES)
 LOGIT_CHUNK = 512  # positions per LM-head chunk (twossp_core.runtime.forward.LOGIT_CHUNK)
 # methods whose every weight edit goes through runtime.offload.editing_block (or needs no weights), so they run
@@ -82,7 +86,15 @@ class ModelShape:
     heads: int
     vocab: int
     block_params: int
-    resident_params: int  # embeddings + final norm + LM head (tied weights counted once)
+    embedding_params: int
+    norm_params: int  # the final norm
+    head_params: int  # the LM head's own (with tied embeddings its matrix is the embeddings': a bias at most)
+    tied: bool = False
+
+    @property
+    def resident_params(self) -> int:
+        """Embeddings + final norm + LM head (tied weights counted once)."""
+        return self.embedding_params + self.norm_params + self.head_params
 
     @property
     def total_params(self) -> int:
@@ -93,13 +105,12 @@ def model_shape(cfg: dict[str, Any]) -> ModelShape:
     counts = block_counts(cfg)
     hidden, vocab = int(cfg["hidden_size"]), int(cfg["vocab_size"])
     tied = bool(cfg.get("tie_word_embeddings", cfg.get("model_type") in ("gemma", "gemma2")))
-    resident = vocab * hidden * (1 if tied else 2) + hidden
-    if cfg.get("model_type") == "phi":  # LayerNorm with bias, LM head with bias
-        resident += hidden + vocab
+    phi = cfg.get("model_type") == "phi"  # LayerNorm with bias, LM head with bias
     return ModelShape(
         blocks=counts.blocks, hidden=hidden, intermediate=counts.intermediate_size,
         heads=int(cfg["num_attention_heads"]), vocab=vocab, block_params=counts.block,
-        resident_params=resident,
+        embedding_params=vocab * hidden, norm_params=hidden * (2 if phi else 1),
+        head_params=(0 if tied else vocab * hidden) + (vocab if phi else 0), tied=tied,
     )
 
 
@@ -115,6 +126,9 @@ class Workload:
     device: str = "cpu"  # "cpu" or "cuda": where blocks compute
 
 
+Devices = Sequence[tuple[str, int]]  # the GPUs a job may spread over: (name, free bytes), the job's device first
+
+
 @dataclass(frozen=True)
 class MemoryPlan:
     mode: str
@@ -127,6 +141,8 @@ class MemoryPlan:
     device_peak: int  # equal to host_peak with a CPU device (the same memory)
     device: str
     activation_windows: int | None = None  # block mode: windows held on the host per pass (None: all)
+    # multi-device: which parts run on which device and each device's peak (device_peak is the largest)
+    placement: Placement | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -137,25 +153,66 @@ class MemoryPlan:
         peaks = f"peak host {format_size(self.host_peak)}"
         if self.device != "cpu":
             peaks += f", peak device {format_size(self.device_peak)}"
-        return f"memory plan ({self.mode}): " + ", ".join(parts) + f"; {peaks}"
+        text = f"memory plan ({self.mode}): " + ", ".join(parts) + f"; {peaks}"
+        if self.placement is not None:
+            text += f"; {self.placement.strategy} placement: {self.placement.describe()}"
+        return text
 
 
-def _batch_activations(shape: ModelShape, w: Workload, batch: int) -> int:
-    """Transient tensors of one forward batch through one block, and the LM-head chunk of the NLL."""
+def _block_activations(shape: ModelShape, w: Workload, batch: int) -> int:
+    """Transient tensors of one forward batch through one block."""
     item = DTYPE_BYTES[w.dtype]
     tokens = batch * w.seq_len
     block = tokens * (6 * shape.hidden + 3 * shape.intermediate) * item
     attention_scores = batch * shape.heads * w.seq_len * w.seq_len * 4  # eager attention holds the scores
-    logits = batch * min(LOGIT_CHUNK, w.seq_len) * shape.vocab * 4 * 2  # float32 logits + exp buffer
-    return block + attention_scores + logits
+    return block + attention_scores
+
+
+def _logit_activations(shape: ModelShape, w: Workload, batch: int) -> int:
+    """The LM-head chunk of the NLL."""
+    return batch * min(LOGIT_CHUNK, w.seq_len) * shape.vocab * 4 * 2  # float32 logits + exp buffer
+
+
+def _batch_activations(shape: ModelShape, w: Workload, batch: int) -> int:
+    """Transient tensors of one forward batch through one block, and the LM-head chunk of the NLL."""
+    return _block_activations(shape, w, batch) + _logit_activations(shape, w, batch)
+
+
+def model_parts(shape: ModelShape, work: Workload) -> tuple[list[Part], Part | None]:
+    """The parts of the model in forward order, with what each costs on its device, and (tied embeddings) the LM
+    head that runs with the embeddings (twossp_core.placement.place)."""
+    item = DTYPE_BYTES[work.dtype]
+    recorded = work.record_windows * work.seq_len * shape.hidden * item  # one block's recorded inputs
+    transient = _block_activations(shape, work, work.batch_size)
+    head = Part("LM head", shape.head_params * item, activations=_logit_activations(shape, work, work.batch_size))
+    parts = [Part("embeddings", shape.embedding_params * item)]
+    parts += [Part(f"block {i}", shape.block_params * item, recorded, transient, block=i) for i in range(shape.blocks)]
+    parts.append(Part("final norm", shape.norm_params * item))
+    if shape.tied:
+        return parts, head
+    return [*parts, head], None
+
+
+def placement_devices(
+    work: Workload, devices: Devices | None, device_budget: int | None
+) -> list[tuple[str, int | None]]:
+    """The devices a multi-device plan fills and what each may use: the GPUs' free memory capped by the device
+    budget (per device). Without a device list (request checks, routing: the GPUs are not known there) one device
+    of the budget's size; a CPU job has the host alone."""
+    if work.device == "cpu":
+        return [("cpu", None)]
+    if not devices:
+        return [("cuda", device_budget)]
+    return [(name, free if device_budget is None else min(free, device_budget)) for name, free in devices]
 
 
 def plan_memory(
     cfg: dict[str, Any], work: Workload, mode: str, *, baseline: int = DEFAULT_BASELINE,
-    host_budget: int | None = None,
+    host_budget: int | None = None, devices: Devices | None = None, device_budget: int | None = None,
 ) -> MemoryPlan:
     """The estimate of one mode. In block mode with a host budget, the host-held windows are limited to what
-    fits (at least one batch): evaluations then run in several passes over the blocks."""
+    fits (at least one batch): evaluations then run in several passes over the blocks. The multi-device plan
+    places the model on `devices` (each capped by `device_budget`)."""
     shape = model_shape(cfg)
     item = DTYPE_BYTES[work.dtype]
     weights = shape.total_params * item
@@ -173,6 +230,19 @@ def plan_memory(
         host_peak = baseline + max(device_peak, LOAD_FACTOR * weights) if on_cpu else baseline + LOAD_FACTOR * weights
         return MemoryPlan(mode, weights, block, weights, transient + records, baseline,
                           host_peak, host_peak if on_cpu else device_peak, work.device)
+    if mode == "multi-device":
+        parts, tied_head = model_parts(shape, work)
+        placement = place(parts, placement_devices(work, devices, device_budget), slack=SLACK_FRACTION,
+                          tied_head=tied_head)
+        activations = sum(d.activations for d in placement.devices)
+        if on_cpu:
+            host_peak = baseline + max(placement.peak, LOAD_FACTOR * weights)
+            device_peak = host_peak
+        else:
+            # the checkpoint's tensors are read onto the GPUs as they load: the host holds its mapped pages at most
+            host_peak, device_peak = baseline + weights, placement.peak
+        return MemoryPlan(mode, weights, block, weights, activations, baseline, host_peak, device_peak, work.device,
+                          placement=placement)
     if mode != "block-by-block":
         raise ValueError(mode)
     # one block computing plus the next one being read; records kept on the device for stage 2
@@ -191,6 +261,8 @@ def plan_memory(
 
 
 def fits(plan: MemoryPlan, host_budget: int | None, device_budget: int | None) -> bool:
+    if plan.placement is not None and not plan.placement.fits:
+        return False
     if host_budget is not None and plan.host_peak > host_budget:
         return False
     if device_budget is not None and plan.device != "cpu" and plan.device_peak > device_budget:
@@ -198,19 +270,36 @@ def fits(plan: MemoryPlan, host_budget: int | None, device_budget: int | None) -
     return True
 
 
+def _spreads(work: Workload, devices: Devices | None) -> bool:
+    """Whether `auto` may spread the job over several GPUs."""
+    return work.device == "cuda" and devices is not None and len(devices) >= 2
+
+
 def choose_mode(
     cfg: dict[str, Any], work: Workload, *, execution: str = "auto", host_budget: int | None = None,
-    device_budget: int | None = None, baseline: int = DEFAULT_BASELINE,
+    device_budget: int | None = None, baseline: int = DEFAULT_BASELINE, devices: Devices | None = None,
 ) -> MemoryPlan:
     """The plan to run with: `execution` forces a mode; `auto` takes in-memory when it fits (or when no budget is
-    set), else block-by-block. Raises InvalidSpec when the chosen mode does not fit the budgets."""
+    set), else block-by-block. With two GPUs or more (`devices`: each one's name and free bytes, the job's device
+    first) `auto` takes multi-device when in memory does not fit the first GPU (its free memory, capped by the
+    device budget) and the placement over all of them fits. Raises InvalidSpec when the chosen mode does not fit
+    the budgets."""
     if execution not in EXECUTIONS:
         raise InvalidSpec(f"execution {execution!r} is not one of {', '.join(EXECUTIONS)}")
-    plans = {mode: plan_memory(cfg, work, mode, baseline=baseline, host_budget=host_budget) for mode in MODES}
+    plans = {mode: plan_memory(cfg, work, mode, baseline=baseline, host_budget=host_budget, devices=devices,
+                               device_budget=device_budget) for mode in MODES}
+    one_gpu = device_budget
+    if _spreads(work, devices):
+        assert devices is not None
+        one_gpu = devices[0][1] if device_budget is None else min(devices[0][1], device_budget)
     if execution != "auto":
         chosen = plans[execution]
-    elif fits(plans["in-memory"], host_budget, device_budget):
+    elif fits(plans["in-memory"], host_budget, one_gpu):
         chosen = plans["in-memory"]
+    elif _spreads(work, devices) and fits(plans["multi-device"], host_budget, device_budget):
+        chosen = plans["multi-device"]
+    elif fits(plans["in-memory"], host_budget, device_budget):
+        chosen = plans["in-memory"]  # no budget set: in memory, as on one GPU
     else:
         chosen = plans["block-by-block"]
     if fits(chosen, host_budget, device_budget):
@@ -220,6 +309,10 @@ def choose_mode(
     needs = f"host {format_size(chosen.host_peak)}"
     if chosen.device != "cpu":
         needs += f", device {format_size(chosen.device_peak)}"
+    if chosen.placement is not None and not chosen.placement.fits:
+        usable = ", ".join(f"{d.device} {format_size(d.usable)}" for d in chosen.placement.devices)
+        raise InvalidSpec(f"the model does not fit the devices ({usable}): {chosen.describe()}; multi-device mode "
+                          f"needs at least {format_size(sum(d.peak for d in chosen.placement.devices))} over them")
     raise InvalidSpec(f"the model does not fit the memory budget ({budgets}): {chosen.describe()}; "
                       f"{chosen.mode} mode needs at least {needs}")
 
@@ -273,11 +366,19 @@ def check_block_mode(spec: Any) -> None:
                           "statistics at once); the default sequential refit can")
 
 
-def spec_plan(spec: Any, cfg: dict[str, Any], *, device: str, baseline: int = DEFAULT_BASELINE) -> MemoryPlan:
-    """The plan a job spec runs with (its budgets and `execution`), or InvalidSpec when it cannot fit or block mode
-    cannot run it."""
+def spec_plan(
+    spec: Any, cfg: dict[str, Any], *, device: str, baseline: int = DEFAULT_BASELINE, devices: Devices | None = None,
+) -> MemoryPlan:
+    """The plan a job spec runs with (its budgets and `execution`; `devices`: the GPUs it may spread over), or
+    InvalidSpec when it cannot fit or its mode cannot run it. `auto` never spreads a job that multi-device mode
+    cannot run: it chooses as on one GPU."""
+    if spec.execution == "auto" and multi_device_refusal(spec) is not None:
+        devices = None
     plan = choose_mode(cfg, job_workload(spec, cfg, device), execution=spec.execution,
-                       host_budget=spec.max_host_memory, device_budget=spec.max_device_memory, baseline=baseline)
+                       host_budget=spec.max_host_memory, device_budget=spec.max_device_memory, baseline=baseline,
+                       devices=devices)
     if plan.mode == "block-by-block":
         check_block_mode(spec)
+    if plan.mode == "multi-device":
+        check_multi_device(spec)
     return plan

@@ -90,10 +90,11 @@ class JobSpecBase(BaseModel):
     max_host_memory: int | None = Field(
         None, description="budget of the process's host memory (peak RSS) in bytes (or a size such as 800MB)"
     )
-    execution: Literal["auto", "in-memory", "block-by-block"] = Field(
+    execution: Literal["auto", "in-memory", "block-by-block", "multi-device"] = Field(
         "auto",
         description="in-memory: the whole model on the device; block-by-block: one decoder block at a time, "
-        "weights read from safetensors; auto: in-memory unless it does not fit the budgets",
+        "weights read from safetensors; multi-device: the whole model spread over the visible GPUs; auto: "
+        "in-memory unless it does not fit the budgets (or, with several GPUs, the first GPU)",
     )
     export: str = Field(
         "compact",

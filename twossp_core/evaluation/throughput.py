@@ -56,8 +56,9 @@ def measure_throughput(
     def timed(adapter: ModelAdapter) -> float:
         _sync(input_ids.device)
         start = time.perf_counter()
-        adapter.head(decoder_output(adapter, input_ids))
+        logits = adapter.head(decoder_output(adapter, input_ids))
         _sync(input_ids.device)
+        _sync(logits.device)  # multi-device: the last device's work ends after the others' (it waits for their output)
         return time.perf_counter() - start
 
     for adapter in adapters.values():

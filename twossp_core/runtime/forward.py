@@ -38,7 +38,7 @@ def _chunk_nll(
     instead of the two a log-softmax needs (a few hundred MB per chunk for 128k-150k vocabularies).
     """
     logits = adapter.head(normed[:, start:end]).float()
-    targets = input_ids[:, start + 1 : end + 1].unsqueeze(-1)
+    targets = input_ids[:, start + 1 : end + 1].unsqueeze(-1).to(logits.device)  # multi-device: the head's device
     picked = logits.gather(-1, targets).squeeze(-1)
     peak = logits.amax(dim=-1, keepdim=True)
     logits.sub_(peak).exp_()
@@ -52,7 +52,7 @@ def nll_sum(adapter: ModelAdapter, normed: torch.Tensor, input_ids: torch.Tensor
     total = torch.zeros((), dtype=torch.float64, device=normed.device)
     seq = input_ids.shape[1]
     for start in range(0, seq - 1, LOGIT_CHUNK):
-        total += _chunk_nll(adapter, normed, input_ids, start, min(start + LOGIT_CHUNK, seq - 1))
+        total += _chunk_nll(adapter, normed, input_ids, start, min(start + LOGIT_CHUNK, seq - 1)).to(total.device)
     return float(total), int(input_ids.shape[0] * (seq - 1))
 
 
@@ -70,7 +70,7 @@ def nll_sum_until(
     seq = input_ids.shape[1]
     for start in range(0, seq - 1, LOGIT_CHUNK):
         end = min(start + LOGIT_CHUNK, seq - 1)
-        total += _chunk_nll(adapter, normed, input_ids, start, end)
+        total += _chunk_nll(adapter, normed, input_ids, start, end).to(total.device)
         if end < seq - 1 and give_up(float(total)):
             return float(total), int(input_ids.shape[0] * (seq - 1)), False
     return float(total), int(input_ids.shape[0] * (seq - 1)), True

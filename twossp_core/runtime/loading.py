@@ -65,33 +65,54 @@ def load_config(model_id: str) -> Any:
         raise ModelNotFound(f"cannot load model config for {model_id!r} as a {where}: {first}") from None
 
 
-def load_model(model_id: str, *, dtype: str = "float32", device: str = "cpu") -> tuple[Any, Any]:
-    """Return (model in eval mode on `device`, tokenizer). Pruned twossp directories load too."""
+def model_class(model_id: str, config: Any) -> Any:
+    """The class that builds the model of `config`: a pruned twossp directory's own, else the Auto class."""
     import transformers
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
+
+    if getattr(config, STRUCTURE_KEY, None):
+        base = getattr(transformers, (config.architectures or [""])[0], None)
+        if base is None:
+            raise ModelNotFound(f"{model_id}: unknown architecture {config.architectures!r} in config.json")
+        return pruned_class(base)
+    return AutoModelForCausalLM
+
+
+def empty_model(model_id: str, config: Any, dtype: torch.dtype) -> Any:
+    """The model's modules on the meta device (no memory)."""
+    cls = model_class(model_id, config)
+    with torch.device("meta"):
+        if getattr(config, STRUCTURE_KEY, None):
+            return cls._from_config(config, dtype=dtype)
+        return cls.from_config(config, dtype=dtype)
+
+
+def load_model(
+    model_id: str, *, dtype: str = "float32", device: str = "cpu", device_map: dict[str, Any] | None = None
+) -> tuple[Any, Any]:
+    """Return (model in eval mode on `device`, tokenizer). Pruned twossp directories load too. With `device_map`
+    (module name -> device, accelerate's form) every module is read onto its device instead (`device` is unused)."""
+    from transformers import AutoTokenizer
 
     quiet_transformers()
 
     config = load_config(model_id)
     check_supported(getattr(config, "model_type", None))
     torch_dtype = resolve_dtype(dtype)
-    target = resolve_device(device)
+    target = resolve_device(device) if device_map is None else None
     source = str(local_path(model_id)) if local_path(model_id).exists() else model_id
     kwargs: dict[str, Any] = {"dtype": torch_dtype, "trust_remote_code": False}
+    if device_map is not None:
+        kwargs["device_map"] = device_map
     try:
-        if getattr(config, STRUCTURE_KEY, None):
-            base = getattr(transformers, (config.architectures or [""])[0], None)
-            if base is None:
-                raise ModelNotFound(f"{model_id}: unknown architecture {config.architectures!r} in config.json")
-            model = pruned_class(base).from_pretrained(source, config=config, **kwargs)
-        else:
-            model = AutoModelForCausalLM.from_pretrained(source, config=config, **kwargs)
+        model = model_class(model_id, config).from_pretrained(source, config=config, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
     except OSError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelNotFound(f"cannot load {model_id!r}: {first}") from None
     tokenizer.model_max_length = int(1e30)  # we cut windows ourselves; silence the length warning
-    model.to(target)
+    if target is not None:
+        model.to(target)
     model.eval()
     model.config.use_cache = False
     return model, tokenizer

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import torch
+
 from twossp_core.memory import MemoryPlan, spec_plan
 from twossp_core.runtime.peaks import PeakMeter, current_rss
 
@@ -21,18 +23,39 @@ def model_config_dict(model_id: str) -> dict[str, Any]:
     return cfg if cfg is not None else load_config(model_id).to_dict()
 
 
+def visible_gpus(spec: Any) -> list[tuple[str, int]] | None:
+    """The GPUs a job may spread over, the current device first, with their free memory now; None for a job that
+    cannot spread (a CPU job, an execution other than auto and multi-device, one GPU with auto). Only then is
+    every visible GPU queried (which starts a CUDA context on each)."""
+    from twossp_core.runtime.loading import resolve_device
+
+    if resolve_device(spec.device).type != "cuda" or spec.execution not in ("auto", "multi-device"):
+        return None
+    count = torch.cuda.device_count()
+    if count < 2 and spec.execution == "auto":
+        return None
+    current = torch.cuda.current_device()
+    order = [current, *(i for i in range(count) if i != current)]
+    return [(f"cuda:{i}", int(torch.cuda.mem_get_info(i)[0])) for i in order]
+
+
 def job_plan(spec: Any) -> MemoryPlan:
     """The plan of `spec` on this machine (baseline: this process's RSS now); InvalidSpec when it cannot fit."""
     from twossp_core.runtime.loading import resolve_device
 
     device = resolve_device(spec.device).type
     plan = spec_plan(spec, model_config_dict(spec.model), device=device,
-                     baseline=(current_rss() or 0) + RUNTIME_ALLOWANCE)
+                     baseline=(current_rss() or 0) + RUNTIME_ALLOWANCE, devices=visible_gpus(spec))
     logger.info(plan.describe())
     return plan
 
 
 def load_for_plan(spec: Any, plan: MemoryPlan) -> tuple[Any, Any]:
+    if plan.mode == "multi-device":
+        from twossp_core.runtime.dispatch import load_multi_device
+
+        assert plan.placement is not None
+        return load_multi_device(spec.model, dtype=spec.dtype, placement=plan.placement)
     if plan.mode == "block-by-block":
         from twossp_core.runtime.offload import load_block_by_block, offloader_of
 

@@ -53,16 +53,25 @@ class PeakMeter:
             self.host_reset = True
         except OSError:
             pass
+        # every visible GPU's peak where there are several (a multi-device job spreads over them)
+        self.gpus = torch.cuda.device_count() if self.device.type == "cuda" else 0
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
+            if self.gpus > 1:
+                for index in range(self.gpus):
+                    torch.cuda.reset_peak_memory_stats(index)
 
     def measured(self) -> dict[str, Any]:
         device_peak = None
         if self.device.type == "cuda":
             device_peak = int(torch.cuda.max_memory_allocated(self.device))
-        return {
+        measured: dict[str, Any] = {
             "host_peak_rss": peak_rss(),
             "host_rss_at_start": self.start_rss,
             "host_peak_reset_at_start": self.host_reset,
             "device_peak_allocated": device_peak,
         }
+        if self.gpus > 1:
+            measured["device_peaks_allocated"] = {
+                f"cuda:{i}": int(torch.cuda.max_memory_allocated(i)) for i in range(self.gpus)}
+        return measured

@@ -57,7 +57,7 @@ def install_score_hooks(adapter: ModelAdapter, device: Any) -> tuple[list[torch.
 
     def make_hook(idx: int) -> Any:
         def hook(module: Any, args: tuple[Any, ...]) -> None:
-            sums[idx] += window_norms(args[0])
+            sums[idx] += window_norms(args[0]).to(sums[idx].device)  # multi-device: from the block's device
             if idx == last:
                 raise StopForward
         return hook
