@@ -7,7 +7,9 @@ block by block needs far less than the same model in memory). With `device: auto
 When no class holds the job as it asks and it leaves its budgets unset (`execution: auto`), the smallest class
 where it fits block by block takes it, with that class's memory written into the job as its budgets (so the
 worker runs it block by block instead of running out of memory). A model whose config the API cannot read (a hub
-id) goes to the largest class.
+id) goes to the largest class. A GPU class whose workers see several GPUs offers `memory` on each: a job that
+no GPU of it holds in memory may be planned spread over them (multi-device execution), and classes are ordered by
+their total GPU memory.
 """
 
 from __future__ import annotations
@@ -23,15 +25,22 @@ from twossp_core.memory import MemoryPlan, format_size, spec_plan
 class WorkerClass:
     queue: str
     device: str  # "cuda" or "cpu"
-    memory: int  # bytes offered to a job: the GPU's (cuda) or the host's (cpu)
+    memory: int  # bytes offered to a job: the GPU's (cuda; each GPU's) or the host's (cpu)
     host_memory: int  # bytes of host memory offered to a job
     workers: int = 1
+    gpus: int = 1  # GPUs a job may spread over (cuda)
 
     def describe(self) -> str:
         if self.device == "cuda":
-            return (f"'{self.queue}' (cuda, {format_size(self.memory)} device, "
-                    f"{format_size(self.host_memory)} host)")
+            each = f"{self.gpus} x {format_size(self.memory)}" if self.gpus > 1 else format_size(self.memory)
+            return f"'{self.queue}' (cuda, {each} device, {format_size(self.host_memory)} host)"
         return f"'{self.queue}' (cpu, {format_size(self.memory)} host)"
+
+    def devices(self) -> list[tuple[str, int]] | None:
+        """The GPUs a job may spread over, for the plan (None: one)."""
+        if self.device != "cuda" or self.gpus < 2:
+            return None
+        return [(f"cuda:{i}", self.memory) for i in range(self.gpus)]
 
 
 @dataclass(frozen=True)
@@ -45,8 +54,8 @@ class NoWorkerFits(Exception):
     """No advertised worker class can hold the job; the message states the need and the largest capacity."""
 
 
-def _size_key(cls: WorkerClass) -> tuple[int, int, str]:
-    return cls.memory, cls.host_memory, cls.queue
+def _size_key(cls: WorkerClass) -> tuple[int, int, int, str]:
+    return cls.memory * cls.gpus, cls.memory, cls.host_memory, cls.queue
 
 
 def job_device(spec: Any, cls: WorkerClass) -> str | None:
@@ -83,18 +92,20 @@ def choose_queue(spec: Any, cfg: dict[str, Any] | None, classes: list[WorkerClas
         )
     if cfg is None:
         return Route(max(usable, key=_size_key).queue, None)
-    plans: dict[str, MemoryPlan | InvalidSpec] = {}
+    plans: dict[Any, MemoryPlan | InvalidSpec] = {}
     fitting: list[tuple[WorkerClass, MemoryPlan, dict[str, int]]] = []
     misses: list[str] = []
     for cls in sorted(usable, key=_size_key):
         device = job_device(spec, cls)
         assert device is not None
-        if device not in plans:
+        devices = cls.devices() if device == "cuda" else None
+        key = (device, tuple(devices or ()))
+        if key not in plans:
             try:
-                plans[device] = spec_plan(spec, cfg, device=device)
+                plans[key] = spec_plan(spec, cfg, device=device, devices=devices)
             except InvalidSpec as exc:
-                plans[device] = exc
-        plan = plans[device]
+                plans[key] = exc
+        plan = plans[key]
         if isinstance(plan, InvalidSpec):
             misses.append(f"'{cls.queue}': {plan}")
             continue
@@ -113,7 +124,8 @@ def choose_queue(spec: Any, cfg: dict[str, Any] | None, classes: list[WorkerClas
         )
         return Route(cls.queue, plan, budgets)
     largest = max(usable, key=_size_key)
-    plan = plans[job_device(spec, largest) or "cpu"]
+    device = job_device(spec, largest) or "cpu"
+    plan = plans[(device, tuple((largest.devices() if device == "cuda" else None) or ()))]
     need = str(plan) if isinstance(plan, InvalidSpec) else _need(plan)
     raise NoWorkerFits(
         f"no worker class has the memory for this job: it needs {need}; the largest worker class is "

@@ -121,6 +121,10 @@ class Settings(BaseSettings):
     worker_host_memory: int | None = Field(
         None, description="host memory this worker offers a job (cuda workers; default: the machine's total)"
     )
+    worker_gpus: int | None = Field(
+        None, ge=1, le=64, description="GPUs a cuda worker may spread a job over (multi-device execution), each "
+        "offering worker_memory; default: the visible GPUs when the memory is detected, else 1",
+    )
     worker_advertise_interval_s: float = Field(30.0, gt=0, description="how often a worker renews its advertisement")
     worker_expiry_s: float = Field(
         3600.0, gt=0, description="a worker not seen this long no longer counts when jobs are routed"

@@ -20,14 +20,16 @@ class Advertisement:
     name: str  # the Celery node name
     queue: str
     device: str  # "cuda" or "cpu"
-    memory: int
+    memory: int  # the GPU's (each GPU's) or the host's
     host_memory: int
+    gpus: int = 1  # GPUs a job may spread over (cuda)
 
 
 def advertise(session: Session, ad: Advertisement, expiry_s: float) -> None:
     """Insert or renew the worker's row, and forget rows nobody renewed for `expiry_s`."""
     now = utcnow()
-    values = {"device": ad.device, "memory": ad.memory, "host_memory": ad.host_memory, "last_seen": now}
+    values = {"device": ad.device, "memory": ad.memory, "host_memory": ad.host_memory, "gpus": ad.gpus,
+              "last_seen": now}
     renewed = session.execute(
         update(Worker).where(Worker.name == ad.name, Worker.queue == ad.queue).values(**values)
     ).rowcount
@@ -43,8 +45,8 @@ def advertise(session: Session, ad: Advertisement, expiry_s: float) -> None:
 
 def worker_classes(session: Session, expiry_s: float) -> list[WorkerClass]:
     """The classes of the workers seen within `expiry_s`, one per queue. Workers of one queue that advertise
-    different figures count with the least of each (a job in the queue may land on any of them), and as `cpu`
-    unless all of them have a GPU."""
+    different figures count with the least of each (a job in the queue may land on any of them; GPUs included), and
+    as `cpu` unless all of them have a GPU."""
     since = utcnow() - timedelta(seconds=expiry_s)
     rows = session.scalars(select(Worker).where(Worker.last_seen >= since).order_by(Worker.queue)).all()
     by_queue: dict[str, list[Worker]] = {}
@@ -58,5 +60,6 @@ def worker_classes(session: Session, expiry_s: float) -> list[WorkerClass]:
         else:
             memory = min(w.memory for w in workers)
         host = min(w.host_memory for w in workers)
-        classes.append(WorkerClass(queue, device, memory, host, workers=len(workers)))
+        gpus = min(w.gpus for w in workers) if device == "cuda" else 1
+        classes.append(WorkerClass(queue, device, memory, host, workers=len(workers), gpus=gpus))
     return classes

@@ -24,7 +24,7 @@ from twossp_core.memory import format_size
 log = logging.getLogger(__name__)
 GPU_PROBE = (
     "import torch\n"
-    "print(torch.cuda.mem_get_info(0)[1] if torch.cuda.is_available() else 0)\n"
+    "print(torch.cuda.mem_get_info(0)[1] if torch.cuda.is_available() else 0, torch.cuda.device_count())\n"
 )
 GPU_PROBE_TIMEOUT_S = 300
 
@@ -32,39 +32,48 @@ GPU_PROBE_TIMEOUT_S = 300
 @dataclass(frozen=True)
 class Capacity:
     device: str  # "cuda" or "cpu"
-    memory: int  # the GPU's (cuda) or the host's (cpu)
+    memory: int  # the GPU's (cuda; each GPU's) or the host's (cpu)
     host_memory: int
+    gpus: int = 1  # GPUs a job may spread over (cuda)
 
 
-def probe_gpu_memory() -> int | None:
-    """Total memory of the first visible GPU, asked in a subprocess (so CUDA is never initialised here); None
-    when there is none or torch cannot tell."""
+def parse_probe(output: str) -> tuple[int, int] | None:
+    """(total memory of the first GPU, visible GPUs) from the probe's last line; None without a GPU."""
+    total, count = (int(part) for part in output.strip().splitlines()[-1].split())
+    return (total, max(count, 1)) if total else None
+
+
+def probe_gpu_memory() -> tuple[int, int] | None:
+    """Total memory of the first visible GPU and the number of visible GPUs, asked in a subprocess (so CUDA is
+    never initialised here); None when there is none or torch cannot tell."""
     try:
         out = subprocess.run(
             [sys.executable, "-c", GPU_PROBE], capture_output=True, text=True, timeout=GPU_PROBE_TIMEOUT_S,
             check=True,
         )
-        total = int(out.stdout.strip().splitlines()[-1])
+        return parse_probe(out.stdout)
     except (subprocess.SubprocessError, OSError, ValueError, IndexError) as exc:
         log.warning("could not ask torch for the GPU's memory: %s", exc)
         return None
-    return total or None
 
 
 def detect_capacity(settings: Settings) -> Capacity:
     """The worker's capacity from the settings, detected where they leave it open."""
     host = settings.worker_host_memory or psutil.virtual_memory().total
     gpu: int | None = None
+    gpus = 1
     if settings.worker_device == "cuda" and settings.worker_memory is not None:
         gpu = settings.worker_memory
     elif settings.worker_device != "cpu":
-        gpu = probe_gpu_memory()
-        if gpu is None and settings.worker_device == "cuda":
+        probed = probe_gpu_memory()
+        if probed is None and settings.worker_device == "cuda":
             raise RuntimeError("TWOSSP_WORKER_DEVICE=cuda but torch sees no GPU; set TWOSSP_WORKER_MEMORY")
-        if gpu is not None and settings.worker_memory is not None:
-            gpu = settings.worker_memory
+        if probed is not None:
+            gpu, gpus = probed
+            if settings.worker_memory is not None:
+                gpu, gpus = settings.worker_memory, 1
     if gpu is not None:
-        return Capacity("cuda", gpu, host)
+        return Capacity("cuda", gpu, host, settings.worker_gpus or gpus)
     memory = settings.worker_memory or host
     return Capacity("cpu", memory, memory)
 
@@ -91,9 +100,9 @@ class Advertiser(threading.Thread):
                     self.beat(db, capacity)
                     if first:
                         log.info(
-                            "advertised worker %s: queues %s, %s, memory %s, host memory %s", self.worker_name,
-                            ",".join(self.queues), capacity.device, format_size(capacity.memory),
-                            format_size(capacity.host_memory),
+                            "advertised worker %s: queues %s, %s, memory %s (%d GPU), host memory %s",
+                            self.worker_name, ",".join(self.queues), capacity.device, format_size(capacity.memory),
+                            capacity.gpus if capacity.device == "cuda" else 0, format_size(capacity.host_memory),
                         )
                         first = False
                 except Exception as exc:  # the database is down: try again at the next interval
@@ -110,7 +119,8 @@ class Advertiser(threading.Thread):
             for queue in self.queues:
                 advertise(
                     session,
-                    Advertisement(self.worker_name, queue, capacity.device, capacity.memory, capacity.host_memory),
+                    Advertisement(self.worker_name, queue, capacity.device, capacity.memory, capacity.host_memory,
+                                  capacity.gpus),
                     self.settings.worker_expiry_s,
                 )
 

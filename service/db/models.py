@@ -176,5 +176,6 @@ class Worker(Base):
     device: Mapped[str] = mapped_column(String(8))  # "cuda" or "cpu"
     memory: Mapped[int] = mapped_column(BigInteger)  # bytes: the GPU's (cuda) or the host's (cpu)
     host_memory: Mapped[int] = mapped_column(BigInteger)  # bytes of host memory
+    gpus: Mapped[int] = mapped_column(Integer, default=1, server_default="1")  # GPUs a job may spread over
     started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     last_seen: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)

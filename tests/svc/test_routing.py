@@ -29,7 +29,7 @@ from service.settings import Settings
 from service.workers import Advertisement, advertise, worker_classes
 from twossp_core.memory import format_size, spec_plan
 from twossp_core.spec import parse_spec, parse_sweep_spec
-from worker.advertise import detect_capacity
+from worker.advertise import detect_capacity, parse_probe
 from worker.maintenance import run_maintenance
 
 from .procs import Api, Proc, create_key, start_api, start_worker
@@ -122,6 +122,25 @@ def test_a_sweep_is_planned_in_memory_and_a_hub_model_goes_to_the_largest_class(
     assert route.queue == "large" and route.plan is None
 
 
+def test_a_class_with_several_gpus_holds_a_job_spread_over_them() -> None:
+    # 7B in float32 (about 31 GB in memory) fits no 24 GB GPU, but spreads over two of them
+    two = WorkerClass("l4x2", "cuda", 24 * GB, 512 * GB, gpus=2)
+    route = choose_queue(spec(), LLAMA_7B, [gpu("l4", 24), two])
+    assert route.queue == "l4x2" and route.budgets == {}
+    assert route.plan is not None and route.plan.mode == "multi-device" and route.plan.placement is not None
+    assert [d.device for d in route.plan.placement.devices] == ["cuda:0", "cuda:1"]
+    assert route.plan.device_peak <= 24 * GB
+    # with one GPU of each size, block by block on one GPU as before
+    assert choose_queue(spec(), LLAMA_7B, [gpu("l4", 24), gpu("l4-b", 24)]).plan.mode == "block-by-block"
+    # classes are ordered by their total GPU memory: a job one GPU holds goes to the class with one
+    assert choose_queue(spec(dtype="bfloat16"), LLAMA_7B, [two, gpu("l4", 24)]).queue == "l4"
+    assert choose_queue(spec(), LLAMA_7B, [two, gpu("h100", 80)]).queue == "l4x2"  # 48 GB in all < 80 GB
+    # a job that asks for multi-device is planned over the class's GPUs
+    forced = choose_queue(spec(execution="multi-device"), LLAMA_7B, [two])
+    assert forced.plan is not None and forced.plan.mode == "multi-device"
+    assert "2 x 24.00 GB device" in two.describe()
+
+
 # ---- what workers advertise ----------------------------------------------------------------------------------
 def test_capacity_from_settings_and_detected_host_memory() -> None:
     import psutil
@@ -131,6 +150,11 @@ def test_capacity_from_settings_and_detected_host_memory() -> None:
     assert detected.device == "cpu" and detected.memory == detected.host_memory == psutil.virtual_memory().total
     configured = detect_capacity(Settings(worker_device="cuda", worker_memory="80GB", worker_host_memory="1TB"))
     assert (configured.device, configured.memory, configured.host_memory) == ("cuda", 80 * GB, 10**12)
+    assert configured.gpus == 1
+    assert detect_capacity(Settings(worker_device="cuda", worker_memory="80GB", worker_gpus=4)).gpus == 4
+    # the probe's answer: the first GPU's total memory and the visible GPUs
+    assert parse_probe("85031714816 4\n") == (85031714816, 4)
+    assert parse_probe("0 0\n") is None
 
 
 def test_the_registry_keeps_recent_workers_one_class_per_queue(tmp_path: Path) -> None:
@@ -142,18 +166,22 @@ def test_the_registry_keeps_recent_workers_one_class_per_queue(tmp_path: Path) -
             advertise(session, Advertisement("a@h", "small", "cuda", 24 * GB, 64 * GB), expiry_s=60)
             advertise(session, Advertisement("b@h", "small", "cuda", 20 * GB, 128 * GB), expiry_s=60)
             advertise(session, Advertisement("c@h", "large", "cuda", 80 * GB, 256 * GB), expiry_s=60)
+            advertise(session, Advertisement("d@h", "multi", "cuda", 80 * GB, 512 * GB, gpus=4), expiry_s=60)
+            advertise(session, Advertisement("e@h", "multi", "cuda", 80 * GB, 512 * GB, gpus=2), expiry_s=60)
             advertise(session, Advertisement("a@h", "small", "cuda", 24 * GB, 64 * GB), expiry_s=60)  # renewal
             classes = {c.queue: c for c in worker_classes(session, expiry_s=60)}
         # a job in `small` may land on either worker: the class offers the least of each
         assert classes["small"] == WorkerClass("small", "cuda", 20 * GB, 64 * GB, workers=2)
-        assert classes["large"].memory == 80 * GB
+        assert classes["large"].memory == 80 * GB and classes["large"].gpus == 1
+        assert classes["multi"].gpus == 2  # the least any of its workers sees
         with db.session() as session:  # `large` was last seen two minutes ago
             session.execute(update(Worker).where(Worker.queue == "large").values(
                 last_seen=utcnow() - timedelta(seconds=120)))
             session.commit()
-            assert [c.queue for c in worker_classes(session, expiry_s=60)] == ["small"]
+            assert [c.queue for c in worker_classes(session, expiry_s=60)] == ["multi", "small"]
             advertise(session, Advertisement("a@h", "small", "cuda", 24 * GB, 64 * GB), expiry_s=60)
-            assert session.scalars(select(Worker.name).order_by(Worker.name)).all() == ["a@h", "b@h"]  # forgotten
+            assert session.scalars(select(Worker.name).order_by(Worker.name)).all() == [
+                "a@h", "b@h", "d@h", "e@h"]  # `large` forgotten
     finally:
         db.dispose()
 
