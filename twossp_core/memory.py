@@ -197,8 +197,8 @@ def placement_devices(
     work: Workload, devices: Devices | None, device_budget: int | None
 ) -> list[tuple[str, int | None]]:
     """The devices a multi-device plan fills and what each may use: the GPUs' free memory capped by the device
-    budget (per device). Without a device list (request checks, routing: the GPUs are not known there) one device
-    of the budget's size; a CPU job has the host alone."""
+    budget (per device). Without a device list (request checks, a routing class of one GPU) one device of the
+    budget's size; a CPU job has the host alone."""
     if work.device == "cpu":
         return [("cpu", None)]
     if not devices:
