@@ -124,6 +124,11 @@ class Workload:
     batch_size: int = 4  # windows per forward pass (evaluation batches; stage 1 uses fewer)
     record_windows: int = 1  # windows whose every block input is recorded (2SSP stage 2)
     device: str = "cpu"  # "cpu" or "cuda": where blocks compute
+    # 2ssp-refit. Sequential: windows whose hidden states it holds at a block boundary (pruned and dense paths, the
+    # block's outputs, one block's down-projection inputs), next to a copy of the dense blocks (in memory) or one
+    # dense block read from the checkpoint (block by block). Dense inputs: every block's statistics at once.
+    refit_windows: int = 0
+    refit_accumulators: bool = False
 
 
 Devices = Sequence[tuple[str, int]]  # the GPUs a job may spread over: (name, free bytes), the job's device first
@@ -206,6 +211,15 @@ def placement_devices(
     return [(name, free if device_budget is None else min(free, device_budget)) for name, free in devices]
 
 
+def _refit_states(shape: ModelShape, work: Workload) -> int:
+    """What 2ssp-refit holds besides the weights (upper bounds: K is at most the FFN width)."""
+    item = DTYPE_BYTES[work.dtype]
+    states = work.refit_windows * work.seq_len * (3 * shape.hidden + shape.intermediate) * item
+    if work.refit_accumulators:
+        states += shape.blocks * shape.intermediate * (shape.intermediate + shape.hidden) * 8
+    return states
+
+
 def plan_memory(
     cfg: dict[str, Any], work: Workload, mode: str, *, baseline: int = DEFAULT_BASELINE,
     host_budget: int | None = None, devices: Devices | None = None, device_budget: int | None = None,
@@ -221,9 +235,13 @@ def plan_memory(
     window_hidden = work.seq_len * shape.hidden * item
     transient = _batch_activations(shape, work, work.batch_size)
     records = work.record_windows * shape.blocks * window_hidden  # BlockRunner records (stage 2)
+    records += _refit_states(shape, work)
     on_cpu = work.device == "cpu"
     if mode == "in-memory":
         device_peak = weights + transient + records
+        # the refit's copies of the dense blocks stay on the host unless they take at most half of a GPU's free
+        # memory; on a CPU they are in the one host memory
+        device_peak += shape.blocks * block if on_cpu and work.refit_windows else 0
         device_peak += int(SLACK_FRACTION * device_peak)
         # the model is loaded on the host first (then moved to a GPU): while transformers loads it, the file's
         # mapped pages and the copied tensors are both in the process (measured: 1.62 x the weights at the peak)
@@ -245,8 +263,8 @@ def plan_memory(
                           placement=placement)
     if mode != "block-by-block":
         raise ValueError(mode)
-    # one block computing plus the next one being read; records kept on the device for stage 2
-    device_fixed = resident + 2 * block + transient + records
+    # one block computing plus the next one being read (and the refit's dense block); records on the device
+    device_fixed = resident + (3 if work.refit_windows else 2) * block + transient + records
     device_fixed += int(SLACK_FRACTION * device_fixed)
     host_fixed = baseline + (device_fixed if on_cpu else 2 * block)
     windows = max(work.calibration_windows, work.batch_size)
@@ -319,7 +337,7 @@ def choose_mode(
 
 def recorded_windows(method: str | None, options: dict[str, Any], calibration_windows: int) -> int:
     """Windows whose every block input a method records (BlockRunner) at once."""
-    if method == "2ssp":
+    if method in ("2ssp", "2ssp-refit"):  # stage 2
         return int(options.get("stage2_windows", 1))
     if method == "blockpruner":
         return int(options.get("windows", calibration_windows))
@@ -340,8 +358,12 @@ def job_workload(spec: Any, cfg: dict[str, Any], device: str) -> Workload:
     per_method = {spec.method: options} if hasattr(spec, "method") else options
     records = max([recorded_windows(m, per_method.get(m, {}) or {}, spec.calibration_windows)
                    for m in methods] or [0])
+    refit = [per_method.get("2ssp-refit", {}) or {}] if "2ssp-refit" in methods else []
+    dense_inputs = any(o.get("refit_inputs") == "dense" for o in refit)
     return Workload(dtype=spec.dtype, seq_len=seq_len, calibration_windows=spec.calibration_windows,
-                    record_windows=records, device=device)
+                    record_windows=records, device=device,
+                    refit_windows=spec.calibration_windows if refit and not dense_inputs else 0,
+                    refit_accumulators=dense_inputs)
 
 
 def check_block_mode(spec: Any) -> None:

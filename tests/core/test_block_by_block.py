@@ -216,3 +216,22 @@ def test_depth_methods_read_each_block_once_per_pass(models, method):
         outcomes.append(method_class(method)(method_config(method, {})).prune(ctx, 0.4))
     assert offloader.block_reads - before == 4  # the 4 blocks once each (reads for removal need none)
     assert _outcome_key(outcomes[0]) == _outcome_key(outcomes[1]) and outcomes[0].details == outcomes[1].details
+
+
+def test_2ssp_refit_plans_its_dense_copies_and_boundary_states(workdir):
+    from twossp_core.memory import model_shape, spec_plan
+
+    cfg = json.loads((workdir / "model" / "config.json").read_text())
+    shape = model_shape(cfg)
+    spec = _spec(workdir)
+    states = spec.calibration_windows * spec.seq_len * (3 * shape.hidden + shape.intermediate) * 4
+    # in memory: the weights, the copies of the dense blocks and the states at once (after the load's own peak)
+    refit = spec_plan(_spec(workdir, execution="in-memory", method="2ssp-refit"), cfg, device="cpu")
+    assert refit.host_peak >= refit.baseline + refit.weights + shape.blocks * refit.block + states
+    # block by block: one more block (the dense one read from the checkpoint) and the states
+    plain = spec_plan(_spec(workdir, execution="block-by-block"), cfg, device="cpu")
+    refit = spec_plan(_spec(workdir, execution="block-by-block", method="2ssp-refit"), cfg, device="cpu")
+    assert refit.host_peak - plain.host_peak >= refit.block + states
+    dense = spec_plan(_spec(workdir, method="2ssp-refit", options={"refit_inputs": "dense"}), cfg, device="cpu")
+    accumulators = shape.blocks * shape.intermediate * (shape.intermediate + shape.hidden) * 8
+    assert dense.host_peak - spec_plan(_spec(workdir), cfg, device="cpu").host_peak >= accumulators
