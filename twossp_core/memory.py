@@ -367,15 +367,11 @@ def job_workload(spec: Any, cfg: dict[str, Any], device: str) -> Workload:
 
 
 def check_block_mode(spec: Any) -> None:
-    """Refuse what block-by-block execution cannot do (yet): sweeps, exports other than compact, heal, methods that
-    edit weights outside the offloading hooks."""
+    """Refuse what block-by-block execution cannot do (yet): sweeps, heal, methods that edit weights outside the
+    offloading hooks. Every export format is written one block at a time (twossp_core/export)."""
     if hasattr(spec, "methods"):
         raise InvalidSpec("sweeps run in memory; the model needs block-by-block execution here: run twossp prune "
                           "once per method and sparsity, or raise the memory budget")
-    export = getattr(spec, "export", "compact")
-    if export != "compact":
-        raise InvalidSpec(f"export {export!r} is not available in block-by-block mode; use 'compact' (twossp export "
-                          "turns the result into another format on a machine where it fits)")
     if getattr(spec, "heal", None) is not None:
         raise InvalidSpec("heal trains the whole model at once and cannot run block by block; raise the memory budget "
                           "or prune without heal")

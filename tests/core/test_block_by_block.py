@@ -180,8 +180,7 @@ def test_too_small_budget_is_refused_before_loading(workdir, tmp_path, capsys):
 
 @pytest.mark.parametrize(("fields", "needle"), [
     ({"method": "slicegpt"}, "cannot run block by block"),
-    ({"export": "portable"}, "not available in block-by-block mode"),
-    ({"export": "gguf"}, "not available in block-by-block mode"),
+    ({"heal": {}}, "heal trains the whole model"),
     ({"method": "2ssp-refit", "options": {"refit_inputs": "dense"}}, "refit_inputs=dense cannot run block by block"),
 ])
 def test_block_mode_refuses_what_it_cannot_do(workdir, tmp_path, fields, needle):

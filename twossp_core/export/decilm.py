@@ -6,7 +6,9 @@
 has `ffn_mult = 3W / (2 · hidden)`. The runtimes recover W as `int(2 · ffn_mult · hidden / 3)` rounded up to a
 multiple of 256, so only widths that are multiples of 256 are exact; any other width is refused (2SSP:
 `round_to=256`). The weights keep Llama's names; `configuration_decilm.py` and `modeling_decilm.py` (from
-`decilm_code/`) make the directory loadable by transformers with `trust_remote_code=True`.
+`decilm_code/`) make the directory loadable by transformers with `trust_remote_code=True`. The weights are written
+shard by shard (export/streamed.py, Hugging Face shard names and index), one decoder block at a time for a
+block-by-block model.
 """
 
 from __future__ import annotations
@@ -91,21 +93,17 @@ def export_decilm(
     model: Any, tokenizer: Any, out_dir: Path, metadata: dict[str, Any], options: BaseModel
 ) -> dict[str, Any]:
     """Write config.json, model.safetensors, the tokenizer, the two code files and the model card."""
-    from safetensors.torch import save_file
-
     from twossp_core.export.save import staged_into
+    from twossp_core.export.streamed import write_weights_by_block
     from twossp_core.models.registry import adapter_for
 
     if (getattr(model.config, STRUCTURE_KEY, None) or {}).get(SHORTCUT_KEY):
         raise InvalidSpec("export 'decilm' cannot hold a rotated-and-sliced model (slicegpt); use 'compact'")
     adapter = adapter_for(model)
     config = decilm_config(model, adapter, metadata)
-    state = {name: t.detach().contiguous().cpu() for name, t in model.state_dict().items()}
-    if config.get("tie_word_embeddings"):
-        state.pop("lm_head.weight", None)
     out_dir = Path(out_dir)
     with staged_into(out_dir) as tmp:
-        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        write_weights_by_block(model, tmp)  # tied embeddings once, as the embedding (DeciLM ties lm_head to it)
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
         generation = getattr(model, "generation_config", None)
         if generation is not None:
@@ -117,6 +115,6 @@ def export_decilm(
             shutil.copyfile(code_dir / name, tmp / name)
     write_card(out_dir, metadata, "decilm", model.config)
     context = config["max_position_embeddings"]
-    return {"stored_params": sum(t.numel() for t in state.values()), "layers": len(config["block_configs"]),
+    return {"stored_params": adapter.total_params(), "layers": len(config["block_configs"]),
             "context_length": context,
             "context_capped_by_sliding_window": context != model.config.max_position_embeddings}

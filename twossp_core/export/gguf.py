@@ -22,15 +22,17 @@ A block that lost both its attention and its FFN is an identity and is left out.
 f16, bf16 or q8_0 (norms and other vectors stay f32; under q8_0 a matrix whose rows are not a multiple of 32
 values is stored in f16, as llama.cpp's own converter does).
 
-The writer takes the tensors block by block (`gguf_tensors`), so a source that holds one block at a time can
-feed it the same way.
+Every tensor is planned first (`gguf_tensors`: name, shape and how to compute it) and the header, which holds each
+tensor's type and offset, is written from the plan; then the data follows one tensor at a time, each block's read
+just before its tensors are written. So no more than one block is held at once, and a block-by-block model
+(`runtime/offload.py`) writes the same file as the in-memory one.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,7 @@ from twossp_core.export.card import write_card
 from twossp_core.export.context import exported_context
 from twossp_core.export.gguf_vocab import gguf_vocab, write_vocab
 from twossp_core.export.remote_modeling import SHORTCUT_KEY, STRUCTURE_KEY
+from twossp_core.export.streamed import materialise
 
 GGUF_FILE = "model.gguf"
 ZERO_FFN_WIDTH = 1
@@ -129,12 +132,48 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().to(device="cpu", dtype=torch.float32).contiguous().numpy()
 
 
-def gguf_tensors(adapter: Any, plans: list[LayerPlan]) -> Iterator[tuple[str, np.ndarray]]:
-    """(GGUF name, float32 array in the torch [out, in] shape) for every tensor, block by block."""
+@dataclass(frozen=True)
+class GGUFTensor:
+    """One tensor of the file, known before its data: the name, the float32 shape in torch's [out, in] order, and
+    how to compute the array (called once, when `layer`, the decoder block it comes from, is in memory)."""
+
+    name: str
+    shape: tuple[int, ...]
+    value: Callable[[], np.ndarray]
+    layer: Any = None
+
+
+def _constant(name: str, shape: tuple[int, ...], fill: float) -> GGUFTensor:
+    return GGUFTensor(name, shape, lambda: np.full(shape, fill, dtype=np.float32))
+
+
+def _from(name: str, module: Any, attr: str, layer: Any = None, *, heads: int = 0, pad: int = 0,
+          pad_dim: int = 0) -> GGUFTensor:
+    """`module.attr` (read when the value is computed: block by block, the parameter is replaced each time its
+    block is read), its q/k rows reordered for `heads` heads, `pad` zeros appended along `pad_dim`."""
+    shape = list(getattr(module, attr).shape)
+    if pad:
+        shape[pad_dim] += pad
+
+    def value() -> np.ndarray:
+        tensor = getattr(module, attr)
+        array = _np(_to_rope_pairs(tensor, heads) if heads else tensor)
+        if pad:
+            widths = [(0, 0)] * array.ndim
+            widths[pad_dim] = (0, pad)
+            array = np.pad(array, widths)
+        return array
+
+    return GGUFTensor(name, tuple(shape), value, layer)
+
+
+def gguf_tensors(adapter: Any, plans: list[LayerPlan]) -> list[GGUFTensor]:
+    """Every tensor of the file in order (float32 values in the torch [out, in] shape), block by block; no data is
+    read or computed until a tensor's `value` is called."""
     config = adapter.config
     hidden = int(config.hidden_size)
     n_head, n_kv = int(config.num_attention_heads), int(config.num_key_value_heads or config.num_attention_heads)
-    yield "token_embd.weight", _np(adapter.decoder.embed_tokens.weight)
+    tensors = [_from("token_embd.weight", adapter.decoder.embed_tokens, "weight")]
     q_name, k_name, v_name, o_name = adapter.attention_projs
     gate_name, up_name = adapter.up_projs
     for pos, plan in enumerate(plans):
@@ -142,55 +181,61 @@ def gguf_tensors(adapter: Any, plans: list[LayerPlan]) -> Iterator[tuple[str, np
         prefix = f"blk.{pos}"
         if plan.attention == "full":
             attn = adapter.attention(plan.source)
-            yield f"{prefix}.attn_norm.weight", _np(getattr(layer, adapter.attention_norms[0]).weight)
+            tensors.append(_from(f"{prefix}.attn_norm.weight", getattr(layer, adapter.attention_norms[0]), "weight",
+                                 layer))
             for proj, gguf_name, heads in ((q_name, "attn_q", n_head), (k_name, "attn_k", n_kv), (v_name, "attn_v", 0),
                                            (o_name, "attn_output", 0)):
                 linear = getattr(attn, proj)
-                weight, bias = linear.weight, linear.bias
-                if heads:
-                    weight = _to_rope_pairs(weight, heads)
-                    bias = _to_rope_pairs(bias, heads) if bias is not None else None
-                yield f"{prefix}.{gguf_name}.weight", _np(weight)
-                if bias is not None:
-                    yield f"{prefix}.{gguf_name}.bias", _np(bias)
+                tensors.append(_from(f"{prefix}.{gguf_name}.weight", linear, "weight", layer, heads=heads))
+                if linear.bias is not None:
+                    tensors.append(_from(f"{prefix}.{gguf_name}.bias", linear, "bias", layer, heads=heads))
         elif plan.attention == "zero-linear":
-            yield f"{prefix}.attn_norm.weight", np.ones(hidden, dtype=np.float32)
-            yield f"{prefix}.attn_output.weight", np.zeros((hidden, hidden), dtype=np.float32)
+            tensors.append(_constant(f"{prefix}.attn_norm.weight", (hidden,), 1.0))
+            tensors.append(_constant(f"{prefix}.attn_output.weight", (hidden, hidden), 0.0))
         if plan.zero_ffn:
-            yield f"{prefix}.ffn_norm.weight", np.ones(hidden, dtype=np.float32)
-            yield f"{prefix}.ffn_gate.weight", np.zeros((plan.n_ff, hidden), dtype=np.float32)
-            yield f"{prefix}.ffn_up.weight", np.zeros((plan.n_ff, hidden), dtype=np.float32)
-            yield f"{prefix}.ffn_down.weight", np.zeros((hidden, plan.n_ff), dtype=np.float32)
+            tensors.append(_constant(f"{prefix}.ffn_norm.weight", (hidden,), 1.0))
+            tensors.append(_constant(f"{prefix}.ffn_gate.weight", (plan.n_ff, hidden), 0.0))
+            tensors.append(_constant(f"{prefix}.ffn_up.weight", (plan.n_ff, hidden), 0.0))
+            tensors.append(_constant(f"{prefix}.ffn_down.weight", (hidden, plan.n_ff), 0.0))
         elif plan.n_ff:
             mlp = adapter.mlp(plan.source)
-            yield f"{prefix}.ffn_norm.weight", _np(getattr(layer, adapter.mlp_norms[0]).weight)
+            tensors.append(_from(f"{prefix}.ffn_norm.weight", getattr(layer, adapter.mlp_norms[0]), "weight", layer))
             pad = plan.n_ff - plan.width  # zero neurons: rows of gate/up (and their biases), columns of down
             for proj, gguf_name in ((gate_name, "ffn_gate"), (up_name, "ffn_up"), (adapter.down_proj, "ffn_down")):
                 linear = getattr(mlp, proj)
                 down = gguf_name == "ffn_down"
-                weight = _np(linear.weight)
-                if pad:
-                    weight = np.pad(weight, ((0, 0), (0, pad)) if down else ((0, pad), (0, 0)))
-                yield f"{prefix}.{gguf_name}.weight", weight
+                tensors.append(_from(f"{prefix}.{gguf_name}.weight", linear, "weight", layer, pad=pad,
+                                     pad_dim=1 if down else 0))
                 if linear.bias is not None:
-                    bias = _np(linear.bias)
-                    yield f"{prefix}.{gguf_name}.bias", bias if down or not pad else np.pad(bias, (0, pad))
-    yield "output_norm.weight", _np(adapter.decoder.norm.weight)
+                    tensors.append(_from(f"{prefix}.{gguf_name}.bias", linear, "bias", layer, pad=0 if down else pad))
+    tensors.append(_from("output_norm.weight", adapter.decoder.norm, "weight"))
     if not getattr(config, "tie_word_embeddings", False):
-        yield "output.weight", _np(adapter.model.lm_head.weight)
+        tensors.append(_from("output.weight", adapter.model.lm_head, "weight"))
+    return tensors
 
 
-def _encode(gguf: Any, array: np.ndarray, wanted: Any) -> tuple[np.ndarray, Any]:
-    """The stored array and its GGML type: vectors stay f32; q8_0 falls back to f16 for odd row lengths."""
+def stored_type(gguf: Any, shape: tuple[int, ...], wanted: Any) -> Any:
+    """The GGML type a tensor is stored in: vectors stay f32; q8_0 falls back to f16 for rows that are not a
+    multiple of its block (32 values)."""
     types = gguf.GGMLQuantizationType
-    if array.ndim < 2 or wanted == types.F32:
-        return array.astype(np.float32), types.F32
-    if wanted == types.F16:
-        return array.astype(np.float16), types.F16
-    try:
-        return gguf.quants.quantize(array, wanted), wanted
-    except gguf.QuantError:
-        return array.astype(np.float16), types.F16
+    if len(shape) < 2 or wanted == types.F32:
+        return types.F32
+    block, _ = gguf.GGML_QUANT_SIZES[wanted]
+    return wanted if shape[-1] % block == 0 else types.F16
+
+
+def stored_bytes(gguf: Any, shape: tuple[int, ...], qtype: Any) -> int:
+    block, size = gguf.GGML_QUANT_SIZES[qtype]
+    return math.prod(shape) // block * size
+
+
+def _encode(gguf: Any, array: np.ndarray, qtype: Any) -> np.ndarray:
+    types = gguf.GGMLQuantizationType
+    if qtype == types.F32:
+        return array.astype(np.float32)
+    if qtype == types.F16:
+        return array.astype(np.float16)
+    return gguf.quants.quantize(array, qtype)
 
 
 WEIGHT_TYPES = {"f32": ("F32", "ALL_F32"), "f16": ("F16", "MOSTLY_F16"), "bf16": ("BF16", "MOSTLY_BF16"),
@@ -248,17 +293,23 @@ def write_gguf(
         write_vocab(writer, vocab)
         writer.add_string(METADATA_KEY, json.dumps(metadata, sort_keys=True, default=str))
 
-        stored = 0
+        tensors = gguf_tensors(adapter, plans)
+        stored = sum(math.prod(t.shape) for t in tensors)
         if rope["rope_type"] == "llama3":
             factors = _llama3_rope_factors(rope, head_dim, theta, int(config.max_position_embeddings))
-            writer.add_tensor("rope_freqs.weight", factors, raw_dtype=gguf.GGMLQuantizationType.F32)
-        for tensor_name, array in gguf_tensors(adapter, plans):
-            stored += array.size
-            data, qtype = _encode(gguf, array, wanted)
-            writer.add_tensor(tensor_name, data, raw_dtype=qtype)
+            tensors.insert(0, GGUFTensor("rope_freqs.weight", tuple(factors.shape), lambda: factors))
+        # every tensor's name, shape, type and offset go into the header first; then the data follows one tensor
+        # (one decoder block) at a time, so no more than a block is held, in memory or block by block
+        qtypes = [stored_type(gguf, t.shape, wanted) for t in tensors]
+        for tensor, qtype in zip(tensors, qtypes, strict=True):
+            writer.add_tensor_info(tensor.name, tensor.shape, np.dtype(np.float32),
+                                   stored_bytes(gguf, tensor.shape, qtype), raw_dtype=qtype)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
+        writer.write_ti_data_to_file()
+        for tensor, qtype in zip(tensors, qtypes, strict=True):
+            materialise(model, tensor.layer)
+            writer.write_tensor_data(_encode(gguf, tensor.value(), qtype))
     finally:
         writer.close()
     tmp.replace(path)

@@ -5,6 +5,10 @@ Every removed attention or FFN submodule is rebuilt as the base architecture's o
 zero: its output is exactly zero, as the removal's was, so the logits do not change. The FFN slicing (one width
 for every block) and deleted blocks are plain already. The price is storing the rebuilt submodules (reported);
 a rotated-and-sliced residual stream (SliceGPT) has no plain equivalent.
+
+Block by block (runtime/offload.py), each rebuilt block is an edit like FFN slicing: the block is read, gets its
+zero submodules, and goes to the scratch file when it leaves memory; the shards are then written one block at a
+time (export/streamed.py), so the export holds about one block, never the model.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from pydantic import BaseModel
 
 from twossp_core.errors import InvalidSpec
 from twossp_core.export.remote_modeling import SHORTCUT_KEY, STRUCTURE_KEY, decoder_layers
+from twossp_core.runtime.offload import editing_block
 
 KINDS = ("attention", "mlp")
 
@@ -32,18 +37,22 @@ def make_portable(model: Any) -> None:
     structure = dict(getattr(model.config, STRUCTURE_KEY, None) or {})
     if structure.get(SHORTCUT_KEY):
         raise NotPortable("a rotated-and-sliced model (slicegpt) has no plain equivalent; export it as 'compact'")
+    from twossp_core.models.registry import adapter_for
+
+    adapter = adapter_for(model)
     layers = decoder_layers(model)
-    ref = next(model.parameters())
+    ref = next(p for p in model.parameters() if not p.is_meta)  # block by block, the blocks' are on meta
     for kind in KINDS:
         names = [structure.get(f"{kind}_module"), *structure.get(f"{kind}_norms", [])]
         for idx in structure.get(f"removed_{kind}", []):
             layer = layers[idx]
-            fresh = type(layer)(model.config, idx).to(device=ref.device, dtype=ref.dtype)
-            module = getattr(fresh, names[0])
-            for param in module.parameters():
-                param.zero_()
-            for name in names:
-                setattr(layer, name, getattr(fresh, name))
+            with editing_block(adapter, idx):
+                fresh = type(layer)(model.config, idx).to(device=ref.device, dtype=ref.dtype)
+                module = getattr(fresh, names[0])
+                for param in module.parameters():
+                    param.zero_()
+                for name in names:
+                    setattr(layer, name, getattr(fresh, name))
     if hasattr(model.config, STRUCTURE_KEY):
         delattr(model.config, STRUCTURE_KEY)
 

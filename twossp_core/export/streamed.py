@@ -4,7 +4,9 @@ For a block-by-block (offloaded) model, whose blocks are never all in memory: th
 from the modules' shapes and dtypes before any data is written, then every tensor is streamed into its shard,
 each block read (or re-read from its edited copy) just before its tensors are written. Shards follow the Hugging
 Face layout (`model.safetensors`, or `model-0000i-of-0000n.safetensors` with `model.safetensors.index.json`),
-so the directory loads with `from_pretrained`. `write_weights_by_block(model, directory)` is the whole interface.
+so the directory loads with `from_pretrained`. `write_weights_by_block(model, directory)` writes them (the
+`compact` and `portable` formats through `save.save_pruned`, `decilm` directly), in memory and block by block
+alike; `materialise` is how the other writers (export/gguf.py) read a block before its tensors.
 """
 
 from __future__ import annotations
@@ -25,6 +27,14 @@ SAFETENSORS_DTYPES = {
     torch.bool: "BOOL",
 }
 INDEX_FILE = "model.safetensors.index.json"
+
+
+def materialise(model: nn.Module, layer: nn.Module | None) -> None:
+    """Read `layer`, a decoder block of a block-by-block model, into memory (freeing the block there before); nothing
+    for an in-memory model or a tensor of no block (`layer` None)."""
+    offloader = offloader_of(model)
+    if offloader is not None and layer is not None:
+        offloader.ensure(layer)
 
 
 def _owners(model: nn.Module, layers: nn.ModuleList) -> dict[str, nn.Module]:
@@ -50,8 +60,10 @@ def _header(entries: list[tuple[str, torch.dtype, tuple[int, ...], int]]) -> byt
 
 
 @torch.no_grad()
-def write_weights_by_block(model: nn.Module, directory: Path, *, shard_bytes: int = SHARD_BYTES) -> list[str]:
-    """Write every parameter of `model` (tied weights once) into `directory`; returns the shard file names."""
+def write_weights_by_block(model: nn.Module, directory: Path, *, shard_bytes: int | None = None) -> list[str]:
+    """Write every parameter of `model` (tied weights once) into `directory` in shards of at most `shard_bytes`
+    (default SHARD_BYTES); returns the shard file names."""
+    shard_bytes = shard_bytes or SHARD_BYTES
     offloader = offloader_of(model)
     layers = offloader.adapter.layers if offloader is not None else None
     owners = _owners(model, layers) if layers is not None else {}
@@ -76,9 +88,7 @@ def write_weights_by_block(model: nn.Module, directory: Path, *, shard_bytes: in
             fh.write(len(header).to_bytes(8, "little"))
             fh.write(header)
             for name, _, _, nbytes in shard:
-                owner = owners.get(name)
-                if owner is not None:
-                    offloader.ensure(owner)  # type: ignore[union-attr]
+                materialise(model, owners.get(name))
                 tensor = model.get_parameter(name).detach().to("cpu").contiguous()
                 if tensor.numel() * tensor.element_size() != nbytes:
                     raise RuntimeError(f"{name}: {tuple(tensor.shape)} does not match the planned shard entry")
