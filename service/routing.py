@@ -9,7 +9,8 @@ where it fits block by block takes it, with that class's memory written into the
 worker runs it block by block instead of running out of memory). A model whose config the API cannot read (a hub
 id) goes to the largest class. A GPU class whose workers see several GPUs offers `memory` on each: a job that
 no GPU of it holds in memory may be planned spread over them (multi-device execution), and classes are ordered by
-their total GPU memory.
+their total GPU memory. The worker lowers the budgets a job sets above its class's memory to that memory
+(`capped_budgets`, worker/runner.py), so a job that asks for more than the machine has is planned for what it has.
 """
 
 from __future__ import annotations
@@ -143,6 +144,14 @@ def class_budgets(spec: Any, cls: WorkerClass) -> dict[str, int]:
     if spec.max_device_memory is None and job_device(spec, cls) == "cuda":
         budgets["max_device_memory"] = cls.memory
     return budgets
+
+
+def capped_budgets(spec: Any, cls: WorkerClass) -> dict[str, int]:
+    """The budgets the job sets above what the class offers, lowered to the class's memory (the smaller of the
+    two): what a worker of the class runs the job with, so its plan and mode follow the machine's memory."""
+    offered = class_budgets(spec.model_copy(update={"max_host_memory": None, "max_device_memory": None}), cls)
+    return {name: size for name, size in offered.items()
+            if getattr(spec, name) is not None and getattr(spec, name) > size}
 
 
 def _block_by_block_fits(

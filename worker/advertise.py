@@ -78,6 +78,18 @@ def detect_capacity(settings: Settings) -> Capacity:
     return Capacity("cpu", memory, memory)
 
 
+_capacity: Capacity | None = None
+
+
+def worker_capacity(settings: Settings) -> Capacity:
+    """This worker's capacity, detected once per process: a pool process forked after the advertiser detected it
+    inherits it, the first ones detect it themselves."""
+    global _capacity
+    if _capacity is None:
+        _capacity = detect_capacity(settings)
+    return _capacity
+
+
 class Advertiser(threading.Thread):
     """Advertises the worker's queues at once, then renews them until stopped."""
 
@@ -88,7 +100,7 @@ class Advertiser(threading.Thread):
 
     def run(self) -> None:
         try:
-            capacity = detect_capacity(self.settings)
+            capacity = worker_capacity(self.settings)
         except Exception:
             log.exception("cannot tell this worker's memory; it is not advertised (jobs are not routed to it)")
             return

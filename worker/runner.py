@@ -31,6 +31,7 @@ from service.settings import Settings
 from service.store import ArtifactStore, make_store
 from twossp_core.local_inputs import redirected
 from twossp_core.stages import Stage
+from worker.advertise import Capacity
 from worker.inputs import pinned_inputs
 from worker.progress import ProgressTracker, job_stages
 
@@ -111,11 +112,13 @@ class JobRunner:
         db: Database | None = None,
         store: ArtifactStore | None = None,
         worker_id: str | None = None,
+        capacity: Capacity | None = None,
     ) -> None:
         self.settings = settings
         self.db = db or Database(settings)
         self.store = store or make_store(settings)
         self.worker_id = worker_id or default_worker_id()
+        self.capacity = capacity  # what this worker advertises: the budgets a job sets are capped at it
 
     def run(self, job_id: str, *, timeout_exceptions: tuple[type[BaseException], ...] = ()) -> str:
         """Run the job if it can be claimed; returns the final state, or "skipped"/"fenced"."""
@@ -259,14 +262,38 @@ class JobRunner:
             import torch  # torch is imported only here, in the process running the job
 
             torch.set_num_threads(self.settings.torch_threads)
-        if claim.kind == JobKind.sweep.value:
-            from twossp_core.spec import parse_sweep_spec
-            from twossp_core.sweep import run_sweep
+        from twossp_core.pipeline import REPORT_FILE, run_prune, write_json_atomic
+        from twossp_core.spec import parse_spec, parse_sweep_spec
+        from twossp_core.sweep import SWEEP_JSON, run_sweep
 
-            summary = run_sweep(parse_sweep_spec(claim.spec), out_dir, progress=progress, should_cancel=should_cancel)
+        sweep = claim.kind == JobKind.sweep.value
+        spec, caps = self.capped(parse_sweep_spec(claim.spec) if sweep else parse_spec(claim.spec))
+        if sweep:
+            summary = run_sweep(spec, out_dir, progress=progress, should_cancel=should_cancel)
+            if caps:
+                summary["capped_by_worker"] = caps
+                write_json_atomic(out_dir / SWEEP_JSON, summary)
             # the request is the job's spec and the files are in the manifest; the rest is the comparison
             return {k: v for k, v in summary.items() if k not in ("spec", "files")}
-        from twossp_core.pipeline import run_prune
-        from twossp_core.spec import parse_spec
+        report = run_prune(spec, out_dir, progress=progress, should_cancel=should_cancel)
+        if caps:
+            report["memory"]["capped_by_worker"] = caps
+            write_json_atomic(out_dir / REPORT_FILE, report)
+        return report
 
-        return run_prune(parse_spec(claim.spec), out_dir, progress=progress, should_cancel=should_cancel)
+    def capped(self, spec: Any) -> tuple[Any, dict[str, dict[str, int]]]:
+        """The spec with the budgets it sets above this worker's memory lowered to that memory, and what was
+        lowered (`{field: {"asked", "capped_to"}}`, kept in the report's `memory`)."""
+        if self.capacity is None:
+            return spec, {}
+        from service.routing import WorkerClass, capped_budgets
+
+        capacity = self.capacity
+        own = WorkerClass(self.settings.worker_queue or self.settings.celery_queue, capacity.device, capacity.memory,
+                          capacity.host_memory, gpus=capacity.gpus)
+        lowered = capped_budgets(spec, own)
+        if not lowered:
+            return spec, {}
+        caps = {name: {"asked": getattr(spec, name), "capped_to": size} for name, size in lowered.items()}
+        log.info("budgets above this worker's memory capped: %s", caps)
+        return spec.model_copy(update=lowered), caps

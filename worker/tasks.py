@@ -19,6 +19,7 @@ from celery.worker.request import Request
 from service import lifecycle
 from service.broker import RUN_JOB_TASK
 from service.db.session import Database
+from worker.advertise import worker_capacity
 from worker.celery_app import app
 from worker.runner import ClaimUnavailable, JobRunner
 
@@ -28,10 +29,17 @@ _main_db: Database | None = None
 
 
 def runner() -> JobRunner:
-    """One runner (DB engine, store client) per worker child, created after the fork."""
+    """One runner (DB engine, store client) per worker child, created after the fork; it runs jobs within the
+    memory this worker advertises."""
     global _runner
     if _runner is None:
-        _runner = JobRunner(app.conf.twossp_settings)
+        settings = app.conf.twossp_settings
+        try:
+            capacity = worker_capacity(settings)
+        except RuntimeError as exc:  # not advertised either (see worker/advertise.py): jobs run with their budgets
+            log.warning("cannot tell this worker's memory (%s); job budgets are not capped", exc)
+            capacity = None
+        _runner = JobRunner(settings, capacity=capacity)
     return _runner
 
 

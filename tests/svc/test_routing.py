@@ -19,17 +19,17 @@ from api.services.jobs import submit_job
 from service import lifecycle
 from service.broker import CeleryBroker
 from service.db.migrate import upgrade_head
-from service.db.models import Worker
+from service.db.models import Job, Worker
 from service.db.session import Database
 from service.db.types import utcnow
 from service.keys import create_key as new_key
 from service.keys import user_for_key
-from service.routing import NoWorkerFits, WorkerClass, choose_queue
+from service.routing import NoWorkerFits, WorkerClass, capped_budgets, choose_queue
 from service.settings import Settings
 from service.workers import Advertisement, advertise, worker_classes
 from twossp_core.memory import format_size, spec_plan
 from twossp_core.spec import parse_spec, parse_sweep_spec
-from worker.advertise import detect_capacity, parse_probe
+from worker.advertise import Capacity, detect_capacity, parse_probe
 from worker.maintenance import run_maintenance
 
 from .procs import Api, Proc, create_key, start_api, start_worker
@@ -139,6 +139,65 @@ def test_a_class_with_several_gpus_holds_a_job_spread_over_them() -> None:
     forced = choose_queue(spec(execution="multi-device"), LLAMA_7B, [two])
     assert forced.plan is not None and forced.plan.mode == "multi-device"
     assert "2 x 24.00 GB device" in two.describe()
+
+
+def test_a_worker_caps_the_budgets_a_job_sets_above_its_class_memory() -> None:
+    small = gpu("small", 16, host_gb=64)
+    asked = spec(max_device_memory="100GB", max_host_memory="1TB")
+    assert capped_budgets(asked, small) == {"max_device_memory": 16 * GB, "max_host_memory": 64 * GB}
+    # the smaller of the two: budgets under the class's memory stay, unset ones stay unset
+    assert capped_budgets(spec(max_device_memory="12GB", max_host_memory="1TB"), small) == {
+        "max_host_memory": 64 * GB}
+    assert capped_budgets(spec(max_device_memory="12GB"), small) == {}
+    # a CPU job on a GPU worker: its host budget against the host memory, no device budget of its own to cap
+    assert capped_budgets(spec(device="cpu", max_host_memory="1TB", max_device_memory="100GB"), small) == {
+        "max_host_memory": 64 * GB}
+    assert capped_budgets(spec(max_host_memory="1TB"), cpu("cpu", 32)) == {"max_host_memory": 32 * GB}
+    # capped, the 7B job that asked for 100 GB of GPU memory is planned block by block within the 16 GB
+    capped = asked.model_copy(update=capped_budgets(asked, small))
+    plan = spec_plan(capped, LLAMA_7B, device="cuda")
+    assert spec_plan(asked, LLAMA_7B, device="cuda").mode == "in-memory"
+    assert plan.mode == "block-by-block" and plan.device_peak <= 16 * GB
+
+
+def test_the_worker_runs_a_job_with_budgets_above_its_memory_within_its_memory(
+    tmp_path: Path, pg_url: str, redis_url: str, test_data: Path, stories_model: Path, stories_text: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A job asking for 1 TB of host memory, run by a worker advertising less than its in-memory plan: the worker
+    runs it block by block within its own memory and the report says what it capped."""
+    from twossp_core.runtime import modes
+    from worker.runner import JobRunner
+
+    monkeypatch.setattr(modes, "current_rss", lambda: 3 * 10**8)  # a fixed baseline: the model is below RSS noise
+    body = job_body(stories_model, stories_text, seq_len=128, calibration_windows=4, device="cpu",
+                    max_host_memory="1TB")
+    roomy = modes.job_plan(parse_spec(body))
+    tight = modes.job_plan(parse_spec({**body, "execution": "block-by-block"}))
+    assert roomy.mode == "in-memory" and tight.host_peak < roomy.host_peak
+    memory = (roomy.host_peak + tight.host_peak) // 2
+    settings = Settings(data_dir=tmp_path, database_url=pg_url, broker_url=redis_url,
+                        allowed_local_roots=[test_data], torch_threads=1)
+    db = Database(settings)
+    broker = CeleryBroker(redis_url, settings.celery_queue)
+    try:
+        with db.session() as session:
+            user = user_for_key(session, new_key(session, "alice"))
+            assert user is not None
+            job = submit_job(session, broker, settings, user, body, None).job
+        assert job.spec["max_host_memory"] == 10**12  # the API keeps what the job asks
+        runner = JobRunner(settings, db=db, capacity=Capacity("cpu", memory, memory))
+        assert runner.run(job.id) == "succeeded"
+        with db.session() as session:
+            stored = session.get(Job, job.id)
+            assert stored is not None
+            report = stored.report
+    finally:
+        broker.close()
+        db.dispose()
+    assert report["memory"]["mode"] == "block-by-block"
+    assert report["memory"]["budgets"]["max_host_memory"] == memory
+    assert report["memory"]["capped_by_worker"] == {"max_host_memory": {"asked": 10**12, "capped_to": memory}}
 
 
 # ---- what workers advertise ----------------------------------------------------------------------------------
