@@ -118,8 +118,10 @@ def main() -> None:
             "in-memory", "budget"]
         seconds: dict[str, dict[str, list[float]]] = {name: {"wall_s": [], "cpu_s": []} for name in options}
         runs: dict[str, dict[str, Any]] = {}
-        for name in order:
-            run = run_job(model_dir, root / name, spec, options[name])
+        outputs: dict[str, Path] = {}
+        for i, name in enumerate(order):
+            outputs[name] = root / f"{name}-{i}"
+            run = run_job(model_dir, outputs[name], spec, options[name])
             seconds[name]["wall_s"].append(run["wall_s"])
             seconds[name]["cpu_s"].append(run["cpu_s"])
             runs[name] = run
@@ -127,7 +129,7 @@ def main() -> None:
         same = {key: reports["in-memory"].get(key) == reports["budget"].get(key) for key in DECISION_KEYS}
         from safetensors.torch import load_file
 
-        exported = [load_file(root / name / "model.safetensors") for name in runs]
+        exported = [load_file(outputs[name] / "model.safetensors") for name in runs]
         same["exported_tensors"] = exported[0].keys() == exported[1].keys() and all(
             exported[0][k].equal(exported[1][k]) for k in exported[0])
         del exported
