@@ -33,3 +33,12 @@ def stories_model() -> Path:
 @pytest.fixture(scope="session")
 def stories_text() -> Path:
     return require_data("text", "tinystories-val-1000.txt")
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory):
+    """Tiny random llama, gemma2 and phi models saved as model directories (for loading from disk)."""
+    from tiny_models import save_tiny
+
+    root = tmp_path_factory.mktemp("saved-models")
+    return {family: save_tiny(family, root / family) for family in ("llama", "gemma2", "phi")}

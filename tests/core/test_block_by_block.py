@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tiny_models import save_tiny, tiny_workdir  # noqa: E402
+from tiny_models import tiny_workdir  # noqa: E402
 
 from twossp_core.cli import main  # noqa: E402
 from twossp_core.errors import InvalidSpec  # noqa: E402
@@ -25,12 +25,6 @@ from twossp_core.pruning.registry import method_class, method_config  # noqa: E4
 from twossp_core.runtime.loading import load_model  # noqa: E402
 from twossp_core.runtime.offload import load_block_by_block, offloader_of  # noqa: E402
 from twossp_core.spec import parse_spec  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bbb")
-    return {family: save_tiny(family, root / family) for family in ("llama", "gemma2", "phi")}
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tiny_models import save_tiny, tiny_workdir  # noqa: E402
+from tiny_models import tiny_workdir  # noqa: E402
 
 from twossp_core.errors import InvalidSpec  # noqa: E402
 from twossp_core.evaluation.perplexity import perplexity  # noqa: E402
@@ -29,12 +29,6 @@ from twossp_core.spec import parse_spec  # noqa: E402
 EVOPRESS = {"generations": 2, "offspring": 4, "initial_candidates": 4, "initial_tokens": 16,
             "selection_tokens": [16, 32], "selection_survivors": [2, 1]}
 TWO_GPUS = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("multi")
-    return {family: save_tiny(family, root / family) for family in ("llama", "gemma2", "phi")}
 
 
 @pytest.fixture(scope="module")
