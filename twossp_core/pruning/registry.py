@@ -48,9 +48,9 @@ METHODS: dict[str, MethodEntry] = {
         "twossp_core.pruning.twossp_refit.config:TwoSSPRefitConfig",
         "twossp_core.pruning.twossp_refit.method:TwoSSPRefit",
         "2SSP + refit: 2SSP, then a least-squares refit of every kept FFN's down projection (no training)",
-        # stage 1 usually runs inside the first refit pass (then "stage1" is skipped); the refit runs again after
-        # stage 2 when stage 2 removed attention modules
-        stages=(Stage("stage1", 20), Stage("refit", 10), Stage("stage2", 15), Stage("refit", 5)),
+        # by default stage 1 runs inside the first refit pass, which then reports as "stage1" and completes the first
+        # "refit" with it; the refit runs again after stage 2 when stage 2 removed attention modules
+        stages=(Stage("stage1", 25), Stage("refit", 5), Stage("stage2", 15), Stage("refit", 5)),
         preflight="twossp_core.pruning.twossp.balance:check_feasible",
     ),
     "shortgpt": MethodEntry(

@@ -49,7 +49,10 @@ class TwoSSPRefit(TwoSSP):
             dense_layers = DenseBlocks.of(adapter)
             cost.update(_sequential_memory(ctx, dense_layers, plan.kept_neurons, residual))
             calls = capture_calls(adapter, ctx.calibration, cfg.batch_size)
-            blocks, scores = self._sequential(ctx, dense_layers, calls, slice_to=plan.kept_neurons)
+            # progress: the pass is stage 1 (its dense forward), and the first refit is done with it
+            blocks, scores = self._sequential(ctx, dense_layers, calls, slice_to=plan.kept_neurons,
+                                              stage=stage1.STAGE)
+            ctx.reporter.update(refit.STAGE, 1.0)
             ctx.cache[SCORES_CACHE_KEY] = scores
         elif cfg.refit_inputs == "dense":
             keep = [top_k(s, plan.kept_neurons) for s in scores]

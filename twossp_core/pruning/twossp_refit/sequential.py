@@ -116,6 +116,7 @@ def sequential_refit(
     slice_to: int | None = None,
     kept: list[torch.Tensor | None] | None = None,
     start: int = 0,
+    stage: str = STAGE,
 ) -> tuple[list[BlockRefit], list[torch.Tensor] | None]:
     """Refit every remaining down projection of the (sliced, maybe attention-pruned) model in block order.
 
@@ -131,7 +132,8 @@ def sequential_refit(
     With `kept` (block i's kept neuron indices, from the dense blocks) every down projection is first reset to its
     sliced dense weight, so a repeated pass gives the refit of the structure it sees whatever ran before it; then
     blocks before `start`, whose inputs and targets a pass after stage 2 leaves unchanged (stage 2 removed no
-    attention before `start`), are only run, not refit again: their refit would be the same.
+    attention before `start`), are only run, not refit again: their refit would be the same. Progress goes to
+    `stage`.
     """
     reporter = reporter or Reporter()
     target = resolve_target(adapter, target)
@@ -180,7 +182,7 @@ def sequential_refit(
                         pruned[b] = (out.float() + activation.float() @ change.T).to(out.dtype)
                 del outputs, activations
         source.release(idx, dense_layer)
-        reporter.update(STAGE, (idx + 1) / blocks)
+        reporter.update(stage, (idx + 1) / blocks)
     if slice_to is not None:
         adapter.set_intermediate_size(slice_to)
     return results, scores
