@@ -24,14 +24,12 @@ from typing import Any
 from twossp_core.errors import InvalidSpec
 from twossp_core.models.counts import block_counts
 from twossp_core.placement import Part, Placement, check_multi_device, multi_device_refusal, place
+from twossp_core.pruning.registry import methods_running
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 MODES = ("in-memory", "block-by-block", "multi-device")
 EXECUTIONS = ("auto", *MODES)
 LOGIT_CHUNK = 512  # positions per LM-head chunk (twossp_core.runtime.forward.LOGIT_CHUNK)
-# methods whose every weight edit goes through runtime.offload.editing_block (or needs no weights), so they run
-# correctly on an offloaded model; others are refused in block-by-block mode instead of computing garbage
-BLOCK_BY_BLOCK_METHODS = ("2ssp", "2ssp-refit", "shortgpt", "window", "blockpruner", "evopress")
 # the least a process holds besides the plan's tensors (the Python interpreter with torch and transformers
 # imported, CPU build): used where the job's own process is not running (request checks, routing), so that only
 # a job that cannot fit anyway is refused; the job itself plans with its measured RSS
@@ -358,11 +356,11 @@ def job_workload(spec: Any, cfg: dict[str, Any], device: str) -> Workload:
     per_method = {spec.method: options} if hasattr(spec, "method") else options
     records = max([recorded_windows(m, per_method.get(m, {}) or {}, spec.calibration_windows)
                    for m in methods] or [0])
-    refit = [per_method.get("2ssp-refit", {}) or {}] if "2ssp-refit" in methods else []
-    dense_inputs = any(o.get("refit_inputs") == "dense" for o in refit)
+    refit = (per_method.get("2ssp-refit") or {}) if "2ssp-refit" in methods else None
+    dense_inputs = refit is not None and refit.get("refit_inputs") == "dense"
     return Workload(dtype=spec.dtype, seq_len=seq_len, calibration_windows=spec.calibration_windows,
                     record_windows=records, device=device,
-                    refit_windows=spec.calibration_windows if refit and not dense_inputs else 0,
+                    refit_windows=spec.calibration_windows if refit is not None and not dense_inputs else 0,
                     refit_accumulators=dense_inputs)
 
 
@@ -376,9 +374,10 @@ def check_block_mode(spec: Any) -> None:
         raise InvalidSpec("heal trains the whole model at once and cannot run block by block; raise the memory budget "
                           "or prune without heal")
     method = getattr(spec, "method", None)
-    if method is not None and method not in BLOCK_BY_BLOCK_METHODS:
+    allowed = methods_running("block-by-block")
+    if method is not None and method not in allowed:
         raise InvalidSpec(f"method {method!r} cannot run block by block (it edits weights across blocks); "
-                          f"block-by-block methods: {', '.join(BLOCK_BY_BLOCK_METHODS)}")
+                          f"block-by-block methods: {', '.join(allowed)}")
     if method == "2ssp-refit" and (getattr(spec, "options", None) or {}).get("refit_inputs") == "dense":
         raise InvalidSpec("2ssp-refit with refit_inputs=dense cannot run block by block (it holds every block's "
                           "statistics at once); the default sequential refit can")

@@ -25,11 +25,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from twossp_core.errors import InvalidSpec
+from twossp_core.pruning.registry import methods_running
 
 STRATEGY = "balanced"
-# methods whose computation follows each block's device (forward passes, the recorded block inputs, module and
-# block removal, FFN slicing in place); the others are refused in multi-device mode
-MULTI_DEVICE_METHODS = ("2ssp", "shortgpt", "window", "blockpruner", "evopress")
 
 
 @dataclass(frozen=True)
@@ -186,9 +184,10 @@ def multi_device_refusal(spec: Any) -> str | None:
         return ("heal trains the model on one device and cannot run in multi-device mode; prune without heal, or "
                 "heal the exported model where it fits")
     method = getattr(spec, "method", None)
-    if method is not None and method not in MULTI_DEVICE_METHODS:
+    allowed = methods_running("multi-device")
+    if method is not None and method not in allowed:
         return (f"method {method!r} cannot run in multi-device mode (it computes across all blocks on one device); "
-                f"multi-device methods: {', '.join(MULTI_DEVICE_METHODS)}")
+                f"multi-device methods: {', '.join(allowed)}")
     return None
 
 

@@ -34,6 +34,10 @@ class MethodEntry:
     # it (None otherwise); torch-free, run before a job is queued
     preflight: str | None = None
     exports: tuple[str, ...] = ALL_EXPORTS  # export formats a model pruned by this method can be saved in
+    # execution modes beside in-memory (twossp_core.memory): "block-by-block" when every weight edit goes through
+    # runtime.offload.editing_block (or needs no weights); "multi-device" when its computation follows each block's
+    # device (forward passes, recorded block inputs, module removal, FFN slicing in place)
+    modes: tuple[str, ...] = ("block-by-block", "multi-device")
 
 
 METHODS: dict[str, MethodEntry] = {
@@ -52,6 +56,7 @@ METHODS: dict[str, MethodEntry] = {
         # "refit" with it; the refit runs again after stage 2 when stage 2 removed attention modules
         stages=(Stage("stage1", 25), Stage("refit", 5), Stage("stage2", 15), Stage("refit", 5)),
         preflight="twossp_core.pruning.twossp.balance:check_feasible",
+        modes=("block-by-block",),  # its pass computes every block on the windows' device
     ),
     "shortgpt": MethodEntry(
         "twossp_core.pruning.shortgpt.config:ShortGPTConfig",
@@ -77,6 +82,7 @@ METHODS: dict[str, MethodEntry] = {
         "SliceGPT: PCA rotation and hidden-dimension slicing (sparsity = hidden fraction; llama only)",
         stages=(Stage("pca", 40), Stage("rotate", 10)),
         exports=("compact",),  # a rotated-and-sliced model has no plain-architecture equivalent
+        modes=(),  # it rotates weights across all blocks at once
     ),
     "evopress": MethodEntry(
         "twossp_core.pruning.evopress.config:EvoPressConfig",
@@ -101,6 +107,11 @@ def method_entry(name: str) -> MethodEntry:
     if entry is None:
         raise InvalidSpec(f"unknown method {name!r}; available: {', '.join(METHODS)}")
     return entry
+
+
+def methods_running(mode: str) -> list[str]:
+    """The methods that can run in an execution mode other than in-memory (MethodEntry.modes)."""
+    return [name for name, entry in METHODS.items() if mode in entry.modes]
 
 
 def method_preflight(name: str) -> Callable[..., int | None] | None:
