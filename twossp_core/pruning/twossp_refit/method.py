@@ -45,16 +45,7 @@ class TwoSSPRefit(TwoSSP):
         t0 = time.perf_counter()
         _reset_peak(ctx.calibration.device)
         dense_layers, calls, stats = None, None, None
-        if fused:
-            dense_layers = DenseBlocks.of(adapter)
-            cost.update(_sequential_memory(ctx, dense_layers, plan.kept_neurons, residual))
-            calls = capture_calls(adapter, ctx.calibration, cfg.batch_size)
-            # progress: the pass is stage 1 (its dense forward), and the first refit is done with it
-            blocks, scores = self._sequential(ctx, dense_layers, calls, slice_to=plan.kept_neurons,
-                                              stage=stage1.STAGE)
-            ctx.reporter.update(refit.STAGE, 1.0)
-            ctx.cache[SCORES_CACHE_KEY] = scores
-        elif cfg.refit_inputs == "dense":
+        if cfg.refit_inputs == "dense":
             keep = [top_k(s, plan.kept_neurons) for s in scores]
             stats = refit.accumulate(adapter, ctx.calibration, keep, batch_size=cfg.batch_size, reporter=ctx.reporter)
             stage1.apply_width(adapter, scores, plan.kept_neurons)
@@ -64,9 +55,16 @@ class TwoSSPRefit(TwoSSP):
         else:
             dense_layers = DenseBlocks.of(adapter)
             cost.update(_sequential_memory(ctx, dense_layers, plan.kept_neurons, residual))
-            stage1.apply_width(adapter, scores, plan.kept_neurons)
+            if not fused:
+                stage1.apply_width(adapter, scores, plan.kept_neurons)
             calls = capture_calls(adapter, ctx.calibration, cfg.batch_size)
-            if cfg.stage2_on_refit:
+            if fused:
+                # progress: the pass is stage 1 (its dense forward), and the first refit is done with it
+                blocks, scores = self._sequential(ctx, dense_layers, calls, slice_to=plan.kept_neurons,
+                                                  stage=stage1.STAGE)
+                ctx.reporter.update(refit.STAGE, 1.0)
+                ctx.cache[SCORES_CACHE_KEY] = scores
+            elif cfg.stage2_on_refit:
                 blocks, _ = self._sequential(ctx, dense_layers, calls)
         timings["stage1_refit_s" if fused else "refit_s"] += time.perf_counter() - t0
 
