@@ -98,7 +98,12 @@ class Offloader:
             return
         self.release()
         key = getattr(layer, BLOCK_KEY_ATTR)
-        edited = self.edited.get(key)
+        self._read_into(layer, self.edited.get(key))
+        self.resident = layer
+
+    def _read_into(self, layer: nn.Module, edited: dict[str, TensorEntry] | None = None) -> None:
+        """Read a block's weights onto the device: its edited copy when given, else the checkpoint's."""
+        key = getattr(layer, BLOCK_KEY_ATTR)
         for name, param in list(layer.named_parameters()):
             entry = edited.get(name) if edited is not None else self.entries.get(f"{self.prefix}{key}.{name}")
             if entry is None:
@@ -107,7 +112,6 @@ class Offloader:
                 raise RuntimeError(
                     f"block {key}: stored {name} has shape {entry.shape}, the module {tuple(param.shape)}")
             _set_parameter(layer, name, read_tensor(entry).to(device=self.device, dtype=param.dtype))
-        self.resident = layer
         self.block_reads += 1
 
     def release(self) -> None:
@@ -155,13 +159,7 @@ class Offloader:
         """A new block with `structure`'s modules and the checkpoint's weights for it (edits ignored), on the
         device; it is not managed by the offloader (the caller frees it)."""
         block = copy.deepcopy(structure)
-        key = getattr(block, BLOCK_KEY_ATTR)
-        for name, param in list(block.named_parameters()):
-            entry = self.entries.get(f"{self.prefix}{key}.{name}")
-            if entry is None:
-                raise ModelNotFound(f"block {key}: the checkpoint has no weights for {name}")
-            _set_parameter(block, name, read_tensor(entry).to(device=self.device, dtype=param.dtype))
-        self.block_reads += 1
+        self._read_into(block)
         return block
 
     def block_state(self, layer: nn.Module) -> dict[str, torch.Tensor]:
