@@ -2,17 +2,24 @@
 offers them, in the `workers` table (renewed every `worker_advertise_interval_s`), so the API routes each job to a
 class that can hold it.
 
-Runs in the worker's main process, which never imports torch: the GPU's memory comes from a short subprocess that
-asks `torch.cuda.mem_get_info` (only when it is not configured), the host's from psutil.
+The worker's main process, which never imports torch, detects its capacity before it forks the pool: the GPU's
+memory comes from a short subprocess that asks `torch.cuda.mem_get_info` (only when it is not configured), the
+host's from psutil. The advertisement itself is renewed by a small process of its own (`python -m worker.advertise`,
+started once the worker is ready), which stops with the worker.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import logging
+import os
+import signal
 import subprocess
 import sys
 import threading
-from dataclasses import dataclass
+import time
+from dataclasses import asdict, dataclass
 
 import psutil
 
@@ -82,65 +89,62 @@ _capacity: Capacity | None = None
 
 
 def worker_capacity(settings: Settings) -> Capacity:
-    """This worker's capacity, detected once per process: a pool process forked after the advertiser detected it
-    inherits it, the first ones detect it themselves."""
+    """This worker's capacity, detected once per process: the worker's main process detects it before it forks
+    the pool (`on_worker_init`), so pool processes inherit it; a process that has none detects it itself."""
     global _capacity
     if _capacity is None:
         _capacity = detect_capacity(settings)
     return _capacity
 
 
-class Advertiser(threading.Thread):
-    """Advertises the worker's queues at once, then renews them until stopped."""
-
-    def __init__(self, settings: Settings, name: str, queues: list[str]) -> None:
-        super().__init__(name="twossp-advertiser", daemon=True)
-        self.settings, self.worker_name, self.queues = settings, name, queues
-        self._halt = threading.Event()
-
-    def run(self) -> None:
-        try:
-            capacity = worker_capacity(self.settings)
-        except Exception:
-            log.exception("cannot tell this worker's memory; it is not advertised (jobs are not routed to it)")
-            return
-        db = Database(self.settings)
-        first = True
-        try:
-            while True:
-                try:
-                    self.beat(db, capacity)
-                    if first:
-                        log.info(
-                            "advertised worker %s: queues %s, %s, memory %s (%d GPU), host memory %s",
-                            self.worker_name, ",".join(self.queues), capacity.device, format_size(capacity.memory),
-                            capacity.gpus if capacity.device == "cuda" else 0, format_size(capacity.host_memory),
+def advertise_until_stopped(
+    settings: Settings, name: str, queues: list[str], capacity: Capacity, parent_pid: int, stop: threading.Event
+) -> None:
+    """Advertise at once, then every `worker_advertise_interval_s`, until `stop` is set or the process whose pid
+    is `parent_pid` (the worker) is gone; a database that is down is tried again at the next interval."""
+    db = Database(settings)
+    first = True
+    try:
+        while not stop.is_set() and os.getppid() == parent_pid:
+            try:
+                with db.session() as session:
+                    for queue in queues:
+                        advertise(
+                            session,
+                            Advertisement(name, queue, capacity.device, capacity.memory, capacity.host_memory,
+                                          capacity.gpus),
+                            settings.worker_expiry_s,
                         )
-                        first = False
-                except Exception as exc:  # the database is down: try again at the next interval
-                    log.warning("could not advertise worker %s: %s", self.worker_name, exc)
-                finally:
-                    db.engine.dispose()  # no connection stays open across the pool's forks
-                if self._halt.wait(self.settings.worker_advertise_interval_s):
+                if first:
+                    log.info(
+                        "advertised worker %s: queues %s, %s, memory %s (%d GPU), host memory %s",
+                        name, ",".join(queues), capacity.device, format_size(capacity.memory),
+                        capacity.gpus if capacity.device == "cuda" else 0, format_size(capacity.host_memory),
+                    )
+                    first = False
+            except Exception as exc:
+                log.warning("could not advertise worker %s: %s", name, exc)
+            deadline = time.monotonic() + settings.worker_advertise_interval_s
+            while time.monotonic() < deadline and os.getppid() == parent_pid:
+                if stop.wait(min(PARENT_CHECK_S, max(deadline - time.monotonic(), 0.0))):
                     return
-        finally:
-            db.dispose()
-
-    def beat(self, db: Database, capacity: Capacity) -> None:
-        with db.session() as session:
-            for queue in self.queues:
-                advertise(
-                    session,
-                    Advertisement(self.worker_name, queue, capacity.device, capacity.memory, capacity.host_memory,
-                                  capacity.gpus),
-                    self.settings.worker_expiry_s,
-                )
-
-    def stop(self) -> None:
-        self._halt.set()
+    finally:
+        db.dispose()
 
 
-_advertiser: Advertiser | None = None
+PARENT_CHECK_S = 1.0  # how often the advertiser checks that its worker still runs
+_advertiser: subprocess.Popen[bytes] | None = None
+
+
+def on_worker_init(**_: object) -> None:
+    """Detect the capacity in the worker's main process before the pool forks, so each pool process inherits it
+    (no pool process runs the GPU probe of its own)."""
+    from worker.celery_app import app
+
+    try:
+        worker_capacity(app.conf.twossp_settings)
+    except Exception:
+        log.exception("cannot tell this worker's memory; it is not advertised (jobs are not routed to it)")
 
 
 def consumer_queues(consumer: object) -> list[str]:
@@ -151,6 +155,9 @@ def consumer_queues(consumer: object) -> list[str]:
 
 
 def on_worker_ready(sender: object = None, **_: object) -> None:
+    """Start the advertiser in a process of its own. The worker's main process forks a pool process per job: a
+    thread of it importing modules or talking to the database while it forks could leave the new pool process
+    with a lock held by nobody, and the job it was given would never start."""
     global _advertiser
     from worker.celery_app import app
 
@@ -158,10 +165,41 @@ def on_worker_ready(sender: object = None, **_: object) -> None:
     if not queues:
         log.warning("cannot tell which queues this worker consumes; it is not advertised")
         return
-    _advertiser = Advertiser(app.conf.twossp_settings, str(getattr(sender, "hostname", "worker")), queues)
-    _advertiser.start()
+    if _capacity is None:  # on_worker_init logged why
+        return
+    command = [sys.executable, "-m", "worker.advertise", "--name", str(getattr(sender, "hostname", "worker")),
+               "--parent", str(os.getpid()), "--capacity", json.dumps(asdict(_capacity))]
+    for queue in queues:
+        command += ["--queue", queue]
+    _advertiser = subprocess.Popen(command, env={**os.environ, **app.conf.twossp_settings.to_env()})
 
 
 def on_worker_shutdown(**_: object) -> None:
-    if _advertiser is not None:
-        _advertiser.stop()
+    if _advertiser is not None and _advertiser.poll() is None:
+        _advertiser.terminate()
+        try:
+            _advertiser.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            _advertiser.kill()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m worker.advertise", description=__doc__.splitlines()[0])
+    parser.add_argument("--name", required=True, help="the Celery node name")
+    parser.add_argument("--queue", action="append", required=True, help="a queue the worker consumes (repeat)")
+    parser.add_argument("--capacity", required=True, help="the worker's capacity (JSON)")
+    parser.add_argument("--parent", type=int, required=True, help="the worker's pid: advertise while it runs")
+    args = parser.parse_args(argv)
+    settings = Settings()
+    logging.basicConfig(level=settings.log_level,
+                        format="[%(asctime)s: %(levelname)s/Advertiser] %(message)s")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    advertise_until_stopped(settings, args.name, args.queue, Capacity(**json.loads(args.capacity)), args.parent,
+                            stop)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

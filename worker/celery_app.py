@@ -3,16 +3,17 @@
 One job per process (prefork pool, prefetch 1, a fresh child per job), late acks so a lost worker's message
 is redelivered, and Celery's soft/hard time limits from the settings. The parent process never imports
 torch, so CUDA is only ever initialised in the child running a job. Once ready, the worker advertises the queues it
-consumes and its memory (`worker/advertise.py`); without `-Q` it consumes `TWOSSP_WORKER_QUEUE`.
+consumes and its memory (`worker/advertise.py`, from a process of its own); without `-Q` it consumes
+`TWOSSP_WORKER_QUEUE`.
 """
 
 from __future__ import annotations
 
 from celery import Celery
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import worker_init, worker_ready, worker_shutdown
 
 from service.settings import Settings
-from worker.advertise import on_worker_ready, on_worker_shutdown
+from worker.advertise import on_worker_init, on_worker_ready, on_worker_shutdown
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -42,5 +43,6 @@ def make_celery(settings: Settings) -> Celery:
 
 
 app = make_celery(Settings())
+worker_init.connect(on_worker_init, weak=False)
 worker_ready.connect(on_worker_ready, weak=False)
 worker_shutdown.connect(on_worker_shutdown, weak=False)

@@ -14,6 +14,7 @@ import socket
 
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
+from celery.signals import worker_init
 from celery.worker.request import Request
 
 from service import lifecycle
@@ -57,17 +58,31 @@ class JobRequest(Request):
         super().on_timeout(soft, timeout)
         if soft or not self.args:
             return
-        global _main_db
         try:
-            if _main_db is None:
-                _main_db = Database(app.conf.twossp_settings)
             # the killed pool process's runner wrote worker_id = host:pid
-            with _main_db.session() as session:
+            with main_db().session() as session:
                 recorded = lifecycle.kill(session, str(self.args[0]), f"{socket.gethostname()}:{self.worker_pid}",
                                           "timeout")
             log.warning("job %s killed at its hard time limit (%ss); recorded: %s", self.args[0], timeout, recorded)
         except Exception:  # the reaper records it once the lease runs out
             log.exception("could not record the hard time-limit kill of job %s", self.args[0])
+        finally:
+            main_db().engine.dispose()  # no connection stays open across the pool's forks
+
+
+def main_db() -> Database:
+    """The main process's database (recording hard time-limit kills)."""
+    global _main_db
+    if _main_db is None:
+        _main_db = Database(app.conf.twossp_settings)
+    return _main_db
+
+
+@worker_init.connect(weak=False)
+def _create_main_db(**_: object) -> None:
+    """Created (no connection yet) before the pool forks: the database modules are imported by the main thread
+    then, never by a thread of the main process while it forks a pool process."""
+    main_db()
 
 
 class JobTask(Task):

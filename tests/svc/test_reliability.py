@@ -35,7 +35,10 @@ pytestmark = pytest.mark.reliability
 
 CONCURRENT_GETS = 200
 CONCURRENT_POSTS = 100
-P99_LIMIT_S = 2.0
+SMALL_BURST = 16
+# the slowest request of a big burst against its size times the per-request time of small bursts in the same run:
+# no convoy keeps it near 1; the deadlock held requests for the pool timeout, tens of times longer
+BURST_SCALING_LIMIT = 3.0
 
 
 def p99(values: list[float]) -> float:
@@ -83,14 +86,35 @@ def burst(base: str, key: str, requests: list[Any]) -> list[tuple[int, float, An
     return asyncio.run(_burst(base, key, requests))
 
 
-def report(what: str, results: list[tuple[int, float, Any]]) -> str:
+def small_burst_seconds(base: str, key: str, request: Any) -> float:
+    """The same run's yardstick for a burst (this machine's speed varies several-fold with its load): seconds per
+    request of a burst of SMALL_BURST, far below the thread and pool sizes (the median of five bursts)."""
+    spans = []
+    for _ in range(5):
+        results = burst(base, key, [request] * SMALL_BURST)
+        assert all(code < 500 for code, _, _ in results), results
+        spans.append(max(t for _, t, _ in results))
+    return statistics.median(spans) / SMALL_BURST
+
+
+def check_burst(what: str, results: list[tuple[int, float, Any]], per_request_s: float) -> str:
+    """The report line; the slowest request of the burst must finish within a few times what the small bursts
+    took per request: a burst served without convoys scales linearly with its size."""
+    bound = BURST_SCALING_LIMIT * per_request_s * len(results)
+    line = report(what, results, f"; bound {bound:.3f} s ({BURST_SCALING_LIMIT:g} x {len(results)} x "
+                  f"{per_request_s * 1000:.2f} ms per request in bursts of {SMALL_BURST})")
+    assert max(t for _, t, _ in results) < bound, line
+    return line
+
+
+def report(what: str, results: list[tuple[int, float, Any]], extra: str = "") -> str:
     times = [t for _, t, _ in results]
     codes: dict[int, int] = {}
     for code, _, _ in results:
         codes[code] = codes.get(code, 0) + 1
     line = (
         f"{what}: {len(results)} requests, statuses {dict(sorted(codes.items()))}, median "
-        f"{statistics.median(times):.3f} s, p99 {p99(times):.3f} s, max {max(times):.3f} s"
+        f"{statistics.median(times):.3f} s, p99 {p99(times):.3f} s, max {max(times):.3f} s{extra}"
     )
     print(line)
     return line
@@ -132,19 +156,22 @@ def test_concurrent_reads_and_idempotent_posts(served: tuple[Settings, str, str]
 
     # warm up (the pool opens its connections), then measure
     burst(base, key, [("GET", f"/jobs/{job_id}", None, {})] * settings.api_threads)
-    gets = burst(base, key, [("GET", f"/jobs/{job_id}", None, {})] * CONCURRENT_GETS)
-    line = report(f"{CONCURRENT_GETS} concurrent GET /jobs/{{id}}", gets)
+    get = ("GET", f"/jobs/{job_id}", None, {})
+    per_get = small_burst_seconds(base, key, get)
+    gets = burst(base, key, [get] * CONCURRENT_GETS)
+    line = check_burst(f"{CONCURRENT_GETS} concurrent GET /jobs/{{id}}", gets, per_get)
     assert all(code == 200 for code, _, _ in gets), line
-    assert p99([t for _, t, _ in gets]) < P99_LIMIT_S, line
     assert httpx.get(f"{base}/healthz", timeout=2).status_code == 200
 
+    # the yardstick replays one request (all but its first answer are 200), as all but one request of the burst do
+    replay = ("POST", "/jobs", job_body(stories_model, stories_text, seed=8), {"Idempotency-Key": "yardstick"})
+    per_post = small_burst_seconds(base, key, replay)
     body = job_body(stories_model, stories_text, seed=7)
     posts = burst(base, key, [("POST", "/jobs", body, {"Idempotency-Key": "same-request"})] * CONCURRENT_POSTS)
-    line = report(f"{CONCURRENT_POSTS} concurrent identical POST /jobs", posts)
+    line = check_burst(f"{CONCURRENT_POSTS} concurrent identical POST /jobs", posts, per_post)
     codes = sorted(code for code, _, _ in posts)
     assert codes == [200] * (CONCURRENT_POSTS - 1) + [202], line
     assert len({b["id"] for _, _, b in posts}) == 1
-    assert p99([t for _, t, _ in posts]) < P99_LIMIT_S, line
 
 
 # ---- the database pool and the database itself ----------------------------------------------------------

@@ -409,3 +409,36 @@ def test_jobs_go_to_the_worker_class_that_holds_them(
     assert ids[0] in small_log and ids[0] not in large_log
     assert ids[1] in large_log and ids[1] not in small_log
     assert alice.http.get("/jobs").json()["total"] == 4  # the refused job was never queued
+
+
+def test_the_advertiser_runs_in_a_process_of_its_own_and_stops_with_its_worker(
+    tmp_path: Path, pg_url: str, redis_url: str, test_data: Path
+) -> None:
+    """The worker's main process forks a pool process per job; the advertisement is renewed by a separate process
+    (no thread of the main process imports modules or talks to the database while it forks), which exits once its
+    worker is gone, even when the worker is killed."""
+    import os
+    import signal
+
+    import psutil
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    settings = Settings(data_dir=tmp_path / "data", database_url=pg_url, broker_url=redis_url,
+                        allowed_local_roots=[test_data])
+    worker = start_worker(settings, logs, queue="advertised", TWOSSP_WORKER_DEVICE="cpu",
+                          TWOSSP_WORKER_MEMORY=str(3 * GB))
+    try:
+        worker.wait_for_output("advertised worker", timeout=60)
+        db = Database(settings)
+        with db.session() as session:
+            rows = session.scalars(select(Worker).where(Worker.queue == "advertised")).all()
+            assert [(r.device, r.memory) for r in rows] == [("cpu", 3 * GB)]
+        db.dispose()
+        main = psutil.Process(worker.pid)
+        advertisers = [p for p in main.children() if "worker.advertise" in " ".join(p.cmdline())]
+        assert len(advertisers) == 1, [p.cmdline() for p in main.children()]
+        os.kill(worker.pid, signal.SIGKILL)  # the worker alone, not its process group
+        advertisers[0].wait(timeout=10)  # psutil.TimeoutExpired if it outlived its worker
+    finally:
+        worker.stop()
