@@ -171,3 +171,18 @@ def slow_model(tmp_path_factory: pytest.TempPathFactory, stories_model: Path) ->
     return out
 
 
+
+
+LOG_TAIL_CHARS = 4000
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    """A failed test that ran service processes shows the end of each one's log (they write under tmp_path)."""
+    report = yield
+    tmp_path = getattr(item, "funcargs", {}).get("tmp_path")
+    if report.failed and call.when == "call" and isinstance(tmp_path, Path):
+        for log in sorted(tmp_path.rglob("logs/*.log")):
+            text = log.read_text(errors="replace")
+            report.sections.append((f"log {log.name}", text[-LOG_TAIL_CHARS:]))
+    return report
