@@ -230,3 +230,46 @@ def test_gguf_job_block_by_block_writes_the_in_memory_file(tmp_path, method):
     report = _same_decisions(reports)
     assert report["export"]["architecture"] == "deci"  # removed submodules: per-layer structure
     _same_bytes(tmp_path / "in-memory", tmp_path / "block-by-block", [GGUF_FILE])
+
+
+@pytest.fixture(scope="module")
+def saved_compact(tmp_path_factory) -> Path:
+    """A pruned model saved compact (every kind of edit), wide enough that its in-memory and block-by-block export
+    plans lie tens of MB apart."""
+    root = tmp_path_factory.mktemp("saved")
+    model = tiny_model("llama", hidden_size=512, intermediate_size=2048, num_hidden_layers=8, vocab_size=8192,
+                       num_attention_heads=8, num_key_value_heads=8)
+    _prune_by_hand(model, 1024)
+    run_export("compact", model, tokenizer_for(8192), root / "compact", {"method": "test"}, None)
+    return root / "compact"
+
+
+@pytest.mark.parametrize("fmt", ["portable", "decilm"])
+def test_twossp_export_of_a_saved_directory_block_by_block(saved_compact, tmp_path, fmt, capsys):
+    """`twossp export` reads a saved directory one block at a time when told to, or when it does not fit
+    --max-host-memory: the files are the in-memory export's; a budget below even that is refused in one line."""
+    from twossp_core.cli import main
+    from twossp_core.export_cli import export_plan
+    from twossp_core.runtime.modes import RUNTIME_ALLOWANCE
+    from twossp_core.runtime.peaks import current_rss
+
+    base = ["export", "--model", str(saved_compact), "--format", fmt]
+    assert main([*base, "--out", str(tmp_path / "in-memory"), "--execution", "in-memory"]) == 0
+    assert f"{fmt} model written" in capsys.readouterr().out
+    assert main([*base, "--out", str(tmp_path / "forced"), "--execution", "block-by-block"]) == 0
+    assert "block-by-block" in capsys.readouterr().out
+    plan = export_plan(saved_compact, baseline=(current_rss() or 0) + RUNTIME_ALLOWANCE)
+    assert plan.in_memory - plan.block_by_block > 40 * 10**6
+    budget = (plan.in_memory + plan.block_by_block) // 2
+    assert main([*base, "--out", str(tmp_path / "auto"), "--max-host-memory", str(budget)]) == 0
+    captured = capsys.readouterr()
+    assert "block-by-block" in captured.out and "export memory plan (block-by-block)" in captured.err
+    for mode in ("forced", "auto"):
+        if fmt == "decilm":
+            _same_bytes(tmp_path / "in-memory", tmp_path / mode)
+        else:
+            _same_tensors(tmp_path / "in-memory", tmp_path / mode)
+    assert main([*base, "--out", str(tmp_path / "refused"), "--max-host-memory", "1MB"]) != 0
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "does not fit --max-host-memory 1.00 MB" in error[0]
+    assert not (tmp_path / "refused").exists() or not any((tmp_path / "refused").iterdir())

@@ -254,6 +254,7 @@ def load_block_by_block(model_id: str, *, dtype: str = "float32", device: str = 
         raise ModelNotFound(f"{model_id}: weights not found in the checkpoint: {', '.join(left[:5])}")
     model.eval()
     model.config.use_cache = False
+    model.config._name_or_path = model_id  # as from_pretrained records it (saved configs carry it)
     Offloader(adapter, entries, prefix, target)
     tokenizer = AutoTokenizer.from_pretrained(str(local), trust_remote_code=False)
     tokenizer.model_max_length = int(1e30)
