@@ -34,6 +34,7 @@ GPU_PROBE = (
     "print(torch.cuda.mem_get_info(0)[1] if torch.cuda.is_available() else 0, torch.cuda.device_count())\n"
 )
 GPU_PROBE_TIMEOUT_S = 300
+PARENT_CHECK_S = 1.0  # how often the advertiser checks that its worker still runs
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,6 @@ def advertise_until_stopped(
         db.dispose()
 
 
-PARENT_CHECK_S = 1.0  # how often the advertiser checks that its worker still runs
 _advertiser: subprocess.Popen[bytes] | None = None
 
 
