@@ -11,7 +11,8 @@ A job runs in one of three modes:
 
 `plan_memory` estimates, from the model's config.json alone, what each mode needs on the host and on the compute
 device (with a CPU device both are the same host memory); `choose_mode` picks the mode that fits the budgets
-(`in-memory` first) or refuses with the plan in the message.
+(`in-memory` first) or refuses with the plan in the message. A job with a heal runs in memory only: its plan counts
+the heal phase (twossp_core/heal/plan.py), and the job's peak is the larger of the pruning phase's and the heal's.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from twossp_core.errors import InvalidSpec
+from twossp_core.heal.plan import HealWorkload, heal_phase, heal_workload
 from twossp_core.models.counts import block_counts
 from twossp_core.placement import Part, Placement, check_multi_device, multi_device_refusal, place
 from twossp_core.pruning.registry import methods_running
@@ -127,6 +129,7 @@ class Workload:
     # dense block read from the checkpoint (block by block). Dense inputs: every block's statistics at once.
     refit_windows: int = 0
     refit_accumulators: bool = False
+    heal: HealWorkload | None = None  # the heal after pruning (in memory only)
 
 
 Devices = Sequence[tuple[str, int]]  # the GPUs a job may spread over: (name, free bytes), the job's device first
@@ -146,6 +149,9 @@ class MemoryPlan:
     activation_windows: int | None = None  # block mode: windows held on the host per pass (None: all)
     # multi-device: which parts run on which device and each device's peak (device_peak is the largest)
     placement: Placement | None = None
+    # in memory with a heal: the heal phase's peak on the compute device (with a CPU device: on the host, the
+    # baseline included); device_peak (host_peak on a CPU) is the larger of it and the pruning phase's
+    heal_peak: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -157,6 +163,8 @@ class MemoryPlan:
         if self.device != "cpu":
             peaks += f", peak device {format_size(self.device_peak)}"
         text = f"memory plan ({self.mode}): " + ", ".join(parts) + f"; {peaks}"
+        if self.heal_peak is not None:
+            text += f" (heal phase {format_size(self.heal_peak)}{' on the device' if self.device != 'cpu' else ''})"
         if self.placement is not None:
             text += f"; {self.placement.strategy} placement: {self.placement.describe()}"
         return text
@@ -241,11 +249,19 @@ def plan_memory(
         # memory; on a CPU they are in the one host memory
         device_peak += shape.blocks * block if on_cpu and work.refit_windows else 0
         device_peak += int(SLACK_FRACTION * device_peak)
+        heal_need = None
+        if work.heal is not None:  # a phase after pruning: the job's peak is the larger of the two
+            phase = heal_phase(shape, work.heal, item, LOAD_FACTOR)
+            # a GPU job's teacher loads through the host (the host peak below counts that load)
+            heal_need = phase.peak if on_cpu else phase.training
+            heal_need += int(SLACK_FRACTION * heal_need)
+            device_peak = max(device_peak, heal_need)
         # the model is loaded on the host first (then moved to a GPU): while transformers loads it, the file's
         # mapped pages and the copied tensors are both in the process (measured: 1.62 x the weights at the peak)
         host_peak = baseline + max(device_peak, LOAD_FACTOR * weights) if on_cpu else baseline + LOAD_FACTOR * weights
+        heal_peak = None if heal_need is None else heal_need + (baseline if on_cpu else 0)
         return MemoryPlan(mode, weights, block, weights, transient + records, baseline,
-                          host_peak, host_peak if on_cpu else device_peak, work.device)
+                          host_peak, host_peak if on_cpu else device_peak, work.device, heal_peak=heal_peak)
     if mode == "multi-device":
         parts, tied_head = model_parts(shape, work)
         placement = place(parts, placement_devices(work, devices, device_budget), slack=SLACK_FRACTION,
@@ -310,6 +326,8 @@ def choose_mode(
         one_gpu = devices[0][1] if device_budget is None else min(devices[0][1], device_budget)
     if execution != "auto":
         chosen = plans[execution]
+    elif work.heal is not None:
+        chosen = plans["in-memory"]  # a heal trains the whole model at once: in memory only
     elif fits(plans["in-memory"], host_budget, one_gpu):
         chosen = plans["in-memory"]
     elif _spreads(work, devices) and fits(plans["multi-device"], host_budget, device_budget):
@@ -330,7 +348,18 @@ def choose_mode(
         raise InvalidSpec(f"the model does not fit the devices ({usable}): {chosen.describe()}; multi-device mode "
                           f"needs at least {format_size(sum(d.peak for d in chosen.placement.devices))} over them")
     raise InvalidSpec(f"the model does not fit the memory budget ({budgets}): {chosen.describe()}; "
-                      f"{chosen.mode} mode needs at least {needs}")
+                      f"{chosen.mode} mode needs at least {needs}{_heal_advice(chosen, host_budget, device_budget)}")
+
+
+def _heal_advice(plan: MemoryPlan, host_budget: int | None, device_budget: int | None) -> str:
+    """What to change when the heal phase is what does not fit its budget."""
+    if plan.heal_peak is None:
+        return ""
+    budget = host_budget if plan.device == "cpu" else device_budget
+    if budget is None or plan.heal_peak <= budget:
+        return ""
+    return (f"; the heal phase alone needs {format_size(plan.heal_peak)}: lower heal.micro_batch_size or "
+            "heal.seq_len, or set heal.gradient_checkpointing or heal.params=lora (heal.loss=lm needs no teacher)")
 
 
 def recorded_windows(method: str | None, options: dict[str, Any], calibration_windows: int) -> int:
@@ -358,10 +387,11 @@ def job_workload(spec: Any, cfg: dict[str, Any], device: str) -> Workload:
                    for m in methods] or [0])
     refit = (per_method.get("2ssp-refit") or {}) if "2ssp-refit" in methods else None
     dense_inputs = refit is not None and refit.get("refit_inputs") == "dense"
+    heal = heal_workload(spec, seq_len, block_counts(cfg).blocks, int(limit) if limit else None)
     return Workload(dtype=spec.dtype, seq_len=seq_len, calibration_windows=spec.calibration_windows,
                     record_windows=records, device=device,
                     refit_windows=spec.calibration_windows if refit is not None and not dense_inputs else 0,
-                    refit_accumulators=dense_inputs)
+                    refit_accumulators=dense_inputs, heal=heal)
 
 
 def check_block_mode(spec: Any) -> None:
