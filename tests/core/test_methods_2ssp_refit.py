@@ -195,6 +195,36 @@ def test_the_pass_after_stage2_starts_at_the_first_changed_block():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
+def test_held_out_windows_count_in_no_statistics():
+    """stage2_holdout: the refit with the first window held out (inside a batch of two) is the refit on the other
+    windows alone, so stage 2 can judge removals on tokens the refit was not fit to."""
+    dense = tiny_model("llama")
+    windows = calibration(5, 24)
+    scores = stage1.neuron_scores(adapter_for(dense), windows)
+    held, alone = copy.deepcopy(dense), copy.deepcopy(dense)
+    for model in (held, alone):
+        stage1.apply_width(adapter_for(model), scores, 40)
+        adapter_for(model).remove_attention(1)
+    with_held, _ = sequential_refit(adapter_for(held), list(copy.deepcopy(dense.model.layers)), windows,
+                                    ridge=1e-3, batch_size=2, held_out=1)
+    without, _ = sequential_refit(adapter_for(alone), list(copy.deepcopy(dense.model.layers)), windows[1:],
+                                  ridge=1e-3, batch_size=1)
+    for got, want in zip(with_held, without, strict=True):
+        assert got.error_refit == pytest.approx(want.error_refit, rel=1e-9)
+        assert got.error_sliced == pytest.approx(want.error_sliced, rel=1e-9)
+    for a, b in zip(held.state_dict().values(), alone.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    everything = copy.deepcopy(dense)
+    stage1.apply_width(adapter_for(everything), scores, 40)
+    adapter_for(everything).remove_attention(1)
+    sequential_refit(adapter_for(everything), list(copy.deepcopy(dense.model.layers)), windows, ridge=1e-3,
+                     batch_size=2)
+    weight = adapter_for(held).down_projection(0).weight
+    assert not torch.equal(adapter_for(everything).down_projection(0).weight, weight)  # the held-out window counted
+    with pytest.raises(InvalidSpec, match="stage2_holdout"):
+        method_config("2ssp-refit", {"stage2_holdout": True, "refit_inputs": "dense"})
+
+
 def test_the_method_gives_the_same_prune_with_or_without_cached_scores():
     dense = tiny_model("llama")
     windows = calibration(4, 32)

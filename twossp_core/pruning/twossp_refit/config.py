@@ -2,7 +2,7 @@
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from twossp_core.pruning.twossp.config import TwoSSPConfig
 
@@ -29,3 +29,14 @@ class TwoSSPRefitConfig(TwoSSPConfig):
         description="run stage 2 on the refit model (its decisions may differ from 2ssp's); with sequential "
         "inputs the refit is then repeated on the final structure",
     )
+    stage2_holdout: bool = Field(
+        False,
+        description="sequential inputs only: stage 2's windows (the first stage2_windows calibration windows) are "
+        "left out of the refit's statistics, so stage 2 judges each removal on tokens the refit was not fit to",
+    )
+
+    @model_validator(mode="after")
+    def _check_holdout(self) -> "TwoSSPRefitConfig":
+        if self.stage2_holdout and self.refit_inputs != "sequential":
+            raise ValueError("stage2_holdout needs refit_inputs=sequential")
+        return self

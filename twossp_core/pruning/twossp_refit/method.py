@@ -95,6 +95,7 @@ class TwoSSPRefit(TwoSSP):
                 "inputs": cfg.refit_inputs,
                 "target": resolve_target(adapter, cfg.refit_target) if cfg.refit_inputs == "sequential" else "ffn",
                 "stage2_on_refit": cfg.stage2_on_refit,
+                "stage2_holdout": cfg.stage2_holdout,
                 "stage1_in_refit_pass": fused,
                 "seconds": timings["refit_s"],
                 "fraction_of_stage1": timings["refit_s"] / timings["stage1_s"] if timings["stage1_s"] else None,
@@ -113,7 +114,8 @@ class TwoSSPRefit(TwoSSP):
         cfg = self.config
         return sequential_refit(
             ctx.adapter, dense_layers, ctx.calibration, ridge=cfg.ridge, target=cfg.refit_target,
-            batch_size=cfg.batch_size, calls=calls, reporter=ctx.reporter, **options,
+            batch_size=cfg.batch_size, calls=calls, reporter=ctx.reporter,
+            held_out=cfg.stage2_windows if cfg.stage2_holdout else 0, **options,
         )
 
 

@@ -117,6 +117,7 @@ def sequential_refit(
     kept: list[torch.Tensor | None] | None = None,
     start: int = 0,
     stage: str = STAGE,
+    held_out: int = 0,
 ) -> tuple[list[BlockRefit], list[torch.Tensor] | None]:
     """Refit every remaining down projection of the (sliced, maybe attention-pruned) model in block order.
 
@@ -133,7 +134,7 @@ def sequential_refit(
     sliced dense weight, so a repeated pass gives the refit of the structure it sees whatever ran before it; then
     blocks before `start`, whose inputs and targets a pass after stage 2 leaves unchanged (stage 2 removed no
     attention before `start`), are only run, not refit again: their refit would be the same. Progress goes to
-    `stage`.
+    `stage`. The first `held_out` windows run through every block but count in no block's statistics.
     """
     reporter = reporter or Reporter()
     target = resolve_target(adapter, target)
@@ -172,7 +173,8 @@ def sequential_refit(
                         adapter.slice_ffn(idx, top_k(scores[idx], slice_to))
                         down = adapter.down_projection(idx)
                 before = down.weight.detach().clone() if target == "residual" else None
-                stats, outputs, activations = _block_statistics(adapter, idx, dense_layer, calls, pruned, dense, target)
+                stats, outputs, activations = _block_statistics(adapter, idx, dense_layer, calls, pruned, dense, target,
+                                                                held_out)
                 results.append(refit_block(down, idx, stats, ridge))
                 if before is None:  # the ffn target's families may normalise the FFN output: run the block again
                     _advance(layer, calls, idx, pruned)
@@ -218,10 +220,12 @@ def _block_statistics(
     pruned: list[torch.Tensor],
     dense: list[torch.Tensor],
     target: Target,
+    held_out: int = 0,
 ) -> tuple[NormalEquations, list[torch.Tensor], list[torch.Tensor]]:
     """Normal equations of block idx, with the block's outputs and down-projection inputs per batch (kept for the
     residual target only: with them the refit's effect on the outputs is one product, not another block pass);
-    for the residual target, `dense` holds the dense block's outputs already."""
+    for the residual target, `dense` holds the dense block's outputs already. The first `held_out` windows (in
+    batch order) are left out of the statistics."""
     down = adapter.down_projection(idx)
     seen: dict[str, torch.Tensor] = {}
 
@@ -241,8 +245,11 @@ def _block_statistics(
         handles.append(adapter.mlp(idx).register_forward_pre_hook(on_mlp_input, with_kwargs=True))
     try:
         with torch.inference_mode():
+            first = 0  # the first window of the batch
             for b, call in enumerate(calls):
                 out = block_output(layer(pruned[b], *call.args[idx], **call.kwargs[idx]))
+                skip = min(max(held_out - first, 0), out.shape[0])  # this batch's windows left out
+                first += out.shape[0]
                 # in float32 at least: a difference of residual states cancels most of their digits
                 if target == "residual":  # `dense` is already past the block (_advance_dense)
                     wanted = dense[b].float() - out.float() + seen["down_out"].float()
@@ -250,7 +257,8 @@ def _block_statistics(
                     wanted = dense_mlp(seen["mlp_in"]).float()
                 if down.bias is not None:
                     wanted = wanted - down.bias.float()
-                stats.add(seen["activation"], wanted)
+                if skip < out.shape[0]:
+                    stats.add(seen["activation"][skip:], wanted[skip:])
                 if target == "residual":
                     outputs.append(out)
                     activations.append(seen["activation"])
