@@ -129,6 +129,7 @@ class Workload:
     # dense block read from the checkpoint (block by block). Dense inputs: every block's statistics at once.
     refit_windows: int = 0
     refit_accumulators: bool = False
+    model_copies: int = 0  # whole copies of the model besides it (a sweep prunes a copy per run, in memory)
     heal: HealWorkload | None = None  # the heal after pruning (in memory only)
 
 
@@ -244,7 +245,7 @@ def plan_memory(
     records += _refit_states(shape, work)
     on_cpu = work.device == "cpu"
     if mode == "in-memory":
-        device_peak = weights + transient + records
+        device_peak = weights * (1 + work.model_copies) + transient + records
         # the refit's copies of the dense blocks stay on the host unless they take at most half of a GPU's free
         # memory; on a CPU they are in the one host memory
         device_peak += shape.blocks * block if on_cpu and work.refit_windows else 0
@@ -391,7 +392,7 @@ def job_workload(spec: Any, cfg: dict[str, Any], device: str) -> Workload:
     return Workload(dtype=spec.dtype, seq_len=seq_len, calibration_windows=spec.calibration_windows,
                     record_windows=records, device=device,
                     refit_windows=spec.calibration_windows if refit is not None and not dense_inputs else 0,
-                    refit_accumulators=dense_inputs, heal=heal)
+                    refit_accumulators=dense_inputs, heal=heal, model_copies=1 if hasattr(spec, "methods") else 0)
 
 
 def check_block_mode(spec: Any) -> None:

@@ -78,15 +78,18 @@ def effective_seq_len(spec: JobSpecBase, config: Any) -> int:
     return min(wanted, limit) if limit else wanted
 
 
-def prepare(spec: JobSpecBase, reporter: Reporter, *, with_calibration: bool = True) -> Workspace:
-    """Load the model and data, and measure the dense model."""
+def prepare(
+    spec: JobSpecBase, reporter: Reporter, *, with_calibration: bool = True, plan_spec: Any | None = None
+) -> Workspace:
+    """Load the model and data, and measure the dense model. The memory plan is `plan_spec`'s (a sweep's: it
+    holds a pruned copy besides the dense model), by default `spec`'s."""
     check_local_model(spec.model)
     sources = [*(spec.calibration_sources() if with_calibration else []), *spec.eval_sources()]
     check_data(sources, spec.doc_separator)
     require_hub_datasets(sorted({s.name for s in sources if s.is_hub and not Path(s.name).exists()}))
     torch.manual_seed(spec.seed)
     t0 = time.perf_counter()
-    plan = job_plan(spec)  # refuses a job that cannot fit its memory budgets before anything is loaded
+    plan = job_plan(plan_spec or spec)  # refuses a job that cannot fit its memory budgets before anything is loaded
     reporter.update("load", 0.0)
     model, tokenizer = load_for_plan(spec, plan)
     reporter.update("load", 1.0)

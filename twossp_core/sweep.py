@@ -104,7 +104,7 @@ def run_sweep(
     reporter = Reporter(progress, should_cancel)
     start = time.perf_counter()
     first = spec.prune_spec(spec.methods[0], spec.sparsities[0])
-    ws = prepare(first, reporter)
+    ws = prepare(first, reporter, plan_spec=spec)
     rows: list[dict[str, Any]] = []
     for method in spec.methods:
         for sparsity in spec.sparsities:

@@ -140,3 +140,35 @@ def test_progress_names_runs_and_cancel_stops(workdir, tmp_path):
     with pytest.raises(Cancelled):
         run_sweep(spec, tmp_path / "b", progress=lambda s, f: seen.append(s), should_cancel=should_cancel)
     assert not (tmp_path / "b" / "comparison.md").exists()
+
+
+def test_a_sweep_plans_the_pruned_copy_besides_the_dense_model(tmp_path):
+    """A sweep prunes a copy of the model for each run while the dense model stays loaded: its plan counts the
+    copy, and a budget that holds one prune but not the copy is refused before anything is loaded."""
+    from tiny_models import tiny_model, tokenizer_for
+
+    from twossp_core.memory import spec_plan
+    from twossp_core.runtime.modes import RUNTIME_ALLOWANCE, model_config_dict
+    from twossp_core.runtime.peaks import current_rss
+
+    model = tiny_model("llama", hidden_size=512, intermediate_size=1024, num_hidden_layers=8, vocab_size=8192,
+                       num_attention_heads=8, num_key_value_heads=8)
+    model.save_pretrained(tmp_path / "model")
+    tokenizer_for(8192).save_pretrained(tmp_path / "model")
+    (tmp_path / "text.txt").write_text((Path(__file__).read_text() + "\n") * 20)
+    weights = sum(p.numel() * 4 for p in model.parameters())
+    del model
+    body = {"model": str(tmp_path / "model"), "calibration": [str(tmp_path / "text.txt")],
+            "eval": [str(tmp_path / "text.txt")], "seq_len": 512, "calibration_windows": 8, "eval_windows": 2,
+            "measure_throughput": False, "device": "cpu", "methods": ["2ssp"], "sparsities": [0.5]}
+    cfg = model_config_dict(body["model"])
+    baseline = (current_rss() or 0) + RUNTIME_ALLOWANCE
+    sweep = parse_sweep_spec(body)
+    one = spec_plan(sweep.prune_spec("2ssp", 0.5), cfg, device="cpu", baseline=baseline)
+    both = spec_plan(sweep, cfg, device="cpu", baseline=baseline)
+    # the run's peak (dense model, copy, activations) outweighs loading the model (twice its weights)
+    assert both.host_peak - one.host_peak > 40 * 10**6 and weights > 40 * 10**6
+    budget = (one.host_peak + both.host_peak) // 2
+    with pytest.raises(InvalidSpec, match="sweeps run in memory.*raise the memory budget"):
+        run_sweep(parse_sweep_spec({**body, "max_host_memory": budget}), tmp_path / "o")
+    assert not (tmp_path / "o" / "comparison.json").exists()
