@@ -26,7 +26,7 @@ from twossp_core.errors import InvalidSpec
 from twossp_core.heal.plan import HealWorkload, heal_phase, heal_workload
 from twossp_core.models.counts import block_counts
 from twossp_core.placement import Part, Placement, check_multi_device, multi_device_refusal, place
-from twossp_core.pruning.registry import methods_running
+from twossp_core.pruning.registry import method_config, methods_running
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 MODES = ("in-memory", "block-by-block", "multi-device")
@@ -365,8 +365,9 @@ def _heal_advice(plan: MemoryPlan, host_budget: int | None, device_budget: int |
 
 def recorded_windows(method: str | None, options: dict[str, Any], calibration_windows: int) -> int:
     """Windows whose every block input a method records (BlockRunner) at once."""
-    if method in ("2ssp", "2ssp-refit"):  # stage 2
-        return int(options.get("stage2_windows", 1))
+    if method in ("2ssp", "2ssp-refit"):  # stage 2 (the method's default when the options leave it)
+        config: Any = method_config(method, options)
+        return min(int(config.stage2_windows), calibration_windows)
     if method == "blockpruner":
         return int(options.get("windows", calibration_windows))
     if method == "evopress":

@@ -5,11 +5,17 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from twossp_core.pruning.twossp.config import TwoSSPConfig
+from twossp_core.spec_limits import MAX_WINDOWS
 
 
 class TwoSSPRefitConfig(TwoSSPConfig):
     """2SSP's options (same defaults) plus the refit's; unknown keys are refused (extra="forbid" is inherited)."""
 
+    stage2_windows: int = Field(
+        8, ge=1, le=MAX_WINDOWS,
+        description="calibration windows used to rank attention removals (2ssp uses 1; on the refit model 8 "
+        "windows choose better: docs/methods.md)",
+    )
     ridge: float = Field(
         1e-3, ge=0.0,
         description="ridge strength: lambda = ridge x mean diagonal of A_K^T A_K, shrinking towards the sliced weights",
