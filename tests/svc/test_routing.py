@@ -117,7 +117,11 @@ def test_a_sweep_is_planned_in_memory_and_a_hub_model_goes_to_the_largest_class(
     sweep = parse_sweep_spec({"model": "/m", "methods": ["2ssp", "shortgpt"], "sparsities": [0.25, 0.5],
                               "seq_len": 2048, "dtype": "bfloat16"})
     classes = [gpu("small", 16), gpu("mid", 24), gpu("large", 80)]
-    assert choose_queue(sweep, LLAMA_7B, classes).queue == "mid"
+    # one prune of the 7B model in bfloat16 fits the 24 GB class; a sweep also holds a pruned copy beside the
+    # dense model (27 GB of weights), in memory: it goes to the 80 GB class, not block by block to a smaller one
+    assert choose_queue(sweep.prune_spec("2ssp", 0.5), LLAMA_7B, classes).queue == "mid"
+    route = choose_queue(sweep, LLAMA_7B, classes)
+    assert route.queue == "large" and route.plan is not None and route.plan.mode == "in-memory"
     route = choose_queue(spec(model="meta-llama/Llama-2-7b-hf"), None, classes)
     assert route.queue == "large" and route.plan is None
 
