@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twossp_core.errors import InvalidSpec
 from twossp_core.memory import LOAD_FACTOR, format_size, parse_size
+
+if TYPE_CHECKING:
+    from twossp_core.runtime.tensor_files import TensorEntry
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -26,7 +28,6 @@ def stored_dtype(config: dict[str, Any]) -> str:
     return value if value in DTYPES else "float32"
 
 
-_BLOCK_RE = re.compile(r"\.layers\.(\d+)\.")
 EXPORT_MODES = ("auto", "in-memory", "block-by-block")
 
 
@@ -66,17 +67,17 @@ class ExportPlan:
         return execution
 
 
-def export_plan(directory: Path, *, baseline: int) -> ExportPlan:
-    from twossp_core.runtime.tensor_files import index_directory
-
-    blocks: dict[int, int] = {}
+def export_plan(entries: dict[str, TensorEntry], prefix: str, *, baseline: int) -> ExportPlan:
+    """The plan of a model directory's safetensors index (`index_directory`), whose decoder blocks' tensors are
+    named `prefix` + block index + "." (`block_prefix`)."""
+    blocks: dict[str, int] = {}
     weights = 0
-    for name, entry in index_directory(directory).items():
+    for name, entry in entries.items():
         size = entry.end - entry.start
         weights += size
-        match = _BLOCK_RE.search(name)
-        if match is not None:
-            blocks[int(match[1])] = blocks.get(int(match[1]), 0) + size
+        if name.startswith(prefix):
+            block = name[len(prefix):].partition(".")[0]
+            blocks[block] = blocks.get(block, 0) + size
     in_blocks = sum(blocks.values())
     return ExportPlan(weights, max(blocks.values(), default=0), weights - in_blocks, baseline)
 
@@ -87,7 +88,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     from twossp_core.export.registry import export_options
     from twossp_core.pipeline import export_model
     from twossp_core.runtime.modes import RUNTIME_ALLOWANCE
+    from twossp_core.runtime.offload import block_prefix, load_block_by_block
     from twossp_core.runtime.peaks import current_rss
+    from twossp_core.runtime.tensor_files import index_directory
 
     source, out = Path(args.model), Path(args.out)
     config_path = source / "config.json"
@@ -99,13 +102,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     options = export_options(args.format, export_option_values(args)).model_dump()
     config = json.loads(config_path.read_text())
     budget = parse_size(args.max_host_memory) if args.max_host_memory is not None else None
-    plan = export_plan(source, baseline=(current_rss() or 0) + RUNTIME_ALLOWANCE)
+    baseline = (current_rss() or 0) + RUNTIME_ALLOWANCE
+    entries = index_directory(source)  # read once: the plan and a block-by-block load use it
+    plan = export_plan(entries, block_prefix(str(source)), baseline=baseline)
     mode = plan.choose(args.execution, budget)
     print(plan.describe(mode), file=sys.stderr)
     if mode == "block-by-block":
-        from twossp_core.runtime.offload import load_block_by_block
-
-        model, tokenizer = load_block_by_block(str(source), dtype=stored_dtype(config))
+        model, tokenizer = load_block_by_block(str(source), dtype=stored_dtype(config), entries=entries)
     else:
         model, tokenizer = load_pruned(source, dtype=stored_dtype(config))
     entry = export_model(model, tokenizer, out, config.get("twossp") or {}, args.format, options)

@@ -251,14 +251,17 @@ def test_twossp_export_of_a_saved_directory_block_by_block(saved_compact, tmp_pa
     from twossp_core.cli import main
     from twossp_core.export_cli import export_plan
     from twossp_core.runtime.modes import RUNTIME_ALLOWANCE
+    from twossp_core.runtime.offload import block_prefix
     from twossp_core.runtime.peaks import current_rss
+    from twossp_core.runtime.tensor_files import index_directory
 
     base = ["export", "--model", str(saved_compact), "--format", fmt]
     assert main([*base, "--out", str(tmp_path / "in-memory"), "--execution", "in-memory"]) == 0
     assert f"{fmt} model written" in capsys.readouterr().out
     assert main([*base, "--out", str(tmp_path / "forced"), "--execution", "block-by-block"]) == 0
     assert "block-by-block" in capsys.readouterr().out
-    plan = export_plan(saved_compact, baseline=(current_rss() or 0) + RUNTIME_ALLOWANCE)
+    plan = export_plan(index_directory(saved_compact), block_prefix(str(saved_compact)),
+                       baseline=(current_rss() or 0) + RUNTIME_ALLOWANCE)
     assert plan.in_memory - plan.block_by_block > 40 * 10**6
     budget = (plan.in_memory + plan.block_by_block) // 2
     assert main([*base, "--out", str(tmp_path / "auto"), "--max-host-memory", str(budget)]) == 0
@@ -273,3 +276,33 @@ def test_twossp_export_of_a_saved_directory_block_by_block(saved_compact, tmp_pa
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "does not fit --max-host-memory 1.00 MB" in error[0]
     assert not (tmp_path / "refused").exists() or not any((tmp_path / "refused").iterdir())
+
+
+def test_export_plan_finds_the_blocks_where_the_adapter_keeps_them(saved_compact, tmp_path, monkeypatch):
+    """The export plan sums each decoder block's tensors under the checkpoint prefix the family's adapter names: its
+    largest block and its resident tensors are those of the loaded model; a block-by-block export reads the
+    safetensors headers once."""
+    from twossp_core.cli import main
+    from twossp_core.export.load import load_pruned
+    from twossp_core.export_cli import export_plan, stored_dtype
+    from twossp_core.runtime import tensor_files
+    from twossp_core.runtime.offload import block_prefix
+
+    prefix = block_prefix(str(saved_compact))
+    assert prefix == "model.layers."
+    plan = export_plan(tensor_files.index_directory(saved_compact), prefix, baseline=0)
+    config = json.loads((saved_compact / "config.json").read_text())
+    model, _ = load_pruned(saved_compact, dtype=stored_dtype(config))
+    layers = adapter_for(model).layers
+    in_blocks = {id(p) for p in layers.parameters()}
+    sizes = [sum(p.numel() * p.element_size() for p in layer.parameters()) for layer in layers]
+    assert len(set(sizes)) > 1  # pruned unevenly: the largest block is one of them
+    assert plan.largest_block == max(sizes)
+    assert plan.resident == sum(p.numel() * p.element_size() for p in model.parameters() if id(p) not in in_blocks)
+
+    read = []
+    real = tensor_files.read_header
+    monkeypatch.setattr(tensor_files, "read_header", lambda path: read.append(path) or real(path))
+    out = tmp_path / "portable"
+    assert main(["export", "--model", str(saved_compact), "--out", str(out), "--execution", "block-by-block"]) == 0
+    assert sorted(read) == sorted(saved_compact.glob("*.safetensors"))

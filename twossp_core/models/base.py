@@ -71,6 +71,15 @@ class ModelAdapter:
         return self.decoder.layers
 
     @property
+    def layers_prefix(self) -> str:
+        """The layer list's name in the model and a dot, e.g. "model.layers.": the checkpoint stores block i's
+        weights under this prefix, i and the parameter's name in the block."""
+        for name, module in self.model.named_modules():
+            if module is self.layers:
+                return name + "."
+        raise RuntimeError("the decoder's layer list is not a submodule of the model")
+
+    @property
     def num_blocks(self) -> int:
         return len(self.layers)
 

@@ -195,39 +195,38 @@ def local_model_dir(model_id: str) -> Path:
         raise ModelNotFound(f"cannot download {model_id!r}: {first}") from None
 
 
-def _layers_prefix(model: nn.Module, layers: nn.ModuleList) -> str:
-    for name, module in model.named_modules():
-        if module is layers:
-            return name + "."
-    raise RuntimeError("the decoder's layer list is not a submodule of the model")
+def block_prefix(model_id: str) -> str:
+    """The checkpoint name prefix of a model's decoder blocks (e.g. "model.layers."), from its family's adapter on
+    the model built on the meta device from its config (no weights are read)."""
+    from twossp_core.models.registry import adapter_for, check_supported
+    from twossp_core.runtime.loading import empty_model, load_config, quiet_transformers
+
+    quiet_transformers()
+    config = load_config(str(local_model_dir(model_id)))
+    check_supported(getattr(config, "model_type", None))
+    return adapter_for(empty_model(model_id, config, torch.float32)).layers_prefix
 
 
 @torch.no_grad()
-def load_block_by_block(model_id: str, *, dtype: str = "float32", device: str = "cpu") -> tuple[Any, Any]:
-    """(model with offloaded blocks, tokenizer): see the module docstring."""
-    import transformers
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_block_by_block(
+    model_id: str, *, dtype: str = "float32", device: str = "cpu", entries: dict[str, TensorEntry] | None = None,
+) -> tuple[Any, Any]:
+    """(model with offloaded blocks, tokenizer): see the module docstring. `entries`: the model's safetensors
+    index when the caller has read it already (`index_directory`)."""
+    from transformers import AutoTokenizer
 
-    from twossp_core.export.remote_modeling import STRUCTURE_KEY, pruned_class
     from twossp_core.models.registry import adapter_for, check_supported
-    from twossp_core.runtime.loading import load_config, quiet_transformers, resolve_device, resolve_dtype
+    from twossp_core.runtime.loading import empty_model, load_config, quiet_transformers, resolve_device, resolve_dtype
 
     quiet_transformers()
     local = local_model_dir(model_id)
     config = load_config(str(local))
     check_supported(getattr(config, "model_type", None))
     torch_dtype, target = resolve_dtype(dtype), resolve_device(device)
-    entries = index_directory(local)
-    with torch.device("meta"):
-        if getattr(config, STRUCTURE_KEY, None):
-            base = getattr(transformers, (config.architectures or [""])[0], None)
-            if base is None:
-                raise ModelNotFound(f"{model_id}: unknown architecture {config.architectures!r} in config.json")
-            model = pruned_class(base)._from_config(config, dtype=torch_dtype)
-        else:
-            model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
+    if entries is None:
+        entries = index_directory(local)
+    model = empty_model(model_id, config, torch_dtype)
     adapter = adapter_for(model)
-    prefix = _layers_prefix(model, adapter.layers)
     in_blocks = {id(m) for m in adapter.layers.modules()}
     for module in model.modules():  # non-persistent buffers (rotary tables, embedding scales) are computed
         if id(module) not in in_blocks and any(b.is_meta for b in module.buffers(recurse=False)):
@@ -255,7 +254,7 @@ def load_block_by_block(model_id: str, *, dtype: str = "float32", device: str = 
     model.eval()
     model.config.use_cache = False
     model.config._name_or_path = model_id  # as from_pretrained records it (saved configs carry it)
-    Offloader(adapter, entries, prefix, target)
+    Offloader(adapter, entries, adapter.layers_prefix, target)
     tokenizer = AutoTokenizer.from_pretrained(str(local), trust_remote_code=False)
     tokenizer.model_max_length = int(1e30)
     return model, tokenizer
