@@ -382,12 +382,10 @@ def job_workload(spec: Any, cfg: dict[str, Any], device: str) -> Workload:
     seq_len = spec.seq_len or default_seq
     if limit:
         seq_len = min(seq_len, int(limit))
-    methods = [spec.method] if hasattr(spec, "method") else list(getattr(spec, "methods", []))
-    options = getattr(spec, "options", {}) or {}
-    per_method = {spec.method: options} if hasattr(spec, "method") else options
-    records = max([recorded_windows(m, per_method.get(m, {}) or {}, spec.calibration_windows)
-                   for m in methods] or [0])
-    refit = (per_method.get("2ssp-refit") or {}) if "2ssp-refit" in methods else None
+    per_method = spec.pruning().options
+    records = max([recorded_windows(m, options, spec.calibration_windows)
+                   for m, options in per_method.items()] or [0])
+    refit = per_method.get("2ssp-refit")
     dense_inputs = refit is not None and refit.get("refit_inputs") == "dense"
     heal = heal_workload(spec, seq_len, block_counts(cfg).blocks, int(limit) if limit else None)
     return Workload(dtype=spec.dtype, seq_len=seq_len, calibration_windows=spec.calibration_windows,

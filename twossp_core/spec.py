@@ -62,6 +62,19 @@ class DataSource:
         return cls(name=match["name"], start=start, end=end)
 
 
+@dataclass(frozen=True)
+class Pruning:
+    """What a job prunes with: each method with its options, and the target sparsities (one of each for a prune;
+    a sweep's, which it runs pair by pair; none for an evaluation)."""
+
+    options: dict[str, dict[str, Any]]  # method name -> its options, in the job's order
+    sparsities: list[float]
+
+    @property
+    def methods(self) -> list[str]:
+        return list(self.options)
+
+
 class JobSpecBase(BaseModel):
     """What every job on one model shares: the model, its data, precision, device and seed."""
 
@@ -151,6 +164,10 @@ class JobSpecBase(BaseModel):
     def shared_fields(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in JobSpecBase.model_fields}
 
+    def pruning(self) -> Pruning:
+        """The methods and sparsities the job prunes with (none: an evaluation)."""
+        return Pruning(options={}, sparsities=[])
+
 
 class PruneSpec(JobSpecBase):
     """A request to prune one model to one target sparsity with one method."""
@@ -172,6 +189,9 @@ class PruneSpec(JobSpecBase):
         from twossp_core.pruning.registry import method_config
 
         return method_config(self.method, self.options)
+
+    def pruning(self) -> Pruning:
+        return Pruning(options={self.method: self.options}, sparsities=[self.sparsity])
 
 
 class SweepSpec(JobSpecBase):
@@ -222,6 +242,9 @@ class SweepSpec(JobSpecBase):
     def prune_spec(self, method: str, sparsity: float) -> PruneSpec:
         """The single-run request one cell of the sweep corresponds to."""
         return PruneSpec(**self.shared_fields(), sparsity=sparsity, method=method, options=self.options[method])
+
+    def pruning(self) -> Pruning:
+        return Pruning(options={m: self.options.get(m) or {} for m in self.methods}, sparsities=list(self.sparsities))
 
 
 def parse_spec(data: dict[str, Any]) -> PruneSpec:

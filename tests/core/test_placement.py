@@ -8,6 +8,7 @@ import pytest
 from twossp_core.errors import InvalidSpec
 from twossp_core.memory import Workload, choose_mode, model_parts, model_shape, plan_memory, spec_plan
 from twossp_core.placement import Part, check_multi_device, place
+from twossp_core.spec import parse_spec
 
 GB = 10**9
 LLAMA_70B = {"model_type": "llama", "hidden_size": 8192, "intermediate_size": 28672, "num_hidden_layers": 80,
@@ -184,9 +185,8 @@ def test_multi_device_refuses_what_it_cannot_do(fields, needle):
 
 
 def _job(**fields):
-    return _Spec(**{"execution": "auto", "max_host_memory": None, "max_device_memory": None, "seq_len": 2048,
-                    "dtype": "bfloat16", "calibration_windows": 32, "method": "2ssp", "options": {}, "heal": None,
-                    **fields})
+    return parse_spec({"model": "m", "sparsity": 0.5, "seq_len": 2048, "dtype": "bfloat16", "method": "2ssp",
+                       **fields})
 
 
 def test_auto_does_not_spread_a_job_that_multi_device_cannot_run():

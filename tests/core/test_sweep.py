@@ -45,6 +45,19 @@ def test_sweep_spec_shares_the_job_fields_of_prune_spec():
     assert isinstance(one, PruneSpec) and one.seq_len == 64 and one.options["generations"] == 2
 
 
+def test_a_spec_names_the_methods_and_sparsities_it_prunes_with():
+    sweep = parse_sweep_spec({"model": "m", "sparsities": "0.5,0.25", "methods": "2ssp,slicegpt",
+                              "options": {"slicegpt": {"round_to": 8}}})
+    pruning = sweep.pruning()
+    assert pruning.methods == ["2ssp", "slicegpt"] and pruning.sparsities == [0.25, 0.5]
+    assert pruning.options == sweep.options
+    one = sweep.prune_spec("slicegpt", 0.5).pruning()
+    assert one.methods == ["slicegpt"] and one.sparsities == [0.5]
+    assert one.options["slicegpt"] == sweep.options["slicegpt"] and one.options["slicegpt"]["round_to"] == 8
+    evaluation = JobSpecBase(model="m").pruning()
+    assert evaluation.methods == [] and evaluation.sparsities == []
+
+
 @pytest.mark.parametrize("bad", [
     {"sparsities": [0.0]}, {"sparsities": [1.2]}, {"methods": ["nope"]},
     {"methods": ["2ssp"], "options": {"window": {}}},

@@ -82,11 +82,10 @@ class HealPhase:
 
 def kept_fraction(spec: Any, blocks: int) -> float:
     """Upper bound on the fraction of block parameters a pruned student keeps (module docstring)."""
-    methods = [spec.method] if hasattr(spec, "method") else list(getattr(spec, "methods", []))
-    sparsities = [spec.sparsity] if hasattr(spec, "sparsity") else list(getattr(spec, "sparsities", []))
-    if not sparsities or "slicegpt" in methods:
+    pruning = spec.pruning()
+    if not pruning.sparsities or "slicegpt" in pruning.methods:
         return 1.0
-    return min(1.0, 1.0 - min(sparsities) + 1.0 / max(blocks, 1))
+    return min(1.0, 1.0 - min(pruning.sparsities) + 1.0 / max(blocks, 1))
 
 
 def heal_workload(spec: Any, seq_len: int, blocks: int, context: int | None) -> HealWorkload | None:
