@@ -10,7 +10,9 @@ worker runs it block by block instead of running out of memory). A model whose c
 id) goes to the largest class. A GPU class whose workers see several GPUs offers `memory` on each: a job that
 no GPU of it holds in memory may be planned spread over them (multi-device execution), and classes are ordered by
 their total GPU memory. The worker lowers the budgets a job sets above its class's memory to that memory
-(`capped_budgets`, worker/runner.py), so a job that asks for more than the machine has is planned for what it has.
+(`capped_budgets`, worker/runner.py), so a job that asks for more than the machine has is planned for what it has;
+routing plans each class the same way (the smaller of the job's budget and the class's memory), so a job whose
+budgets exceed every class goes where it fits within the class's memory (block by block, if need be).
 """
 
 from __future__ import annotations
@@ -96,17 +98,24 @@ def choose_queue(spec: Any, cfg: dict[str, Any] | None, classes: list[WorkerClas
     plans: dict[Any, MemoryPlan | InvalidSpec] = {}
     fitting: list[tuple[WorkerClass, MemoryPlan, dict[str, int]]] = []
     misses: list[str] = []
-    for cls in sorted(usable, key=_size_key):
+
+    def class_plan(cls: WorkerClass) -> MemoryPlan | InvalidSpec:
+        """The job's plan on a worker of the class: with the budgets it sets above the class's memory lowered to
+        that memory, as the worker runs it (`capped_budgets`)."""
         device = job_device(spec, cls)
         assert device is not None
         devices = cls.devices() if device == "cuda" else None
-        key = (device, tuple(devices or ()))
+        capped = capped_budgets(spec, cls)
+        key = (device, tuple(devices or ()), tuple(sorted(capped.items())))
         if key not in plans:
             try:
-                plans[key] = spec_plan(spec, cfg, device=device, devices=devices)
+                plans[key] = spec_plan(spec.model_copy(update=capped), cfg, device=device, devices=devices)
             except InvalidSpec as exc:
                 plans[key] = exc
-        plan = plans[key]
+        return plans[key]
+
+    for cls in sorted(usable, key=_size_key):
+        plan = class_plan(cls)
         if isinstance(plan, InvalidSpec):
             misses.append(f"'{cls.queue}': {plan}")
             continue
@@ -125,8 +134,7 @@ def choose_queue(spec: Any, cfg: dict[str, Any] | None, classes: list[WorkerClas
         )
         return Route(cls.queue, plan, budgets)
     largest = max(usable, key=_size_key)
-    device = job_device(spec, largest) or "cpu"
-    plan = plans[(device, tuple((largest.devices() if device == "cuda" else None) or ()))]
+    plan = class_plan(largest)
     need = str(plan) if isinstance(plan, InvalidSpec) else _need(plan)
     raise NoWorkerFits(
         f"no worker class has the memory for this job: it needs {need}; the largest worker class is "
@@ -167,8 +175,9 @@ def _block_by_block_fits(
         budgets = class_budgets(spec, cls)
         if not budgets:
             continue
+        capped = capped_budgets(spec, cls)
         try:
-            plan = spec_plan(spec.model_copy(update=budgets), cfg, device=job_device(spec, cls) or "cpu")
+            plan = spec_plan(spec.model_copy(update={**capped, **budgets}), cfg, device=job_device(spec, cls) or "cpu")
         except InvalidSpec as exc:
             misses.append(f"'{cls.queue}' block by block: {exc}")
             continue

@@ -12,6 +12,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+WORKER_EXPIRY_INTERVALS = 3  # the default worker_expiry_s, in advertise intervals
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TWOSSP_", extra="ignore")
@@ -127,7 +129,12 @@ class Settings(BaseSettings):
     )
     worker_advertise_interval_s: float = Field(30.0, gt=0, description="how often a worker renews its advertisement")
     worker_expiry_s: float = Field(
-        3600.0, gt=0, description="a worker not seen this long no longer counts when jobs are routed"
+        default_factory=lambda data: WORKER_EXPIRY_INTERVALS * data.get("worker_advertise_interval_s", 30.0), gt=0,
+        description="a worker not seen this long no longer counts when jobs are routed. A worker that stops (or is "
+        "killed) deletes its rows at once; this expiry covers the rest: a machine that crashed or lost power, an "
+        "advertiser killed with its worker. Default: 3 advertise intervals (90 s), so that two renewals lost to a "
+        "database restart do not take a live class off the routes, while a dead class takes jobs for at most "
+        "that long; it must exceed the interval",
     )
 
     @field_validator("allowed_local_roots", mode="before")
@@ -162,6 +169,15 @@ class Settings(BaseSettings):
         soft = info.data.get("job_soft_time_limit_s")
         if soft is not None and value < soft:
             raise ValueError("job_time_limit_s must be >= job_soft_time_limit_s")
+        return value
+
+    @field_validator("worker_expiry_s")
+    @classmethod
+    def _expiry_after_interval(cls, value: float, info) -> float:  # type: ignore[no-untyped-def]
+        interval = info.data.get("worker_advertise_interval_s")
+        if interval is not None and value <= interval:
+            raise ValueError("worker_expiry_s must exceed worker_advertise_interval_s (a live worker would expire "
+                             "between its renewals)")
         return value
 
     @field_validator("db_pool_size")

@@ -1,5 +1,6 @@
 """The worker registry: Celery workers advertise their class (queue, device, memory) in `workers`, renewed while
-they run; the API reads the classes seen recently to route jobs (`service/routing.py`)."""
+they run and withdrawn when they stop; the API reads the classes seen recently to route jobs
+(`service/routing.py`)."""
 
 from __future__ import annotations
 
@@ -16,19 +17,32 @@ from service.routing import WorkerClass
 
 
 @dataclass(frozen=True)
+class Capacity:
+    """What one worker offers a job: detected by the worker (`worker/advertise.py`), advertised in its rows, and
+    the cap on the budgets of the jobs it runs (`worker/runner.py`)."""
+
+    device: str  # "cuda" or "cpu"
+    memory: int  # the GPU's (cuda; each GPU's) or the host's (cpu)
+    host_memory: int
+    gpus: int = 1  # GPUs a job may spread over (cuda)
+
+    def worker_class(self, queue: str) -> WorkerClass:
+        """The class of a queue served by this worker alone."""
+        return WorkerClass(queue, self.device, self.memory, self.host_memory, gpus=self.gpus)
+
+
+@dataclass(frozen=True)
 class Advertisement:
     name: str  # the Celery node name
     queue: str
-    device: str  # "cuda" or "cpu"
-    memory: int  # the GPU's (each GPU's) or the host's
-    host_memory: int
-    gpus: int = 1  # GPUs a job may spread over (cuda)
+    capacity: Capacity
 
 
 def advertise(session: Session, ad: Advertisement, expiry_s: float) -> None:
     """Insert or renew the worker's row, and forget rows nobody renewed for `expiry_s`."""
     now = utcnow()
-    values = {"device": ad.device, "memory": ad.memory, "host_memory": ad.host_memory, "gpus": ad.gpus,
+    cap = ad.capacity
+    values = {"device": cap.device, "memory": cap.memory, "host_memory": cap.host_memory, "gpus": cap.gpus,
               "last_seen": now}
     renewed = session.execute(
         update(Worker).where(Worker.name == ad.name, Worker.queue == ad.queue).values(**values)
@@ -41,6 +55,14 @@ def advertise(session: Session, ad: Advertisement, expiry_s: float) -> None:
             session.execute(update(Worker).where(Worker.name == ad.name, Worker.queue == ad.queue).values(**values))
     session.execute(delete(Worker).where(Worker.last_seen < now - timedelta(seconds=expiry_s)))
     session.commit()
+
+
+def withdraw(session: Session, name: str, queues: list[str]) -> int:
+    """Delete the worker's rows (it stops): jobs are no longer routed to a class it alone served. Returns the rows
+    deleted."""
+    deleted = session.execute(delete(Worker).where(Worker.name == name, Worker.queue.in_(queues))).rowcount
+    session.commit()
+    return int(deleted or 0)
 
 
 def worker_classes(session: Session, expiry_s: float) -> list[WorkerClass]:

@@ -5,7 +5,10 @@ class that can hold it.
 The worker's main process, which never imports torch, detects its capacity before it forks the pool: the GPU's
 memory comes from a short subprocess that asks `torch.cuda.mem_get_info` (only when it is not configured), the
 host's from psutil. The advertisement itself is renewed by a small process of its own (`python -m worker.advertise`,
-started once the worker is ready), which stops with the worker.
+started once the worker is ready), which stops with the worker and deletes the worker's rows as it stops (the
+worker shuts down and terminates it, or the worker is gone without a word: killed, crashed); only when the
+advertiser itself cannot delete them (killed with it, the database down) do they linger, until
+`worker_expiry_s`.
 """
 
 from __future__ import annotations
@@ -19,13 +22,13 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import psutil
 
 from service.db.session import Database
 from service.settings import Settings
-from service.workers import Advertisement, advertise
+from service.workers import Advertisement, Capacity, advertise, withdraw
 from twossp_core.memory import format_size
 
 log = logging.getLogger(__name__)
@@ -35,14 +38,6 @@ GPU_PROBE = (
 )
 GPU_PROBE_TIMEOUT_S = 300
 PARENT_CHECK_S = 1.0  # how often the advertiser checks that its worker still runs
-
-
-@dataclass(frozen=True)
-class Capacity:
-    device: str  # "cuda" or "cpu"
-    memory: int  # the GPU's (cuda; each GPU's) or the host's (cpu)
-    host_memory: int
-    gpus: int = 1  # GPUs a job may spread over (cuda)
 
 
 def parse_probe(output: str) -> tuple[int, int] | None:
@@ -102,7 +97,8 @@ def advertise_until_stopped(
     settings: Settings, name: str, queues: list[str], capacity: Capacity, parent_pid: int, stop: threading.Event
 ) -> None:
     """Advertise at once, then every `worker_advertise_interval_s`, until `stop` is set or the process whose pid
-    is `parent_pid` (the worker) is gone; a database that is down is tried again at the next interval."""
+    is `parent_pid` (the worker) is gone, then delete the worker's rows; a database that is down is tried again at
+    the next interval."""
     db = Database(settings)
     first = True
     try:
@@ -110,12 +106,7 @@ def advertise_until_stopped(
             try:
                 with db.session() as session:
                     for queue in queues:
-                        advertise(
-                            session,
-                            Advertisement(name, queue, capacity.device, capacity.memory, capacity.host_memory,
-                                          capacity.gpus),
-                            settings.worker_expiry_s,
-                        )
+                        advertise(session, Advertisement(name, queue, capacity), settings.worker_expiry_s)
                 if first:
                     log.info(
                         "advertised worker %s: queues %s, %s, memory %s (%d GPU), host memory %s",
@@ -130,6 +121,12 @@ def advertise_until_stopped(
                 if stop.wait(min(PARENT_CHECK_S, max(deadline - time.monotonic(), 0.0))):
                     return
     finally:
+        try:
+            with db.session() as session:
+                deleted = withdraw(session, name, queues)
+            log.info("withdrew worker %s: %d row(s) deleted", name, deleted)
+        except Exception as exc:  # its rows expire after worker_expiry_s
+            log.warning("could not withdraw worker %s: %s", name, exc)
         db.dispose()
 
 

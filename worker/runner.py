@@ -29,9 +29,9 @@ from service.paths import PathRefused
 from service.records import StageMark
 from service.settings import Settings
 from service.store import ArtifactStore, make_store
+from service.workers import Capacity
 from twossp_core.local_inputs import redirected
 from twossp_core.stages import Stage
-from worker.advertise import Capacity
 from worker.inputs import pinned_inputs
 from worker.progress import ProgressTracker, job_stages
 
@@ -286,11 +286,9 @@ class JobRunner:
         lowered (`{field: {"asked", "capped_to"}}`, kept in the report's `memory`)."""
         if self.capacity is None:
             return spec, {}
-        from service.routing import WorkerClass, capped_budgets
+        from service.routing import capped_budgets
 
-        capacity = self.capacity
-        own = WorkerClass(self.settings.worker_queue or self.settings.celery_queue, capacity.device, capacity.memory,
-                          capacity.host_memory, gpus=capacity.gpus)
+        own = self.capacity.worker_class(self.settings.worker_queue or self.settings.celery_queue)
         lowered = capped_budgets(spec, own)
         if not lowered:
             return spec, {}

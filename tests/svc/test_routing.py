@@ -26,10 +26,10 @@ from service.keys import create_key as new_key
 from service.keys import user_for_key
 from service.routing import NoWorkerFits, WorkerClass, capped_budgets, choose_queue
 from service.settings import Settings
-from service.workers import Advertisement, advertise, worker_classes
+from service.workers import Advertisement, Capacity, advertise, withdraw, worker_classes
 from twossp_core.memory import format_size, spec_plan
 from twossp_core.spec import parse_spec, parse_sweep_spec
-from worker.advertise import Capacity, detect_capacity, parse_probe
+from worker.advertise import detect_capacity, parse_probe
 from worker.maintenance import run_maintenance
 
 from .procs import Api, Proc, create_key, start_api, start_worker
@@ -164,6 +164,28 @@ def test_a_worker_caps_the_budgets_a_job_sets_above_its_class_memory() -> None:
     assert plan.mode == "block-by-block" and plan.device_peak <= 16 * GB
 
 
+def test_a_job_whose_budgets_exceed_every_class_is_routed_with_them_capped_as_the_worker_runs_it() -> None:
+    """Routing plans each class with the smaller of the job's budget and the class's memory, as a worker of the
+    class runs the job: a job asking for more than any class has goes where it fits within the class's memory."""
+    classes = [gpu("tiny", 4, host_gb=64), gpu("small", 16, host_gb=64), gpu("large", 24, host_gb=64)]
+    asked = spec(max_device_memory="100GB", max_host_memory="1TB")
+    assert spec_plan(asked, LLAMA_7B, device="cuda").mode == "in-memory"  # 31 GB: within its budgets, in no class
+    route = choose_queue(asked, LLAMA_7B, classes)
+    assert route.queue == "small" and route.budgets == {}  # the job keeps its budgets; the worker caps them
+    capped = asked.model_copy(update=capped_budgets(asked, classes[1]))
+    assert route.plan == spec_plan(capped, LLAMA_7B, device="cuda")
+    assert route.plan.mode == "block-by-block" and route.plan.device_peak <= 16 * GB
+    # a CPU job's host budget, likewise
+    cpu_job = spec(device="cpu", max_host_memory="1TB")
+    route = choose_queue(cpu_job, LLAMA_7B, [cpu("cpu-16", 16), cpu("cpu-24", 24)])
+    assert route.queue == "cpu-16" and route.plan is not None and route.plan.mode == "block-by-block"
+    assert route.plan.host_peak <= 16 * GB
+    # a job that forces in-memory execution is refused with what the largest class offers it, not its own budget
+    with pytest.raises(NoWorkerFits, match="'large'.*does not fit the memory budget \\(host 64.00 GB, device 24.00 GB"):
+        choose_queue(spec(execution="in-memory", max_device_memory="100GB", max_host_memory="1TB"), LLAMA_7B,
+                     classes)
+
+
 def test_the_worker_runs_a_job_with_budgets_above_its_memory_within_its_memory(
     tmp_path: Path, pg_url: str, redis_url: str, test_data: Path, stories_model: Path, stories_text: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -226,12 +248,13 @@ def test_the_registry_keeps_recent_workers_one_class_per_queue(tmp_path: Path) -
     db = Database(settings)
     try:
         with db.session() as session:
-            advertise(session, Advertisement("a@h", "small", "cuda", 24 * GB, 64 * GB), expiry_s=60)
-            advertise(session, Advertisement("b@h", "small", "cuda", 20 * GB, 128 * GB), expiry_s=60)
-            advertise(session, Advertisement("c@h", "large", "cuda", 80 * GB, 256 * GB), expiry_s=60)
-            advertise(session, Advertisement("d@h", "multi", "cuda", 80 * GB, 512 * GB, gpus=4), expiry_s=60)
-            advertise(session, Advertisement("e@h", "multi", "cuda", 80 * GB, 512 * GB, gpus=2), expiry_s=60)
-            advertise(session, Advertisement("a@h", "small", "cuda", 24 * GB, 64 * GB), expiry_s=60)  # renewal
+            advertise(session, Advertisement("a@h", "small", Capacity("cuda", 24 * GB, 64 * GB)), expiry_s=60)
+            advertise(session, Advertisement("b@h", "small", Capacity("cuda", 20 * GB, 128 * GB)), expiry_s=60)
+            advertise(session, Advertisement("c@h", "large", Capacity("cuda", 80 * GB, 256 * GB)), expiry_s=60)
+            advertise(session, Advertisement("d@h", "multi", Capacity("cuda", 80 * GB, 512 * GB, gpus=4)), expiry_s=60)
+            advertise(session, Advertisement("e@h", "multi", Capacity("cuda", 80 * GB, 512 * GB, gpus=2)), expiry_s=60)
+            # a renewal
+            advertise(session, Advertisement("a@h", "small", Capacity("cuda", 24 * GB, 64 * GB)), expiry_s=60)
             classes = {c.queue: c for c in worker_classes(session, expiry_s=60)}
         # a job in `small` may land on either worker: the class offers the least of each
         assert classes["small"] == WorkerClass("small", "cuda", 20 * GB, 64 * GB, workers=2)
@@ -242,9 +265,13 @@ def test_the_registry_keeps_recent_workers_one_class_per_queue(tmp_path: Path) -
                 last_seen=utcnow() - timedelta(seconds=120)))
             session.commit()
             assert [c.queue for c in worker_classes(session, expiry_s=60)] == ["multi", "small"]
-            advertise(session, Advertisement("a@h", "small", "cuda", 24 * GB, 64 * GB), expiry_s=60)
+            advertise(session, Advertisement("a@h", "small", Capacity("cuda", 24 * GB, 64 * GB)), expiry_s=60)
             assert session.scalars(select(Worker.name).order_by(Worker.name)).all() == [
                 "a@h", "b@h", "d@h", "e@h"]  # `large` forgotten
+            # a worker that stops deletes its rows: its class goes at once when it served it alone
+            assert withdraw(session, "d@h", ["multi", "other"]) == 1
+            assert withdraw(session, "e@h", ["multi"]) == 1
+            assert [c.queue for c in worker_classes(session, expiry_s=60)] == ["small"]
     finally:
         db.dispose()
 
@@ -280,7 +307,7 @@ def test_the_reaper_republishes_a_job_to_the_queue_it_was_routed_to(
     try:
         with db.session() as session:
             for queue, memory in (("small", 10 * 10**6), ("large", 10 * GB)):
-                advertise(session, Advertisement(f"w-{queue}@h", queue, "cpu", memory, memory), expiry_s=60)
+                advertise(session, Advertisement(f"w-{queue}@h", queue, Capacity("cpu", memory, memory)), expiry_s=60)
             user = user_for_key(session, new_key(session, "alice"))
             assert user is not None
             job = submit_job(session, broker, settings, user, job_body(stories_model, stories_text), None).job
@@ -397,13 +424,19 @@ def test_jobs_go_to_the_worker_class_that_holds_them(
     # class's memory as its budgets, so a worker would run it block by block instead of running out of memory
     db = Database(stack.settings)
     with db.session() as session:
-        advertise(session, Advertisement("gpu16@test", "gpu16", "cuda", 16 * GB, 64 * GB), expiry_s=3600)
+        advertise(session, Advertisement("gpu16@test", "gpu16", Capacity("cuda", 16 * GB, 64 * GB)), expiry_s=3600)
     db.dispose()
     routed = alice.submit(job_body(stack.big_model, stories_text))
     assert routed.status_code == 202, routed.text
     assert routed.json()["queue"] == "gpu16"
     assert routed.json()["spec"]["max_device_memory"] == 16 * GB and routed.json()["spec"]["max_host_memory"] == 64 * GB
     assert alice.cancel(routed.json()["id"]).json()["state"] == "cancelled"
+    # budgets above every class's memory: routed as a worker caps them (within 16 GB, block by block there), the
+    # job keeping what it asked
+    asked = alice.submit(job_body(stack.big_model, stories_text, max_device_memory="100GB", max_host_memory="1TB"))
+    assert asked.status_code == 202, asked.text
+    assert asked.json()["queue"] == "gpu16" and asked.json()["spec"]["max_host_memory"] == 10**12
+    assert alice.cancel(asked.json()["id"]).json()["state"] == "cancelled"
 
     ids = first.json()["id"], second.json()["id"]
     done = [alice.wait_done(job_id, timeout=120) for job_id in ids]
@@ -412,15 +445,26 @@ def test_jobs_go_to_the_worker_class_that_holds_them(
     small_log, large_log = stack.procs["small"].output(), stack.procs["large"].output()
     assert ids[0] in small_log and ids[0] not in large_log
     assert ids[1] in large_log and ids[1] not in small_log
-    assert alice.http.get("/jobs").json()["total"] == 4  # the refused job was never queued
+    assert alice.http.get("/jobs").json()["total"] == 5  # the refused job was never queued
 
 
-def test_the_advertiser_runs_in_a_process_of_its_own_and_stops_with_its_worker(
-    tmp_path: Path, pg_url: str, redis_url: str, test_data: Path
+def advertised_rows(settings: Settings, queue: str) -> list[tuple[str, int]]:
+    db = Database(settings)
+    try:
+        with db.session() as session:
+            return [(r.device, r.memory) for r in session.scalars(select(Worker).where(Worker.queue == queue))]
+    finally:
+        db.dispose()
+
+
+@pytest.mark.parametrize("stop", ["shutdown", "killed"])
+def test_the_advertiser_runs_in_a_process_of_its_own_and_withdraws_its_worker_when_it_stops(
+    tmp_path: Path, pg_url: str, redis_url: str, test_data: Path, stop: str
 ) -> None:
     """The worker's main process forks a pool process per job; the advertisement is renewed by a separate process
     (no thread of the main process imports modules or talks to the database while it forks), which exits once its
-    worker is gone, even when the worker is killed."""
+    worker is gone and deletes the worker's rows as it goes: when the worker shuts down (SIGTERM), and when the
+    worker is killed (the advertiser finds its parent gone), so no job is routed to a class nobody serves."""
     import os
     import signal
 
@@ -430,19 +474,29 @@ def test_the_advertiser_runs_in_a_process_of_its_own_and_stops_with_its_worker(
     logs.mkdir()
     settings = Settings(data_dir=tmp_path / "data", database_url=pg_url, broker_url=redis_url,
                         allowed_local_roots=[test_data])
-    worker = start_worker(settings, logs, queue="advertised", TWOSSP_WORKER_DEVICE="cpu",
-                          TWOSSP_WORKER_MEMORY=str(3 * GB))
+    queue = f"advertised-{stop}"
+    worker = start_worker(settings, logs, queue=queue, TWOSSP_WORKER_DEVICE="cpu", TWOSSP_WORKER_MEMORY=str(3 * GB))
     try:
         worker.wait_for_output("advertised worker", timeout=60)
-        db = Database(settings)
-        with db.session() as session:
-            rows = session.scalars(select(Worker).where(Worker.queue == "advertised")).all()
-            assert [(r.device, r.memory) for r in rows] == [("cpu", 3 * GB)]
-        db.dispose()
+        assert advertised_rows(settings, queue) == [("cpu", 3 * GB)]
         main = psutil.Process(worker.pid)
         advertisers = [p for p in main.children() if "worker.advertise" in " ".join(p.cmdline())]
         assert len(advertisers) == 1, [p.cmdline() for p in main.children()]
-        os.kill(worker.pid, signal.SIGKILL)  # the worker alone, not its process group
-        advertisers[0].wait(timeout=10)  # psutil.TimeoutExpired if it outlived its worker
+        # the worker alone, not its process group: a warm shutdown, or a kill that leaves it no word
+        os.kill(worker.pid, signal.SIGTERM if stop == "shutdown" else signal.SIGKILL)
+        advertisers[0].wait(timeout=20)  # psutil.TimeoutExpired if it outlived its worker
+        assert advertised_rows(settings, queue) == []
+        if stop == "shutdown":
+            assert worker.popen.wait(timeout=20) == 0
+        assert "withdrew worker" in worker.output()
     finally:
         worker.stop()
+
+
+def test_a_worker_row_expires_after_a_few_advertise_intervals() -> None:
+    """Without a withdrawal (a crashed machine) a row counts for routing for 3 advertise intervals by default."""
+    assert Settings().worker_expiry_s == 3 * Settings().worker_advertise_interval_s < 3600
+    assert Settings(worker_advertise_interval_s=5).worker_expiry_s == 15
+    assert Settings(worker_advertise_interval_s=5, worker_expiry_s=600).worker_expiry_s == 600
+    with pytest.raises(ValueError, match="must exceed worker_advertise_interval_s"):
+        Settings(worker_advertise_interval_s=60, worker_expiry_s=30)
