@@ -38,6 +38,7 @@ GPU_PROBE = (
 )
 GPU_PROBE_TIMEOUT_S = 300
 PARENT_CHECK_S = 1.0  # how often the advertiser checks that its worker still runs
+RETRY_S = 2.0  # how soon a failed advertisement is tried again (at most the advertise interval)
 
 
 def parse_probe(output: str) -> tuple[int, int] | None:
@@ -97,12 +98,14 @@ def advertise_until_stopped(
     settings: Settings, name: str, queues: list[str], capacity: Capacity, parent_pid: int, stop: threading.Event
 ) -> None:
     """Advertise at once, then every `worker_advertise_interval_s`, until `stop` is set or the process whose pid
-    is `parent_pid` (the worker) is gone, then delete the worker's rows; a database that is down is tried again at
-    the next interval."""
+    is `parent_pid` (the worker) is gone, then delete the worker's rows. A database that is down is tried again
+    every `RETRY_S`, so the worker's class is routable again within seconds of the database's return, not an
+    interval later (an outage longer than `worker_expiry_s` has expired it by then)."""
     db = Database(settings)
     first = True
     try:
         while not stop.is_set() and os.getppid() == parent_pid:
+            wait_s = settings.worker_advertise_interval_s
             try:
                 with db.session() as session:
                     for queue in queues:
@@ -116,7 +119,8 @@ def advertise_until_stopped(
                     first = False
             except Exception as exc:
                 log.warning("could not advertise worker %s: %s", name, exc)
-            deadline = time.monotonic() + settings.worker_advertise_interval_s
+                wait_s = min(RETRY_S, wait_s)
+            deadline = time.monotonic() + wait_s
             while time.monotonic() < deadline and os.getppid() == parent_pid:
                 if stop.wait(min(PARENT_CHECK_S, max(deadline - time.monotonic(), 0.0))):
                     return

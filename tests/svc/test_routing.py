@@ -500,3 +500,37 @@ def test_a_worker_row_expires_after_a_few_advertise_intervals() -> None:
     assert Settings(worker_advertise_interval_s=5, worker_expiry_s=600).worker_expiry_s == 600
     with pytest.raises(ValueError, match="must exceed worker_advertise_interval_s"):
         Settings(worker_advertise_interval_s=60, worker_expiry_s=30)
+
+
+def test_a_failed_advertisement_is_tried_again_within_seconds(tmp_path: Path) -> None:
+    """A database that is down when the advertiser renews (here: not there yet) is tried again every few seconds,
+    not an advertise interval later, so the worker's class is routable again soon after the database returns."""
+    import os
+    import threading
+
+    from worker.advertise import RETRY_S, advertise_until_stopped
+
+    home = tmp_path / "db-not-yet"
+    settings = Settings(data_dir=tmp_path / "data", database_url=f"sqlite:///{home}/twossp.db",
+                        worker_advertise_interval_s=60)
+    stop = threading.Event()
+    advertiser = threading.Thread(
+        target=advertise_until_stopped,
+        args=(settings, "retry@h", ["retried"], Capacity("cpu", 3 * GB, 3 * GB), os.getppid(), stop),
+    )
+    advertiser.start()
+    try:
+        time.sleep(RETRY_S / 2)  # the first attempt has failed: there is no database yet
+        assert advertiser.is_alive()
+        home.mkdir()
+        upgrade_head(settings)
+        came_back = time.monotonic()
+        deadline = came_back + 4 * RETRY_S
+        while not advertised_rows(settings, "retried") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert advertised_rows(settings, "retried") == [("cpu", 3 * GB)], "not advertised within 4 retry periods"
+        assert time.monotonic() - came_back < settings.worker_advertise_interval_s / 4
+    finally:
+        stop.set()
+        advertiser.join(timeout=30)
+    assert advertised_rows(settings, "retried") == []  # withdrawn as it stopped
