@@ -385,8 +385,8 @@ def job_workload(spec: Any, cfg: dict[str, Any], device: str) -> Workload:
     per_method = spec.pruning().options
     records = max([recorded_windows(m, options, spec.calibration_windows)
                    for m, options in per_method.items()] or [0])
-    refit = per_method.get("2ssp-refit")
-    dense_inputs = refit is not None and refit.get("refit_inputs") == "dense"
+    refit: Any = method_config("2ssp-refit", per_method["2ssp-refit"]) if "2ssp-refit" in per_method else None
+    dense_inputs = refit is not None and refit.refit_inputs == "dense"
     heal = heal_workload(spec, seq_len, block_counts(cfg).blocks, int(limit) if limit else None)
     return Workload(dtype=spec.dtype, seq_len=seq_len, calibration_windows=spec.calibration_windows,
                     record_windows=records, device=device,
