@@ -213,3 +213,42 @@ def test_metrics_follow_a_job(server: Embedded, sweep: dict[str, Any]) -> None:
         "twossp_http_request_duration_seconds_count", (("method", "POST"), ("route", "/jobs"), ("status", "202"))
     )
     assert after[latency] >= 1
+
+
+def test_the_api_docs_render_offline_and_try_it_out(server: Embedded, chromium: Any) -> None:
+    """/docs in a real browser: Swagger UI reads the OpenAPI 3.1 document from this server alone, lists the
+    operations, and "Try it out" on GET /jobs answers 200 with the key given to "Authorize"."""
+    page = chromium.new_page()
+    elsewhere: list[str] = []
+
+    def only_this_server(route: Any) -> None:
+        if route.request.url.startswith(server.base):
+            route.continue_()
+        else:
+            elsewhere.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", only_this_server)
+    page.goto(f"{server.base}/docs")
+    page.locator(".opblock").first.wait_for(timeout=30_000)
+    paths = {p.strip().replace("\u200b", "") for p in page.locator(".opblock-summary-path").all_inner_texts()}
+    assert {"/jobs", "/jobs/{job_id}", "/healthz"} <= paths, paths
+    assert page.locator(".errors-wrapper").count() == 0  # e.g. "does not specify a valid version field"
+    assert elsewhere == []  # nothing from a CDN
+
+    list_jobs = page.locator(".opblock-get", has=page.locator(".opblock-summary-path[data-path='/jobs']"))
+    list_jobs.locator(".opblock-summary").first.click()
+    list_jobs.locator("button.try-out__btn").click()
+    list_jobs.locator("button.execute").click()
+    status = list_jobs.locator(".live-responses-table .response .response-col_status").first
+    assert status.inner_text(timeout=10_000).strip() == "401"  # no key yet
+
+    page.locator(".auth-wrapper button.authorize").click()
+    page.locator(".modal-ux input").first.fill(server.key)
+    page.locator(".modal-ux .auth-btn-wrapper button.authorize").click()
+    page.locator(".modal-ux button.btn-done").click()
+    list_jobs.locator("button.execute").click()
+    status.filter(has_text="200").wait_for(timeout=10_000)
+    body = json.loads(list_jobs.locator(".live-responses-table .response-col_description pre").first.inner_text())
+    assert body["total"] == server.api.http.get("/jobs").json()["total"] and "items" in body
+    shoot(page, "api-docs")
