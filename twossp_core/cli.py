@@ -191,7 +191,14 @@ def format_summary(report: dict[str, Any]) -> str:
         lines.append(f"kept FFN neurons per block: {report['kept_ffn_neurons']}")
     for row in report["perplexity"]:
         healed = f" -> healed {row['healed']:.3f}" if "healed" in row else ""
-        lines.append(f"perplexity {row['dataset']}: dense {row['dense']:.3f} -> pruned {row['pruned']:.3f}{healed}")
+        domain = f" [{row['domain']}]" if row.get("domain") else ""
+        lines.append(f"perplexity {row['dataset']}{domain}: dense {row['dense']:.3f} -> pruned {row['pruned']:.3f}"
+                     f"{healed}")
+    held_out = report.get("held_out")
+    if held_out:
+        healed_ratio = f" -> healed x{held_out['healed_ratio']:.3f}" if held_out.get("healed_ratio") else ""
+        lines.append(f"held-out summary (geometric mean of pruned/dense perplexity over {len(held_out['datasets'])} "
+                     f"set{'s' if len(held_out['datasets']) != 1 else ''}): x{held_out['ratio']:.3f}{healed_ratio}")
     if "heal" in report:
         h = report["heal"]
         lines.append(f"heal {h['method']} ({h['params']}): {h['steps']} steps, {h['tokens']:,} tokens, lr {h['lr']:g}, "

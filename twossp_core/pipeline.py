@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from twossp_core import __version__
+from twossp_core.data.held_out import domains, held_out_summary
 from twossp_core.data.windows import load_windows
 from twossp_core.errors import DataError
 from twossp_core.evaluation.perplexity import perplexity
@@ -185,12 +186,13 @@ def measure_pruned(
     blocks_after, total_after = adapter.blocks_params(), adapter.total_params()
     blocks_before = ws.dense_params["blocks"]
     achieved = 1.0 - blocks_after / blocks_before
+    rows = perplexity_rows(ws, pruned_ppl)
     return {
         "method": method,
         "model": ws.spec.model,
         "sparsity_target": sparsity,
         "sparsity_achieved": achieved,
-        "warnings": sparsity_warnings(sparsity, achieved),
+        "warnings": [*sparsity_warnings(sparsity, achieved), *overlap_warnings(rows)],
         "removed_attention": sorted(outcome.removed_attention),
         "removed_mlp": sorted(outcome.removed_mlp),
         "removed_blocks": sorted(outcome.removed_blocks),
@@ -201,10 +203,8 @@ def measure_pruned(
             "total_before": ws.dense_params["total"],
             "total_after": total_after,
         },
-        "perplexity": [
-            {"dataset": label, "dense": ws.dense_perplexity[label], "pruned": pruned_ppl[label]}
-            for label in ws.evals
-        ],
+        "perplexity": rows,
+        "held_out": held_out_summary(rows),
         "timings": {**outcome.timings, "prune_s": prune_s, "evaluate_pruned_s": time.perf_counter() - t0},
         "throughput_tokens_per_s": {key: tp.median if tp else None for key, tp in throughput.items()},
         "throughput_spread": {key: tp.as_dict() for key, tp in throughput.items() if tp},
@@ -219,6 +219,17 @@ def measure_pruned(
         },
         "runtime": runtime_info(ws),
     }
+
+
+def perplexity_rows(ws: Workspace, pruned: dict[str, float]) -> list[dict[str, Any]]:
+    """The report's perplexity entries: dense and pruned per evaluation set, with the set's domain relative to the
+    data the run fitted on (calibration, and a heal's data)."""
+    domain = domains(ws.spec.eval_sources(), [*ws.spec.calibration_sources(), *ws.spec.heal_sources()])
+    return [
+        {"dataset": label, "domain": domain.get(label, "out-of-domain"), "dense": ws.dense_perplexity[label],
+         "pruned": pruned[label]}
+        for label in ws.evals
+    ]
 
 
 def dense_teacher(ws: Workspace) -> Any:
@@ -265,6 +276,8 @@ def heal_pruned(ws: Workspace, model: Any, report: dict[str, Any], reporter: Rep
     healed = evaluate_perplexity(ws, adapter, "evaluate_healed", reporter)
     for entry in report["perplexity"]:
         entry["healed"] = healed[entry["dataset"]]
+    if report.get("held_out"):
+        report["held_out"]["healed_ratio"] = held_out_summary(report["perplexity"], key="healed")["ratio"]
     report["heal"] = {**result.report(), "data": [s.label for s in ws.spec.heal_sources()],
                       "data_tokens": stream.num_tokens, "seq_len": seq_len, "plot": LOSS_PLOT}
     report["timings"].update(heal_data_s=t1 - t0, heal_s=t2 - t1, evaluate_healed_s=time.perf_counter() - t2)
@@ -288,6 +301,12 @@ def sparsity_warnings(target: float, achieved: float) -> list[str]:
     side = "below" if gap < 0 else "above"
     return [f"achieved sparsity {achieved:.4f} is {abs(gap) * 100:.1f} points {side} the target {target:.4f}: "
             "the nearest this method reaches on this model"]
+
+
+def overlap_warnings(rows: list[dict[str, Any]]) -> list[str]:
+    """A warning for each evaluation set that shares documents with the data the run fitted on."""
+    return [f"evaluation set {row['dataset']!r} overlaps the calibration data: its perplexity is not a held-out "
+            "score" for row in rows if row.get("domain") == "overlaps-calibration"]
 
 
 def measure_pruned_throughput(
@@ -327,7 +346,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 METADATA_KEYS = (
     "method", "model", "sparsity_target", "sparsity_achieved", "removed_attention", "removed_mlp", "removed_blocks",
-    "kept_ffn_neurons", "params", "perplexity", "options", "data",
+    "kept_ffn_neurons", "params", "perplexity", "held_out", "options", "data",
 )
 
 

@@ -22,6 +22,43 @@ def _ppl(row: dict[str, Any], dataset: str, key: str = "pruned") -> float | None
     return None
 
 
+def dataset_domains(rows: list[dict[str, Any]]) -> dict[str, str]:
+    """Each evaluation set's domain (`out-of-domain`, `in-domain`, `overlaps-calibration`) as the runs report it."""
+    return {item["dataset"]: item["domain"] for r in rows for item in r.get("perplexity") or [] if "domain" in item}
+
+
+def _held_out(row: dict[str, Any], key: str = "ratio") -> float | None:
+    return (row.get("held_out") or {}).get(key)
+
+
+def held_out_pivot(rows: list[dict[str, Any]]) -> list[str]:
+    """The headline: per method and target, the geometric mean over the held-out sets of pruned / dense
+    perplexity (healed / dense after a heal); nothing when no run has a held-out set."""
+    with_summary = [r for r in rows if not r.get("error") and r.get("held_out")]
+    if not with_summary:
+        return []
+    sets = with_summary[0]["held_out"]["datasets"]
+    targets = sorted({r["sparsity_target"] for r in rows})
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    healed = any(_held_out(r, "healed_ratio") is not None for r in with_summary)
+    lines = [f"Held-out summary: geometric mean over {', '.join(f'`{s}`' for s in sets)} of pruned / dense "
+             "perplexity" + (" (pruned → healed)" if healed else "") + "; lower is better, 1.00 = dense:", ""]
+    lines.append("| method | " + " | ".join(f"{t:.1%}" for t in targets) + " |")
+    lines.append("|---|" + "---|" * len(targets))
+    for m in methods:
+        cells = []
+        for t in targets:
+            row = next((r for r in rows if r["method"] == m and r["sparsity_target"] == t), None)
+            if row is None or row.get("error") or not row.get("held_out"):
+                cells.append("error" if row and row.get("error") else "—")
+            elif healed:
+                cells.append(f"{_fmt(_held_out(row), '.2f')} → {_fmt(_held_out(row, 'healed_ratio'), '.2f')}")
+            else:
+                cells.append(_fmt(_held_out(row), ".2f"))
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
 def healed_rows(rows: list[dict[str, Any]]) -> bool:
     """Whether the sweep healed its models (every entry then has `healed` next to `pruned`)."""
     return any("healed" in item for r in rows for item in r.get("perplexity") or [])
@@ -34,6 +71,12 @@ def comparison_markdown(rows: list[dict[str, Any]], dense: dict[str, Any], *, ti
     tp = dense.get("throughput_tokens_per_s")
     lines.append(f"Dense model: perplexity {dense_ppl}" + (f"; throughput {tp:.0f} tokens/s" if tp else "") + ".")
     lines.append("")
+    domain = dataset_domains(rows)
+    if domain:
+        lines.append("Evaluation sets: " + ", ".join(f"`{n}` {domain.get(n, 'out-of-domain')}" for n in names)
+                     + " (relative to the calibration data).")
+        lines.append("")
+    lines += held_out_pivot(rows)
     # pivot: perplexity per method x target sparsity (first dataset), the headline view
     if names and rows:
         first = names[0]
@@ -59,19 +102,23 @@ def comparison_markdown(rows: list[dict[str, Any]], dense: dict[str, Any], *, ti
         lines.append("")
     healed = healed_rows(rows)
     healed_cols = [f"healed {n}" for n in names] if healed else []
-    header = ["method", "target", "achieved", *[f"ppl {n}" for n in names], *healed_cols, "prune s",
+    summary = any(r.get("held_out") for r in rows)
+    header = ["method", "target", "achieved", *[f"ppl {n}" for n in names], *healed_cols,
+              *(["held-out ×"] if summary else []), "prune s",
               *(["heal s"] if healed else []), "tokens/s", "speedup"]
     lines += ["All runs:", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in sorted(rows, key=lambda r: (r["sparsity_target"], r["method"])):
         if r.get("error"):
-            cells = [r["method"], f"{r['sparsity_target']:.1%}", "—", *["—"] * (len(names) + len(healed_cols)), "—",
+            cells = [r["method"], f"{r['sparsity_target']:.1%}", "—",
+                     *["—"] * (len(names) + len(healed_cols) + int(summary)), "—",
                      *(["—"] if healed else []), "—", r["error"]]
         else:
             tps = (r.get("throughput_tokens_per_s") or {}).get("pruned")
             cells = [
                 r["method"], f"{r['sparsity_target']:.1%}", f"{r['sparsity_achieved']:.1%}",
                 *[_fmt(_ppl(r, n), ".3f") for n in names],
-                *([_fmt(_ppl(r, n, "healed"), ".3f") for n in names] if healed else []), _fmt(r["prune_s"], ".2f"),
+                *([_fmt(_ppl(r, n, "healed"), ".3f") for n in names] if healed else []),
+                *([_fmt(_held_out(r), ".3f")] if summary else []), _fmt(r["prune_s"], ".2f"),
                 *([_fmt(r.get("heal_s"), ".1f")] if healed else []), _fmt(tps, ".0f"),
                 _fmt(r.get("speedup"), ".2f") + ("x" if r.get("speedup") else ""),
             ]

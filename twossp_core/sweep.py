@@ -68,6 +68,7 @@ def comparison_row(report: dict[str, Any]) -> dict[str, Any]:
         "sparsity_target": report["sparsity_target"],
         "sparsity_achieved": report["sparsity_achieved"],
         "perplexity": report["perplexity"],
+        "held_out": report.get("held_out"),
         "prune_s": report["timings"]["prune_s"],
         "throughput_tokens_per_s": {"dense": dense_tp, "pruned": pruned_tp},
         "speedup": (pruned_tp / dense_tp) if dense_tp and pruned_tp else None,
