@@ -1,6 +1,6 @@
 """The OpenAPI document, made to match what the service answers: every error is `{"detail": "reason"}`
 (422 included, not FastAPI's list of validation errors), `/jobs` routes may answer 429, and every route
-that needs the database may answer 503 with `Retry-After`."""
+that needs the database may answer 503 with `Retry-After`. `POST /jobs` shows example bodies (api.examples)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+
+from api.examples import request_examples
 
 ERROR_SCHEMA = {
     "title": "Error",
@@ -54,6 +56,9 @@ def install_openapi(app: FastAPI) -> None:
                     responses.setdefault(
                         "503", _error("the database is unavailable or the service is at capacity", retry_after=True)
                     )
+        submit = schema.get("paths", {}).get("/jobs", {}).get("post", {}).get("requestBody")
+        if submit is not None:
+            submit["content"]["application/json"]["examples"] = request_examples()
         app.openapi_schema = schema
         return schema
 

@@ -10,6 +10,7 @@ import json
 import re
 from typing import Any
 
+from api import examples as ex
 from twossp_core.errors import InfeasibleTarget, ModelNotFound, UnsupportedModel
 from twossp_core.pruning.registry import METHODS
 
@@ -34,6 +35,17 @@ class FormError(Exception):
 
 def method_choices() -> list[tuple[str, str]]:
     return [(name, entry.summary) for name, entry in METHODS.items()]
+
+
+def examples() -> dict[str, Any]:
+    """The examples the form shows as placeholders, as JSON text (api.examples; app.js swaps them when the method,
+    the methods of a sweep or the export format change)."""
+    return {
+        "method": {name: ex.as_json(value) for name, value in ex.method_examples().items()},
+        "export": {name: ex.as_json(value) if value else "" for name, value in ex.export_examples().items()},
+        "sweep": ex.as_json(ex.sweep_options_example(["2ssp"])),
+        "heal": ex.as_json(ex.HEAL_EXAMPLE),
+    }
 
 
 def request_body(form: dict[str, list[str]]) -> dict[str, Any]:

@@ -156,7 +156,7 @@ def _submit_form(
     context = {
         "ui": ui, "values": values, "errors": errors, "general": errors.get(forms.GENERAL),
         "methods": forms.method_choices(), "form_id": values.get("form_id") or secrets.token_urlsafe(12),
-        "export_formats": format_names(),
+        "export_formats": format_names(), "examples": forms.examples(),
     }
     return page(request, "submit.html", context, status)
 

@@ -3,6 +3,7 @@ SQLite (no worker: jobs stay queued). The browser test (test_ui_browser.py) runs
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -227,3 +228,47 @@ def test_the_job_page_names_the_worker_class_the_job_was_routed_to(
         session.execute(update(Job).where(Job.id == job_id).values(queue="large"))
         session.commit()
     assert "worker class <code>large</code>" in alice.get(f"/ui/jobs/{job_id}").text
+
+
+def test_every_example_the_form_and_the_openapi_document_show_is_accepted(
+    app: Any, stories_model: Path, stories_text: Path
+) -> None:
+    """The examples come from the registries; each one, submitted as shown (on the local model and text, as the
+    tests have no hub access), is queued."""
+    from html import unescape
+
+    from twossp_core.export.registry import format_names
+    from twossp_core.pruning.registry import method_names
+
+    alice = signed_in(app, "alice")
+    page = alice.get("/ui/submit").text
+    select = {name: body for name, body in re.findall(r'<select id="(\w+)".*?>(.*?)</select>', page, re.S)}
+    option = re.compile(r'<option [^>]*data-example="([^"]*)">([\w-]+)<')
+    methods = {name: unescape(ex) for ex, name in option.findall(select["method"])}
+    exports = {name: unescape(ex) for ex, name in option.findall(select["export"])}
+    assert list(methods) == method_names() and list(exports) == format_names()
+    assert all(methods.values()) and exports["gguf"]  # every method shows an example, and gguf's options
+    placeholder = {name: unescape(value) for name, value in re.findall(r'id="(\w+)" name="\w+" rows="\d" '
+                                                                       r'placeholder="([^"]*)"', page)}
+    assert placeholder["options"] == methods["2ssp"]  # the selected method's example
+    sweep_example = unescape(re.search(r'data-sweep-example="([^"]*)"', page)[1])
+
+    shown: list[dict[str, str]] = [{"method": name, "options": ex} for name, ex in methods.items()]
+    shown += [{"export": name, "export_options": ex} for name, ex in exports.items() if ex]
+    shown.append({"heal": "on", "heal_options": placeholder["heal_options"]})
+    shown.append({"kind": "sweep", "methods": list(json.loads(sweep_example)), "sparsities": "0.25",
+                  "options": sweep_example})
+    for fields in shown:
+        data = {**form(stories_model, stories_text, **fields), "csrf": csrf_of(alice)}
+        response = alice.post("/ui/submit", data=data, follow_redirects=False)
+        assert response.status_code == 303, (fields, re.findall(r'role="alert">([^<]*)<', response.text))
+
+    examples = TestClient(app).get("/openapi.json").json()["paths"]["/jobs"]["post"]["requestBody"]["content"][
+        "application/json"]["examples"]
+    assert {f"prune-{name}" for name in method_names()} | {"sweep", "export-gguf", "heal"} <= set(examples)
+    api = TestClient(app, headers={"Authorization": f"Bearer {key_for(app, 'erin')}"})
+    local = {"model": str(stories_model), "calibration": [f"{stories_text}:0:50"], "eval": [f"{stories_text}:50:60"],
+             "doc_separator": "<|endoftext|>", "seq_len": 128}
+    for name, example in examples.items():
+        response = api.post("/jobs", json={**example["value"], **local})
+        assert response.status_code == 202, (name, response.text)

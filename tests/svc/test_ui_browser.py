@@ -124,6 +124,14 @@ def test_dashboard_in_a_browser(
 
     # bad input: the API's message next to the field, nothing created
     alice.click("text=New job")
+    # the options fields show the example of what is selected (from the registries)
+    from api.examples import export_examples, method_examples
+
+    alice.select_option("#method", "shortgpt")
+    assert json.loads(alice.get_attribute("#options", "placeholder")) == method_examples()["shortgpt"]
+    alice.select_option("#export", "gguf")
+    assert json.loads(alice.get_attribute("#export_options", "placeholder")) == export_examples()["gguf"]
+    alice.select_option("#export", "compact")
     fill_job(alice, stories_model, stories_text, "1.5")
     alice.click("#submit-form button[type=submit]")
     assert "less than 1" in alice.locator("#error-sparsity").inner_text()

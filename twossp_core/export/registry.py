@@ -11,7 +11,7 @@ directory (model files and README.md, the model card) and returns what the repor
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,9 @@ class ExportFormat:
     holds_rotation: bool = False  # can hold a rotated-and-sliced residual stream (slicegpt)
     needs_remote_code: bool = False  # transformers must run code shipped in the directory
     ffn_multiple: int | None = None  # every kept FFN width must be a multiple of this
+    # an example of its options, shown on the submit form and in the OpenAPI document (a test submits each one);
+    # empty for a format without options
+    example: dict[str, Any] = field(default_factory=dict)
 
 
 FORMATS: dict[str, ExportFormat] = {
@@ -55,6 +58,7 @@ FORMATS: dict[str, ExportFormat] = {
         "twossp_core.export.gguf_options:GGUFOptions",
         "one model.gguf for llama.cpp (tokenizer inside): plain llama, or deci for per-layer structures",
         families=("llama", "mistral"),
+        example={"type": "q8_0"},
     ),
     "decilm": ExportFormat(
         "twossp_core.export.decilm:export_decilm",
@@ -81,6 +85,11 @@ def export_format(name: str) -> ExportFormat:
     if entry is None:
         raise InvalidSpec(f"unknown export format {name!r}; available: {', '.join(FORMATS)}")
     return entry
+
+
+def export_example(name: str) -> dict[str, Any]:
+    """The example of the format's options (ExportFormat.example; {} for a format without options): a copy."""
+    return dict(export_format(name).example)
 
 
 def export_options(name: str, options: dict[str, Any] | None = None) -> BaseModel:

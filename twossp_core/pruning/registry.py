@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -38,6 +38,8 @@ class MethodEntry:
     # runtime.offload.editing_block (or needs no weights); "multi-device" when its computation follows each block's
     # device (forward passes, recorded block inputs, module removal, FFN slicing in place)
     modes: tuple[str, ...] = ("block-by-block", "multi-device")
+    # an example of its options, shown on the submit form and in the OpenAPI document (a test submits each one)
+    example: dict[str, Any] = field(default_factory=dict)
 
 
 METHODS: dict[str, MethodEntry] = {
@@ -47,6 +49,7 @@ METHODS: dict[str, MethodEntry] = {
         "2SSP: FFN neuron pruning by activation norm, then greedy attention removal by perplexity",
         stages=(Stage("stage1", 25), Stage("stage2", 25)),
         preflight="twossp_core.pruning.twossp.balance:check_feasible",
+        example={"round_to": 16, "stage2_windows": 4},
     ),
     "2ssp-refit": MethodEntry(
         "twossp_core.pruning.twossp_refit.config:TwoSSPRefitConfig",
@@ -57,24 +60,28 @@ METHODS: dict[str, MethodEntry] = {
         stages=(Stage("stage1", 25), Stage("refit", 5), Stage("stage2", 15), Stage("refit", 5)),
         preflight="twossp_core.pruning.twossp.balance:check_feasible",
         modes=("block-by-block",),  # its pass computes every block on the windows' device
+        example={"ridge": 0.01, "stage2_windows": 4},
     ),
     "shortgpt": MethodEntry(
         "twossp_core.pruning.shortgpt.config:ShortGPTConfig",
         "twossp_core.pruning.shortgpt.method:ShortGPT",
         "ShortGPT: delete the blocks with the lowest block influence (1 - cos(input, output), last token)",
         stages=(Stage("influence", 50),),
+        example={"rounding": "floor"},
     ),
     "window": MethodEntry(
         "twossp_core.pruning.window.config:WindowConfig",
         "twossp_core.pruning.window.method:SlidingWindow",
         "Sliding window: delete the run of consecutive blocks with the smallest angular distance across it",
         stages=(Stage("distances", 50),),
+        example={"rounding": "floor"},
     ),
     "blockpruner": MethodEntry(
         "twossp_core.pruning.blockpruner.config:BlockPrunerConfig",
         "twossp_core.pruning.blockpruner.method:BlockPruner",
         "BlockPruner: greedy removal of attention/FFN submodules by calibration perplexity",
         stages=(Stage("greedy_removal", 50),),
+        example={"windows": 4},
     ),
     "slicegpt": MethodEntry(
         "twossp_core.pruning.slicegpt.config:SliceGPTConfig",
@@ -83,12 +90,14 @@ METHODS: dict[str, MethodEntry] = {
         stages=(Stage("pca", 40), Stage("rotate", 10)),
         exports=("compact",),  # a rotated-and-sliced model has no plain-architecture equivalent
         modes=(),  # it rotates weights across all blocks at once
+        example={"round_to": 8},
     ),
     "evopress": MethodEntry(
         "twossp_core.pruning.evopress.config:EvoPressConfig",
         "twossp_core.pruning.evopress.method:EvoPress",
         "EvoPress: evolutionary search over dropped attention/FFN submodules by KL to the dense model",
         stages=(Stage("evolution", 50),),
+        example={"generations": 20, "offspring": 16, "seed": 1},
     ),
 }
 
@@ -112,6 +121,11 @@ def method_entry(name: str) -> MethodEntry:
 def methods_running(mode: str) -> list[str]:
     """The methods that can run in an execution mode other than in-memory (MethodEntry.modes)."""
     return [name for name, entry in METHODS.items() if mode in entry.modes]
+
+
+def method_example(name: str) -> dict[str, Any]:
+    """The example of the method's options (MethodEntry.example): a copy, so the caller may change it."""
+    return dict(method_entry(name).example)
 
 
 def method_preflight(name: str) -> Callable[..., int | None] | None:

@@ -43,8 +43,36 @@ function kindToggle(form) {
   apply();
 }
 
+// The options fields show the example of what is selected (the examples come from the server's registries).
+function examplePlaceholders(form) {
+  const options = form.querySelector("#options");
+  const exportOptions = form.querySelector("#export_options");
+  const apply = () => {
+    const checked = form.querySelector("input[name=kind]:checked");
+    if (checked && checked.value === "sweep") {
+      const parts = [];
+      form.querySelectorAll("input[name=methods]:checked").forEach((box) => {
+        const option = form.querySelector(`#method option[value="${box.value}"]`);
+        if (option) parts.push(`${JSON.stringify(box.value)}: ${option.dataset.example || "{}"}`);
+      });
+      options.placeholder = parts.length ? `{${parts.join(", ")}}` : options.dataset.sweepExample;
+    } else {
+      const method = form.querySelector("#method");
+      options.placeholder = method.selectedOptions[0].dataset.example || "";
+    }
+    const format = form.querySelector("#export").selectedOptions[0];
+    exportOptions.placeholder = format.dataset.example || "this format has no options";
+  };
+  form.querySelectorAll("input[name=kind], input[name=methods], #method, #export").forEach(
+    (input) => input.addEventListener("change", apply));
+  apply();
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   document.querySelectorAll("[data-poll]").forEach(poll);
   const form = document.getElementById("submit-form");
-  if (form) kindToggle(form);
+  if (form) {
+    kindToggle(form);
+    examplePlaceholders(form);
+  }
 });
