@@ -160,9 +160,17 @@ def spec_from_args(args: argparse.Namespace, *, sparsity: float, method: str) ->
 
 
 def check_out_dir(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
+    import stat
+
+    from twossp_core.local_inputs import UnusablePath, stat_path
+
+    try:
+        found = stat_path(out)
+    except UnusablePath as exc:
+        raise InvalidSpec(f"--out {out}: {exc}") from None
+    if found is not None and not stat.S_ISDIR(found.st_mode):
         raise InvalidSpec(f"--out {out}: exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
+    if found is not None and any(out.iterdir()) and not overwrite:
         raise InvalidSpec(f"--out {out}: directory is not empty (pass --overwrite to replace its files)")
 
 
@@ -376,6 +384,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except TwosspError as exc:
+        print(f"twossp: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except OSError as exc:  # a path the file system refuses: no permission, a disk full, a loop in an output path
         print(f"twossp: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:

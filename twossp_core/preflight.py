@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import json
 import re
+import stat
 from pathlib import Path
 
 from twossp_core.data.sources import check_txt_range
 from twossp_core.errors import DataError, InvalidSpec, ModelNotFound
 from twossp_core.export.compact_config import to_base
 from twossp_core.export.registry import check_family, check_ffn_width
-from twossp_core.local_inputs import local_path
+from twossp_core.local_inputs import UnusablePath, local_path, stat_path
 from twossp_core.memory import spec_plan
 from twossp_core.models.counts import block_counts
 from twossp_core.models.registry import check_supported
 from twossp_core.pruning.registry import method_preflight
 from twossp_core.spec import DataSource, PruneSpec
 
+MAX_CONFIG_BYTES = 16 * 2**20  # a config.json larger than this is not read
 # `name` or `org/name`: letters, digits, `-`, `_`, `.`; no `--`/`..` runs, at most 96 characters per part
 HUB_ID_RE = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9._-]{0,95}/)?[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 
@@ -41,27 +43,46 @@ def local_config(model: str, relative_paths: bool = True) -> dict | None:
     path = local_path(model)
     if not relative_paths and not Path(model).is_absolute():
         return None
-    if not path.exists():
-        if not is_hub_id(model):
-            raise ModelNotFound(f"{model}: no such local model directory")
-        return None
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise ModelNotFound(f"{model}: a local model directory must contain config.json")
     try:
-        return to_base(json.loads(config_file.read_text()))  # a compact export is checked as its base
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelNotFound(f"{model}: config.json is unreadable ({exc})") from None
+        found = stat_path(path)
+        config = stat_path(path / "config.json") if found is not None and stat.S_ISDIR(found.st_mode) else None
+    except UnusablePath as exc:
+        raise ModelNotFound(f"model {model!r}: {exc}") from None
+    if found is None:
+        if not is_hub_id(model):
+            raise ModelNotFound(f"model {model!r}: no such local model directory")
+        return None
+    if not stat.S_ISDIR(found.st_mode):
+        raise ModelNotFound(f"model {model!r}: not a directory (a local model is a directory with config.json)")
+    if config is None or not stat.S_ISREG(config.st_mode):
+        raise ModelNotFound(f"model {model!r}: a local model directory must contain config.json (a regular file)")
+    if config.st_size > MAX_CONFIG_BYTES:
+        raise ModelNotFound(f"model {model!r}: config.json is larger than {MAX_CONFIG_BYTES // 2**20} MiB")
+    try:
+        return to_base(json.loads((path / "config.json").read_text()))  # a compact export is checked as its base
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelNotFound(f"model {model!r}: config.json is unreadable ({exc})") from None
 
 
 def check_data(sources: list[DataSource], doc_separator: str | None, relative_paths: bool = True) -> None:
     """Local data files exist and their document ranges select something (hub datasets are checked later)."""
     for source in sources:
-        if source.is_hub and (not relative_paths or not local_path(source.name).exists()):
+        if source.is_hub and not relative_paths:
             continue
-        if not local_path(source.name).is_file():
+        try:
+            found = stat_path(local_path(source.name))
+        except UnusablePath as exc:
+            raise DataError(f"data source {source.label!r}: {exc}") from None
+        if source.is_hub and found is None:
+            continue
+        if found is None:
             raise DataError(f"data source {source.label!r}: no such file")
-        check_txt_range(source, doc_separator)
+        if not stat.S_ISREG(found.st_mode):
+            raise DataError(f"data source {source.label!r}: not a regular file (a directory, FIFO or device)")
+        try:
+            check_txt_range(source, doc_separator)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DataError(f"data source {source.label!r}: cannot be read ({exc})") from None
 
 
 def check_local_model(model: str, relative_paths: bool = True) -> dict | None:

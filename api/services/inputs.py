@@ -5,22 +5,25 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from stat import S_ISREG
+from typing import Any, Literal
 
 from api.errors import InputRejected
 from service.db.models import JobKind
 from service.paths import ROOTS_RULE, PathRefused, check_tree, resolve_allowed
 from service.settings import Settings
 from twossp_core.errors import InfeasibleTarget, ModelNotFound
+from twossp_core.local_inputs import UnusablePath, stat_path
 from twossp_core.preflight import is_hub_id, looks_local
 from twossp_core.spec import DataSource, PruneSpec, SweepSpec, parse_spec, parse_sweep_spec
 
 JobSpec = PruneSpec | SweepSpec
 
-def resolve_local(value: str, settings: Settings, what: str) -> Path:
-    """The real path of `value` if it is absolute and inside an allowed root; InputRejected otherwise."""
+def resolve_local(value: str, settings: Settings, what: str, kind: Literal["model directory", "file"]) -> Path:
+    """The real path of `value` if it is absolute, inside an allowed root and a readable `kind`; InputRejected
+    otherwise."""
     try:
-        return resolve_allowed(value, settings.resolved_roots(), what)
+        return resolve_allowed(value, settings.resolved_roots(), what, kind)
     except PathRefused as exc:
         raise InputRejected(str(exc)) from None
 
@@ -28,10 +31,12 @@ def resolve_local(value: str, settings: Settings, what: str) -> Path:
 def check_model_id(model: str, settings: Settings) -> str:
     """Return the model id to store: a real local path, or the hub id unchanged."""
     if looks_local(model):
-        path = resolve_local(model, settings, "model")
-        if not path.is_dir():
-            raise ModelNotFound(f"model {model!r}: no such model directory")
-        if not (path / "config.json").is_file():
+        path = resolve_local(model, settings, "model", "model directory")
+        try:
+            config = stat_path(path / "config.json")
+        except UnusablePath as exc:
+            raise ModelNotFound(f"model {model!r}: config.json {exc}") from None
+        if config is None or not S_ISREG(config.st_mode):
             raise ModelNotFound(f"model {model!r}: a local model directory must contain config.json")
         try:
             check_tree(path, settings.resolved_roots(), "model")
@@ -53,9 +58,7 @@ def check_source(text: str, settings: Settings, what: str) -> str:
         if not settings.allow_hub:
             raise InputRejected(f"{what} {text!r}: hub datasets are disabled (TWOSSP_ALLOW_HUB=false)")
         return text
-    path = resolve_local(source.name, settings, what)
-    if not path.is_file():
-        raise InputRejected(f"{what} {text!r}: no such file (or not a regular file)")
+    path = resolve_local(source.name, settings, what, "file")
     rng = "" if source.start is None and source.end is None else source.label[len(source.name) :]
     return f"{path}{rng}"
 

@@ -147,7 +147,7 @@ def test_a_missing_local_model_is_named_before_any_progress(tmp_path, capsys, mo
         args = ["--sparsity", "0.5", "--out", "o"] if command == "prune" else []
         assert main([command, "--model", model, "--eval", str(stories_text), *args]) == 2
         errors = [line for line in capsys.readouterr().err.splitlines() if "warning" not in line]
-        assert errors == [f"twossp: error: {model}: no such local model directory"]  # one line: no progress bar
+        assert errors == [f"twossp: error: model {model!r}: no such local model directory"]  # one line, no progress
 
 
 def test_hub_datasets_without_network_fail_at_once(stories_model, stories_text, tmp_path, capsys, monkeypatch):
