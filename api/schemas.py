@@ -140,6 +140,17 @@ class Health(BaseModel):
     status: Literal["ok"] = "ok"
 
 
+class WorkerClassReadiness(BaseModel):
+    live_workers: int = Field(description="workers of the class whose advertisement has not expired")
+    queued: int = Field(description="jobs queued for the class")
+    oldest_queued_s: float | None = Field(description="age of its oldest queued job, since submission")
+
+
 class Readiness(BaseModel):
     status: Literal["ok", "unavailable"]
     checks: dict[str, str]
+    classes: dict[str, WorkerClassReadiness] = Field(
+        default_factory=dict,
+        description="with a broker: each worker class (queue) with a live worker or a queued job (the jobs routed "
+        "to no class count in the default queue)",
+    )

@@ -1,14 +1,16 @@
 """The job lifecycle: every change of a job's state, each one compare-and-set, in one place.
 
     submit ─▶ queued ──claim──▶ running ──finish──▶ succeeded | failed | cancelled
-                ▲   └─cancel─▶ cancelled   │
+                ▲ │ └─cancel─▶ cancelled   │
+                │ └─reroute (its class dead past the grace) ─▶ queued in a live class, or failed
                 └──── requeue (shutdown) / reap (lease expired, attempts left) ◀┘
 
 The API submits and cancels, the runner (Celery task or embedded child) claims, beats and finishes, the
-embedded worker kills or gives back its child's attempt, the reaper reaps expired leases and kills overdue
-cancels. A worker's writes are fenced by (id, attempt, state), so a stale attempt can never overwrite a newer
-one; the embedded worker, which does not know the attempt, fences by its child's worker id. Nobody else
-writes `jobs.state`.
+embedded worker kills or gives back its child's attempt, the reaper reaps expired leases, kills overdue
+cancels and re-routes jobs stranded in a worker class with no live worker. A worker's writes are fenced by
+(id, attempt, state), so a stale attempt can never overwrite a newer one; the embedded worker, which does not
+know the attempt, fences by its child's worker id. A claim names the queue its message came from, so a message
+left in a job's old queue after a re-route claims nothing. Nobody else writes `jobs.state`.
 
 Each transition appends a `job_events` row in the same transaction, so the history cannot disagree with the
 row; the heartbeat also records the stages the job started and finished since the previous beat. Events are
@@ -23,12 +25,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from service.broker import Broker
-from service.db.models import EventKind, Job, JobEvent, JobKind, JobState, new_id
+from service.db.models import EventKind, Job, JobEvent, JobKind, JobState, WorkerQueue, new_id
 from service.db.types import utcnow
 from service.records import StageMark
 
@@ -166,18 +168,39 @@ def request_cancel(session: Session, job_id: str) -> None:
 
 
 # -- the runner ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Delivery:
+    """The queue a job's message came from, and the queue that a job routed to no class (`queue` null) goes to."""
+
+    queue: str
+    default_queue: str
+
+    def matches(self) -> Any:
+        """The SQL condition: the job is (still) routed to this queue."""
+        return func.coalesce(Job.queue, self.default_queue) == self.queue
+
+
 def claim(
-    session: Session, job_id: str, worker_id: str, lease_s: float, time_limit_s: float | None = None
+    session: Session,
+    job_id: str,
+    worker_id: str,
+    lease_s: float,
+    time_limit_s: float | None = None,
+    delivery: Delivery | None = None,
 ) -> Claim | None:
-    """queued → running with attempt+1 and a fresh lease; None if someone else has it or it is not queued.
+    """queued → running with attempt+1 and a fresh lease; None if someone else has it, it is not queued, or (with
+    `delivery`) it was re-routed away from the queue its message came from.
 
     `time_limit_s` is this worker's hard limit: the row keeps the smaller of it and the submitted limit, so
     the reaper judges a lost attempt by the limit that actually applied to it.
     """
     now = utcnow()
+    conditions = [Job.id == job_id, Job.state == QUEUED, Job.cancel_requested.is_(False)]
+    if delivery is not None:
+        conditions.append(delivery.matches())
     row = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.state == QUEUED, Job.cancel_requested.is_(False))
+        .where(*conditions)
         .values(
             state=RUNNING,
             attempt=Job.attempt + 1,
@@ -424,6 +447,79 @@ def unheld(session: Session, held: set[str], older_than_s: float, limit: int = 5
         .limit(limit)
     ).all()
     return [job_id for job_id in rows if job_id not in held]
+
+
+@dataclass(frozen=True)
+class Stranded:
+    """A queued job whose worker class has had no live worker since `dead_since`."""
+
+    job_id: str
+    attempt: int
+    queue: str | None  # as routed (None: the default queue)
+    kind: str
+    spec: dict[str, Any]
+    dead_since: datetime
+
+
+def stranded(
+    session: Session, live_queues: set[str], default_queue: str, grace_s: float, now: datetime, limit: int = 500
+) -> list[Stranded]:
+    """Queued jobs whose queue is not in `live_queues` and has had no live worker for `grace_s`: since its
+    `worker_queues.live_until`, or, for a queue no worker ever advertised, since the job was submitted."""
+    queue = func.coalesce(Job.queue, default_queue)
+    rows = session.execute(
+        select(Job.id, Job.attempt, Job.queue, Job.kind, Job.spec, WorkerQueue.live_until, Job.created_at)
+        .outerjoin(WorkerQueue, WorkerQueue.queue == queue)
+        .where(Job.state == QUEUED, Job.cancel_requested.is_(False), queue.not_in(sorted(live_queues)))
+        .order_by(Job.created_at)
+        .limit(limit)
+    ).all()
+    cutoff = now - timedelta(seconds=grace_s)
+    found = []
+    for job_id, attempt, job_queue, kind, spec, live_until, created_at in rows:
+        dead_since = live_until if live_until is not None else created_at
+        if dead_since <= cutoff:
+            found.append(Stranded(job_id, attempt, job_queue, kind, spec, dead_since))
+    return found
+
+
+def _still_stranded(job: Stranded) -> list[Any]:
+    """The fence of a re-route: the job is queued, on the attempt and in the queue it was found stranded in."""
+    in_queue = Job.queue.is_(None) if job.queue is None else Job.queue == job.queue
+    return [Job.id == job.job_id, Job.state == QUEUED, Job.cancel_requested.is_(False), Job.attempt == job.attempt,
+            in_queue]
+
+
+def reroute(session: Session, job: Stranded, queue: str, spec: dict[str, Any], detail: str) -> bool:
+    """A stranded job moves to a live class: queued in `queue` (with `spec`: the class's memory may become its
+    budgets), undispatched, so the caller publishes it there. False when the job moved on meanwhile."""
+    now = utcnow()
+    result = session.execute(
+        update(Job).where(*_still_stranded(job))
+        .values(queue=queue, spec=spec, dispatched=False, dispatched_at=None, updated_at=now)
+    )
+    if not _changed(result):
+        session.rollback()
+        return False
+    _event(session, job.job_id, EventKind.rerouted, job.attempt, QUEUED, detail=detail,
+           data={"from": job.queue, "to": queue}, at=now)
+    session.commit()
+    return True
+
+
+def fail_stranded(session: Session, job: Stranded, error: str) -> bool:
+    """A stranded job no live class can run fails with `error`. False when the job moved on meanwhile."""
+    now = utcnow()
+    result = session.execute(
+        update(Job).where(*_still_stranded(job))
+        .values(state=JobState.failed.value, error=error, finished_at=now, updated_at=now)
+    )
+    if not _changed(result):
+        session.rollback()
+        return False
+    _event(session, job.job_id, EventKind.failed, job.attempt, JobState.failed.value, detail=error, at=now)
+    session.commit()
+    return True
 
 
 def queued_queues(session: Session) -> set[str]:

@@ -127,14 +127,19 @@ class Settings(BaseSettings):
         None, ge=1, le=64, description="GPUs a cuda worker may spread a job over (multi-device execution), each "
         "offering worker_memory; default: the visible GPUs when the memory is detected, else 1",
     )
-    worker_advertise_interval_s: float = Field(30.0, gt=0, description="how often a worker renews its advertisement")
+    worker_advertise_interval_s: float = Field(10.0, gt=0, description="how often a worker renews its advertisement")
     worker_expiry_s: float = Field(
-        default_factory=lambda data: WORKER_EXPIRY_INTERVALS * data.get("worker_advertise_interval_s", 30.0), gt=0,
+        default_factory=lambda data: WORKER_EXPIRY_INTERVALS * data.get("worker_advertise_interval_s", 10.0), gt=0,
         description="a worker not seen this long no longer counts when jobs are routed. A worker that stops (or is "
         "killed) deletes its rows at once; this expiry covers the rest: a machine that crashed or lost power, an "
-        "advertiser killed with its worker. Default: 3 advertise intervals (90 s), so that two renewals lost to a "
+        "advertiser killed with its worker. Default: 3 advertise intervals (30 s), so that two renewals lost to a "
         "database restart do not take a live class off the routes, while a dead class takes jobs for at most "
         "that long; it must exceed the interval",
+    )
+    worker_class_grace_s: float = Field(
+        30.0, ge=0, description="queued jobs whose worker class has had no live worker this long (counted from the "
+        "expiry of its last worker's advertisement, or its withdrawal) are re-routed to a live class that holds "
+        "them, or failed naming the class they need; while no class at all has a live worker they wait",
     )
 
     @field_validator("allowed_local_roots", mode="before")

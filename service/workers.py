@@ -1,17 +1,18 @@
 """The worker registry: Celery workers advertise their class (queue, device, memory) in `workers`, renewed while
 they run and withdrawn when they stop; the API reads the classes seen recently to route jobs
-(`service/routing.py`)."""
+(`service/routing.py`). `worker_queues` keeps, per queue, until when it had a live worker, so the reaper knows how
+long a class has been dead (`service/lifecycle.py` `stranded`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service.db.models import Worker
+from service.db.models import Job, JobState, Worker, WorkerQueue
 from service.db.types import utcnow
 from service.routing import WorkerClass
 
@@ -39,7 +40,8 @@ class Advertisement:
 
 
 def advertise(session: Session, ad: Advertisement, expiry_s: float) -> None:
-    """Insert or renew the worker's row, and forget rows nobody renewed for `expiry_s`."""
+    """Insert or renew the worker's row and its queue's `live_until`, and forget rows nobody renewed for
+    `expiry_s`."""
     now = utcnow()
     cap = ad.capacity
     values = {"device": cap.device, "memory": cap.memory, "host_memory": cap.host_memory, "gpus": cap.gpus,
@@ -53,14 +55,35 @@ def advertise(session: Session, ad: Advertisement, expiry_s: float) -> None:
                 session.add(Worker(name=ad.name, queue=ad.queue, started_at=now, **values))
         except IntegrityError:  # inserted meanwhile (a second advertiser of the same name)
             session.execute(update(Worker).where(Worker.name == ad.name, Worker.queue == ad.queue).values(**values))
+    _set_live_until(session, ad.queue, now + timedelta(seconds=expiry_s))
     session.execute(delete(Worker).where(Worker.last_seen < now - timedelta(seconds=expiry_s)))
     session.commit()
 
 
-def withdraw(session: Session, name: str, queues: list[str]) -> int:
-    """Delete the worker's rows (it stops): jobs are no longer routed to a class it alone served. Returns the rows
-    deleted."""
+def _set_live_until(session: Session, queue: str, until: datetime) -> None:
+    """The queue had a live worker until `until` (a later time already recorded stays)."""
+    if session.execute(update(WorkerQueue).where(WorkerQueue.queue == queue).values(live_until=until)).rowcount:
+        return
+    try:
+        with session.begin_nested():
+            session.add(WorkerQueue(queue=queue, live_until=until))
+    except IntegrityError:  # inserted meanwhile by another worker of the queue
+        session.execute(update(WorkerQueue).where(WorkerQueue.queue == queue).values(live_until=until))
+
+
+def withdraw(session: Session, name: str, queues: list[str], expiry_s: float) -> int:
+    """Delete the worker's rows (it stops): jobs are no longer routed to a class it alone served, and a queue left
+    without a live worker is dead from now on. Returns the rows deleted."""
+    now = utcnow()
     deleted = session.execute(delete(Worker).where(Worker.name == name, Worker.queue.in_(queues))).rowcount
+    served = set(session.scalars(
+        select(Worker.queue).where(Worker.queue.in_(queues), Worker.last_seen >= now - timedelta(seconds=expiry_s))
+    ))
+    dead = [queue for queue in queues if queue not in served]
+    if dead:
+        session.execute(
+            update(WorkerQueue).where(WorkerQueue.queue.in_(dead), WorkerQueue.live_until > now).values(live_until=now)
+        )
     session.commit()
     return int(deleted or 0)
 
@@ -85,3 +108,40 @@ def worker_classes(session: Session, expiry_s: float) -> list[WorkerClass]:
         gpus = min(w.gpus for w in workers) if device == "cuda" else 1
         classes.append(WorkerClass(queue, device, memory, host, workers=len(workers), gpus=gpus))
     return classes
+
+
+@dataclass(frozen=True)
+class ClassStatus:
+    """A worker class as `/readyz` reports it: its live workers and the jobs queued for it."""
+
+    queue: str
+    live_workers: int
+    queued: int
+    oldest_queued_s: float | None  # age of its oldest queued job (since submission); None when none is queued
+
+
+def class_statuses(session: Session, expiry_s: float, default_queue: str) -> list[ClassStatus]:
+    """Every queue with a live worker or a queued job (a job routed to no class counts in `default_queue`), by
+    name."""
+    now = utcnow()
+    since = now - timedelta(seconds=expiry_s)
+    live: dict[str, int] = {
+        name: count for name, count in session.execute(
+            select(Worker.queue, func.count()).where(Worker.last_seen >= since).group_by(Worker.queue)
+        )
+    }
+    queue = func.coalesce(Job.queue, default_queue)
+    queued = {
+        name: (count, oldest)
+        for name, count, oldest in session.execute(
+            select(queue, func.count(), func.min(Job.created_at))
+            .where(Job.state == JobState.queued.value, Job.cancel_requested.is_(False))
+            .group_by(queue)
+        )
+    }
+    statuses = []
+    for name in sorted({*live, *queued}):
+        count, oldest = queued.get(name, (0, None))
+        age = None if oldest is None else round(max((now - oldest).total_seconds(), 0.0), 1)
+        statuses.append(ClassStatus(name, int(live.get(name, 0)), int(count), age))
+    return statuses

@@ -127,7 +127,7 @@ def advertise_until_stopped(
     finally:
         try:
             with db.session() as session:
-                deleted = withdraw(session, name, queues)
+                deleted = withdraw(session, name, queues, settings.worker_expiry_s)
             log.info("withdrew worker %s: %d row(s) deleted", name, deleted)
         except Exception as exc:  # its rows expire after worker_expiry_s
             log.warning("could not withdraw worker %s: %s", name, exc)

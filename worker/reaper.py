@@ -30,10 +30,10 @@ def serve_forever(settings: Settings, stop: threading.Event) -> None:
         while not stop.is_set():
             try:
                 result = reaper.run()
-                if result.requeued or result.failed or result.dispatched or result.cancelled:
+                if result.requeued or result.failed or result.dispatched or result.cancelled or result.rerouted:
                     log.info(
-                        "requeued=%s failed=%s cancelled=%s dispatched=%s",
-                        result.requeued, result.failed, result.cancelled, result.dispatched,
+                        "requeued=%s failed=%s cancelled=%s rerouted=%s dispatched=%s",
+                        result.requeued, result.failed, result.cancelled, result.rerouted, result.dispatched,
                     )
             except Exception:
                 log.exception("maintenance pass failed; retrying")

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from service import lifecycle
 from service.db.models import JobKind, JobState
 from service.db.session import Database
-from service.lifecycle import Claim
+from service.lifecycle import Claim, Delivery
 from service.paths import PathRefused
 from service.records import StageMark
 from service.settings import Settings
@@ -120,17 +120,21 @@ class JobRunner:
         self.worker_id = worker_id or default_worker_id()
         self.capacity = capacity  # what this worker advertises: the budgets a job sets are capped at it
 
-    def run(self, job_id: str, *, timeout_exceptions: tuple[type[BaseException], ...] = ()) -> str:
-        """Run the job if it can be claimed; returns the final state, or "skipped"/"fenced"."""
+    def run(
+        self, job_id: str, *, timeout_exceptions: tuple[type[BaseException], ...] = (), delivery: Delivery | None = None
+    ) -> str:
+        """Run the job if it can be claimed (with `delivery`: only while it is routed to the queue its message came
+        from); returns the final state, or "skipped"/"fenced"."""
         try:
             with self.db.session() as session:
                 claim = lifecycle.claim(
-                    session, job_id, self.worker_id, self.settings.lease_seconds, self.settings.job_time_limit_s
+                    session, job_id, self.worker_id, self.settings.lease_seconds, self.settings.job_time_limit_s,
+                    delivery,
                 )
         except SQLAlchemyError as exc:  # the job is still queued: the caller must keep its message
             raise ClaimUnavailable(f"could not claim job {job_id}: {type(exc).__name__}: {exc}") from exc
         if claim is None:
-            log.info("job %s not claimable (not queued, cancelled, or taken); skipping", job_id)
+            log.info("job %s not claimable (not queued, cancelled, taken or re-routed); skipping", job_id)
             return "skipped"
         log.info("job %s attempt %d started on %s", job_id, claim.attempt, self.worker_id)
         work = self.settings.scratch_root / job_id / f"attempt-{claim.attempt}"

@@ -89,10 +89,16 @@ class JobTask(Task):
     Request = JobRequest
 
 
+def delivery(task: Task) -> lifecycle.Delivery | None:
+    """The queue the task's message came from (its routing key), which the job must still be routed to."""
+    queue = (task.request.delivery_info or {}).get("routing_key")
+    return lifecycle.Delivery(queue, app.conf.twossp_settings.celery_queue) if queue else None
+
+
 @app.task(name=RUN_JOB_TASK, base=JobTask, bind=True, acks_late=True, reject_on_worker_lost=True)
 def run_job(self: Task, job_id: str) -> str:
     try:
-        return runner().run(job_id, timeout_exceptions=(SoftTimeLimitExceeded,))
+        return runner().run(job_id, timeout_exceptions=(SoftTimeLimitExceeded,), delivery=delivery(self))
     except ClaimUnavailable as exc:
         delay = min(app.conf.twossp_settings.claim_retry_max_s, 0.5 * 2 ** self.request.retries)
         log.warning("%s; retrying in %.1f s", exc, delay)

@@ -1,6 +1,7 @@
-"""Tables: users, their API keys (hashed), jobs, job events and workers. The job row is the source of truth for a
-job; its events are the append-only history of how it got there; a worker row is what a running Celery worker
-advertises (its queue and memory), renewed while it runs."""
+"""Tables: users, their API keys (hashed), jobs, job events, workers and worker queues. The job row is the source of
+truth for a job; its events are the append-only history of how it got there; a worker row is what a running Celery
+worker advertises (its queue and memory), renewed while it runs; a worker queue row says until when a queue had a
+live worker."""
 
 from __future__ import annotations
 
@@ -61,6 +62,7 @@ class EventKind(enum.StrEnum):
     stage_finished = "stage_finished"  # data: {"seconds": ...}
     cancel_requested = "cancel_requested"
     requeued = "requeued"  # the attempt was lost or given back (detail: why)
+    rerouted = "rerouted"  # a queued job moved to another worker class (detail: why; data: {"from", "to"})
     succeeded = "succeeded"
     failed = "failed"  # detail: the error
     cancelled = "cancelled"  # detail: how
@@ -179,3 +181,14 @@ class Worker(Base):
     gpus: Mapped[int] = mapped_column(Integer, default=1, server_default="1")  # GPUs a job may spread over
     started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     last_seen: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+
+
+class WorkerQueue(Base):
+    """A queue (worker class) that workers have advertised, and until when it had a live worker: the expiry of its
+    latest advertisement, or the moment its last worker withdrew. Jobs queued there wait `worker_class_grace_s`
+    past it before they are re-routed (`service/lifecycle.py` `stranded`)."""
+
+    __tablename__ = "worker_queues"
+
+    queue: Mapped[str] = mapped_column(String(200), primary_key=True)
+    live_until: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -77,7 +77,8 @@ def test_health_and_readiness(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200, ready.text
-    assert ready.json()["checks"] == {"database": "ok", "broker": "ok", "store": "ok", "queue": "ok"}
+    assert ready.json()["checks"] == {"database": "ok", "broker": "ok", "store": "ok", "queue": "ok", "workers": "ok"}
+    assert ready.json()["classes"] == {}  # no worker has advertised and nothing is queued
 
 
 def test_readiness_reports_an_unreachable_broker(settings: Settings) -> None:

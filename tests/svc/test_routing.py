@@ -269,8 +269,8 @@ def test_the_registry_keeps_recent_workers_one_class_per_queue(tmp_path: Path) -
             assert session.scalars(select(Worker.name).order_by(Worker.name)).all() == [
                 "a@h", "b@h", "d@h", "e@h"]  # `large` forgotten
             # a worker that stops deletes its rows: its class goes at once when it served it alone
-            assert withdraw(session, "d@h", ["multi", "other"]) == 1
-            assert withdraw(session, "e@h", ["multi"]) == 1
+            assert withdraw(session, "d@h", ["multi", "other"], expiry_s=60) == 1
+            assert withdraw(session, "e@h", ["multi"], expiry_s=60) == 1
             assert [c.queue for c in worker_classes(session, expiry_s=60)] == ["small"]
     finally:
         db.dispose()
