@@ -133,8 +133,28 @@ class JobCollector:
         )
 
 
+# label values come from closed sets, so made-up methods, paths or statuses cannot grow the series without bound
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+OTHER = "other"
+UNMATCHED = "unmatched"
+
+
+def method_label(method: str) -> str:
+    return method if method in KNOWN_METHODS else OTHER
+
+
+def route_label(scope: dict[str, Any]) -> str:
+    """The route template that answered (`/jobs/{job_id}`), never the request's own path; `unmatched` for none."""
+    path = getattr(scope.get("route"), "path", None)
+    return path if isinstance(path, str) and path else UNMATCHED
+
+
+def status_label(status: int) -> str:
+    return f"{status // 100}xx" if 100 <= status <= 599 else OTHER
+
+
 class RequestLatency:
-    """ASGI middleware: HTTP request latency by method, route template and status."""
+    """ASGI middleware: HTTP request latency by method, route template and status class."""
 
     def __init__(self, app: Any, histogram: Histogram) -> None:
         self.app = app
@@ -156,9 +176,9 @@ class RequestLatency:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            route = scope.get("route")
-            path = getattr(route, "path", None) or "unmatched"
-            self.histogram.labels(scope["method"], path, str(status)).observe(time.perf_counter() - start)
+            self.histogram.labels(method_label(scope["method"]), route_label(scope), status_label(status)).observe(
+                time.perf_counter() - start
+            )
 
 
 def install_metrics(app: Any, db: Database) -> None:
@@ -167,7 +187,7 @@ def install_metrics(app: Any, db: Database) -> None:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(JobCollector(db))  # type: ignore[arg-type]
     latency = Histogram(
-        "twossp_http_request_duration_seconds", "HTTP request latency by method, route and status",
+        "twossp_http_request_duration_seconds", "HTTP request latency by method, route template and status class",
         ["method", "route", "status"], buckets=HTTP_BUCKETS, registry=registry,
     )
     app.state.metrics = registry
