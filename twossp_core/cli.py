@@ -103,16 +103,24 @@ def add_heal_arguments(p: argparse.ArgumentParser) -> None:
                    "loss on the text (docs/heal.md)")
     p.add_argument("--heal-option", action="append", metavar="KEY=VALUE",
                    help="heal option, e.g. steps=300, lr=1e-3, params=lora, data=PATH:0:500 (needs --heal)")
+    p.add_argument("--heal-control", action=argparse.BooleanOptionalAction, default=None,
+                   help="also heal the dense model the same way and report the healed model against it on every "
+                   "set (default: on in a sweep, once for all its runs; off in a prune; needs --heal)")
 
 
 def heal_field(args: argparse.Namespace) -> dict[str, Any] | None:
     """The request's `heal` object from --heal / --heal-option (None without --heal)."""
     options = [option_value(o) for o in (args.heal_option or [])]
+    control = getattr(args, "heal_control", None)
     if args.heal is None:
         if options:
             raise InvalidSpec("--heal-option needs --heal kd|lm")
+        if control is not None:
+            raise InvalidSpec(f"--{'' if control else 'no-'}heal-control needs --heal kd|lm")
         return None
     heal: dict[str, Any] = {"loss": args.heal}
+    if control is not None:
+        heal["control"] = control
     for key, value in options:
         if key == "loss":
             raise InvalidSpec("the heal loss is given by --heal kd|lm, not --heal-option loss=...")
@@ -199,6 +207,9 @@ def format_summary(report: dict[str, Any]) -> str:
         lines.append(f"kept FFN neurons per block: {report['kept_ffn_neurons']}")
     for row in report["perplexity"]:
         healed = f" -> healed {row['healed']:.3f}" if "healed" in row else ""
+        if row.get("dense_healed"):
+            healed += (f" (dense healed the same way {row['dense_healed']:.3f}: "
+                       f"healed/control x{row['healed'] / row['dense_healed']:.3f})")
         domain = f" [{row['domain']}]" if row.get("domain") else ""
         lines.append(f"perplexity {row['dataset']}{domain}: dense {row['dense']:.3f} -> pruned {row['pruned']:.3f}"
                      f"{healed}")
@@ -211,6 +222,10 @@ def format_summary(report: dict[str, Any]) -> str:
         h = report["heal"]
         lines.append(f"heal {h['method']} ({h['params']}): {h['steps']} steps, {h['tokens']:,} tokens, lr {h['lr']:g}, "
                      f"loss {h['first_loss']:.4f} -> {h['loss']:.4f}, {h['seconds']:.1f}s")
+        if "control" in h:
+            c = h["control"]
+            lines.append(f"heal control (the dense model healed the same way): {c['steps']} steps, "
+                         f"loss {c['first_loss']:.4f} -> {c['loss']:.4f}, {c['seconds']:.1f}s")
     tp = report.get("throughput_tokens_per_s") or {}
     if tp.get("dense") and tp.get("pruned"):
         spread = report.get("throughput_spread") or {}

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from twossp_core.errors import InvalidSpec
-from twossp_core.heal.plan import HealWorkload, heal_phase, heal_workload
+from twossp_core.heal.plan import HealWorkload, heal_phases, heal_workload
 from twossp_core.models.counts import block_counts
 from twossp_core.placement import Part, Placement, check_multi_device, multi_device_refusal, place
 from twossp_core.pruning.registry import method_config, methods_running
@@ -252,9 +252,10 @@ def plan_memory(
         device_peak += int(SLACK_FRACTION * device_peak)
         heal_need = None
         if work.heal is not None:  # a phase after pruning: the job's peak is the larger of the two
-            phase = heal_phase(shape, work.heal, item, LOAD_FACTOR)
-            # a GPU job's teacher loads through the host (the host peak below counts that load)
-            heal_need = phase.peak if on_cpu else phase.training
+            # a GPU job's teacher loads through the host (the host peak below counts that load); with a control,
+            # the larger of its phase and the pruned model's
+            heal_need = max(phase.peak if on_cpu else phase.training
+                            for phase in heal_phases(shape, work.heal, item, LOAD_FACTOR))
             heal_need += int(SLACK_FRACTION * heal_need)
             device_peak = max(device_peak, heal_need)
         # the model is loaded on the host first (then moved to a GPU): while transformers loads it, the file's

@@ -8,10 +8,12 @@ can share (the dense model, tokenized data, dense measurements), which sweeps re
 from __future__ import annotations
 
 import copy
+import gc
 import json
 import os
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,7 @@ from twossp_core.memory import MemoryPlan
 from twossp_core.models.base import ModelAdapter
 from twossp_core.models.registry import adapter_for
 from twossp_core.preflight import check_data, check_local_model, check_model
-from twossp_core.progress import CancelFn, ProgressFn, Reporter
+from twossp_core.progress import CancelFn, PrefixReporter, ProgressFn, Reporter
 from twossp_core.pruning.base import PruneContext, PruneOutcome
 from twossp_core.pruning.registry import method_class, method_config
 from twossp_core.runtime.hub import require_hub_datasets
@@ -58,6 +60,7 @@ class Workspace:
     timings: dict[str, float] = field(default_factory=dict)
     model_is_dense: bool = True  # False once a run pruned `model` in place (then a heal reloads the teacher)
     memory_plan: MemoryPlan | None = None
+    control: HealRun | None = None  # the heal's control, once run (`heal_control`)
 
     @property
     def device(self) -> torch.device:
@@ -243,11 +246,50 @@ def dense_teacher(ws: Workspace) -> Any:
 
 def heal_pruned(ws: Workspace, model: Any, report: dict[str, Any], reporter: Reporter) -> tuple[Any, list[float]]:
     """The heal stage: train the pruned model (ws.spec.heal), evaluate it again, and add to its report
-    `healed` perplexities, a `heal` block and the timings. Returns the healed model (the same object for full
-    fine-tuning) and the loss of every step (`write_loss_plot` draws them)."""
+    `healed` perplexities, a `heal` block and the timings; with the workspace's control (`heal_control`), each
+    perplexity entry's `dense_healed` and the heal block's `control`. Returns the healed model (the same object
+    for full fine-tuning) and the loss of every step (`write_loss_plot` draws them)."""
+    from twossp_core.heal.plot import LOSS_PLOT
+
+    run = heal_and_evaluate(ws, model, lambda: dense_teacher(ws), reporter)
+    model, result, healed = run.model, run.result, run.perplexity
+    for entry in report["perplexity"]:
+        entry["healed"] = healed[entry["dataset"]]
+        if ws.control is not None:
+            entry["dense_healed"] = ws.control.perplexity[entry["dataset"]]
+    if report.get("held_out"):
+        report["held_out"]["healed_ratio"] = held_out_summary(report["perplexity"], key="healed")["ratio"]
+    report["heal"] = {**result.report(), "data": [s.label for s in ws.spec.heal_sources()],
+                      "data_tokens": run.data_tokens, "seq_len": run.seq_len, "plot": LOSS_PLOT}
+    if ws.control is not None:
+        report["heal"]["control"] = ws.control.report()
+    report["timings"].update(run.timings)
+    return model, result.losses
+
+
+@dataclass
+class HealRun:
+    """One heal and the evaluation of its model."""
+
+    model: Any  # the healed model
+    result: Any  # twossp_core.heal.loop.HealResult
+    perplexity: dict[str, float]  # per evaluation set
+    seq_len: int
+    data_tokens: int
+    timings: dict[str, float]  # heal_data_s, heal_s, evaluate_healed_s
+
+    def report(self) -> dict[str, Any]:
+        """The heal block's `control` (the other settings are the heal's own): its losses, steps and time."""
+        heal = self.result.report()
+        return {**{k: heal[k] for k in ("loss", "first_loss", "steps", "tokens", "seconds", "loss_curve")},
+                "seq_len": self.seq_len, "data_tokens": self.data_tokens, "timings": self.timings}
+
+
+def heal_and_evaluate(ws: Workspace, student: Any, teacher: Callable[[], Any], reporter: Reporter) -> HealRun:
+    """Train `student` with ws.spec.heal (a kd heal distills `teacher()`, called once the data is read) and
+    evaluate it on every evaluation set, reporting the stages `heal_data`, `heal`, `evaluate_healed`."""
     from twossp_core.heal.data import load_stream
     from twossp_core.heal.loop import heal
-    from twossp_core.heal.plot import LOSS_PLOT
 
     config = ws.spec.heal
     assert config is not None
@@ -255,33 +297,49 @@ def heal_pruned(ws: Workspace, model: Any, report: dict[str, Any], reporter: Rep
     reporter.update("heal_data", 0.0)
     t0 = time.perf_counter()
     seq_len = config.seq_len or ws.seq_len
-    limit = context_length(model.config)
+    limit = context_length(student.config)
     seq_len = min(seq_len, limit) if limit else seq_len
     steps = config.total_steps(seq_len)
     stream = load_stream(
         ws.spec.heal_sources(), ws.tokenizer, seq_len=seq_len, doc_separator=ws.spec.doc_separator,
         max_tokens=steps * config.batch_size * seq_len,
     )
-    teacher = dense_teacher(ws) if config.loss == "kd" else None
+    dense = teacher() if config.loss == "kd" else None
     reporter.update("heal_data", 1.0)
-    params_before = adapter_for(model).total_params()
+    params_before = adapter_for(student).total_params()
     seed = ws.spec.seed if config.seed is None else config.seed
     t1 = time.perf_counter()
-    model, result = heal(model, teacher, stream, config, seed=seed, reporter=reporter)
-    del teacher
+    model, result = heal(student, dense, stream, config, seed=seed, reporter=reporter)
+    del dense
     adapter = adapter_for(model)
     if adapter.total_params() != params_before:  # the heal only changes values; anything else is a bug
         raise RuntimeError(f"heal changed the parameter count: {params_before} -> {adapter.total_params()}")
     t2 = time.perf_counter()
     healed = evaluate_perplexity(ws, adapter, "evaluate_healed", reporter)
-    for entry in report["perplexity"]:
-        entry["healed"] = healed[entry["dataset"]]
-    if report.get("held_out"):
-        report["held_out"]["healed_ratio"] = held_out_summary(report["perplexity"], key="healed")["ratio"]
-    report["heal"] = {**result.report(), "data": [s.label for s in ws.spec.heal_sources()],
-                      "data_tokens": stream.num_tokens, "seq_len": seq_len, "plot": LOSS_PLOT}
-    report["timings"].update(heal_data_s=t1 - t0, heal_s=t2 - t1, evaluate_healed_s=time.perf_counter() - t2)
-    return model, result.losses
+    timings = {"heal_data_s": t1 - t0, "heal_s": t2 - t1, "evaluate_healed_s": time.perf_counter() - t2}
+    return HealRun(model, result, healed, seq_len, stream.num_tokens, timings)
+
+
+def heal_control(ws: Workspace, reporter: Reporter) -> HealRun:
+    """The heal's control (heal.control): a copy of the dense model healed with the same settings, data and seed
+    (a kd heal distills the dense model into its own copy) and evaluated on every set, so that a healed model is
+    judged against what the same heal does to the model it was pruned from. Run once per workspace, before
+    anything is pruned (a sweep's runs share it: it does not depend on the method), under the stages
+    `control/...`; the random state is restored afterwards, so the pruning is the same with or without it."""
+    from twossp_core.stages import CONTROL
+
+    if ws.control is not None:
+        return ws.control
+    if not ws.model_is_dense:
+        raise RuntimeError("the heal's control runs before the workspace's model is pruned")
+    devices = [ws.device] if ws.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        run = heal_and_evaluate(ws, copy.deepcopy(ws.model), lambda: ws.model, PrefixReporter(reporter, CONTROL))
+    run.model = None  # only its measurements are kept
+    gc.collect()
+    ws.control = run
+    ws.timings.update({f"control_{k}": v for k, v in run.timings.items()})
+    return run
 
 
 def write_loss_plot(losses: list[float], report: dict[str, Any], out_dir: Path) -> None:
@@ -355,6 +413,8 @@ def export_metadata(report: dict[str, Any]) -> dict[str, Any]:
     metadata = {key: report[key] for key in METADATA_KEYS if key in report}
     if "heal" in report:
         metadata["heal"] = {k: v for k, v in report["heal"].items() if k not in ("loss_curve", "plot")}
+        if "control" in metadata["heal"]:
+            metadata["heal"]["control"] = {k: v for k, v in metadata["heal"]["control"].items() if k != "loss_curve"}
     runtime = report.get("runtime") or {}
     metadata["versions"] = {k: runtime[k] for k in ("torch", "transformers", "twossp") if k in runtime}
     return metadata
@@ -383,6 +443,8 @@ def run_prune(
     check_model(spec)
     meter = PeakMeter("cpu" if spec.device == "cpu" or not torch.cuda.is_available() else "cuda")
     ws = prepare(spec, reporter)
+    if spec.heal is not None and spec.heal.control:
+        heal_control(ws, reporter)
     reporter.checkpoint()
     model, outcome, prune_s = prune_model(ws, spec.method, spec.sparsity, spec.options, reporter, copy_model=False)
     reporter.checkpoint()

@@ -45,3 +45,18 @@ class Reporter:
     def checkpoint(self) -> None:
         if self._should_cancel is not None and self._should_cancel():
             raise Cancelled("cancelled by request")
+
+
+class PrefixReporter(Reporter):
+    """Names a part of a job's stages `<prefix>/<stage>` (a sweep's run, the heal's control) and shares the
+    parent's callback and cancellation."""
+
+    def __init__(self, parent: Reporter, prefix: str) -> None:
+        super().__init__()
+        self.parent, self.prefix = parent, prefix
+
+    def update(self, stage: str, fraction: float, detail: str | None = None) -> None:
+        self.parent.update(f"{self.prefix}/{stage}", fraction, detail)
+
+    def checkpoint(self) -> None:
+        self.parent.checkpoint()

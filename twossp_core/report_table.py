@@ -64,12 +64,28 @@ def healed_rows(rows: list[dict[str, Any]]) -> bool:
     return any("healed" in item for r in rows for item in r.get("perplexity") or [])
 
 
+def controlled_rows(rows: list[dict[str, Any]]) -> bool:
+    """Whether the heal had a control (every entry then has `dense_healed`: the dense model healed the same way)."""
+    return any("dense_healed" in item for r in rows for item in r.get("perplexity") or [])
+
+
+def control_ratio(row: dict[str, Any], dataset: str) -> float | None:
+    """Healed perplexity / the control's (the dense model healed the same way): below 1, the pruned model healed
+    past what the same heal makes of the dense model."""
+    healed, control = _ppl(row, dataset, "healed"), _ppl(row, dataset, "dense_healed")
+    return healed / control if healed and control else None
+
+
 def comparison_markdown(rows: list[dict[str, Any]], dense: dict[str, Any], *, title: str = "Comparison") -> str:
     names = datasets(rows, dense)
     lines = [f"# {title}", ""]
     dense_ppl = ", ".join(f"{d['dataset']} {d['perplexity']:.3f}" for d in dense["perplexity"])
     tp = dense.get("throughput_tokens_per_s")
     lines.append(f"Dense model: perplexity {dense_ppl}" + (f"; throughput {tp:.0f} tokens/s" if tp else "") + ".")
+    if any("healed" in d for d in dense["perplexity"]):
+        control = ", ".join(f"{d['dataset']} {d['healed']:.3f}" for d in dense["perplexity"] if "healed" in d)
+        lines.append(f"Dense model healed the same way (the heal's control, once for the sweep): perplexity "
+                     f"{control}; `healed/control` below 1 means the pruned model healed past it.")
     lines.append("")
     domain = dataset_domains(rows)
     if domain:
@@ -101,7 +117,9 @@ def comparison_markdown(rows: list[dict[str, Any]], dense: dict[str, Any], *, ti
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
         lines.append("")
     healed = healed_rows(rows)
-    healed_cols = [f"healed {n}" for n in names] if healed else []
+    controlled = healed and controlled_rows(rows)
+    healed_cols = ([f"healed {n}" for n in names] if healed else []) + (
+        [f"healed/control {n}" for n in names] if controlled else [])
     summary = any(r.get("held_out") for r in rows)
     header = ["method", "target", "achieved", *[f"ppl {n}" for n in names], *healed_cols,
               *(["held-out ×"] if summary else []), "prune s",
@@ -118,6 +136,7 @@ def comparison_markdown(rows: list[dict[str, Any]], dense: dict[str, Any], *, ti
                 r["method"], f"{r['sparsity_target']:.1%}", f"{r['sparsity_achieved']:.1%}",
                 *[_fmt(_ppl(r, n), ".3f") for n in names],
                 *([_fmt(_ppl(r, n, "healed"), ".3f") for n in names] if healed else []),
+                *([_fmt(control_ratio(r, n), ".3f") for n in names] if controlled else []),
                 *([_fmt(_held_out(r), ".3f")] if summary else []), _fmt(r["prune_s"], ".2f"),
                 *([_fmt(r.get("heal_s"), ".1f")] if healed else []), _fmt(tps, ".0f"),
                 _fmt(r.get("speedup"), ".2f") + ("x" if r.get("speedup") else ""),
@@ -161,6 +180,9 @@ def plot_comparison(
                         color=line.get_color(), fillstyle="none", label=f"{m} healed")
         dense_value = next(d["perplexity"] for d in dense["perplexity"] if d["dataset"] == name)
         ax.axhline(dense_value, color="gray", linestyle="--", linewidth=1, label="dense")
+        control = next((d.get("healed") for d in dense["perplexity"] if d["dataset"] == name), None)
+        if control is not None:
+            ax.axhline(control, color="gray", linestyle=":", linewidth=1, label="dense healed (control)")
         ax.set_yscale("log")
         ax.set_xlabel("achieved sparsity of block parameters (%)")
         ax.set_ylabel("perplexity (log scale)")

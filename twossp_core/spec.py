@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -79,6 +79,8 @@ class JobSpecBase(BaseModel):
     """What every job on one model shares: the model, its data, precision, device and seed."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    # whether a heal also heals the dense model (heal.control) when the request leaves it null
+    heal_control_default: ClassVar[bool] = False
 
     model: str = Field(min_length=1, max_length=4096, description="Hugging Face hub id or local model directory")
     calibration: list[str] = Field(default_factory=lambda: ["c4"], min_length=1, max_length=16)
@@ -161,6 +163,12 @@ class JobSpecBase(BaseModel):
         self.export_options = export_options(self.export, self.export_options).model_dump()
         return self
 
+    @model_validator(mode="after")
+    def _resolve_heal_control(self) -> JobSpecBase:
+        if self.heal is not None and self.heal.control is None:
+            self.heal = self.heal.model_copy(update={"control": self.heal_control_default})
+        return self
+
     def shared_fields(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in JobSpecBase.model_fields}
 
@@ -196,6 +204,8 @@ class PruneSpec(JobSpecBase):
 
 class SweepSpec(JobSpecBase):
     """A request to compare methods x sparsities on one model (data and dense statistics shared)."""
+
+    heal_control_default: ClassVar[bool] = True  # one control per sweep, shared by its runs
 
     methods: list[str] = Field(default_factory=lambda: ["all"], min_length=1,
                                description="method names, or ['all'] (also a comma-separated string)")

@@ -25,6 +25,9 @@ SETUP = (Stage("load", 5), Stage("calibration", 5), Stage("evaluate_dense", 15))
 # after it: evaluate the pruned model, heal it when asked (then evaluate it again), then save it
 MEASURE = (Stage("evaluate_pruned", 15),)
 HEAL = (Stage("heal_data", 2), Stage("heal", 60), Stage("evaluate_healed", 15))
+# the heal's control (heal.control): a copy of the dense model healed the same way, once per job before anything
+# is pruned, its stages named `control/<heal stage>`
+CONTROL = "control"
 EXPORT = Stage("export", 5)
 # a sweep's last step: the comparison table and plots
 COMPARISON = Stage("comparison", 2)
@@ -38,11 +41,17 @@ def method_stages(method: str) -> tuple[Stage, ...]:
 
 def prune_stages(spec: PruneSpec) -> list[Stage]:
     """Every stage of one pruning run, in the order the pipeline reports them."""
-    return [*SETUP, *method_stages(spec.method), *MEASURE, *_heal(spec), EXPORT]
+    return [*SETUP, *_control(spec), *method_stages(spec.method), *MEASURE, *_heal(spec), EXPORT]
 
 
 def _heal(spec: PruneSpec | SweepSpec) -> tuple[Stage, ...]:
     return HEAL if spec.heal is not None else ()
+
+
+def _control(spec: PruneSpec | SweepSpec) -> list[Stage]:
+    if spec.heal is None or not spec.heal.control:
+        return []
+    return [Stage(f"{CONTROL}/{s.name}", s.weight) for s in HEAL]
 
 
 def run_prefix(method: str, sparsity: float) -> str:
@@ -51,9 +60,10 @@ def run_prefix(method: str, sparsity: float) -> str:
 
 
 def sweep_stages(spec: SweepSpec) -> list[Stage]:
-    """Every stage of a sweep: the shared setup, each run's method, measure (and heal) stages, the comparison (a sweep
-    that saves its models exports them within the run, without a stage of its own)."""
-    stages = list(SETUP)
+    """Every stage of a sweep: the shared setup (and the heal's control), each run's method, measure (and heal)
+    stages, the comparison (a sweep that saves its models exports them within the run, without a stage of its
+    own)."""
+    stages = [*SETUP, *_control(spec)]
     for method in spec.methods:
         per_run = [*method_stages(method), *MEASURE, *_heal(spec)]
         for sparsity in spec.sparsities:

@@ -2,7 +2,8 @@
 
 The model and data are loaded once, the dense model is measured once, and every run prunes a fresh copy of
 the dense model while sharing `Workspace.cache`, so statistics of the dense model (2SSP neuron scores,
-ShortGPT / window boundary states, SliceGPT PCA bases, EvoPress dense reference) are computed once.
+ShortGPT / window boundary states, SliceGPT PCA bases, EvoPress dense reference) are computed once. With a heal,
+its control (the dense model healed the same way, heal.control: on by default here) is computed once too.
 
 Writes into out_dir: comparison.json (a list of rows), comparison.md, comparison.png / .svg, sweep.json
 (request, dense measurements, runtime) and runs/<method>-<sparsity>/report.json per run (plus
@@ -21,6 +22,7 @@ from twossp_core.errors import InfeasibleTarget, UnsupportedModel
 from twossp_core.pipeline import (
     export_metadata,
     export_model,
+    heal_control,
     heal_pruned,
     measure_pruned,
     prepare,
@@ -29,7 +31,7 @@ from twossp_core.pipeline import (
     write_json_atomic,
     write_loss_plot,
 )
-from twossp_core.progress import CancelFn, ProgressFn, Reporter
+from twossp_core.progress import CancelFn, PrefixReporter, ProgressFn, Reporter
 from twossp_core.report_table import comparison_markdown, plot_comparison
 from twossp_core.spec import SweepSpec
 from twossp_core.stages import run_prefix
@@ -43,20 +45,6 @@ SWEEP_JSON = "sweep.json"
 
 def run_name(method: str, sparsity: float) -> str:
     return f"{method}-{sparsity:g}"
-
-
-class _RunReporter(Reporter):
-    """Prefixes stage names with the run (e.g. `shortgpt@0.25/influence`) and shares cancellation."""
-
-    def __init__(self, parent: Reporter, prefix: str) -> None:
-        super().__init__()
-        self.parent, self.prefix = parent, prefix
-
-    def update(self, stage: str, fraction: float, detail: str | None = None) -> None:
-        self.parent.update(f"{self.prefix}/{stage}", fraction, detail)
-
-    def checkpoint(self) -> None:
-        self.parent.checkpoint()
 
 
 def comparison_row(report: dict[str, Any]) -> dict[str, Any]:
@@ -106,12 +94,14 @@ def run_sweep(
     start = time.perf_counter()
     first = spec.prune_spec(spec.methods[0], spec.sparsities[0])
     ws = prepare(first, reporter, plan_spec=spec)
+    if spec.heal is not None and spec.heal.control:
+        heal_control(ws, reporter)  # once: every run's healed model is judged against the same healed dense model
     rows: list[dict[str, Any]] = []
     for method in spec.methods:
         for sparsity in spec.sparsities:
             reporter.checkpoint()
             name = run_name(method, sparsity)
-            run_reporter = _RunReporter(reporter, run_prefix(method, sparsity))
+            run_reporter = PrefixReporter(reporter, run_prefix(method, sparsity))  # e.g. shortgpt@0.25/influence
             options = spec.options[method]
             try:
                 model, outcome, prune_s = prune_model(ws, method, sparsity, options, run_reporter, copy_model=True)
@@ -137,11 +127,15 @@ def run_sweep(
             gc.collect()
             write_json_atomic(out_dir / COMPARISON_JSON, rows)
 
-    dense = {
+    dense: dict[str, Any] = {
         "perplexity": [{"dataset": k, "perplexity": v} for k, v in ws.dense_perplexity.items()],
         "throughput_tokens_per_s": ws.dense_throughput.median if ws.dense_throughput else None,
         "params": ws.dense_params,
     }
+    if ws.control is not None:  # the dense model healed the same way: each entry's `healed`, and the heal itself
+        for entry in dense["perplexity"]:
+            entry["healed"] = ws.control.perplexity[entry["dataset"]]
+        dense["control"] = ws.control.report()
     reporter.update("comparison", 0.0)
     write_json_atomic(out_dir / COMPARISON_JSON, rows)
     (out_dir / COMPARISON_MD).write_text(comparison_markdown(rows, dense, title=f"Comparison on {spec.model}"))

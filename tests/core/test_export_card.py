@@ -64,6 +64,20 @@ def test_healed_perplexity_gets_its_own_column_when_present():
     assert "| dataset | dense | pruned | healed |" in card and "| eval.txt:0:10 | 5.500 | 9.250 | 7.125 |" in card
 
 
+def test_the_card_states_the_heal_net_of_its_control():
+    rows = [{"dataset": "c4", "dense": 158.0, "pruned": 226.8, "healed": 152.0, "dense_healed": 150.0},
+            {"dataset": "ptb", "dense": 77.9, "pruned": 165.7, "healed": 76.0, "dense_healed": 80.0}]
+    card = render_card({**METADATA, "perplexity": rows}, "compact", None)
+    assert "| dataset | dense | pruned | healed | dense healed (control) |" in card
+    assert "| c4 | 158.000 | 226.800 | 152.000 | 150.000 |" in card
+    # below the dense model but above the control on c4; below both on ptb
+    assert "- c4: healed 152.000 is 1.3% above the control's 150.000 (and 3.8% below the unhealed dense" in card
+    assert "- ptb: healed 76.000 is 5.0% below the control's 80.000 (and 2.4% below" in card
+    uncontrolled = [{k: v for k, v in r.items() if k != "dense_healed"} for r in rows]
+    card = render_card({**METADATA, "perplexity": uncontrolled}, "compact", None)
+    assert "dense healed (control)" not in card and "without a control" in card
+
+
 @pytest.mark.parametrize("model", ["meta-llama/Llama-3.2-1B", "/nonexistent/dir"])
 def test_base_model_is_named_only_for_hub_ids(model):
     header = render_card({**METADATA, "model": model}, "gguf", None).split("---")[1]

@@ -55,6 +55,24 @@ def test_a_sweep_holds_its_dense_model_through_every_heal():
     assert spec_plan(sweep, LLAMA_7B, device="cuda").device_peak > _peak({"loss": "lm"}, "cuda")
 
 
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_the_control_heals_a_dense_copy_beside_the_dense_model(device):
+    """heal.control adds a phase before pruning: the whole dense model trains as the student, the dense model held
+    beside it (nothing is loaded again): the phase of a heal whose student kept everything."""
+    def heal_peak(heal: dict, **fields) -> int:
+        peak = spec_plan(_spec(heal, **fields), LLAMA_7B, device=device).heal_peak
+        assert peak is not None
+        return peak
+
+    assert heal_peak({"control": True}) > heal_peak({})
+    assert heal_peak({"loss": "lm", "control": True}) > heal_peak({"loss": "lm"})  # lm: the dense model is held
+    # the same as a sweep's heal of a model that kept every block parameter (sparsity 1 %: kept 0.99 + one block)
+    whole = parse_sweep_spec({"model": "meta-llama/Llama-2-7b-hf", "methods": ["2ssp"], "sparsities": [0.01],
+                              "seq_len": 2048, "dtype": "bfloat16", "heal": {"control": False}})
+    sweep_peak = spec_plan(whole, LLAMA_7B, device=device).heal_peak
+    assert heal_peak({"control": True}) == sweep_peak
+
+
 def test_the_plan_says_when_the_heal_is_its_peak():
     plan = spec_plan(_spec({}), LLAMA_7B, device="cuda")
     assert plan.heal_peak == plan.device_peak
@@ -80,14 +98,17 @@ def test_a_budget_that_holds_the_pruning_but_not_the_heal_is_refused(device, bud
     assert spec_plan(_spec(lighter, **{budget: between}), LLAMA_7B, device=device).mode == "in-memory"
 
 
-def test_a_real_healed_job_stays_within_its_plan(stories_model, stories_text, tmp_path):
+@pytest.mark.parametrize("control", [[], ["--heal-control"]])
+def test_a_real_healed_job_stays_within_its_plan(stories_model, stories_text, tmp_path, control):
     """The measured case: a stories260k 2ssp-refit job with a kd heal (windows of 512 tokens, 8 per step) peaked
-    above a plan that left the heal out; its peak RSS is within the plan that counts it."""
+    above a plan that left the heal out; its peak RSS is within the plan that counts it (with the heal's control
+    too: a copy of the dense model trained beside it)."""
     out = tmp_path / "out"
     args = ["prune", "--model", str(stories_model), "--sparsity", "0.5", "--method", "2ssp-refit",
             "--calibration", f"{stories_text}:0:500", "--eval", f"{stories_text}:500:1000",
             "--doc-separator", "<|endoftext|>", "--calibration-windows", "4", "--eval-windows", "2",
-            "--no-throughput", "--no-progress", "--heal", "kd", "--heal-option", "steps=2", "--out", str(out)]
+            "--no-throughput", "--no-progress", "--heal", "kd", "--heal-option", "steps=2", *control,
+            "--out", str(out)]
     result = subprocess.run([sys.executable, "-m", "twossp_core.cli", *args], capture_output=True, text=True,
                             env={**os.environ}, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -104,15 +104,43 @@ def _perplexity(metadata: dict[str, Any]) -> list[str]:
     if not rows:
         return ["Not measured for this export."]
     healed = any(r.get("healed") is not None for r in rows)
+    control = any(r.get("dense_healed") is not None for r in rows)
     head = "| dataset | dense | pruned |" + (" healed |" if healed else "")
-    sep = "|---|---|---|" + ("---|" if healed else "")
+    head += " dense healed (control) |" if control else ""
+    sep = "|---|---|---|" + ("---|" if healed else "") + ("---|" if control else "")
     out = [head, sep]
     for r in rows:
         line = f"| {r['dataset']} | {r['dense']:.3f} | {r['pruned']:.3f} |"
         if healed:
             line += f" {r['healed']:.3f} |" if r.get("healed") is not None else " – |"
+        if control:
+            line += f" {r['dense_healed']:.3f} |" if r.get("dense_healed") is not None else " – |"
         out.append(line)
-    return out
+    return out + _heal_net(rows)
+
+
+def _relative(value: float, reference: float) -> str:
+    ratio = value / reference
+    return f"{abs(ratio - 1):.1%} {'below' if ratio < 1 else 'above'}"
+
+
+def _heal_net(rows: list[dict[str, Any]]) -> list[str]:
+    """The heal's gain net of its control, per evaluation set (or that there was no control)."""
+    healed = [r for r in rows if r.get("healed") is not None]
+    if not healed:
+        return []
+    controlled = [r for r in healed if r.get("dense_healed") is not None]
+    if not controlled:
+        return ["", "The heal ran without a control (`heal.control`): the healed perplexity is compared with the "
+                "dense model as it was, not with the dense model healed the same way, so a gain over the dense "
+                "model may be what this heal does to any model rather than a recovery from pruning."]
+    lines = ["", "The heal's gain net of its control (the dense model healed with the same settings, data and "
+             "seed):", ""]
+    for r in controlled:
+        lines.append(f"- {r['dataset']}: healed {r['healed']:.3f} is {_relative(r['healed'], r['dense_healed'])} "
+                     f"the control's {r['dense_healed']:.3f} (and {_relative(r['healed'], r['dense'])} the "
+                     f"unhealed dense model's {r['dense']:.3f})")
+    return lines
 
 
 def _data(metadata: dict[str, Any]) -> list[str]:

@@ -55,6 +55,10 @@ class HealConfig(BaseModel):
                                    "job's calibration sources")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="default the job's seed")
     curve_points: int = Field(100, ge=2, le=10_000, description="points kept of the loss curve in the report")
+    control: bool | None = Field(
+        None, description="also heal a copy of the dense model with the same settings and seed, and report the "
+        "healed model against it (`dense_healed`) on every evaluation set; null: on in sweeps (one control per "
+        "sweep, shared by its runs), off in a single prune")
 
     @field_validator("data")
     @classmethod
@@ -77,7 +81,13 @@ class HealConfig(BaseModel):
         return self
 
     def total_steps(self, seq_len: int) -> int:
+        """Optimizer steps of one heal with windows of `seq_len` tokens."""
         if self.tokens is None:
             return self.steps
         per_step = self.batch_size * seq_len
         return max(1, -(-self.tokens // per_step))
+
+    def planned_steps(self, seq_len: int, runs: int = 1) -> int:
+        """Optimizer steps of a job that heals `runs` pruned models (a sweep: one per method and sparsity), the
+        control's heal of the dense model included (once per job, shared by its runs)."""
+        return self.total_steps(seq_len) * (runs + (1 if self.control else 0))

@@ -27,11 +27,16 @@ forward and its backward pass is running; the memory holds:
 - the float32 logits of the micro batch and their buffers: kd 8 x tokens x vocab (student and teacher logits,
   their temperature-scaled copies and log-softmaxes, the KL terms, the gradient), lm 5 x (logits, the shifted
   copy, the log-softmax, two gradients).
+
+The heal's control (heal.control, twossp_core/pipeline.py `heal_control`) is a second heal phase, before pruning:
+its student is a copy of the dense model (the whole model trains: kept 1.0), and the dense model stays in memory
+beside it (the kd teacher, and in any case the model the job prunes next), so nothing is loaded again. The job's
+heal peak is the larger of the two phases'.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -59,6 +64,7 @@ class HealWorkload:
     kept: float = 1.0  # upper bound on the fraction of the block parameters the student keeps
     dense_held: bool = False  # the dense model is in memory during the heal (kd teacher, a sweep's model)
     teacher_loaded: bool = False  # the kd teacher is loaded again while the student is held (a single job)
+    control: bool = False  # the dense model is healed the same way too, before pruning (heal.control)
 
 
 @dataclass(frozen=True)
@@ -101,8 +107,17 @@ def heal_workload(spec: Any, seq_len: int, blocks: int, context: int | None) -> 
         loss=config.loss, params=config.params, micro_batch=config.micro_batch_size or config.batch_size,
         seq_len=heal_seq, gradient_checkpointing=config.gradient_checkpointing, lora_rank=config.lora_rank,
         kept=kept_fraction(spec, blocks), dense_held=config.loss == "kd" or sweep,
-        teacher_loaded=config.loss == "kd" and not sweep,
+        teacher_loaded=config.loss == "kd" and not sweep, control=bool(config.control),
     )
+
+
+def heal_phases(shape: ModelShape, heal: HealWorkload, item: int, load_factor: float) -> list[HealPhase]:
+    """The heal phases of a job: the pruned model's heal, and the control's when it has one (module docstring)."""
+    phases = [heal_phase(shape, heal, item, load_factor)]
+    if heal.control:
+        control = replace(heal, kept=1.0, dense_held=True, teacher_loaded=False, control=False)
+        phases.append(heal_phase(shape, control, item, load_factor))
+    return phases
 
 
 def heal_phase(shape: ModelShape, heal: HealWorkload, item: int, load_factor: float) -> HealPhase:
