@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from api.docs_ui import install_docs
 from api.errors import install_error_handlers
 from api.metrics import install_metrics
-from api.middleware import BodySizeLimit
+from api.middleware import BodySizeLimit, InFlightLimit
 from api.openapi import install_openapi
 from api.routes import health, jobs
 from api.ui import routes as ui
@@ -20,6 +20,8 @@ from service.broker import Broker, make_broker
 from service.db.session import Database
 from service.settings import Settings
 from service.store import make_store
+
+PROBES = frozenset({"/healthz", "/readyz"})  # always answered, however busy the process is
 
 
 class BackgroundService(Protocol):
@@ -75,5 +77,9 @@ def create_app(
     app.include_router(ui.router)
     ui.mount_static(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(  # inside the latency middleware, so shed requests are measured too
+        InFlightLimit, limit=settings.max_in_flight_requests, retry_after_s=settings.retry_after_s,
+        exempt=PROBES,
+    )
     install_metrics(app, app.state.db)
     return app

@@ -1,6 +1,7 @@
 """The OpenAPI document, made to match what the service answers: every error is `{"detail": "reason"}`
 (422 included, not FastAPI's list of validation errors), `/jobs` routes may answer 429, and every route
-that needs the database may answer 503 with `Retry-After`. `POST /jobs` shows example bodies (api.examples)."""
+but the probes may answer 503 with `Retry-After` (the database is down, or the process is at its in-flight limit);
+`/readyz`'s 503 carries it too. `POST /jobs` shows example bodies (api.examples)."""
 
 from __future__ import annotations
 
@@ -56,6 +57,8 @@ def install_openapi(app: FastAPI) -> None:
                     responses.setdefault(
                         "503", _error("the database is unavailable or the service is at capacity", retry_after=True)
                     )
+                if path == "/readyz" and "503" in responses:  # not ready: every 503 carries Retry-After
+                    responses["503"] = {**responses["503"], "headers": RETRY_AFTER}
         submit = schema.get("paths", {}).get("/jobs", {}).get("post", {}).get("requestBody")
         if submit is not None:
             submit["content"]["application/json"]["examples"] = request_examples()

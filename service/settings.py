@@ -57,6 +57,10 @@ class Settings(BaseSettings):
     db_pool_size: int | None = Field(None, ge=1, description="pooled connections per process; default api_threads + 4")
     db_pool_timeout_s: float = Field(3.0, gt=0, description="wait this long for a pooled connection, then 503")
     retry_after_s: int = Field(2, ge=1, description="Retry-After (seconds) sent with 503 answers")
+    max_in_flight_requests: int = Field(
+        64, ge=1, description="requests one API process serves at once; one more gets 503 with Retry-After at once "
+        "(/healthz and /readyz are always answered)",
+    )
 
     # limits: per API key (per API process) request rate, and per user jobs queued or running at once
     rate_limit_per_s: float = Field(20.0, gt=0, description="sustained requests per second per API key")

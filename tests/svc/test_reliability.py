@@ -122,10 +122,12 @@ def report(what: str, results: list[tuple[int, float, Any]], extra: str = "") ->
 
 @contextmanager
 def api_process(tmp_path: Path, user: str, **fields: Any) -> Iterator[tuple[Settings, str, str]]:
-    """A real API process (uvicorn) with `fields` as its settings (rate limits out of the way unless given) and an
-    API key of `user`; yields the settings, the base URL and the key."""
+    """A real API process (uvicorn) with `fields` as its settings (rate limits and the in-flight limit out of the
+    way unless given: the bursts here measure how requests are served, not shed) and an API key of `user`; yields
+    the settings, the base URL and the key."""
     settings = Settings(
-        **{"data_dir": tmp_path / "data", "rate_limit_per_s": 10_000, "rate_limit_burst": 10_000, **fields}
+        **{"data_dir": tmp_path / "data", "rate_limit_per_s": 10_000, "rate_limit_burst": 10_000,
+           "max_in_flight_requests": 10_000, **fields}
     )
     logs = tmp_path / "logs"
     logs.mkdir()
