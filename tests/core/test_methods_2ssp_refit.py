@@ -15,7 +15,7 @@ from tiny_models import FAMILIES, tiny_model, tiny_workdir
 from twossp_core.cli import main
 from twossp_core.errors import InvalidSpec
 from twossp_core.models.registry import adapter_for
-from twossp_core.pruning.registry import method_config
+from twossp_core.pruning.registry import method_config, method_entry
 from twossp_core.pruning.twossp import stage1
 from twossp_core.pruning.twossp.scores import top_k
 from twossp_core.pruning.twossp_refit import refit
@@ -236,6 +236,11 @@ def test_the_method_gives_the_same_prune_with_or_without_cached_scores():
     assert a.details["refit"]["stage1_in_refit_pass"] and not b.details["refit"]["stage1_in_refit_pass"]
     assert a.removed_attention == b.removed_attention and a.removed_attention
     assert a.details["refit"]["error_refit"] == b.details["refit"]["error_refit"]
+    # timings are named as the stages the method reports, and only stages that ran have one: the fused pass is
+    # stage 1 (no "stage1 0.00s" beside a "stage1_refit")
+    stages = {f"{stage.name}_s" for stage in method_entry("2ssp-refit").stages}
+    assert set(a.timings) == {"stage1_s", "stage2_s", "refit_s"} <= stages and set(b.timings) <= stages
+    assert all(seconds > 0 for seconds in a.timings.values())
     for x, y in zip(fused.state_dict().values(), separate.state_dict().values(), strict=True):
         assert torch.equal(x, y)
 

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from twossp_core.export.source_files import source_name
 from twossp_core.local_inputs import local_path
 
 CARD_FILE = "README.md"
@@ -187,12 +188,13 @@ print(llm("Once upon a time", max_tokens=64)["choices"][0]["text"])
 vllm serve THIS_DIR --trust-remote-code
 ```
 
-transformers (runs `modeling_decilm.py` shipped here):
+transformers (runs `modeling_decilm.py` shipped here; the tokenizer needs no code, and given the model's config
+AutoTokenizer does not ask about the directory's code again):
 
 ```python
 from transformers import AutoModelForCausalLM, AutoTokenizer
 model = AutoModelForCausalLM.from_pretrained("THIS_DIR", trust_remote_code=True)
-tokenizer = AutoTokenizer.from_pretrained("THIS_DIR")
+tokenizer = AutoTokenizer.from_pretrained("THIS_DIR", config=model.config)
 ```"""
     if fmt == "portable":
         return """Any runtime that reads the base architecture (no remote code):
@@ -205,14 +207,20 @@ tokenizer = AutoTokenizer.from_pretrained("THIS_DIR")
 
 The removed submodules are stored as zeros, so this runs at the speed of the dense model; the `gguf` and
 `decilm` exports skip them."""
-    return """twossp, or transformers with the `modeling_twossp.py` shipped here:
+    return """twossp:
 
 ```python
 from twossp_core.export.load import load_pruned
 model, tokenizer = load_pruned("THIS_DIR")
+```
 
-from transformers import AutoModelForCausalLM
+or transformers with the `modeling_twossp.py` shipped here (the tokenizer needs no code, and given the model's config
+AutoTokenizer does not ask about the directory's code again):
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
 model = AutoModelForCausalLM.from_pretrained("THIS_DIR", trust_remote_code=True)
+tokenizer = AutoTokenizer.from_pretrained("THIS_DIR", config=model.config)
 ```"""
 
 
@@ -225,7 +233,7 @@ def render_card(metadata: dict[str, Any], fmt: str, config: Any, files: list[str
         sparsity = f" at target sparsity {target:.4f} (achieved {achieved:.4f} of the transformer-block parameters)"
     parts = [
         _front_matter(metadata, fmt),
-        f"# {Path(str(model)).name} pruned with {method}",
+        f"# {source_name(str(model))} pruned with {method}",
         f"`{model}` structurally pruned with **{method}**{sparsity} by "
         "[twossp](https://arxiv.org/abs/2501.17771), saved in the **{fmt}** export format.".replace("{fmt}", fmt),
         "## What was removed",

@@ -93,14 +93,16 @@ def export_decilm(
     model: Any, tokenizer: Any, out_dir: Path, metadata: dict[str, Any], options: BaseModel
 ) -> dict[str, Any]:
     """Write config.json, model.safetensors, the tokenizer, the two code files and the model card."""
-    from twossp_core.export.save import staged_into
+    from twossp_core.export.save import staged_into, with_source_use_cache
     from twossp_core.export.streamed import write_weights_by_block
+    from twossp_core.export.tokenizer_files import save_tokenizer
     from twossp_core.models.registry import adapter_for
 
     if (getattr(model.config, STRUCTURE_KEY, None) or {}).get(SHORTCUT_KEY):
         raise InvalidSpec("export 'decilm' cannot hold a rotated-and-sliced model (slicegpt); use 'compact'")
     adapter = adapter_for(model)
-    config = decilm_config(model, adapter, metadata)
+    source = str(metadata.get("model") or "")
+    config = with_source_use_cache(decilm_config(model, adapter, metadata), source)
     out_dir = Path(out_dir)
     with staged_into(out_dir) as tmp:
         write_weights_by_block(model, tmp)  # tied embeddings once, as the embedding (DeciLM ties lm_head to it)
@@ -109,7 +111,7 @@ def export_decilm(
         if generation is not None:
             generation.save_pretrained(tmp)
         if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
+            save_tokenizer(tokenizer, tmp, source)
         code_dir = Path(decilm_code.__file__).parent
         for name in CODE_FILES:
             shutil.copyfile(code_dir / name, tmp / name)

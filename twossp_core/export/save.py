@@ -16,7 +16,9 @@ from twossp_core.export import remote_modeling
 from twossp_core.export.card import write_card
 from twossp_core.export.compact_config import BASE_KEY, MODELING_FILE, to_compact
 from twossp_core.export.remote_modeling import STRUCTURE_KEY, needs_structure
+from twossp_core.export.source_files import source_json
 from twossp_core.export.streamed import write_weights_by_block
+from twossp_core.export.tokenizer_files import save_tokenizer
 from twossp_core.runtime.offload import offloader_of
 
 BASE_LINE_MARK = "# twossp:base-class"
@@ -66,6 +68,14 @@ def readable_like_new_files(directory: Path) -> None:
             item.chmod(mode)
 
 
+def with_source_use_cache(config: dict[str, Any], source: str) -> dict[str, Any]:
+    """`config` with the source model's `use_cache` (loading for pruning turns the cache off); without the source's
+    config at hand, the architecture's default."""
+    use_cache = source_json(source, "config.json").get("use_cache")
+    config = {k: v for k, v in config.items() if k != "use_cache"}
+    return config if use_cache is None else {**config, "use_cache": use_cache}
+
+
 def save_pruned(model: Any, tokenizer: Any, out_dir: Path, metadata: dict[str, Any]) -> Path:
     """Save into `out_dir` atomically: files are written to a temporary sibling, then moved in place.
 
@@ -81,10 +91,11 @@ def save_pruned(model: Any, tokenizer: Any, out_dir: Path, metadata: dict[str, A
             if getattr(model, "generation_config", None) is not None and model.can_generate():
                 model.generation_config.save_pretrained(tmp)
             write_weights_by_block(model, tmp)
+        source = str(metadata.get("model") or "")
         if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
+            save_tokenizer(tokenizer, tmp, source)
         config_path = tmp / "config.json"
-        config = json.loads(config_path.read_text())
+        config = with_source_use_cache(json.loads(config_path.read_text()), source)
         config["twossp"] = metadata
         if needs_structure(config.get(STRUCTURE_KEY)):
             config = to_compact(config)  # its own model_type: never loads as the base architecture

@@ -1,0 +1,74 @@
+"""Files of the model an export was pruned from, read from its directory or the hub cache (never downloaded here):
+what an export carries over from its source (its name, use_cache, its tokenizer's settings, its license)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from twossp_core.local_inputs import local_path
+
+# directory names that say nothing about the model in them (".../SmolLM2-135M-Instruct/hf")
+GENERIC_DIRS = re.compile(r"^(hf|huggingface|model|models|weights|checkpoints?|checkpoint-\d+|final|latest|main|"
+                          r"snapshots|[0-9a-f]{40})$", re.IGNORECASE)
+HUB_CACHE_DIR = re.compile(r"^models--(?P<org>[^/]+?)--(?P<name>[^/]+)$")
+
+
+def is_local(model: str) -> bool:
+    return local_path(model).exists() or model.startswith((".", "/", "~"))
+
+
+def source_file(model: str, name: str) -> Path | None:
+    """`name` in the source model's directory, or in the hub cache for a hub id; None when not at hand."""
+    if not model:
+        return None
+    if is_local(model):
+        path = local_path(model) / name
+        return path if path.is_file() else None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(model, name)
+    except Exception:  # noqa: BLE001 - an invalid repo id or a broken cache: not at hand
+        return None
+    return Path(cached) if isinstance(cached, str) else None
+
+
+def source_json(model: str, name: str) -> dict[str, Any]:
+    """A JSON file of the source model ({} when it is not at hand or not a JSON object)."""
+    path = source_file(model, name)
+    if path is None:
+        return {}
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def hub_id_of(model: str) -> str | None:
+    """The hub id of a source: the name itself for a hub id, or the repository of a hub-cache snapshot directory."""
+    if not model:
+        return None
+    if not is_local(model):
+        return model
+    for part in local_path(model).resolve().parts[::-1]:
+        match = HUB_CACHE_DIR.match(part)
+        if match:
+            return f"{match['org']}/{match['name']}"
+    return None
+
+
+def source_name(model: str) -> str:
+    """What to call the source model: its hub id, else the name of its directory, going up past names such as
+    "hf" or "checkpoint-500" that do not name a model."""
+    hub_id = hub_id_of(model)
+    if hub_id:
+        return hub_id
+    path = local_path(model).resolve()
+    for part in (path, *path.parents):
+        if part.name and not GENERIC_DIRS.match(part.name):
+            return part.name
+    return path.name or str(model)
