@@ -82,3 +82,44 @@ def test_the_card_states_the_heal_net_of_its_control():
 def test_base_model_is_named_only_for_hub_ids(model):
     header = render_card({**METADATA, "model": model}, "gguf", None).split("---")[1]
     assert ("base_model: meta-llama/Llama-3.2-1B" in header) == (not model.startswith("/"))
+
+
+def test_the_card_metadata_names_the_source_and_its_license_and_parses_with_huggingface_hub(tmp_path):
+    """base_model for a hub source (a hub id, or a hub-cache snapshot), else the source's name and sha256; the
+    license from the source's card or config, else `other` with a note; pipeline_tag and tags (method, sparsity)."""
+    import hashlib
+
+    from huggingface_hub import ModelCard
+    from huggingface_hub.utils import validate_repo_id
+
+    snapshot = tmp_path / "models--org--tiny-llama" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "README.md").write_text("---\nlicense: apache-2.0\n---\n# tiny\n")
+    local = tmp_path / "tiny-llama" / "hf"
+    local.mkdir(parents=True)
+    (local / "model.safetensors").write_bytes(b"weights")
+    (local / "config.json").write_text('{"license": "mit"}')
+    gguf = {"format": "gguf", "file": "tiny.Q8_0.gguf", "sha256": "ab" * 32}
+    cases = {
+        "hub": ({"model": "meta-llama/Llama-3.2-1B"}, "meta-llama/Llama-3.2-1B", None, "other"),
+        "snapshot": ({"model": str(snapshot)}, "org/tiny-llama", None, "apache-2.0"),
+        "local": ({"model": str(local)}, None,
+                  {"name": "tiny-llama", "sha256": hashlib.sha256(b"weights").hexdigest(),
+                   "sha256_of": "model.safetensors"}, "mit"),
+        "gguf": ({"model": str(local), "source": gguf}, None,
+                 {"name": "tiny-llama", "sha256": gguf["sha256"], "sha256_of": gguf["file"]}, "mit"),
+    }
+    for name, (fields, base_model, source_model, license_) in cases.items():
+        text = render_card({**METADATA, **fields}, "compact", None)
+        card = ModelCard(text, ignore_metadata_errors=False)
+        data = card.data.to_dict()
+        assert data.get("base_model") == base_model, name
+        if base_model:
+            validate_repo_id(base_model)
+            assert data["base_model_relation"] == "finetune"
+        assert data.get("source_model") == source_model, name
+        assert data["license"] == license_, name
+        assert ("license_name" in data and "source model's own terms apply" in text) == (license_ == "other"), name
+        assert data["pipeline_tag"] == "text-generation" and data["library_name"] == "transformers"
+        assert {"2ssp", "pruned", "sparsity-37.5", "custom_code"} <= set(data["tags"]), name
+        assert str(tmp_path) not in text  # no local path of this machine in the card

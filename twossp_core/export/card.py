@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from twossp_core.export.source_files import source_name
+from twossp_core.export.source_files import hub_id_of, source_json, source_name, source_sha256
 from twossp_core.local_inputs import local_path
 
 CARD_FILE = "README.md"
@@ -61,22 +61,55 @@ def base_license(model: str) -> str | None:
     return None
 
 
-def _front_matter(metadata: dict[str, Any], fmt: str) -> str:
+def _sparsity_tag(target: Any) -> list[str]:
+    return [f"sparsity-{float(target) * 100:.4g}"] if target is not None else []
+
+
+def source_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
+    """What the card's metadata says about the source model: `base_model` (a hub id) when it came from the hub,
+    else `source_model` {name, sha256 (of its weights, or of the GGUF file it was read from), sha256_of}."""
     model = str(metadata.get("model") or "")
-    lines = ["---"]
-    if model and not _is_local(model):
-        lines.append(f"base_model: {model}")
-        lines.append("base_model_relation: quantized" if fmt == "gguf" else "base_model_relation: finetune")
-    license_ = base_license(model) if model else None
+    if not model:
+        return {}
+    hub_id = hub_id_of(model)
+    if hub_id:
+        return {"base_model": hub_id}
+    record: dict[str, Any] = {"name": source_name(model)}
+    source = metadata.get("source")
+    if isinstance(source, dict) and source.get("sha256"):  # a GGUF file (gguf_source.source_record)
+        record.update(sha256=source["sha256"], sha256_of=source.get("file"))
+    elif (digest := source_sha256(model)) is not None:
+        record.update(sha256=digest[0], sha256_of=digest[1])
+    return {"source_model": record}
+
+
+def source_license(model: str) -> str | None:
+    """The source's license: its card's `license:`, else its config.json's `license` (None when neither says)."""
+    if not model:
+        return None
+    value = base_license(model) or source_json(model, "config.json").get("license")
+    return str(value) if value else None
+
+
+def _front_matter(metadata: dict[str, Any], fmt: str) -> str:
+    """The card metadata (YAML), written with huggingface_hub's ModelCardData so the hub's parser reads it back."""
+    from huggingface_hub import ModelCardData
+
+    model = str(metadata.get("model") or "")
+    fields: dict[str, Any] = source_metadata(metadata)
+    if "base_model" in fields:
+        fields["base_model_relation"] = "quantized" if fmt == "gguf" else "finetune"
+    license_ = source_license(model)
     if license_:
-        lines.append(f"license: {license_}")
-    lines.append("library_name: " + ("gguf" if fmt == "gguf" else "transformers"))
-    lines.append("pipeline_tag: text-generation")
-    tags = ["twossp", "pruned", "structured-pruning", str(metadata.get("method", "unknown")), *FORMAT_TAGS.get(fmt, [])]
-    lines.append("tags:")
-    lines.extend(f"- {tag}" for tag in dict.fromkeys(tags))
-    lines.append("---")
-    return "\n".join(lines)
+        fields["license"] = license_
+    else:  # the card's text says so too
+        fields.update(license="other", license_name="unknown")
+    fields["library_name"] = "gguf" if fmt == "gguf" else "transformers"
+    fields["pipeline_tag"] = "text-generation"
+    tags = ["twossp", "pruned", "structured-pruning", str(metadata.get("method", "unknown")),
+            *_sparsity_tag(metadata.get("sparsity_target")), *FORMAT_TAGS.get(fmt, [])]
+    fields["tags"] = list(dict.fromkeys(tags))
+    return "---\n" + ModelCardData(**fields).to_yaml() + "\n---"
 
 
 def _structure(metadata: dict[str, Any], config: Any) -> list[str]:
@@ -231,11 +264,16 @@ def render_card(metadata: dict[str, Any], fmt: str, config: Any, files: list[str
     sparsity = ""
     if target is not None and achieved is not None:
         sparsity = f" at target sparsity {target:.4f} (achieved {achieved:.4f} of the transformer-block parameters)"
+    license_note = [] if source_license(str(model)) else [
+        "License: the source model's card and config state none, so the metadata says `license: other`; the "
+        "source model's own terms apply."
+    ]
     parts = [
         _front_matter(metadata, fmt),
         f"# {source_name(str(model))} pruned with {method}",
-        f"`{model}` structurally pruned with **{method}**{sparsity} by "
+        f"`{source_name(str(model))}` structurally pruned with **{method}**{sparsity} by "
         "[twossp](https://arxiv.org/abs/2501.17771), saved in the **{fmt}** export format.".replace("{fmt}", fmt),
+        *license_note,
         "## What was removed",
         "\n".join(_structure(metadata, config)),
         "## Perplexity",

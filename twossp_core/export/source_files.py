@@ -3,6 +3,7 @@ what an export carries over from its source (its name, use_cache, its tokenizer'
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -72,3 +73,40 @@ def source_name(model: str) -> str:
         if part.name and not GENERIC_DIRS.match(part.name):
             return part.name
     return path.name or str(model)
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
+_DIGESTS: dict[tuple[str, tuple[tuple[str, int, int], ...]], tuple[str, str]] = {}
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def source_sha256(model: str) -> tuple[str, str] | None:
+    """(sha256, what it is of) for a local source: its one weights file's sha256, or for several the sha256 of
+    their `sha256sum` lines (`sha256sum model-*.safetensors | sha256sum`); None when the source is not local or
+    holds no weights. Computed once per process for unchanged files."""
+    if not model or not is_local(model):
+        return None
+    path = local_path(model)
+    if path.is_file():
+        files = [path]
+    elif path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
+    else:
+        files = []
+    if not files:
+        return None
+    key = (str(path.resolve()), tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files))
+    if key not in _DIGESTS:
+        if len(files) == 1:
+            _DIGESTS[key] = (_sha256_file(files[0]), files[0].name)
+        else:
+            lines = "".join(f"{_sha256_file(p)}  {p.name}\n" for p in files)
+            _DIGESTS[key] = (hashlib.sha256(lines.encode()).hexdigest(), f"sha256sum of {len(files)} weight files")
+    return _DIGESTS[key]
