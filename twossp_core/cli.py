@@ -228,11 +228,19 @@ def format_summary(report: dict[str, Any]) -> str:
                          f"loss {c['first_loss']:.4f} -> {c['loss']:.4f}, {c['seconds']:.1f}s")
     tp = report.get("throughput_tokens_per_s") or {}
     if tp.get("dense") and tp.get("pruned"):
+        from twossp_core.evaluation.throughput_check import unreliable_reasons
+
         spread = report.get("throughput_spread") or {}
         runs = min((s["runs"] for s in spread.values()), default=None)
-        lines.append(f"throughput tokens/s{f', median of {runs} runs' if runs else ''}: "
-                     f"dense {tp['dense']:.0f}{_spread(spread.get('dense'))} -> "
-                     f"pruned {tp['pruned']:.0f}{_spread(spread.get('pruned'))} (x{tp['pruned'] / tp['dense']:.2f})")
+        unreliable = unreliable_reasons(spread)
+        measured = (f"dense {tp['dense']:.0f}{_spread(spread.get('dense'))} -> "
+                    f"pruned {tp['pruned']:.0f}{_spread(spread.get('pruned'))}")
+        if unreliable:  # the figures, but no speed-up: it would say more about the machine than the models
+            lines.append(f"throughput tokens/s: not a reliable comparison ({'; '.join(unreliable)}); measured "
+                         f"{measured}, no speed-up stated")
+        else:
+            lines.append(f"throughput tokens/s{f', median of {runs} runs' if runs else ''}: {measured} "
+                         f"(x{tp['pruned'] / tp['dense']:.2f})")
     t = report["timings"]
     parts = [f"{k[:-2]} {v:.2f}s" for k, v in t.items() if k.endswith("_s")]
     lines.append("timings: " + ", ".join(parts))

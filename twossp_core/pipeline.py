@@ -26,6 +26,7 @@ from twossp_core.data.windows import load_windows
 from twossp_core.errors import DataError
 from twossp_core.evaluation.perplexity import perplexity
 from twossp_core.evaluation.throughput import Throughput, forward_throughput, measure_throughput
+from twossp_core.evaluation.throughput_check import unreliable_reasons
 from twossp_core.memory import MemoryPlan
 from twossp_core.models.base import ModelAdapter
 from twossp_core.models.registry import adapter_for
@@ -211,6 +212,7 @@ def measure_pruned(
         "timings": {**outcome.timings, "prune_s": prune_s, "evaluate_pruned_s": time.perf_counter() - t0},
         "throughput_tokens_per_s": {key: tp.median if tp else None for key, tp in throughput.items()},
         "throughput_spread": {key: tp.as_dict() for key, tp in throughput.items() if tp},
+        "throughput_unreliable": unreliable_reasons({key: tp.as_dict() for key, tp in throughput.items() if tp}),
         "options": method_config(method, options).model_dump(),
         "method_details": outcome.details,
         "data": {

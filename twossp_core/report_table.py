@@ -139,10 +139,13 @@ def comparison_markdown(rows: list[dict[str, Any]], dense: dict[str, Any], *, ti
                 *([_fmt(control_ratio(r, n), ".3f") for n in names] if controlled else []),
                 *([_fmt(_held_out(r), ".3f")] if summary else []), _fmt(r["prune_s"], ".2f"),
                 *([_fmt(r.get("heal_s"), ".1f")] if healed else []), _fmt(tps, ".0f"),
-                _fmt(r.get("speedup"), ".2f") + ("x" if r.get("speedup") else ""),
+                "not reliable" if r.get("throughput_unreliable")
+                else _fmt(r.get("speedup"), ".2f") + ("x" if r.get("speedup") else ""),
             ]
         lines.append("| " + " | ".join(cells) + " |")
     notes = sorted({r["note"] for r in rows if r.get("note")})
+    notes += [f"{r['method']} at {r['sparsity_target']:.1%}: speed-up not reliable, "
+              f"{'; '.join(r['throughput_unreliable'])}" for r in rows if r.get("throughput_unreliable")]
     if notes:
         lines += ["", *[f"Note — {n}." for n in notes]]
     return "\n".join(lines) + "\n"

@@ -59,7 +59,10 @@ def comparison_row(report: dict[str, Any]) -> dict[str, Any]:
         "held_out": report.get("held_out"),
         "prune_s": report["timings"]["prune_s"],
         "throughput_tokens_per_s": {"dense": dense_tp, "pruned": pruned_tp},
-        "speedup": (pruned_tp / dense_tp) if dense_tp and pruned_tp else None,
+        # no speed-up when the timing is not a reliable comparison (the reasons instead)
+        "speedup": (pruned_tp / dense_tp) if dense_tp and pruned_tp and not report.get("throughput_unreliable")
+        else None,
+        "throughput_unreliable": report.get("throughput_unreliable") or [],
         "params": report["params"],
         "removed_blocks": report["removed_blocks"],
         "removed_attention": report["removed_attention"],

@@ -3,7 +3,8 @@
 Every model first runs WARMUP_RUNS untimed passes; then the models take timed passes in turn (dense, pruned,
 dense, …) until each has at least `min_runs` passes and `min_seconds` of timed work, so a change of machine load
 hits them alike. A single timing is noisy on a shared machine: the result is the median of the per-pass rates,
-with the slowest and fastest pass as its spread.
+with the slowest and fastest pass as its spread. A comparison whose spread or balance of runs shows the load
+changed is reported as not reliable, with the reasons (evaluation.throughput_check).
 """
 
 from __future__ import annotations
