@@ -2,5 +2,5 @@
 # Install twossp, then run the main job on the embedded default (no Redis, Postgres or S3 needed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install.sh
+bash scripts/install.sh main
 exec .venv/bin/python scripts/quickstart.py "$@"
