@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from twossp_core.errors import InvalidSpec
 from twossp_core.heal.config import HealConfig
@@ -157,10 +157,10 @@ class JobSpecBase(BaseModel):
         return [DataSource.parse(s) for s in self.heal.data] if self.heal.data else self.calibration_sources()
 
     @model_validator(mode="after")
-    def _check_export(self) -> JobSpecBase:
+    def _check_export(self, info: ValidationInfo) -> JobSpecBase:
         from twossp_core.export.registry import export_options
 
-        self.export_options = export_options(self.export, self.export_options).model_dump()
+        self.export_options = export_options(self.export, self.export_options, strict=_strict(info)).model_dump()
         return self
 
     @model_validator(mode="after")
@@ -185,11 +185,11 @@ class PruneSpec(JobSpecBase):
     options: dict[str, Any] = Field(default_factory=dict, description="method-specific options")
 
     @model_validator(mode="after")
-    def _check_method(self) -> PruneSpec:
+    def _check_method(self, info: ValidationInfo) -> PruneSpec:
         from twossp_core.export.registry import check_methods
         from twossp_core.pruning.registry import method_config
 
-        self.options = method_config(self.method, self.options).model_dump()
+        self.options = method_config(self.method, self.options, strict=_strict(info)).model_dump()
         check_methods(self.export, [self.method])
         return self
 
@@ -226,13 +226,16 @@ class SweepSpec(JobSpecBase):
 
     @field_validator("sparsities", mode="before")
     @classmethod
-    def _split_sparsities(cls, value: Any) -> Any:
+    def _split_sparsities(cls, value: Any, info: ValidationInfo) -> Any:
         if isinstance(value, str):
+            if _strict(info):
+                raise ValueError("must be a JSON array of numbers, e.g. [0.25, 0.5] (comma-separated text is the "
+                                 "CLI's spelling)")
             value = [v.strip() for v in value.split(",") if v.strip()]
         return value
 
     @model_validator(mode="after")
-    def _check_methods(self) -> SweepSpec:
+    def _check_methods(self, info: ValidationInfo) -> SweepSpec:
         from twossp_core.pruning.registry import method_config
 
         self.methods = list(dict.fromkeys(self.methods))
@@ -243,7 +246,7 @@ class SweepSpec(JobSpecBase):
         if unknown:
             raise ValueError(f"options given for methods not in the sweep: {', '.join(unknown)}")
         for name in self.methods:
-            self.options[name] = method_config(name, self.options.get(name)).model_dump()
+            self.options[name] = method_config(name, self.options.get(name), strict=_strict(info)).model_dump()
         from twossp_core.export.registry import check_methods
 
         check_methods(self.export, self.methods)
@@ -257,24 +260,37 @@ class SweepSpec(JobSpecBase):
         return Pruning(options={m: self.options.get(m) or {} for m in self.methods}, sparsities=list(self.sparsities))
 
 
-def parse_spec(data: dict[str, Any]) -> PruneSpec:
+SpecT = TypeVar("SpecT", bound=JobSpecBase)
+
+
+def _strict(info: ValidationInfo) -> bool:
+    return bool(info.context and info.context.get("strict"))
+
+
+def _validate(spec_cls: type[SpecT], data: dict[str, Any], strict: bool) -> SpecT:
+    """`data` as a `spec_cls`; InvalidSpec with pydantic's errors in one line. strict=True (the service's JSON
+    requests): every value must have its JSON type, a number a JSON number ("0.5" is not a sparsity) and a boolean
+    a JSON boolean, the method and export options included; the CLI and stored specs are validated as before."""
+    import json
+
+    from pydantic import ValidationError
+
+    try:
+        if strict:
+            return spec_cls.model_validate_json(json.dumps(data), strict=True, context={"strict": True})
+        return spec_cls.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidSpec(format_validation_error(exc)) from None
+
+
+def parse_spec(data: dict[str, Any], strict: bool = False) -> PruneSpec:
     """Validate a request, turning pydantic's errors into one readable InvalidSpec."""
-    from pydantic import ValidationError
-
-    try:
-        return PruneSpec.model_validate(data)
-    except ValidationError as exc:
-        raise InvalidSpec(format_validation_error(exc)) from None
+    return _validate(PruneSpec, data, strict)
 
 
-def parse_sweep_spec(data: dict[str, Any]) -> SweepSpec:
+def parse_sweep_spec(data: dict[str, Any], strict: bool = False) -> SweepSpec:
     """Validate a sweep request, turning pydantic's errors into one readable InvalidSpec."""
-    from pydantic import ValidationError
-
-    try:
-        return SweepSpec.model_validate(data)
-    except ValidationError as exc:
-        raise InvalidSpec(format_validation_error(exc)) from None
+    return _validate(SweepSpec, data, strict)
 
 
 def format_validation_error(exc: Any) -> str:

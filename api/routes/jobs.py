@@ -49,9 +49,10 @@ def _request_schema(kind: JobKind) -> dict[str, Any]:
         kind_schema["default"] = kind.value
     else:
         schema["required"] = ["kind", *schema.get("required", [])]
-        # the validator also takes comma-separated strings ("2ssp,shortgpt", "0.25,0.5")
+        # the validator also takes the methods as one comma-separated string ("2ssp,shortgpt"); sparsities are
+        # numbers, so a JSON array of them
         props = schema["properties"]
-        for name in ("methods", "sparsities"):
+        for name in ("methods",):
             array = {k: v for k, v in props[name].items() if k not in ("title", "description", "default")}
             props[name] = {
                 "anyOf": [array, {"type": "string", "description": "comma-separated"}],

@@ -97,7 +97,8 @@ def validate_request(body: Any, settings: Settings) -> tuple[JobKind, JobSpec]:
         raise InputRejected("request body must be a JSON object")
     kind = job_kind(body)
     fields = {k: v for k, v in body.items() if k != "kind"}
-    spec: JobSpec = parse_sweep_spec(fields) if kind is JobKind.sweep else parse_spec(fields)
+    # strict: numbers must be JSON numbers, booleans JSON booleans ("0.5" is no sparsity)
+    spec: JobSpec = parse_sweep_spec(fields, strict=True) if kind is JobKind.sweep else parse_spec(fields, strict=True)
     spec.model = check_model_id(spec.model, settings)
     spec.calibration = [check_source(s, settings, "calibration source") for s in spec.calibration]
     spec.eval = [check_source(s, settings, "eval source") for s in spec.eval]

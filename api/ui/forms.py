@@ -1,7 +1,8 @@
 """The submit form: its fields → the API's request body, and the API's validation message → the field it is about.
 
 The body goes through the same `submit_job` as `POST /jobs`, so the form accepts and refuses exactly what the
-API does; values are passed as typed (pydantic coerces "0.5"), so a bad number gets the API's own message.
+API does. A number typed into a field is sent as a JSON number (the API takes no other); text that spells no
+number is sent as typed, so it gets the API's own message for that field.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from twossp_core.pruning.registry import METHODS
 
 LINE_LISTS = ("calibration", "eval")
 TEXT_FIELDS = ("model", "doc_separator", "seq_len", "calibration_windows", "eval_windows", "seed", "export", "dtype")
+NUMBER_FIELDS: dict[str, type[int] | type[float]] = {
+    "seq_len": int, "calibration_windows": int, "eval_windows": int, "seed": int, "sparsity": float,
+}
 PRUNE_FIELDS = ("method", "sparsity")
 SWEEP_FIELDS = ("sparsities",)
 # the fields the form shows, in order (errors for anything else go to the top of the form)
@@ -48,6 +52,14 @@ def examples() -> dict[str, Any]:
     }
 
 
+def number(text: str, kind: type[int] | type[float]) -> int | float | str:
+    """`text` as a number of `kind` when it spells one, else the text itself (the API then names the field)."""
+    try:
+        return kind(text)
+    except ValueError:
+        return text
+
+
 def request_body(form: dict[str, list[str]]) -> dict[str, Any]:
     """The JSON body `POST /jobs` would get for this form; FormError for what cannot even be parsed."""
 
@@ -58,7 +70,7 @@ def request_body(form: dict[str, list[str]]) -> dict[str, Any]:
     body: dict[str, Any] = {"kind": kind}
     for name in TEXT_FIELDS:
         if one(name):
-            body[name] = one(name)
+            body[name] = number(one(name), NUMBER_FIELDS[name]) if name in NUMBER_FIELDS else one(name)
     if "doc_separator" in body:  # a one-line input: `\n` stands for a newline
         body["doc_separator"] = body["doc_separator"].replace("\\n", "\n")
     for name in LINE_LISTS:
@@ -69,13 +81,13 @@ def request_body(form: dict[str, list[str]]) -> dict[str, Any]:
     if kind == "sweep":
         body["methods"] = form.get("methods") or []
         for name in SWEEP_FIELDS:
-            if one(name):
-                body[name] = one(name)
+            if one(name):  # comma-separated
+                body[name] = [number(part.strip(), float) for part in one(name).split(",") if part.strip()]
         body["save_models"] = one("save_models") == "on"
     else:
         for name in PRUNE_FIELDS:
             if one(name):
-                body[name] = one(name)
+                body[name] = number(one(name), NUMBER_FIELDS[name]) if name in NUMBER_FIELDS else one(name)
     if one("heal") == "on":  # the options as JSON; empty: the defaults (distillation from the dense model)
         heal = one("heal_options") or "{}"
         try:

@@ -69,8 +69,8 @@ def test_sweep_requests_are_validated_and_queued_like_prune_jobs(
     assert job["kind"] == "sweep" and job["state"] == "queued"
     assert job["method"] is None and job["sparsity"] is None
     assert job["spec"]["methods"] == ["2ssp", "shortgpt"] and job["spec"]["sparsities"] == [0.25, 0.5]
-    # the comma-separated forms normalize to the same request: an idempotent replay
-    same = {**body, "methods": "2ssp, shortgpt,2ssp", "sparsities": "0.5,0.25"}
+    # the comma-separated methods and the sparsities in another order normalize to the same request: a replay
+    same = {**body, "methods": "2ssp, shortgpt,2ssp", "sparsities": [0.5, 0.25]}
     replay = alice.post("/jobs", json=same, headers={"Idempotency-Key": "sweep-1"})
     assert replay.status_code == 200 and replay.json()["id"] == job["id"], replay.text
 
@@ -79,7 +79,9 @@ def test_sweep_requests_are_validated_and_queued_like_prune_jobs(
         ("unknown method", {**body, "methods": ["2ssp", "magic"]}, "unknown method 'magic'"),
         ("sparsity 1", {**body, "sparsities": [0.25, 1.0]}, "strictly between 0 and 1"),
         ("sparsity 0", {**body, "sparsities": [0]}, "strictly between 0 and 1"),
-        ("negative sparsity", {**body, "sparsities": "-0.1,0.5"}, "strictly between 0 and 1"),
+        ("negative sparsity", {**body, "sparsities": [-0.1, 0.5]}, "strictly between 0 and 1"),
+        ("sparsities as text", {**body, "sparsities": "0.25,0.5"}, "JSON array of numbers"),
+        ("a sparsity as text", {**body, "sparsities": [0.25, "0.5"]}, "sparsities.1: Input should be a valid number"),
         ("not a number", {**body, "sparsities": ["half"]}, "sparsities"),
         ("no methods", {**body, "methods": []}, "methods"),
         ("blank methods", {**body, "methods": " , "}, "methods"),

@@ -92,11 +92,12 @@ def export_example(name: str) -> dict[str, Any]:
     return dict(export_format(name).example)
 
 
-def export_options(name: str, options: dict[str, Any] | None = None) -> BaseModel:
-    """Validate `options` against the format's schema; unknown format or option → InvalidSpec."""
+def export_options(name: str, options: dict[str, Any] | None = None, strict: bool = False) -> BaseModel:
+    """Validate `options` against the format's schema; unknown format or option → InvalidSpec. strict: every value
+    of its exact type (the service's requests)."""
     config_cls = _load(export_format(name).options)
     try:
-        return config_cls.model_validate(options or {})
+        return config_cls.model_validate(options or {}, strict=strict)
     except ValidationError as exc:
         from twossp_core.spec import format_validation_error
 

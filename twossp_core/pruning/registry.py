@@ -134,11 +134,12 @@ def method_preflight(name: str) -> Callable[..., int | None] | None:
     return None if entry.preflight is None else _load(entry.preflight)
 
 
-def method_config(name: str, options: dict[str, Any] | None = None) -> BaseModel:
-    """Validate `options` against the method's schema; unknown method or option → InvalidSpec."""
+def method_config(name: str, options: dict[str, Any] | None = None, strict: bool = False) -> BaseModel:
+    """Validate `options` against the method's schema; unknown method or option → InvalidSpec. strict: every value
+    of its exact type (a number must be a number, not "1.5"; the service's requests)."""
     config_cls = _load(method_entry(name).config)
     try:
-        return config_cls.model_validate(options or {})
+        return config_cls.model_validate(options or {}, strict=strict)
     except ValidationError as exc:
         from twossp_core.spec import format_validation_error
 
