@@ -314,6 +314,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         bars.close()
     result = {
         "model": args.model,
+        **({"source": ws.source} if ws.source else {}),
         "seq_len": ws.seq_len,
         "perplexity": [{"dataset": k, "perplexity": v} for k, v in ws.dense_perplexity.items()],
         "throughput_tokens_per_s": ws.dense_throughput.median if ws.dense_throughput else None,
@@ -350,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("prune", help="prune a model to a target sparsity and save it")
-    p.add_argument("--model", required=True, help="Hugging Face hub id or local model directory")
+    p.add_argument("--model", required=True, help="Hugging Face hub id, local model directory or .gguf file")
     p.add_argument("--sparsity", type=float, required=True, help="fraction of block parameters to remove")
     p.add_argument("--method", default="2ssp", choices=method_names())
     p.add_argument("--option", action="append", metavar="KEY=VALUE",
@@ -372,10 +373,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_eval)
 
     from twossp_core.export_cli import register as register_export
+    from twossp_core.gguf_cli import register as register_convert_gguf
     from twossp_core.sweep_cli import register as register_sweep
 
     register_sweep(sub)
     register_export(sub)
+    register_convert_gguf(sub)
 
     for ep in entry_points(group="twossp.commands"):
         try:

@@ -13,6 +13,8 @@ A job runs in one of three modes:
 device (with a CPU device both are the same host memory); `choose_mode` picks the mode that fits the budgets
 (`in-memory` first) or refuses with the plan in the message. A job with a heal runs in memory only: its plan counts
 the heal phase (twossp_core/heal/plan.py), and the job's peak is the larger of the pruning phase's and the heal's.
+A GGUF file (twossp_core/gguf_source.py) runs in memory only: it is dequantized there, and the other modes read
+safetensors files.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from twossp_core.errors import InvalidSpec
+from twossp_core.gguf_source import GGUF_KEY
 from twossp_core.heal.plan import HealWorkload, heal_phases, heal_workload
 from twossp_core.models.counts import block_counts
 from twossp_core.placement import Part, Placement, check_multi_device, multi_device_refusal, place
@@ -41,6 +44,9 @@ SLACK_FRACTION = 0.05
 
 MAX_SIZE = 2**60
 LOAD_FACTOR = 2  # host bytes per weight byte while a model loads in memory (a mapped file and its copy)
+GGUF_DEQUANT_BYTES = 4  # bytes per parameter of the float32 arrays gguf-py dequantizes a GGUF file into
+GGUF_ADVICE = ("convert it once with `twossp convert-gguf FILE --out DIR` and pass DIR to run block by block or "
+               "over several devices")
 _SIZE_RE = re.compile(r"^\s*(?P<num>\d+(?:\.\d+)?)\s*(?P<unit>[kKmMgGtT]i?[bB]?|[bB])?\s*$")
 _UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
           "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
@@ -227,6 +233,16 @@ def _refit_states(shape: ModelShape, work: Workload) -> int:
     return states
 
 
+def load_bytes(cfg: dict[str, Any], shape: ModelShape, item: int) -> int:
+    """Host bytes while the model loads in memory. A GGUF file (gguf_source.GGUF_KEY) is dequantized by gguf-py
+    into float32 arrays first, which the model's tensors of its dtype are made from (measured on SmolLM2-135M
+    Q4_1: 1.82 x the float32 weights above the baseline at the peak, 2.1 x the bfloat16 ones)."""
+    weights = shape.total_params * item
+    if GGUF_KEY in cfg:
+        return shape.total_params * GGUF_DEQUANT_BYTES + weights
+    return LOAD_FACTOR * weights
+
+
 def plan_memory(
     cfg: dict[str, Any], work: Workload, mode: str, *, baseline: int = DEFAULT_BASELINE,
     host_budget: int | None = None, devices: Devices | None = None, device_budget: int | None = None,
@@ -260,7 +276,8 @@ def plan_memory(
             device_peak = max(device_peak, heal_need)
         # the model is loaded on the host first (then moved to a GPU): while transformers loads it, the file's
         # mapped pages and the copied tensors are both in the process (measured: 1.62 x the weights at the peak)
-        host_peak = baseline + max(device_peak, LOAD_FACTOR * weights) if on_cpu else baseline + LOAD_FACTOR * weights
+        load = load_bytes(cfg, shape, item)
+        host_peak = baseline + max(device_peak, load) if on_cpu else baseline + load
         heal_peak = None if heal_need is None else heal_need + (baseline if on_cpu else 0)
         return MemoryPlan(mode, weights, block, weights, transient + records, baseline,
                           host_peak, host_peak if on_cpu else device_peak, work.device, heal_peak=heal_peak)
@@ -320,6 +337,10 @@ def choose_mode(
     the budgets."""
     if execution not in EXECUTIONS:
         raise InvalidSpec(f"execution {execution!r} is not one of {', '.join(EXECUTIONS)}")
+    if GGUF_KEY in cfg:  # dequantized in memory: the other modes read safetensors files
+        if execution not in ("auto", "in-memory"):
+            raise InvalidSpec(f"a GGUF file runs in memory only, not {execution}: {GGUF_ADVICE}")
+        execution = "in-memory"
     plans = {mode: plan_memory(cfg, work, mode, baseline=baseline, host_budget=host_budget, devices=devices,
                                device_budget=device_budget) for mode in MODES}
     one_gpu = device_budget
@@ -350,7 +371,8 @@ def choose_mode(
         raise InvalidSpec(f"the model does not fit the devices ({usable}): {chosen.describe()}; multi-device mode "
                           f"needs at least {format_size(sum(d.peak for d in chosen.placement.devices))} over them")
     raise InvalidSpec(f"the model does not fit the memory budget ({budgets}): {chosen.describe()}; "
-                      f"{chosen.mode} mode needs at least {needs}{_heal_advice(chosen, host_budget, device_budget)}")
+                      f"{chosen.mode} mode needs at least {needs}{_heal_advice(chosen, host_budget, device_budget)}"
+                      + (f"; a GGUF file runs in memory only: {GGUF_ADVICE}" if GGUF_KEY in cfg else ""))
 
 
 def _heal_advice(plan: MemoryPlan, host_budget: int | None, device_budget: int | None) -> str:

@@ -27,6 +27,7 @@ from twossp_core.errors import DataError
 from twossp_core.evaluation.perplexity import perplexity
 from twossp_core.evaluation.throughput import Throughput, forward_throughput, measure_throughput
 from twossp_core.evaluation.throughput_check import unreliable_reasons
+from twossp_core.gguf_source import model_source
 from twossp_core.memory import MemoryPlan
 from twossp_core.models.base import ModelAdapter
 from twossp_core.models.registry import adapter_for
@@ -61,6 +62,7 @@ class Workspace:
     timings: dict[str, float] = field(default_factory=dict)
     model_is_dense: bool = True  # False once a run pruned `model` in place (then a heal reloads the teacher)
     memory_plan: MemoryPlan | None = None
+    source: dict[str, Any] | None = None  # the GGUF file the model came from (gguf_source.model_source)
     control: HealRun | None = None  # the heal's control, once run (`heal_control`)
 
     @property
@@ -127,7 +129,7 @@ def prepare(
     t2 = time.perf_counter()
 
     ws = Workspace(spec=spec, model=model, tokenizer=tokenizer, seq_len=seq_len, calibration=calibration, evals=evals,
-                   memory_plan=plan)
+                   memory_plan=plan, source=model_source(spec.model))
     adapter = adapter_for(model)
     ws.dense_params = {"blocks": adapter.blocks_params(), "total": adapter.total_params()}
     ws.dense_perplexity = evaluate_perplexity(ws, adapter, "evaluate_dense", reporter)
@@ -194,6 +196,7 @@ def measure_pruned(
     return {
         "method": method,
         "model": ws.spec.model,
+        **({"source": ws.source} if ws.source else {}),
         "sparsity_target": sparsity,
         "sparsity_achieved": achieved,
         "warnings": [*sparsity_warnings(sparsity, achieved), *overlap_warnings(rows)],
@@ -406,7 +409,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 METADATA_KEYS = (
     "method", "model", "sparsity_target", "sparsity_achieved", "removed_attention", "removed_mlp", "removed_blocks",
-    "kept_ffn_neurons", "params", "perplexity", "held_out", "options", "data",
+    "kept_ffn_neurons", "params", "perplexity", "held_out", "options", "data", "source",
 )
 
 

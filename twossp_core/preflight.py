@@ -1,8 +1,8 @@
 """Checks a request can run before anything is queued or loaded (torch-free).
 
-Local models: config.json must exist and name a supported architecture, and the method's own preflight
-(from the method registry, e.g. 2SSP's balance plan) must pass. Local data files must exist. Hub ids and
-hub datasets are checked when the job runs.
+Local models: config.json (or a GGUF file's header) must exist and name a supported architecture, and the
+method's own preflight (from the method registry, e.g. 2SSP's balance plan) must pass. Local data files must
+exist. Hub ids and hub datasets are checked when the job runs.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from twossp_core.data.sources import check_txt_range
 from twossp_core.errors import DataError, InvalidSpec, ModelNotFound
 from twossp_core.export.compact_config import to_base
 from twossp_core.export.registry import check_family, check_ffn_width
+from twossp_core.gguf_source import gguf_file_of, local_gguf_config
 from twossp_core.local_inputs import UnusablePath, local_path, stat_path
 from twossp_core.memory import spec_plan
 from twossp_core.models.counts import block_counts
@@ -52,6 +53,9 @@ def local_config(model: str, relative_paths: bool = True) -> dict | None:
         if not is_hub_id(model):
             raise ModelNotFound(f"model {model!r}: no such local model directory")
         return None
+    gguf = gguf_file_of(path) if config is None else None  # a .gguf file, or a directory holding one
+    if gguf is not None:  # its header, checked readable (architecture, tensor types) in one line
+        return local_gguf_config(gguf)
     if not stat.S_ISDIR(found.st_mode):
         raise ModelNotFound(f"model {model!r}: not a directory (a local model is a directory with config.json)")
     if config is None or not stat.S_ISREG(config.st_mode):

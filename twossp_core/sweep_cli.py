@@ -57,7 +57,7 @@ def register(sub: Any) -> None:
     from twossp_core.cli import add_data_arguments, add_export_argument, add_heal_arguments
 
     p = sub.add_parser("sweep", help="compare methods x sparsities on one model")
-    p.add_argument("--model", required=True, help="Hugging Face hub id or local model directory")
+    p.add_argument("--model", required=True, help="Hugging Face hub id, local model directory or .gguf file")
     p.add_argument("--methods", default="all", help="comma-separated method names, or 'all' (default)")
     p.add_argument("--sparsities", required=True, help="comma-separated target sparsities, e.g. 0.25,0.375,0.5")
     p.add_argument("--option", action="append", metavar="METHOD.KEY=VALUE",

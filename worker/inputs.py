@@ -125,14 +125,16 @@ class PinnedInputs:
 
 @contextmanager
 def pinned_inputs(spec: dict[str, Any], roots: list[Path], directory: Path) -> Iterator[PinnedInputs]:
-    """Open and check the job's local model directory and data files (PathRefused if one is not allowed); they
-    stay open, and readable through `redirects`, until the block ends."""
+    """Open and check the job's local model (a directory or a GGUF file) and data files (PathRefused if one is not
+    allowed); they stay open, and readable through `redirects`, until the block ends."""
     from twossp_core.spec import DataSource
 
     pinned = PinnedInputs(directory, roots)
     try:
         model = str(spec.get("model") or "")
-        if Path(model).is_absolute():
+        if Path(model).is_absolute() and os.path.isfile(model):  # a GGUF file (add_file checks what it opens)
+            pinned.add_file(model, f"model {model!r}")
+        elif Path(model).is_absolute():
             pinned.add_directory(model, f"model {model!r}")
         heal = spec.get("heal") if isinstance(spec.get("heal"), dict) else {}
         for text in [*(spec.get("calibration") or []), *(spec.get("eval") or []), *(heal.get("data") or [])]:

@@ -13,6 +13,7 @@ from service.db.models import JobKind
 from service.paths import ROOTS_RULE, PathRefused, check_tree, resolve_allowed
 from service.settings import Settings
 from twossp_core.errors import InfeasibleTarget, ModelNotFound
+from twossp_core.gguf_source import gguf_file_of, is_gguf_name
 from twossp_core.local_inputs import UnusablePath, stat_path
 from twossp_core.preflight import is_hub_id, looks_local
 from twossp_core.spec import DataSource, PruneSpec, SweepSpec, parse_spec, parse_sweep_spec
@@ -31,13 +32,16 @@ def resolve_local(value: str, settings: Settings, what: str, kind: Literal["mode
 def check_model_id(model: str, settings: Settings) -> str:
     """Return the model id to store: a real local path, or the hub id unchanged."""
     if looks_local(model):
+        if is_gguf_name(Path(model)):  # a GGUF file: the preflight reads its header
+            return str(resolve_local(model, settings, "model", "file"))
         path = resolve_local(model, settings, "model", "model directory")
         try:
             config = stat_path(path / "config.json")
         except UnusablePath as exc:
             raise ModelNotFound(f"model {model!r}: config.json {exc}") from None
-        if config is None or not S_ISREG(config.st_mode):
-            raise ModelNotFound(f"model {model!r}: a local model directory must contain config.json")
+        if (config is None or not S_ISREG(config.st_mode)) and gguf_file_of(path) is None:
+            raise ModelNotFound(f"model {model!r}: a local model directory must contain config.json (or one .gguf "
+                                "file)")
         try:
             check_tree(path, settings.resolved_roots(), "model")
         except PathRefused as exc:

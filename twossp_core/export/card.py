@@ -49,7 +49,14 @@ def _base_card_text(model: str) -> str | None:
 
 
 def base_license(model: str) -> str | None:
-    """The `license:` of the base model's card metadata, when its card is at hand."""
+    """The `license:` of the base model's card metadata, when its card is at hand (a GGUF file's
+    `general.license`)."""
+    from twossp_core.gguf_source import local_gguf, read_header
+
+    gguf = local_gguf(model) if _is_local(model) else None
+    if gguf is not None:
+        value = read_header(gguf).metadata.get("general.license")
+        return value if isinstance(value, str) and value else None
     text = _base_card_text(model)
     if not text or not text.startswith("---"):
         return None
@@ -177,9 +184,18 @@ def _heal_net(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _source(metadata: dict[str, Any]) -> list[str]:
+    """The GGUF file the base model was read from (gguf_source.source_record), when it was."""
+    source = metadata.get("source")
+    if not isinstance(source, dict) or source.get("format") != "gguf":
+        return []
+    return [f"- base model read from the GGUF file `{source.get('file')}` ({source.get('quantization')}, sha256 "
+            f"`{source.get('sha256')}`), dequantized before pruning"]
+
+
 def _data(metadata: dict[str, Any]) -> list[str]:
     data = metadata.get("data") or {}
-    lines = []
+    lines = _source(metadata)
     if data:
         lines.append(f"- calibration: {', '.join(map(str, data.get('calibration', [])))} "
                      f"({data.get('calibration_windows', '?')} windows of {data.get('seq_len', '?')} tokens)")

@@ -6,7 +6,10 @@ Two tokenizer kinds of the Llama-compatible families are recognised from `tokeni
   merges the adjacent pair whose merged piece has the highest score, so every piece made by a merge gets the
   score −rank of that merge (earlier merges win, as in the BPE model); byte pieces `<0xXX>` are BYTE tokens.
 - Byte-level BPE (GPT-2 style): GGUF model `gpt2` with the merge list and the pre-tokenizer named by its regex
-  (`gpt-2` for the plain ByteLevel split, `llama-bpe` for Llama 3's).
+  (`gpt-2` for the plain ByteLevel split, `smollm` for every digit split off first and then the ByteLevel split, as
+  SmolLM's tokenizer does, `llama-bpe` for Llama 3's).
+
+The chat template, when the tokenizer has one, goes into `tokenizer.chat_template`.
 
 Anything else is refused with the reason, rather than written as a tokenizer that would split text differently.
 """
@@ -39,6 +42,7 @@ class GGUFVocab:
     add_eos: bool = False
     add_space_prefix: bool | None = None
     special: dict[str, int] = field(default_factory=dict)  # bos / eos / unk / pad -> id
+    chat_template: str | None = None
 
 
 def _walk(node: Any) -> list[dict[str, Any]]:
@@ -82,11 +86,18 @@ def _gpt2_pre(data: dict[str, Any]) -> str:
     parts = _walk(data.get("pre_tokenizer"))
     splits = [p for p in parts if p.get("type") == "Split"]
     byte_level = [p for p in parts if p.get("type") == "ByteLevel"]
+    digits = [p for p in parts if p.get("type") == "Digits"]
     if not splits and byte_level and byte_level[0].get("use_regex", True):
-        return "gpt-2"
+        if not digits:
+            return "gpt-2"
+        if len(digits) == 1 and digits[0].get("individual_digits") and parts.index(digits[0]) < parts.index(
+                byte_level[0]):
+            return "smollm"  # llama.cpp: every digit on its own, then the GPT-2 split
     if len(splits) == 1 and (splits[0].get("pattern") or {}).get("Regex") == LLAMA3_REGEX:
         return "llama-bpe"
-    raise InvalidSpec("export 'gguf': the byte-level pre-tokenizer is not one llama.cpp names (gpt-2, llama-bpe)")
+    raise InvalidSpec(
+        "export 'gguf': the byte-level pre-tokenizer is not one llama.cpp names (gpt-2, smollm, llama-bpe)"
+    )
 
 
 def _adds_special(data: dict[str, Any], token_id: int | None) -> bool:
@@ -143,7 +154,9 @@ def gguf_vocab(tokenizer: Any, vocab_size: int) -> GGUFVocab:
             special[role] = vocab[token]
 
     merges = [_merge_pair(m) for m in data["model"].get("merges") or []]
-    result = GGUFVocab(model=kind, tokens=tokens, types=types, special=special)
+    template = getattr(tokenizer, "chat_template", None)
+    result = GGUFVocab(model=kind, tokens=tokens, types=types, special=special,
+                       chat_template=template if isinstance(template, str) and template else None)
     result.add_bos = _adds_special(data, special.get("bos"))
     result.add_eos = _adds_special(data, special.get("eos"))
     if kind == "llama":
@@ -177,3 +190,5 @@ def write_vocab(writer: Any, vocab: GGUFVocab) -> None:
     writer.add_add_eos_token(vocab.add_eos)
     if vocab.add_space_prefix is not None:
         writer.add_add_space_prefix(vocab.add_space_prefix)
+    if vocab.chat_template is not None:
+        writer.add_chat_template(vocab.chat_template)

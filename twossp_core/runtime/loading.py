@@ -9,6 +9,7 @@ import torch
 from twossp_core.errors import InvalidSpec, ModelNotFound
 from twossp_core.export.compact_config import is_compact, to_base
 from twossp_core.export.remote_modeling import STRUCTURE_KEY, pruned_class
+from twossp_core.gguf_source import local_gguf
 from twossp_core.local_inputs import local_path
 from twossp_core.models.registry import check_supported
 from twossp_core.runtime.hub import require_hub_model
@@ -46,6 +47,9 @@ def load_config(model_id: str) -> Any:
     quiet_transformers()
 
     local = local_path(model_id)
+    gguf = local_gguf(model_id)
+    if gguf is not None:
+        return gguf_config_object(gguf)
     if local.exists() and not (local / "config.json").is_file():
         raise ModelNotFound(f"{model_id}: a local model directory must contain config.json")
     source = str(local) if local.exists() else model_id
@@ -63,6 +67,21 @@ def load_config(model_id: str) -> Any:
         where = "local directory" if local.exists() else "Hugging Face hub id (or no network to reach the hub)"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelNotFound(f"cannot load model config for {model_id!r} as a {where}: {first}") from None
+
+
+def gguf_config_object(path: Any) -> Any:
+    """The config transformers' GGUF reader builds for a GGUF file (UnsupportedModel, in one line, for what we
+    cannot read)."""
+    from transformers import AutoConfig
+
+    from twossp_core.gguf_source import check_readable, read_header
+
+    check_readable(read_header(path))
+    try:
+        return AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelNotFound(f"cannot read the config of the GGUF file {path.name!r}: {first}") from None
 
 
 def model_class(model_id: str, config: Any) -> Any:
@@ -96,10 +115,19 @@ def load_model(
 
     quiet_transformers()
 
-    config = load_config(model_id)
-    check_supported(getattr(config, "model_type", None))
     torch_dtype = resolve_dtype(dtype)
     target = resolve_device(device) if device_map is None else None
+    gguf = local_gguf(model_id)
+    if gguf is not None:  # dequantized in memory (runtime/gguf_load.py); the memory plan keeps it there
+        if device_map is not None:
+            raise InvalidSpec(f"{model_id}: a GGUF file runs in memory on one device; convert it once with "
+                              "`twossp convert-gguf FILE --out DIR` and pass DIR")
+        from twossp_core.runtime.gguf_load import load_gguf
+
+        model, tokenizer = load_gguf(gguf, dtype=torch_dtype, name=model_id)
+        return finish_loading(model, tokenizer, target)
+    config = load_config(model_id)
+    check_supported(getattr(config, "model_type", None))
     source = str(local_path(model_id)) if local_path(model_id).exists() else model_id
     kwargs: dict[str, Any] = {"dtype": torch_dtype, "trust_remote_code": False}
     if device_map is not None:
@@ -110,6 +138,10 @@ def load_model(
     except OSError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelNotFound(f"cannot load {model_id!r}: {first}") from None
+    return finish_loading(model, tokenizer, target)
+
+
+def finish_loading(model: Any, tokenizer: Any, target: torch.device | None) -> tuple[Any, Any]:
     tokenizer.model_max_length = int(1e30)  # we cut windows ourselves; silence the length warning
     if target is not None:
         model.to(target)
