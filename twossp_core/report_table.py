@@ -15,6 +15,13 @@ def datasets(rows: list[dict[str, Any]], dense: dict[str, Any]) -> list[str]:
     return [d["dataset"] for d in dense["perplexity"]]
 
 
+def dataset_title(name: str, dense: dict[str, Any]) -> str:
+    """`name`, or "`name` (first N windows)" when the sweep's eval_windows capped the set (dense's eval_windows and
+    eval_cap): its perplexity is then not the whole set's."""
+    cap, count = dense.get("eval_cap"), (dense.get("eval_windows") or {}).get(name)
+    return f"{name} (first {count} windows)" if cap is not None and count is not None and count >= cap else name
+
+
 def _ppl(row: dict[str, Any], dataset: str, key: str = "pruned") -> float | None:
     for item in row.get("perplexity") or []:
         if item["dataset"] == dataset:
@@ -79,7 +86,7 @@ def control_ratio(row: dict[str, Any], dataset: str) -> float | None:
 def comparison_markdown(rows: list[dict[str, Any]], dense: dict[str, Any], *, title: str = "Comparison") -> str:
     names = datasets(rows, dense)
     lines = [f"# {title}", ""]
-    dense_ppl = ", ".join(f"{d['dataset']} {d['perplexity']:.3f}" for d in dense["perplexity"])
+    dense_ppl = ", ".join(f"{dataset_title(d['dataset'], dense)} {d['perplexity']:.3f}" for d in dense["perplexity"])
     tp = dense.get("throughput_tokens_per_s")
     lines.append(f"Dense model: perplexity {dense_ppl}" + (f"; throughput {tp:.0f} tokens/s" if tp else "") + ".")
     if any("healed" in d for d in dense["perplexity"]):
@@ -100,7 +107,8 @@ def comparison_markdown(rows: list[dict[str, Any]], dense: dict[str, Any], *, ti
         methods = list(dict.fromkeys(r["method"] for r in rows))
         healed = healed_rows(rows)
         what = "pruned → healed perplexity" if healed else "Perplexity"
-        lines += [f"{what[0].upper()}{what[1:]} on `{first}` (achieved sparsity in parentheses):", ""]
+        lines += [f"{what[0].upper()}{what[1:]} on `{dataset_title(first, dense)}` (achieved sparsity in "
+                  "parentheses):", ""]
         lines.append("| method | " + " | ".join(f"{t:.1%}" for t in targets) + " |")
         lines.append("|---|" + "---|" * len(targets))
         for m in methods:
@@ -189,7 +197,8 @@ def plot_comparison(
         ax.set_yscale("log")
         ax.set_xlabel("achieved sparsity of block parameters (%)")
         ax.set_ylabel("perplexity (log scale)")
-        ax.set_title(f"{title} — {Path(name).name}" if title else Path(name).name, fontsize=10)
+        label = Path(dataset_title(name, dense)).name
+        ax.set_title(f"{title} — {label}" if title else label, fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()

@@ -134,6 +134,9 @@ def run_sweep(
         "perplexity": [{"dataset": k, "perplexity": v} for k, v in ws.dense_perplexity.items()],
         "throughput_tokens_per_s": ws.dense_throughput.median if ws.dense_throughput else None,
         "params": ws.dense_params,
+        # the windows each evaluation set gave, and the cap on them: a capped set is labelled as such
+        "eval_windows": {label: int(w.shape[0]) for label, w in ws.evals.items()},
+        "eval_cap": spec.eval_windows,
     }
     if ws.control is not None:  # the dense model healed the same way: each entry's `healed`, and the heal itself
         for entry in dense["perplexity"]:

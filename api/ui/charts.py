@@ -8,6 +8,8 @@ from typing import Any
 
 from markupsafe import Markup
 
+from twossp_core.report_table import dataset_title
+
 SERIES_COLORS = {"dense": "#6b7280", "pruned": "#2563eb", "healed": "#16a34a"}
 FALLBACK_COLORS = ("#9333ea", "#ea580c", "#0891b2")
 
@@ -137,7 +139,7 @@ def sweep_perplexity_charts(report: dict[str, Any]) -> list[Markup]:
             vals = {"dense": dense_ppl, "pruned": entry.get("pruned"), "healed": entry.get("healed")}
             groups.append((f"{row['method']} {row['sparsity_target']:g}", vals))
         if groups:
-            name = dataset.rsplit("/", 1)[-1]
+            name = dataset_title(dataset, report.get("dense") or {}).rsplit("/", 1)[-1]
             out.append(grouped_bars(
                 groups, title=f"Perplexity on {name} (lower is better)", unit="perplexity",
                 css_class="chart-perplexity", width=max(520, 110 * len(groups) + 80),
@@ -163,8 +165,8 @@ def loss_curve_chart(heal: dict[str, Any], width: int = 520, height: int = 240) 
 
     title = f"Heal loss ({heal.get('method', '?')}, {heal.get('params', '?')})"
     parts = _open(title, "chart-heal-loss", width, height, left) + _y_grid(y_hi, left, width - right, y)
-    for step in (x_lo, x_hi):
-        parts.append(f'<text x="{x(step):.1f}" y="{top_pad + plot_h + 16}" text-anchor="middle" fill="#4b5563">'
+    for step, anchor in ((x_lo, "start"), (x_hi, "end")):  # inside the plot's width: not cut at the edges
+        parts.append(f'<text x="{x(step):.1f}" y="{top_pad + plot_h + 16}" text-anchor="{anchor}" fill="#4b5563">'
                      f"step {int(step)}</text>")
     line = " ".join(f"{x(s):.1f},{y(v):.1f}" for s, v in points)
     parts.append(f'<polyline class="loss" points="{line}" fill="none" stroke="#16a34a" stroke-width="2"/>')

@@ -90,10 +90,10 @@ def report_tables(report: dict[str, Any]) -> dict[str, list[tuple[str, str]]]:
         if isinstance(report.get(key), int | float):
             rows_params.append((key.replace("_", " "), f"{report[key]:.4f}"))
     removed = []
-    for key in ("removed_blocks", "removed_attention", "removed_mlp"):
-        if key in report:
+    for key, what in (("removed_blocks", "blocks"), ("removed_attention", "modules"), ("removed_mlp", "modules")):
+        if key in report:  # "modules [0]": block 0's, never to be read as a count
             items = report[key] or []
-            removed.append((key.replace("_", " "), ", ".join(str(i) for i in items) or "none"))
+            removed.append((key.replace("_", " "), f"{what} {list(items)}" if items else "none"))
     kept = report.get("kept_ffn_neurons")
     if isinstance(kept, list) and kept:
         removed.append(("kept FFN neurons per block", ", ".join(str(k) for k in kept)))

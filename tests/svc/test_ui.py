@@ -272,3 +272,25 @@ def test_every_example_the_form_and_the_openapi_document_show_is_accepted(
     for name, example in examples.items():
         response = api.post("/jobs", json={**example["value"], **local})
         assert response.status_code == 202, (name, response.text)
+
+
+def test_small_things_a_user_sees(app: Any) -> None:
+    """The icon browsers ask for; removed modules said as modules, not as a count; the heal chart's step labels
+    inside the chart."""
+    from api.ui.charts import loss_curve_chart
+    from api.ui.views import report_tables
+
+    icon = TestClient(app).get("/favicon.ico")
+    assert icon.status_code == 200 and icon.headers["content-type"] == "image/x-icon"
+    assert icon.content[:4] == b"\x00\x00\x01\x00"  # an ICO file
+    assert '<link rel="icon" href="/favicon.ico">' in TestClient(app).get("/ui/login").text
+
+    removed = dict(report_tables({"removed_attention": [0], "removed_mlp": [], "removed_blocks": [3, 4]})[
+        "Removed modules"])
+    assert removed == {"removed attention": "modules [0]", "removed mlp": "none", "removed blocks": "blocks [3, 4]"}
+
+    svg = str(loss_curve_chart({"method": "kd", "params": "full", "loss_curve": [[0, 3.0], [100, 2.0], [2000, 1.5]]}))
+    width = float(re.search(r'viewBox="0 0 (\d+)', svg)[1])
+    labels = re.findall(r'<text x="([\d.]+)"[^>]*text-anchor="(\w+)"[^>]*>step (\d+)<', svg)
+    assert [(anchor, step) for _, anchor, step in labels] == [("start", "0"), ("end", "2000")]
+    assert all(float(x) <= width for x, _, _ in labels)
