@@ -207,17 +207,6 @@ def test_unknown_model_and_busy_out_dir(tmp_path, capsys, stories_model, stories
     assert (busy / "keep.txt").read_text() == "x"
 
 
-def test_zero_shot_without_lm_eval_is_refused_up_front(stories_model, capsys):
-    try:
-        import lm_eval  # noqa: F401
-        pytest.skip("lm-eval is installed")
-    except ImportError:
-        pass
-    code = main(["eval", "--model", str(stories_model), "--eval", "/nonexistent.txt", "--tasks", "paper"])
-    assert code != 0
-    assert "twossp[zeroshot]" in capsys.readouterr().err
-
-
 def test_summary_names_every_kind_of_removal():
     from twossp_core.cli import format_summary
 
