@@ -69,6 +69,17 @@ class Settings(BaseSettings):
         5.0, ge=0, description="cache key lookups this long (a revoked key keeps working that much longer)"
     )
     max_active_jobs_per_user: int = Field(100, ge=1, description="queued + running jobs a user may have")
+    # planned cost (twossp_core.cost: tokens through the model): defaults that the 2-core test machine finishes in
+    # under an hour with the larger test model (c4llama-8l, 2.1 M parameters; docs/service.md)
+    max_job_tokens: int = Field(
+        40_000_000, ge=1, description="planned work of one job in tokens through the model (calibration, every "
+        "evaluation, the heal's tokens x its passes); a job planning more gets 422",
+    )
+    max_sweep_runs: int = Field(32, ge=1, description="methods x sparsities one sweep may run; more gets 422")
+    max_active_tokens_per_user: int = Field(
+        160_000_000, ge=1, description="planned work of a user's queued and running jobs together; a submission "
+        "beyond it gets 429 (at least max_job_tokens)",
+    )
     # failed authentications (a missing or wrong API key, a failed dashboard sign-in) per client address: after
     # `auth_failure_burst` of them the address gets 429 on every authenticated route, valid key or not, and
     # regains one attempt every 1 / `auth_failure_rate_per_s` seconds
@@ -187,6 +198,15 @@ class Settings(BaseSettings):
         if interval is not None and value <= interval:
             raise ValueError("worker_expiry_s must exceed worker_advertise_interval_s (a live worker would expire "
                              "between its renewals)")
+        return value
+
+    @field_validator("max_active_tokens_per_user")
+    @classmethod
+    def _quota_holds_a_job(cls, value: int, info) -> int:  # type: ignore[no-untyped-def]
+        job = info.data.get("max_job_tokens")
+        if job is not None and value < job:
+            raise ValueError("max_active_tokens_per_user must be >= max_job_tokens (a job within its limit would "
+                             "never fit the quota)")
         return value
 
     @field_validator("db_pool_size")

@@ -277,10 +277,25 @@ def _validate(spec_cls: type[SpecT], data: dict[str, Any], strict: bool) -> Spec
 
     try:
         if strict:
+            where = _lone_surrogate(data)
+            if where is not None:  # JSON text can escape one, but it is no Unicode character
+                raise InvalidSpec(f"{where}: not valid Unicode text (a lone surrogate)")
             return spec_cls.model_validate_json(json.dumps(data), strict=True, context={"strict": True})
         return spec_cls.model_validate(data)
     except ValidationError as exc:
         raise InvalidSpec(format_validation_error(exc)) from None
+
+
+def _lone_surrogate(value: Any, where: str = "") -> str | None:
+    """Where in `value` (`heal.data.0`) a string holds a lone UTF-16 surrogate, if anywhere."""
+    if isinstance(value, str):
+        return where or "value" if any("\ud800" <= ch <= "\udfff" for ch in value) else None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = _lone_surrogate(key, where or "value") or _lone_surrogate(item, f"{where}.{key}" if where else str(key))
+        if found is not None:
+            return found
+    return None
 
 
 def parse_spec(data: dict[str, Any], strict: bool = False) -> PruneSpec:

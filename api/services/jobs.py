@@ -15,6 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.errors import Conflict, InputRejected, NotFound, TooManyRequests
+from api.services.cost import check_cost
 from api.services.inputs import JobSpec, request_hash, validate_request
 from service import lifecycle
 from service.broker import Broker
@@ -46,6 +47,7 @@ def submit_job(
     session: Session, broker: Broker, settings: Settings, user: User, body: Any, idempotency_key: str | None
 ) -> Submission:
     kind, spec = validate_request(body, settings)
+    cost = check_cost(spec, settings)
     digest = request_hash(kind, spec)
     if idempotency_key is not None:
         if not (1 <= len(idempotency_key) <= 200):
@@ -64,16 +66,25 @@ def submit_job(
             if existing is not None:
                 session.rollback()
                 return _replay(existing, digest)
-        active = session.scalar(
-            select(func.count())
+        active, active_tokens = session.execute(
+            select(func.count(), func.coalesce(func.sum(Job.planned_tokens), 0))
             .select_from(Job)
             .where(Job.owner_id == user.id, Job.state.in_([JobState.queued.value, JobState.running.value]))
-        )
-        if (active or 0) >= settings.max_active_jobs_per_user:
+        ).one()
+        if active >= settings.max_active_jobs_per_user:
             session.rollback()  # releases the owner's lock
             raise TooManyRequests(
                 f"you have {active} jobs queued or running (TWOSSP_MAX_ACTIVE_JOBS_PER_USER="
                 f"{settings.max_active_jobs_per_user}); submit more once some finish",
+                retry_after=max(settings.retry_after_s, 30),
+            )
+        assert cost.tokens is not None  # check_cost refused an unbounded plan
+        if active_tokens + cost.tokens > settings.max_active_tokens_per_user:
+            session.rollback()
+            raise TooManyRequests(
+                f"your {active} queued and running jobs plan {active_tokens:,} tokens through the model and this one "
+                f"{cost.tokens:,}: more than TWOSSP_MAX_ACTIVE_TOKENS_PER_USER={settings.max_active_tokens_per_user:,}"
+                "; submit it once some finish",
                 retry_after=max(settings.retry_after_s, 30),
             )
         job = Job(
@@ -88,6 +99,7 @@ def submit_job(
             sparsity=spec.sparsity if isinstance(spec, PruneSpec) else None,
             max_attempts=settings.max_attempts,
             time_limit_s=settings.job_time_limit_s,
+            planned_tokens=cost.tokens,
         )
         try:
             lifecycle.submit(session, job)  # the row is the outbox entry: dispatched=false until the broker has it

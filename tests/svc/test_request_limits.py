@@ -71,3 +71,69 @@ def test_the_same_values_as_json_numbers_are_accepted(client: TestClient, body: 
     assert response.status_code == 202, response.text
     spec = response.json()["spec"]
     assert spec["sparsity"] == 0.5 and spec["options"]["alpha"] == 1.5 and spec["heal"]["steps"] == 3
+
+
+def plan_of(stories_text: Path, evaluations: int, heal_tokens: int = 0, passes: int = 4) -> int:
+    """job_body's plan: 8 calibration windows of 512 tokens, the eval range bounded by its file's bytes."""
+    return 8 * 512 + evaluations * stories_text.stat().st_size + heal_tokens * passes
+
+
+@pytest.mark.parametrize(
+    ("change", "figure", "limit"),
+    [
+        ({"heal": {"steps": 10_000_000}}, lambda text: plan_of(text, 3, 10_000_000 * 8 * 512), "TWOSSP_MAX_JOB_TOKENS"),
+        ({"heal": {"tokens": 10**13, "loss": "lm"}},
+         lambda text: plan_of(text, 3, -(-10**13 // (8 * 512)) * 8 * 512, passes=3), "TWOSSP_MAX_JOB_TOKENS"),
+        ({"eval_windows": 100_000, "eval": ["wikitext2", "wikitext2"]}, lambda text: 8 * 512 + 2 * 2 * 100_000 * 512,
+         "TWOSSP_MAX_JOB_TOKENS"),
+    ],
+)
+def test_a_job_planning_more_work_than_the_limit_is_refused_with_both_figures(
+    client: TestClient, body: dict[str, Any], stories_text: Path, change: dict[str, Any], figure: Any, limit: str
+) -> None:
+    response = client.post("/jobs", json={**body, **change})
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert f"{figure(stories_text):,} tokens" in detail and f"{limit}=40,000,000" in detail, detail
+    assert client.get("/jobs").json()["total"] == 0
+
+
+def test_a_sweep_beyond_the_runs_limit_and_an_unbounded_evaluation_are_refused(
+    client: TestClient, body: dict[str, Any]
+) -> None:
+    sweep = {**body, "kind": "sweep", "methods": ["2ssp", "shortgpt", "window", "blockpruner", "slicegpt", "evopress",
+                                                  "2ssp-refit"],
+             "sparsities": [round(0.01 * i, 2) for i in range(1, 65)]}
+    sweep.pop("sparsity")
+    response = client.post("/jobs", json=sweep)
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert "448 runs (7 methods x 64 sparsities)" in detail and "TWOSSP_MAX_SWEEP_RUNS=32" in detail, detail
+
+    response = client.post("/jobs", json={**body, "eval": ["c4"]})  # a hub dataset of unknown size, in full
+    assert response.status_code == 422 and "eval_windows" in response.json()["detail"], response.text
+    response = client.post("/jobs", json={**body, "eval": ["c4"], "eval_windows": 4})
+    assert response.status_code == 202, response.text
+    assert response.json()["spec"]["eval_windows"] == 4
+
+
+def test_the_quota_counts_the_planned_work_of_queued_and_running_jobs(
+    settings: Settings, body: dict[str, Any], stories_text: Path
+) -> None:
+    one = plan_of(stories_text, 2)  # job_body without a heal: the dense and the pruned model evaluated
+    quota = Settings(**{**settings.model_dump(), "max_job_tokens": one, "max_active_tokens_per_user": 2 * one + 10})
+    db = Database(quota)
+    with db.session() as session:
+        key = create_key(session, "bob")
+    db.dispose()
+    with TestClient(create_app(quota), headers={"Authorization": f"Bearer {key}"}) as bob:
+        first = bob.post("/jobs", json={**body, "seed": 1})
+        assert first.status_code == 202 and bob.post("/jobs", json={**body, "seed": 2}).status_code == 202
+        third = bob.post("/jobs", json={**body, "seed": 3})
+        assert third.status_code == 429 and int(third.headers["Retry-After"]) >= 1
+        detail = third.json()["detail"]
+        assert f"plan {2 * one:,} tokens" in detail and f"this one {one:,}" in detail, detail
+        assert f"TWOSSP_MAX_ACTIVE_TOKENS_PER_USER={2 * one + 10:,}" in detail
+        assert bob.post(f"/jobs/{first.json()['id']}/cancel").status_code == 202  # a finished job counts no more
+        assert bob.post("/jobs", json={**body, "seed": 3}).status_code == 202
+        assert bob.get("/jobs").json()["total"] == 3
