@@ -83,6 +83,34 @@ def add_data_arguments(p: argparse.ArgumentParser, *, calibration: bool = True) 
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
 
 
+def add_task_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tasks", default=None, metavar="TASKS",
+                   help="zero-shot tasks scored as lm-eval-harness 0.4 scores them, comma-separated: winogrande, "
+                   "arc_easy, arc_challenge, hellaswag, piqa, mmlu, or 'paper' for the six")
+    p.add_argument("--task-limit", type=int, default=None, metavar="N",
+                   help="score the first N items of each task (of each MMLU subject) in file order (default all)")
+    p.add_argument("--task-data", default=None, metavar="DIR",
+                   help="task files, one folder per task (default $TWOSSP_TASK_DATA; a task without local files "
+                   "is read from the Hugging Face Hub)")
+    p.add_argument("--task-file", action="append", metavar="TASK=PATH",
+                   help="a task's own file or folder, e.g. hellaswag=PATH/hellaswag_val.jsonl (repeatable)")
+
+
+def task_data(args: argparse.Namespace) -> Any:
+    """The task data the command reads (--task-data, --task-file), for `using_task_data`."""
+    from twossp_core.evaluation.zeroshot.registry import parse_tasks
+    from twossp_core.evaluation.zeroshot.sources import TaskData
+
+    paths = {}
+    for text in args.task_file or []:
+        task, sep, path = text.partition("=")
+        names = parse_tasks(task) if sep and path and task.strip() != "paper" else []
+        if len(names) != 1:
+            raise InvalidSpec(f"--task-file expects TASK=PATH for one task, got {text!r}")
+        paths[names[0]] = Path(path).expanduser()
+    return TaskData(root=Path(args.task_data).expanduser() if args.task_data else None, paths=paths)
+
+
 def add_export_argument(p: argparse.ArgumentParser, *, flag: str = "--export", default: str = "compact") -> None:
     from twossp_core.export.registry import FORMATS
 
@@ -147,12 +175,17 @@ def job_fields(args: argparse.Namespace) -> dict[str, Any]:
         "export": args.export,
         "export_options": export_option_values(args),
         **memory_fields(args),
+        **task_fields(args),
     }
     if args.calibration:
         data["calibration"] = args.calibration
     if args.eval is not None:
         data["eval"] = args.eval
     return data
+
+
+def task_fields(args: argparse.Namespace) -> dict[str, Any]:
+    return {"tasks": args.tasks or [], "task_limit": args.task_limit}
 
 
 def memory_fields(args: argparse.Namespace) -> dict[str, Any]:
@@ -226,6 +259,10 @@ def format_summary(report: dict[str, Any]) -> str:
             c = h["control"]
             lines.append(f"heal control (the dense model healed the same way): {c['steps']} steps, "
                          f"loss {c['first_loss']:.4f} -> {c['loss']:.4f}, {c['seconds']:.1f}s")
+    if report.get("zero_shot"):
+        from twossp_core.evaluation.zeroshot.summary import summary_lines
+
+        lines += summary_lines(report["zero_shot"])
     tp = report.get("throughput_tokens_per_s") or {}
     if tp.get("dense") and tp.get("pruned"):
         from twossp_core.evaluation.throughput_check import unreliable_reasons
@@ -261,8 +298,11 @@ def run_into_out_dir(args: argparse.Namespace, run: Callable[..., dict[str, Any]
     out = Path(args.out)
     check_out_dir(out, args.overwrite)
     bars = StageBars(enabled=not args.no_progress)
+    from twossp_core.evaluation.zeroshot.sources import using_task_data
+
     try:
-        return run(spec, out, progress=bars)
+        with using_task_data(task_data(args)):
+            return run(spec, out, progress=bars)
     finally:
         bars.close()
 
@@ -293,7 +333,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     data: dict[str, Any] = {
         "model": args.model, "doc_separator": args.doc_separator, "seq_len": args.seq_len,
         "eval_windows": args.eval_windows, "dtype": args.dtype, "device": args.device,
-        "measure_throughput": not args.no_throughput, **memory_fields(args),
+        "measure_throughput": not args.no_throughput, **memory_fields(args), **task_fields(args),
     }
     if args.eval is not None:
         data["eval"] = args.eval
@@ -303,13 +343,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise InvalidSpec(format_validation_error(exc)) from None
     if not spec.eval:
         raise InvalidSpec("eval needs at least one --eval source")
-    if args.tasks:
-        from twossp_core.evaluation.zeroshot import require_lm_eval
+    from twossp_core.evaluation.zeroshot.sources import using_task_data
 
-        require_lm_eval()
     bars = StageBars(enabled=not args.no_progress)
     try:
-        ws = prepare(spec, Reporter(bars), with_calibration=False)
+        with using_task_data(task_data(args)):
+            ws = prepare(spec, Reporter(bars), with_calibration=False)
     finally:
         bars.close()
     result = {
@@ -323,16 +362,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
         "memory": {"mode": ws.memory_plan.mode if ws.memory_plan else None,
                    "plan": ws.memory_plan.as_dict() if ws.memory_plan else None},
     }
-    if args.tasks:
-        from twossp_core.evaluation.zeroshot import PAPER_TASKS, zero_shot
+    if ws.zero_shot_tasks:
+        from twossp_core.evaluation.zeroshot.evaluate import zero_shot_report
 
-        tasks = list(PAPER_TASKS) if args.tasks == "paper" else [t for t in args.tasks.split(",") if t]
-        result["zero_shot"] = zero_shot(ws.model, ws.tokenizer, tasks)
+        result["zero_shot"] = zero_shot_report(ws.zero_shot_tasks, spec.task_limit, {"dense": ws.dense_zero_shot})
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        for task, acc in result.get("zero_shot", {}).items():
-            print(f"zero-shot {task}: {acc:.4f}")
+        if "zero_shot" in result:
+            from twossp_core.evaluation.zeroshot.summary import summary_lines
+
+            print("\n".join(summary_lines(result["zero_shot"])))
         for row in result["perplexity"]:
             print(f"perplexity {row['dataset']}: {row['perplexity']:.3f}")
         if ws.dense_throughput:
@@ -359,16 +399,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     add_data_arguments(p)
     add_heal_arguments(p)
+    add_task_arguments(p)
     p.add_argument("--out", required=True, help="output directory for the pruned model and report.json")
     p.add_argument("--overwrite", action="store_true", help="allow a non-empty --out directory")
     add_export_argument(p)
     p.set_defaults(func=cmd_prune)
 
-    e = sub.add_parser("eval", help="evaluate any model: perplexity and throughput")
+    e = sub.add_parser("eval", aliases=["evaluate"], help="evaluate any model: perplexity, throughput, zero-shot tasks")
     e.add_argument("--model", required=True)
-    e.add_argument("--tasks", default=None,
-                   help="zero-shot tasks through lm-eval-harness, comma-separated, or 'paper' for the six "
-                        "of the paper (needs the zeroshot extra and network access)")
+    add_task_arguments(e)
     add_data_arguments(e, calibration=False)
     e.set_defaults(func=cmd_eval)
 

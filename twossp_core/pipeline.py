@@ -64,6 +64,8 @@ class Workspace:
     memory_plan: MemoryPlan | None = None
     source: dict[str, Any] | None = None  # the GGUF file the model came from (gguf_source.model_source)
     control: HealRun | None = None  # the heal's control, once run (`heal_control`)
+    zero_shot_tasks: list[Any] = field(default_factory=list)  # the spec's tasks, read and tokenized (PreparedTask)
+    dense_zero_shot: dict[str, Any] = field(default_factory=dict)  # the dense model's scores per task
 
     @property
     def device(self) -> torch.device:
@@ -94,6 +96,10 @@ def prepare(
     sources = [*(spec.calibration_sources() if with_calibration else []), *spec.eval_sources()]
     check_data(sources, spec.doc_separator)
     require_hub_datasets(sorted({s.name for s in sources if s.is_hub and not Path(s.name).exists()}))
+    if spec.tasks:
+        from twossp_core.evaluation.zeroshot.sources import check_sources
+
+        check_sources(spec.tasks)
     torch.manual_seed(spec.seed)
     t0 = time.perf_counter()
     plan = job_plan(plan_spec or spec)  # refuses a job that cannot fit its memory budgets before anything is loaded
@@ -136,6 +142,13 @@ def prepare(
     if measures_throughput(ws):
         ws.dense_throughput = forward_throughput(adapter, ws.throughput_input(), checkpoint=reporter.checkpoint)
     ws.timings.update(load_s=t1 - t0, data_s=t2 - t1, evaluate_dense_s=time.perf_counter() - t2)
+    if spec.tasks:
+        from twossp_core.evaluation.zeroshot.evaluate import prepare_tasks, score_model
+
+        t3 = time.perf_counter()
+        ws.zero_shot_tasks = prepare_tasks(tokenizer, model.config, spec.tasks, spec.task_limit)
+        ws.dense_zero_shot = score_model(model, ws.zero_shot_tasks, reporter, "zero_shot_dense")
+        ws.timings["zero_shot_dense_s"] = time.perf_counter() - t3
     return ws
 
 
@@ -193,7 +206,7 @@ def measure_pruned(
     blocks_before = ws.dense_params["blocks"]
     achieved = 1.0 - blocks_after / blocks_before
     rows = perplexity_rows(ws, pruned_ppl)
-    return {
+    report = {
         "method": method,
         "model": ws.spec.model,
         **({"source": ws.source} if ws.source else {}),
@@ -227,6 +240,24 @@ def measure_pruned(
         },
         "runtime": runtime_info(ws),
     }
+    if ws.zero_shot_tasks:
+        add_zero_shot(ws, model, report, "pruned", reporter)
+    return report
+
+
+def add_zero_shot(ws: Workspace, model: Any, report: dict[str, Any], label: str, reporter: Reporter) -> None:
+    """Score `model` on the workspace's zero-shot items (the dense model's) and add it as `label` (pruned, healed)
+    to the report's `zero_shot` block, with the time it took."""
+    from twossp_core.evaluation.zeroshot.evaluate import add_scores, score_model, zero_shot_report
+
+    t0 = time.perf_counter()
+    scores = score_model(model, ws.zero_shot_tasks, reporter, f"zero_shot_{label}")
+    if "zero_shot" in report:
+        add_scores(report["zero_shot"], label, scores)
+    else:
+        report["zero_shot"] = zero_shot_report(ws.zero_shot_tasks, ws.spec.task_limit,
+                                               {"dense": ws.dense_zero_shot, label: scores})
+    report["timings"][f"zero_shot_{label}_s"] = time.perf_counter() - t0
 
 
 def perplexity_rows(ws: Workspace, pruned: dict[str, float]) -> list[dict[str, Any]]:
@@ -269,6 +300,8 @@ def heal_pruned(ws: Workspace, model: Any, report: dict[str, Any], reporter: Rep
     if ws.control is not None:
         report["heal"]["control"] = ws.control.report()
     report["timings"].update(run.timings)
+    if ws.zero_shot_tasks:
+        add_zero_shot(ws, model, report, "healed", reporter)
     return model, result.losses
 
 

@@ -156,6 +156,10 @@ def comparison_markdown(rows: list[dict[str, Any]], dense: dict[str, Any], *, ti
               f"{'; '.join(r['throughput_unreliable'])}" for r in rows if r.get("throughput_unreliable")]
     if notes:
         lines += ["", *[f"Note — {n}." for n in notes]]
+    if dense.get("zero_shot"):
+        from twossp_core.evaluation.zeroshot.summary import comparison_table
+
+        lines += ["", *comparison_table(rows, dense)]
     return "\n".join(lines) + "\n"
 
 
@@ -169,7 +173,8 @@ def plot_comparison(
     import matplotlib.pyplot as plt
 
     names = datasets(rows, dense)
-    fig, axes = plt.subplots(1, max(len(names), 1), figsize=(6.4 * max(len(names), 1), 4.6), squeeze=False)
+    panels = max(len(names), 1) + (1 if dense.get("zero_shot") else 0)  # and one for zero-shot accuracy
+    fig, axes = plt.subplots(1, panels, figsize=(6.4 * panels, 4.6), squeeze=False)
     methods = list(dict.fromkeys(r["method"] for r in rows))
     markers = "osD^vP*Xh"
     for ax, name in zip(axes[0], names, strict=False):
@@ -201,6 +206,10 @@ def plot_comparison(
         ax.set_title(f"{title} — {label}" if title else label, fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
+    if dense.get("zero_shot"):
+        from twossp_core.evaluation.zeroshot.summary import plot_panel
+
+        plot_panel(axes[0][-1], rows, dense, title)
     fig.tight_layout()
     for path in paths:
         fig.savefig(path, dpi=120)

@@ -13,7 +13,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from twossp_core.errors import InvalidSpec
 from twossp_core.heal.config import HealConfig
-from twossp_core.spec_limits import MAX_DOCUMENT_INDEX, MAX_EVAL_WINDOWS, MAX_SEED, MAX_SEQ_LEN, MAX_WINDOWS
+from twossp_core.spec_limits import (
+    MAX_DOCUMENT_INDEX,
+    MAX_EVAL_WINDOWS,
+    MAX_SEED,
+    MAX_SEQ_LEN,
+    MAX_TASK_LIMIT,
+    MAX_WINDOWS,
+)
 
 HUB_DATASETS = ("wikitext2", "c4", "fineweb-edu")
 DEFAULT_SEQ_LEN = 2048
@@ -124,6 +131,16 @@ class JobSpecBase(BaseModel):
         None, description="train the pruned model after pruning (every run of a sweep); {} takes the defaults: "
         "distillation from the dense model (see docs/heal.md)",
     )
+    tasks: list[str] = Field(
+        default_factory=list, max_length=16,
+        description="zero-shot tasks scored on the dense model and on every pruned (and healed) one, as "
+        "lm-eval-harness 0.4 scores them: winogrande, arc_easy, arc_challenge, hellaswag, piqa, mmlu, or 'paper' for "
+        "the six",
+    )
+    task_limit: int | None = Field(
+        None, ge=1, le=MAX_TASK_LIMIT,
+        description="score the first N items of each zero-shot task (of each MMLU subject), in file order; default all",
+    )
 
     @field_validator("calibration", "eval")
     @classmethod
@@ -131,6 +148,20 @@ class JobSpecBase(BaseModel):
         for item in value:
             DataSource.parse(item)
         return value
+
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _parse_tasks(cls, value: Any, info: ValidationInfo) -> Any:
+        from twossp_core.evaluation.zeroshot.registry import parse_tasks
+
+        if isinstance(value, str) and info.context and info.context.get("strict"):
+            raise ValueError("must be a JSON array of task names, e.g. [\"piqa\", \"arc_easy\"] or [\"paper\"]")
+        if not isinstance(value, str | list):
+            return value
+        try:
+            return parse_tasks(value)
+        except InvalidSpec as exc:
+            raise ValueError(str(exc)) from None
 
     @field_validator("max_device_memory", "max_host_memory", mode="before")
     @classmethod

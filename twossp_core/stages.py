@@ -31,6 +31,10 @@ CONTROL = "control"
 EXPORT = Stage("export", 5)
 # a sweep's last step: the comparison table and plots
 COMPARISON = Stage("comparison", 2)
+# zero-shot tasks, when a job asks for them: scored on the dense model once, then on every pruned (and healed) one
+ZERO_SHOT_DENSE = Stage("zero_shot_dense", 15)
+ZERO_SHOT_PRUNED = Stage("zero_shot_pruned", 15)
+ZERO_SHOT_HEALED = Stage("zero_shot_healed", 15)
 
 
 def method_stages(method: str) -> tuple[Stage, ...]:
@@ -41,11 +45,21 @@ def method_stages(method: str) -> tuple[Stage, ...]:
 
 def prune_stages(spec: PruneSpec) -> list[Stage]:
     """Every stage of one pruning run, in the order the pipeline reports them."""
-    return [*SETUP, *_control(spec), *method_stages(spec.method), *MEASURE, *_heal(spec), EXPORT]
+    return [*_setup(spec), *_control(spec), *method_stages(spec.method), *_measure(spec), *_heal(spec), EXPORT]
+
+
+def _setup(spec: PruneSpec | SweepSpec) -> tuple[Stage, ...]:
+    return (*SETUP, ZERO_SHOT_DENSE) if spec.tasks else SETUP
+
+
+def _measure(spec: PruneSpec | SweepSpec) -> tuple[Stage, ...]:
+    return (*MEASURE, ZERO_SHOT_PRUNED) if spec.tasks else MEASURE
 
 
 def _heal(spec: PruneSpec | SweepSpec) -> tuple[Stage, ...]:
-    return HEAL if spec.heal is not None else ()
+    if spec.heal is None:
+        return ()
+    return (*HEAL, ZERO_SHOT_HEALED) if spec.tasks else HEAL
 
 
 def _control(spec: PruneSpec | SweepSpec) -> list[Stage]:
@@ -63,9 +77,9 @@ def sweep_stages(spec: SweepSpec) -> list[Stage]:
     """Every stage of a sweep: the shared setup (and the heal's control), each run's method, measure (and heal)
     stages, the comparison (a sweep that saves its models exports them within the run, without a stage of its
     own)."""
-    stages = [*SETUP, *_control(spec)]
+    stages = [*_setup(spec), *_control(spec)]
     for method in spec.methods:
-        per_run = [*method_stages(method), *MEASURE, *_heal(spec)]
+        per_run = [*method_stages(method), *_measure(spec), *_heal(spec)]
         for sparsity in spec.sparsities:
             stages += [Stage(f"{run_prefix(method, sparsity)}/{s.name}", s.weight) for s in per_run]
     stages.append(COMPARISON)

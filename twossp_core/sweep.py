@@ -71,6 +71,8 @@ def comparison_row(report: dict[str, Any]) -> dict[str, Any]:
         "heal_s": report["timings"].get("heal_s"),
         "error": None,
     }
+    if report.get("zero_shot"):
+        row["zero_shot"] = report["zero_shot"]
     if "sparsity_meaning" in details:
         row["note"] = details["sparsity_meaning"]
     return row
@@ -138,6 +140,10 @@ def run_sweep(
         "eval_windows": {label: int(w.shape[0]) for label, w in ws.evals.items()},
         "eval_cap": spec.eval_windows,
     }
+    if ws.zero_shot_tasks:
+        from twossp_core.evaluation.zeroshot.evaluate import zero_shot_report
+
+        dense["zero_shot"] = zero_shot_report(ws.zero_shot_tasks, spec.task_limit, {"dense": ws.dense_zero_shot})
     if ws.control is not None:  # the dense model healed the same way: each entry's `healed`, and the heal itself
         for entry in dense["perplexity"]:
             entry["healed"] = ws.control.perplexity[entry["dataset"]]

@@ -54,7 +54,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    from twossp_core.cli import add_data_arguments, add_export_argument, add_heal_arguments
+    from twossp_core.cli import add_data_arguments, add_export_argument, add_heal_arguments, add_task_arguments
 
     p = sub.add_parser("sweep", help="compare methods x sparsities on one model")
     p.add_argument("--model", required=True, help="Hugging Face hub id, local model directory or .gguf file")
@@ -67,6 +67,7 @@ def register(sub: Any) -> None:
     add_export_argument(p)
     add_heal_arguments(p)
     add_data_arguments(p)
+    add_task_arguments(p)
     p.add_argument("--out", required=True, help="output directory for the comparison")
     p.add_argument("--overwrite", action="store_true", help="allow a non-empty --out directory")
     p.set_defaults(func=cmd_sweep)

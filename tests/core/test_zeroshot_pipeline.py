@@ -1,0 +1,139 @@
+"""Zero-shot tasks in jobs: `--tasks`/`--task-limit` on prune, eval and sweep, the report's `zero_shot` block (dense
+and pruned on the same items), progress stages, the summary, the sweep comparison, and refusals of bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from conftest import require_data
+
+from twossp_core.cli import main
+from twossp_core.errors import InvalidSpec
+from twossp_core.evaluation.zeroshot.evaluate import prepare_tasks, score_tasks
+from twossp_core.evaluation.zeroshot.sources import TaskData, using_task_data
+from twossp_core.models.registry import adapter_for
+from twossp_core.spec import parse_spec, parse_sweep_spec
+from twossp_core.stages import prune_stages
+
+TASKS = ["winogrande", "arc_easy", "hellaswag"]
+LIMIT = 8
+
+
+@pytest.fixture(scope="module")
+def task_dir():
+    return require_data("tasks")
+
+
+def data_args(stories_text):
+    return ["--calibration", f"{stories_text}:0:100", "--calibration-windows", "4", "--eval",
+            f"{stories_text}:500:600", "--doc-separator", "<|endoftext|>", "--seq-len", "256", "--no-throughput",
+            "--no-progress"]
+
+
+def scores_of(model_dir, task_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    with using_task_data(TaskData(root=task_dir)):
+        prepared = prepare_tasks(AutoTokenizer.from_pretrained(model_dir), model.config, TASKS, LIMIT)
+    return score_tasks(adapter_for(model), prepared)
+
+
+def test_prune_reports_dense_and_pruned_accuracy_on_the_same_items(stories_model, stories_text, task_dir, tmp_path,
+                                                                   capsys):
+    out = tmp_path / "out"
+    code = main(["prune", "--model", str(stories_model), "--sparsity", "0.375", *data_args(stories_text),
+                 "--tasks", ",".join(TASKS), "--task-limit", str(LIMIT), "--task-data", str(task_dir),
+                 "--export", "portable", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0
+    block = json.loads((out / "report.json").read_text())["zero_shot"]
+    assert block["limit"] == LIMIT and block["approximate"] is True
+    assert list(block["tasks"]) == TASKS
+    for name, entry in block["tasks"].items():
+        assert entry["n"] == LIMIT and entry["approximate"] == (name == "hellaswag")
+        for label in ("dense", "pruned"):
+            for metric in entry["metrics"]:
+                p = entry[label][metric]
+                assert entry[label][f"{metric}_stderr"] == pytest.approx(math.sqrt(p * (1 - p) / (LIMIT - 1)))
+    # the scores are those of the dense model and of the saved pruned model on these items
+    dense, pruned = scores_of(stories_model, task_dir), scores_of(out, task_dir)
+    for name, entry in block["tasks"].items():
+        assert entry["dense"] == pytest.approx(dense[name]) and entry["pruned"] == pytest.approx(pruned[name])
+    assert block["average_acc"]["pruned"] == pytest.approx(sum(pruned[t]["acc"] for t in TASKS) / len(TASKS))
+    assert "zero-shot accuracy (dense -> pruned" in printed and "hellaswag* acc_norm" in printed
+    assert "approximate: read from the text extraction" in printed
+
+
+def test_progress_has_the_zero_shot_stages(stories_model, stories_text, task_dir, tmp_path):
+    from twossp_core.pipeline import run_prune
+
+    spec = parse_spec({"model": str(stories_model), "sparsity": 0.25, "calibration": [f"{stories_text}:0:50"],
+                       "eval": [f"{stories_text}:500:520"], "calibration_windows": 2, "seq_len": 128,
+                       "doc_separator": "<|endoftext|>", "measure_throughput": False, "tasks": ["winogrande"],
+                       "task_limit": 3})
+    seen: list[str] = []
+    with using_task_data(TaskData(root=task_dir)):
+        run_prune(spec, tmp_path / "o", progress=lambda stage, f: seen.append(stage))
+    entered = [stage for i, stage in enumerate(seen) if i == 0 or seen[i - 1] != stage]
+    assert entered == [s.name for s in prune_stages(spec)]
+    assert {"zero_shot_dense", "zero_shot_pruned"} <= set(entered)
+
+
+def test_eval_prints_the_accuracy(stories_model, stories_text, task_dir, capsys):
+    code = main(["eval", "--model", str(stories_model), "--eval", f"{stories_text}:500:510", "--doc-separator",
+                 "<|endoftext|>", "--seq-len", "128", "--no-throughput", "--no-progress", "--tasks", "winogrande",
+                 "--task-limit", "4", "--task-file", f"winogrande={task_dir / 'winogrande' / 'dev.jsonl'}", "--json"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    entry = result["zero_shot"]["tasks"]["winogrande"]
+    assert entry["n"] == 4 and entry["source"].endswith("dev.jsonl") and "pruned" not in entry
+
+
+def test_sweep_compares_the_accuracy(stories_model, stories_text, task_dir, tmp_path):
+    out = tmp_path / "sweep"
+    code = main(["sweep", "--model", str(stories_model), "--methods", "2ssp,shortgpt", "--sparsities", "0.25",
+                 *data_args(stories_text), "--tasks", "winogrande,hellaswag", "--task-limit", "4", "--task-data",
+                 str(task_dir), "--out", str(out)])
+    assert code == 0
+    rows = json.loads((out / "comparison.json").read_text())
+    dense = json.loads((out / "sweep.json").read_text())["dense"]["zero_shot"]
+    assert [r["zero_shot"]["tasks"]["winogrande"]["n"] for r in rows] == [4, 4]
+    table = (out / "comparison.md").read_text()
+    assert "| method | target | achieved | winogrande | hellaswag* | average* |" in table
+    dense_cell = f"{dense['tasks']['winogrande']['dense']['acc']:.4f}"
+    assert f"| dense | — | — | {dense_cell} |" in table
+    for r in rows:
+        assert f"| {r['method']} | 25.0% |" in table
+        assert f"{r['zero_shot']['tasks']['winogrande']['pruned']['acc']:.4f}" in table
+    assert "Approximate — read from the text extraction" in table
+
+
+def test_bad_task_input_is_refused_in_one_line(stories_model, tmp_path, capsys):
+    base = ["eval", "--model", str(stories_model), "--eval", str(tmp_path / "t.txt"), "--no-progress"]
+    (tmp_path / "t.txt").write_text("hello world " * 200)
+    assert main([*base, "--tasks", "piqa,boolq"]) == 2
+    assert "unknown zero-shot task 'boolq'" in capsys.readouterr().err
+    assert main([*base, "--tasks", "piqa", "--task-file", "piqa"]) == 2
+    assert "--task-file expects TASK=PATH" in capsys.readouterr().err
+    assert main([*base, "--tasks", "piqa", "--task-data", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert "is not a directory" in err and "Loading" not in err
+    assert main([*base, "--tasks", "piqa", "--task-limit", "0"]) == 2
+    assert "task_limit" in capsys.readouterr().err
+
+
+def test_request_fields():
+    base = {"model": "m", "sparsity": 0.5}
+    assert parse_spec({**base, "tasks": ["paper"]}).tasks == [
+        "winogrande", "arc_easy", "arc_challenge", "hellaswag", "piqa", "mmlu"]
+    assert parse_spec({**base, "tasks": "piqa,mmlu"}).tasks == ["piqa", "mmlu"]
+    assert parse_spec({**base, "tasks": ["piqa"]}, strict=True).tasks == ["piqa"]
+    with pytest.raises(InvalidSpec, match="tasks: must be a JSON array"):
+        parse_spec({**base, "tasks": "piqa"}, strict=True)
+    with pytest.raises(InvalidSpec, match="tasks: unknown zero-shot task"):
+        parse_sweep_spec({"model": "m", "sparsities": [0.5], "tasks": ["nope"]})
+    assert parse_spec(base).tasks == [] and parse_spec(base).task_limit is None
