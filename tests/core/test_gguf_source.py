@@ -253,3 +253,24 @@ def test_convert_gguf_writes_a_directory_with_transformers_gguf_logits(tmp_path,
                        "eval_windows": 1, "measure_throughput": False, "device": "cpu"})
     assert run_prune(spec, tmp_path / "pruned")["source"] == record
     assert main(["convert-gguf", str(gguf), "--out", str(out), "--no-progress"]) == 2  # not over a full directory
+
+
+def test_a_byte_level_tokenizer_that_splits_digits_first_is_written_as_smollm():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from twossp_core.errors import InvalidSpec
+    from twossp_core.export.gguf_vocab import gguf_vocab
+
+    vocab = {c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+
+    def pre(*parts) -> str:
+        backend.pre_tokenizer = pre_tokenizers.Sequence(list(parts))
+        return gguf_vocab(PreTrainedTokenizerFast(tokenizer_object=backend), len(vocab)).pre
+
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    assert pre(pre_tokenizers.Digits(individual_digits=True), byte_level) == "smollm"
+    assert pre(byte_level) == "gpt-2"
+    with pytest.raises(InvalidSpec, match="not one llama.cpp names"):  # digit runs kept together: no llama.cpp name
+        pre(pre_tokenizers.Digits(individual_digits=False), byte_level)

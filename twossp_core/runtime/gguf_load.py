@@ -66,7 +66,9 @@ def _plain_copy(loaded: Any, dtype: torch.dtype, name: str) -> Any:
     return plain
 
 
-def load_gguf(path: Path, *, dtype: torch.dtype = torch.float32, name: str | None = None) -> tuple[Any, Any]:
+def dequantize_gguf(
+    path: Path, *, dtype: torch.dtype = torch.float32, name: str | None = None
+) -> tuple[Any, Any]:
     """(plain model on the CPU in `dtype`, tokenizer) from a GGUF file. UnsupportedModel in one line, before any
     tensor is read, for an architecture or a tensor type we cannot read. `name`: what the config records as the
     model's path (the name the user gave)."""
@@ -120,7 +122,7 @@ def convert_gguf(path: Path, out_dir: Path, *, dtype: str = "float32",
     header = read_header(path)
     check_readable(header)
     report("read", 0.0)
-    model, tokenizer = load_gguf(path, dtype=resolve_dtype(dtype), name=str(out_dir))
+    model, tokenizer = dequantize_gguf(path, dtype=resolve_dtype(dtype), name=str(out_dir))
     report("read", 1.0)
     record = source_record(path, header)
     report("write", 0.0)

@@ -122,9 +122,9 @@ def load_model(
         if device_map is not None:
             raise InvalidSpec(f"{model_id}: a GGUF file runs in memory on one device; convert it once with "
                               "`twossp convert-gguf FILE --out DIR` and pass DIR")
-        from twossp_core.runtime.gguf_load import load_gguf
+        from twossp_core.runtime.gguf_load import dequantize_gguf
 
-        model, tokenizer = load_gguf(gguf, dtype=torch_dtype, name=model_id)
+        model, tokenizer = dequantize_gguf(gguf, dtype=torch_dtype, name=model_id)
         return finish_loading(model, tokenizer, target)
     config = load_config(model_id)
     check_supported(getattr(config, "model_type", None))
