@@ -393,7 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prune", help="prune a model to a target sparsity and save it")
     p.add_argument("--model", required=True, help="Hugging Face hub id, local model directory or .gguf file")
     p.add_argument("--sparsity", type=float, required=True, help="fraction of block parameters to remove")
-    p.add_argument("--method", default="2ssp", choices=method_names())
+    # checked with the request (one line naming the methods), not by argparse (which prints the usage)
+    p.add_argument("--method", default="2ssp", help=f"one of {', '.join(method_names())} (default 2ssp)")
     p.add_argument("--option", action="append", metavar="KEY=VALUE",
                    help="method option, e.g. alpha=1.5, num_attention_to_prune=2, stage2_windows=1")
     p.add_argument("--seed", type=int, default=0)
@@ -448,8 +449,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     show_notices()
     try:
         return int(args.func(args) or 0)
-    except TwosspError as exc:
-        print(f"twossp: error: {exc}", file=sys.stderr)
+    except TwosspError as exc:  # the library names the request's fields; say them as this command's flags
+        from twossp_core.cli_terms import flags_of, in_cli_terms
+
+        message = in_cli_terms(str(exc), flags_of(parser), sweep=args.command == "sweep")
+        print(f"twossp: error: {message}", file=sys.stderr)
         return EXIT_USER_ERROR
     except OSError as exc:  # a path the file system refuses: no permission, a disk full, a loop in an output path
         print(f"twossp: error: {exc}", file=sys.stderr)

@@ -97,6 +97,23 @@ def check_local_model(model: str, relative_paths: bool = True) -> dict | None:
     return cfg
 
 
+def hub_config(model: str, *, fetch: bool) -> dict | None:
+    """A hub model's config.json (as its base, for a compact export on the hub): from the hub cache, or with
+    `fetch` from the hub when it answers; None when neither has it. What a run checks before it loads weights."""
+    try:
+        from huggingface_hub import hf_hub_download, try_to_load_from_cache
+
+        path = try_to_load_from_cache(model, "config.json")
+        if not isinstance(path, str) and fetch:
+            from twossp_core.runtime.hub import hub_unreachable
+
+            path = hf_hub_download(model, "config.json") if hub_unreachable() is None else None
+        config = json.loads(Path(path).read_text()) if isinstance(path, str) else None
+    except Exception:  # noqa: BLE001 - no such repository, no access, a broken cache: the load will say why
+        return None
+    return to_base(config) if isinstance(config, dict) else None
+
+
 def check_model(spec: PruneSpec, *, relative_paths: bool = True) -> None:
     """Raise UnsupportedModel / InfeasibleTarget / ModelNotFound / DataError when the request cannot run.
 
@@ -104,8 +121,11 @@ def check_model(spec: PruneSpec, *, relative_paths: bool = True) -> None:
     sources = [*spec.calibration_sources(), *spec.eval_sources(), *spec.heal_sources()]
     check_data(sources, spec.doc_separator, relative_paths)
     cfg = check_local_model(spec.model, relative_paths)
-    if cfg is None:
-        return
+    if cfg is None:  # a hub id: its config when at hand (the service never downloads it here)
+        cfg = hub_config(spec.model, fetch=relative_paths)
+        if cfg is None:
+            return
+        check_supported(cfg.get("model_type"))
     check_family(spec.export, cfg.get("model_type"))
     if spec.max_host_memory is not None or spec.max_device_memory is not None or spec.execution != "auto":
         # refuse a job that fits its budgets on none of the devices it may run on, before it is queued
@@ -122,6 +142,6 @@ def check_model(spec: PruneSpec, *, relative_paths: bool = True) -> None:
     check = method_preflight(spec.method)
     width = check(block_counts(cfg), spec.sparsity, spec.method_options()) if check is not None else None
     if width is not None:  # the method decides the FFN width it keeps
-        check_ffn_width(spec.export, width, hint=" (2SSP: pass --option round_to=256)")
+        check_ffn_width(spec.export, width, hint=" (2SSP: set `options.round_to=256`)")
     elif "round_to" not in type(spec.method_options()).model_fields:  # methods that keep the FFN width
         check_ffn_width(spec.export, int(cfg.get("intermediate_size") or 0))

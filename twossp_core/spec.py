@@ -313,8 +313,12 @@ def _validate(spec_cls: type[SpecT], data: dict[str, Any], strict: bool) -> Spec
                 raise InvalidSpec(f"{where}: not valid Unicode text (a lone surrogate)")
             return spec_cls.model_validate_json(json.dumps(data), strict=True, context={"strict": True})
         return spec_cls.model_validate(data)
-    except ValidationError as exc:
-        raise InvalidSpec(format_validation_error(exc)) from None
+    except (ValidationError, InvalidSpec) as exc:  # with the cross-field checks pydantic did not reach
+        from twossp_core.spec_problems import registry_problems
+
+        first = format_validation_error(exc) if isinstance(exc, ValidationError) else str(exc)
+        problems = dict.fromkeys([first, *registry_problems(data, sweep=spec_cls is SweepSpec)])
+        raise InvalidSpec("; ".join(problems)) from None
 
 
 def _lone_surrogate(value: Any, where: str = "") -> str | None:

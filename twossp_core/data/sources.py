@@ -65,7 +65,7 @@ def check_txt_range(source: DataSource, doc_separator: str | None) -> None:
         return
     if doc_separator is None:
         raise DataError(
-            f"data source {source.label!r}: a .txt file without a document separator (--doc-separator) is one "
+            f"data source {source.label!r}: a .txt file without a document separator (`doc_separator`) is one "
             f"document, so the range {source.start}:{source.end if source.end is not None else ''} selects nothing; "
             "pass the separator that splits it into documents"
         )

@@ -57,7 +57,7 @@ def block_configs(adapter: Any) -> list[dict[str, Any]]:
         ffn: dict[str, Any] = {"no_op": True, "ffn_mult": None, "replace_with_linear": False}
         if not adapter.mlp_removed(idx):
             width = int(getattr(adapter.mlp(idx), adapter.down_proj).in_features)
-            check_ffn_width("decilm", width, hint=" (2SSP: pass --option round_to=256)")
+            check_ffn_width("decilm", width, hint=" (2SSP: set `options.round_to=256`)")
             ffn.update(no_op=False, ffn_mult=ffn_mult(width, hidden))
         blocks.append({"attention": attention, "ffn": ffn})
     return blocks

@@ -41,7 +41,7 @@ def require_hub_datasets(names: list[str]) -> None:
     if reason is not None:
         raise DataError(
             f"hub dataset {', '.join(repr(n) for n in names)} needs the Hugging Face Hub, which cannot be reached "
-            f"({reason}): pass local data instead (--calibration PATH and --eval PATH: .txt, .jsonl or .parquet), "
+            f"({reason}): pass local data instead (`calibration` and `eval`: .txt, .jsonl or .parquet files), "
             "or set HF_DATASETS_OFFLINE=1 to use datasets already in the cache"
         )
 
