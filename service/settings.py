@@ -120,6 +120,10 @@ class Settings(BaseSettings):
     embedded_worker: bool = Field(True, description="run the in-process worker when no broker is set")
     embedded_poll_s: float = Field(1.0, gt=0)
     torch_threads: int | None = Field(None, ge=1, description="CPU threads per job (torch.set_num_threads)")
+    task_data: Path | None = Field(
+        None, description="zero-shot task files the workers read, one folder per task (winogrande/, arc_easy/, ..., "
+        "the layout of shared/data/tasks); a task without local files is read from the Hugging Face Hub",
+    )
     celery_queue: str = Field(
         "twossp", description="the queue jobs go to while no worker has advertised its class (see worker_queue)"
     )

@@ -442,7 +442,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 METADATA_KEYS = (
     "method", "model", "sparsity_target", "sparsity_achieved", "removed_attention", "removed_mlp", "removed_blocks",
-    "kept_ffn_neurons", "params", "perplexity", "held_out", "options", "data", "source",
+    "kept_ffn_neurons", "params", "perplexity", "held_out", "options", "data", "source", "zero_shot",
 )
 
 

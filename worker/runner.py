@@ -30,6 +30,7 @@ from service.records import StageMark
 from service.settings import Settings
 from service.store import ArtifactStore, make_store
 from service.workers import Capacity
+from twossp_core.evaluation.zeroshot.sources import TaskData, using_task_data
 from twossp_core.local_inputs import redirected
 from twossp_core.stages import Stage
 from worker.inputs import pinned_inputs
@@ -189,6 +190,7 @@ class JobRunner:
             # what was opened, and have the job read exactly those files
             with (
                 pinned_inputs(claim.spec, self.settings.resolved_roots(), work / "inputs") as inputs,
+                using_task_data(TaskData(root=self.settings.task_data)),  # the zero-shot tasks' files
                 redirected(inputs.redirects),
             ):
                 report = self._execute(claim, work / "out", tracker.update, should_cancel)

@@ -215,6 +215,8 @@ def _job_context(session: Any, ui: auth.UiSession, job: Job, store: Any) -> dict
         "images": views.comparison_images(files) if job.kind == "sweep" else [],
         "spec_rows": views.options_rows(job.spec or {}),
     }
+    if report is not None:
+        context["zero_shot"] = views.zero_shot_table(report)
     if report is not None and job.kind == "prune":
         context["tables"] = views.report_tables(report)
         heal = report.get("heal") or {}

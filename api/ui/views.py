@@ -110,6 +110,36 @@ def report_tables(report: dict[str, Any]) -> dict[str, list[tuple[str, str]]]:
     return {"Parameters": rows_params, "Removed modules": removed, "Heal": heal_rows, "Timings": timings}
 
 
+def _accuracy(scores: dict[str, Any] | None, metric: str) -> str:
+    value = (scores or {}).get(metric)
+    if value is None:
+        return "–"
+    err = (scores or {}).get(f"{metric}_stderr")
+    return f"{value:.4f}" + (f" ± {err:.4f}" if err is not None else "")
+
+
+def zero_shot_table(report: dict[str, Any]) -> dict[str, Any] | None:
+    """The job page's zero-shot table: a prune job's accuracy per task and metric (dense, pruned, healed), a sweep's
+    acc per task for the dense model and every run; an approximate task is starred with its note."""
+    block = report.get("zero_shot") or (report.get("dense") or {}).get("zero_shot")
+    if not block:
+        return None
+    titles = {name: name + ("*" if entry.get("approximate") else "") for name, entry in block["tasks"].items()}
+    notes = sorted({e["note"] for e in block["tasks"].values() if e.get("approximate") and e.get("note")})
+    if "zero_shot" in report:  # one pruned model
+        labels = [label for label in ("dense", "pruned", "healed") if label in next(iter(block["tasks"].values()))]
+        rows = [[titles[name], metric, str(entry["n"]), *(_accuracy(entry[label], metric) for label in labels)]
+                for name, entry in block["tasks"].items() for metric in entry["metrics"]]
+        header = ["Task", "Metric", "Items", *(label.capitalize() for label in labels)]
+    else:  # a sweep: acc of the dense model and of every run
+        runs = [r for r in report.get("rows") or [] if r.get("zero_shot") and not r.get("error")]
+        header = ["Task", "Items", "Dense", *(f"{r['method']} {r['sparsity_target']:g}" for r in runs)]
+        rows = [[titles[name], str(entry["n"]), _accuracy(entry["dense"], "acc"),
+                 *(_accuracy(r["zero_shot"]["tasks"][name].get("pruned"), "acc") for r in runs)]
+                for name, entry in block["tasks"].items()]
+    return {"header": header, "rows": rows, "subset": block["subset"], "notes": notes}
+
+
 def options_rows(spec: dict[str, Any]) -> list[tuple[str, str]]:
     skip = {"options"}
     rows = [(k, json.dumps(v) if not isinstance(v, str) else v) for k, v in spec.items() if k not in skip]

@@ -116,6 +116,13 @@ def _front_matter(metadata: dict[str, Any], fmt: str) -> str:
     tags = ["twossp", "pruned", "structured-pruning", str(metadata.get("method", "unknown")),
             *_sparsity_tag(metadata.get("sparsity_target")), *FORMAT_TAGS.get(fmt, [])]
     fields["tags"] = list(dict.fromkeys(tags))
+    if metadata.get("zero_shot"):  # the exported model's zero-shot accuracy as model-index results
+        from twossp_core.evaluation.zeroshot.model_card import eval_results
+
+        results = eval_results(metadata["zero_shot"])
+        if results:
+            fields.update(model_name=f"{source_name(model)} pruned with {metadata.get('method', 'unknown')}",
+                          eval_results=results)
     return "---\n" + ModelCardData(**fields).to_yaml() + "\n---"
 
 
@@ -158,6 +165,12 @@ def _perplexity(metadata: dict[str, Any]) -> list[str]:
             line += f" {r['dense_healed']:.3f} |" if r.get("dense_healed") is not None else " – |"
         out.append(line)
     return out + _heal_net(rows)
+
+
+def _zero_shot(block: dict[str, Any]) -> list[str]:
+    from twossp_core.evaluation.zeroshot.model_card import card_table
+
+    return card_table(block)
 
 
 def _relative(value: float, reference: float) -> str:
@@ -294,6 +307,7 @@ def render_card(metadata: dict[str, Any], fmt: str, config: Any, files: list[str
         "\n".join(_structure(metadata, config)),
         "## Perplexity",
         "\n".join(_perplexity(metadata)),
+        *(["## Zero-shot accuracy", "\n".join(_zero_shot(metadata["zero_shot"]))] if metadata.get("zero_shot") else []),
         "## Calibration and settings",
         "\n".join(_data(metadata)),
         "## How to load",
