@@ -71,10 +71,17 @@ def _event(
     data: dict[str, Any] | None = None,
     at: datetime | None = None,
 ) -> None:
+    """Record an event. Its id (the database's sequence) is the job's one order of events: every transition takes
+    the job's row first (an UPDATE), so a job's events get their ids in commit order; and `at` never goes back
+    along it (a clock behind, or an event recorded later than it happened, gets the job's latest time)."""
+    recorded = at or utcnow()
+    latest = session.scalar(select(func.max(JobEvent.at)).where(JobEvent.job_id == job_id))
+    if latest is not None and latest > recorded:
+        recorded = latest
     session.add(
         JobEvent(
             job_id=job_id, kind=kind.value, attempt=attempt, state=state,
-            stage=None if stage is None else stage[:STAGE_MAX_CHARS], detail=detail, data=data, at=at or utcnow(),
+            stage=None if stage is None else stage[:STAGE_MAX_CHARS], detail=detail, data=data, at=recorded,
         )
     )
 
@@ -86,10 +93,8 @@ def _stage_events(session: Session, claim_: Claim, marks: Sequence[StageMark]) -
             data["seconds"] = round(mark.seconds, 3)
         if mark.percent is not None:
             data["percent"] = round(mark.percent, 2)
-        _event(
-            session, claim_.job_id, EventKind(mark.kind), claim_.attempt, RUNNING, stage=mark.stage,
-            data=data or None, at=mark.at,
-        )
+        data["worker_at"] = mark.at.isoformat()  # when the worker saw it; the event is recorded at its heartbeat
+        _event(session, claim_.job_id, EventKind(mark.kind), claim_.attempt, RUNNING, stage=mark.stage, data=data)
 
 
 # -- the API ---------------------------------------------------------------------------------------------
@@ -115,7 +120,7 @@ def submit(session: Session, job: Job) -> None:
 def dispatch(session: Session, broker: Broker, job_id: str) -> bool:
     """Publish a queued job to its queue and mark it dispatched. A failure leaves it for the dispatcher loop."""
     try:
-        queue = session.scalar(select(Job.queue).where(Job.id == job_id))
+        queue, was_dispatched = session.execute(select(Job.queue, Job.dispatched).where(Job.id == job_id)).one()
     except SQLAlchemyError as exc:
         session.rollback()
         log.warning("could not read job %s's queue (will retry from the outbox): %s", job_id, exc)
@@ -132,7 +137,10 @@ def dispatch(session: Session, broker: Broker, job_id: str) -> bool:
             .values(dispatched=True, dispatched_at=utcnow())
             .returning(Job.attempt)
         ).first()
-        if row is not None:
+        if row is not None and was_dispatched:  # the outbox published it again: said as such, not "dispatched"
+            _event(session, job_id, EventKind.republished, row[0], QUEUED,
+                   detail="published again: its message was lost, or no worker claimed it in time")
+        elif row is not None:
             _event(session, job_id, EventKind.dispatched, row[0], QUEUED)
         session.commit()
     except SQLAlchemyError as exc:  # published but not marked: the outbox publishes it again (claims are CAS)

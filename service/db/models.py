@@ -57,6 +57,8 @@ class JobKind(enum.StrEnum):
 class EventKind(enum.StrEnum):
     submitted = "submitted"
     dispatched = "dispatched"
+    # published again while queued: its message was lost, or no worker claimed it for redispatch_after_s
+    republished = "republished"
     started = "started"  # an attempt claimed the job (detail: the worker)
     stage_started = "stage_started"
     stage_finished = "stage_finished"  # data: {"seconds": ...}
