@@ -1,6 +1,6 @@
 """Loading an export as its model card says, with plain transformers in a fresh process: no prompt about the
-directory's code for the tokenizer, no misleading warning, the source's use_cache and tokenizer settings kept, and
-the card titled after the source model."""
+directory's code for the tokenizer, no misleading warning, the source's use_cache, tokenizer settings and chat
+template kept (the GGUF file's too), and the card titled after the source model."""
 
 from __future__ import annotations
 
@@ -19,6 +19,9 @@ from twossp_core.export.source_files import source_name
 from twossp_core.models.registry import adapter_for
 
 SOURCE_MAX_LENGTH = 96
+CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+CHAT = [{"role": "user", "content": "Once upon a time"}]
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +38,7 @@ def source(tmp_path_factory: pytest.TempPathFactory, stories_model: Path) -> Pat
     AutoModelForCausalLM.from_config(config).save_pretrained(path)
     tokenizer = AutoTokenizer.from_pretrained(stories_model)
     tokenizer.model_max_length = SOURCE_MAX_LENGTH
+    tokenizer.chat_template = CHAT_TEMPLATE  # an instruct model's
     tokenizer.save_pretrained(path)
     return path
 
@@ -72,6 +76,7 @@ def test_an_export_loads_as_its_card_says_without_prompt_or_warning(fmt: str, so
         "ids = tokenizer('Once upon a time', return_tensors='pt').input_ids\n"
         "print('cache:', model(ids).past_key_values is not None)\n"
         "print('ids:', ids.tolist())\n"
+        f"print('chat:', tokenizer.apply_chat_template({CHAT!r}, tokenize=False, add_generation_prompt=True))\n"
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "warning"}
     run = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, env=env, stdin=subprocess.DEVNULL,
@@ -82,6 +87,16 @@ def test_an_export_loads_as_its_card_says_without_prompt_or_warning(fmt: str, so
     assert "to instantiate a model of type" not in output
     assert "cache: True" in run.stdout
     assert f"ids: {[tokenizer('Once upon a time').input_ids]}" in run.stdout
+    assert "chat: <|user|>Once upon a time\n<|assistant|>" in run.stdout  # the chat template came along
+
+
+def test_the_gguf_export_carries_the_chat_template(source: Path, tmp_path: Path) -> None:
+    from gguf import GGUFReader
+
+    model, tokenizer = _pruned(source)
+    run_export("gguf", model, tokenizer, tmp_path / "gguf", {"method": "2ssp", "model": str(source)}, None)
+    field = GGUFReader(tmp_path / "gguf" / "model.gguf").fields["tokenizer.chat_template"]
+    assert bytes(field.parts[field.data[0]]).decode() == CHAT_TEMPLATE
 
 
 def test_the_source_name_skips_directory_names_that_do_not_name_a_model(tmp_path: Path) -> None:
