@@ -20,23 +20,6 @@ pytest.importorskip("lm_eval")
 LIMIT = 4  # items per task (per MMLU subject: 228 MMLU items, some longer than the model's context)
 
 
-def original_hellaswag_rows(extraction, count):
-    """Rows in the original hellaswag_val.jsonl schema made from the text extraction (the original file is not
-    in the shared data): activity label before the first ": ", ctx_b the last sentence fragment of the context,
-    so lm-eval's ctx_b.capitalize() has work to do."""
-    import bz2
-
-    lines = bz2.open(extraction, "rt", encoding="utf-8").read().split("\n")
-    rows = []
-    for start in range(0, count * 6, 6):
-        head, label, *endings = lines[start : start + 6]
-        activity, _, ctx = head.partition(": ")
-        cut = ctx.rfind(". ")
-        ctx_a, ctx_b = (ctx[: cut + 1], ctx[cut + 2 :]) if cut >= 0 else (ctx, "")
-        rows.append({"activity_label": activity, "ctx_a": ctx_a, "ctx_b": ctx_b, "endings": endings, "label": label})
-    return rows
-
-
 @pytest.fixture(scope="module")
 def model_and_tokenizer():
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -49,14 +32,14 @@ def model_and_tokenizer():
 
 @pytest.mark.slow
 def test_scores_equal_lm_eval_on_the_six_tasks(model_and_tokenizer, tmp_path):
-    from twossp_core.evaluation.zeroshot.reference import run_lm_eval
+    from twossp_core.evaluation.zeroshot.reference import hellaswag_rows_from_extraction, run_lm_eval
     from twossp_core.evaluation.zeroshot.sources import using_task_data
 
     model, tokenizer = model_and_tokenizer
     tasks_dir = require_data("tasks")
     hellaswag = tmp_path / "hellaswag"
     hellaswag.mkdir()
-    rows = original_hellaswag_rows(tasks_dir / "hellaswag" / "hellaswag_val_full.txt.bz2", LIMIT)
+    rows = hellaswag_rows_from_extraction(tasks_dir / "hellaswag" / "hellaswag_val_full.txt.bz2", LIMIT)
     (hellaswag / "hellaswag_val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     data = TaskData(root=tasks_dir, paths={"hellaswag": hellaswag})
     tasks = list(PAPER_TASKS)

@@ -111,6 +111,25 @@ class Reference:
     metrics: dict[str, dict[str, float]]  # per task, lm-eval's acc[, acc_norm] (MMLU: weighted by subject size)
 
 
+def hellaswag_rows_from_extraction(extraction: Path, count: int) -> list[dict[str, Any]]:
+    """Rows in the original hellaswag_val.jsonl schema made from the first `count` items of the text extraction,
+    so lm-eval can read them (the original file is not in the shared data): the activity label is the text before
+    the first ": " and ctx_b the context's last sentence fragment (so lm-eval's ctx_b.capitalize() has work to
+    do). The split is made up: these rows are for comparing scorers, not HellaSwag's own."""
+    import bz2
+
+    rows = []
+    with bz2.open(extraction, "rt", encoding="utf-8") as f:
+        lines = [line.rstrip("\n") for _, line in zip(range(count * 6), f, strict=False)]
+    for start in range(0, len(lines) - 5, 6):
+        head, label, *endings = lines[start : start + 6]
+        activity, _, ctx = head.partition(": ")
+        cut = ctx.rfind(". ")
+        ctx_a, ctx_b = (ctx[: cut + 1], ctx[cut + 2 :]) if cut >= 0 else (ctx, "")
+        rows.append({"activity_label": activity, "ctx_a": ctx_a, "ctx_b": ctx_b, "endings": endings, "label": label})
+    return rows
+
+
 def run_lm_eval(
     model: Any, tokenizer: Any, tasks: list[str], limit: int | None, work: Path, *, batch_size: int = 8,
     data: TaskData | None = None,

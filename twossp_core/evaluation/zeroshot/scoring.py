@@ -117,6 +117,11 @@ class Segment:
     def __len__(self) -> int:
         return len(self.tokens)
 
+    @property
+    def plain(self) -> bool:
+        """No branches: one causal sequence from position 0 (every continuation is one token, e.g. MMLU's)."""
+        return not self.branches or self.branches[-1] == -1
+
 
 def segment(pairs: Sequence[tuple[list[int], list[int]]], limit: int) -> Segment:
     inputs, targets = [], []
@@ -166,17 +171,23 @@ def pack(lengths: Sequence[int], capacity: int) -> list[list[int]]:
     return rows
 
 
-def batches(rows: list[list[int]], lengths: Sequence[int], batch_tokens: int) -> list[list[list[int]]]:
-    """Rows grouped into forward passes of at most `batch_tokens` (padded) tokens; rows of similar length together."""
+def batches(
+    rows: list[list[int]], lengths: Sequence[int], batch_tokens: int, plain: Sequence[bool]
+) -> list[list[list[int]]]:
+    """Rows grouped into forward passes of at most `batch_tokens` (padded) tokens; rows of similar length together,
+    plain rows (one plain segment) apart from packed ones."""
     sizes = [sum(lengths[i] for i in row) for row in rows]
-    order = sorted(range(len(rows)), key=lambda r: -sizes[r])
+    kind = [len(row) == 1 and plain[row[0]] for row in rows]
+    order = sorted(range(len(rows)), key=lambda r: (kind[r], -sizes[r]))
     out: list[list[list[int]]] = []
+    out_rows: list[int] = []  # the first row of each pass
     width = 0
     for r in order:
-        if out and (len(out[-1]) + 1) * width <= batch_tokens:
+        if out and (len(out[-1]) + 1) * width <= batch_tokens and kind[r] == kind[out_rows[-1]]:
             out[-1].append(rows[r])
         else:
             out.append([rows[r]])
+            out_rows.append(r)
             width = sizes[r]
     return out
 
@@ -245,10 +256,15 @@ def run_batch(adapter: ModelAdapter, segments: list[Segment], rows: list[list[in
                 owners += [len(order)] * len(target)
                 order.append((i, k))
             offset += n
-    masks = attention_masks(adapter.config, visibility(segs, branch, pos), pos, dtype)
-    masks = {k: m.to(device) for k, m in masks.items()} if isinstance(masks, dict) else masks.to(device)
-    hidden = adapter.decoder(input_ids=ids.to(device), attention_mask=masks, position_ids=pos.to(device),
-                             use_cache=False).last_hidden_state
+    if all(len(row) == 1 and segments[row[0]].plain for row in rows):
+        # one plain causal sequence per row, right-padded: the model's own causal attention (no mask, its fast
+        # kernels) gives every real token the same logits, as padding only ever follows it
+        hidden = adapter.decoder(input_ids=ids.to(device), use_cache=False).last_hidden_state
+    else:
+        masks = attention_masks(adapter.config, visibility(segs, branch, pos), pos, dtype)
+        masks = {k: m.to(device) for k, m in masks.items()} if isinstance(masks, dict) else masks.to(device)
+        hidden = adapter.decoder(input_ids=ids.to(device), attention_mask=masks, position_ids=pos.to(device),
+                                 use_cache=False).last_hidden_state
     hidden = hidden.reshape(-1, hidden.shape[-1])
     index = torch.tensor(flat_predictors, device=hidden.device)
     sums = torch.zeros(len(order), dtype=torch.float64)
@@ -279,7 +295,11 @@ def loglikelihoods(
     row_tokens = row_tokens or row_tokens_for(adapter.config)
     batch_tokens = batch_tokens or ROWS_PER_PASS * row_tokens
     lengths = [len(s) for s in segments]
-    rows = pack(lengths, row_tokens)
+    plain = [i for i, s in enumerate(segments) if s.plain]
+    branched = [i for i, s in enumerate(segments) if not s.plain]
+    # plain segments get a row each (then no mask is needed); the others are packed
+    rows = [[i] for i in plain] + [[branched[j] for j in row] for row in pack([lengths[i] for i in branched],
+                                                                             row_tokens)]
     device = next(p.device for p in adapter.model.parameters() if p.device.type != "meta")
     from twossp_core.runtime.offload import offloader_of
 
@@ -289,7 +309,7 @@ def loglikelihoods(
     dtype = model_dtype(adapter)
     out: list[list[float] | None] = [None] * len(segments)
     done = 0
-    for batch in batches(rows, lengths, batch_tokens):
+    for batch in batches(rows, lengths, batch_tokens, [s.plain for s in segments]):
         values = run_batch(adapter, segments, batch, device, dtype)
         for i, v in zip((i for row in batch for i in row), values, strict=True):
             out[i] = v
