@@ -5,11 +5,11 @@
                 │ └─reroute (its class dead past the grace) ─▶ queued in a live class, or failed
                 └──── requeue (shutdown) / reap (lease expired, attempts left) ◀┘
 
-The API submits and cancels, the runner (Celery task or embedded child) claims, beats and finishes, the
-embedded worker kills or gives back its child's attempt, the reaper reaps expired leases, kills overdue
-cancels and re-routes jobs stranded in a worker class with no live worker. A worker's writes are fenced by
-(id, attempt, state), so a stale attempt can never overwrite a newer one; the embedded worker, which does not
-know the attempt, fences by its child's worker id. A claim names the queue its message came from, so a message
+The API submits and cancels, the runner (in the job's process) claims, beats and finishes, the job's supervisor
+(the Celery task or the embedded worker) kills or gives back its job process's attempt, the reaper reaps expired
+leases, kills overdue cancels and re-routes jobs stranded in a worker class with no live worker. A worker's writes
+are fenced by (id, attempt, state), so a stale attempt can never overwrite a newer one; the supervisor, which does
+not know the attempt, fences by its job process's worker id. A claim names the queue its message came from, so a message
 left in a job's old queue after a re-route claims nothing. Nobody else writes `jobs.state`.
 
 Each transition appends a `job_events` row in the same transaction, so the history cannot disagree with the
@@ -237,6 +237,23 @@ def claim(
     return Claim(job_id=job_id, attempt=row[0], spec=row[1], time_limit_s=limit, kind=row[3])
 
 
+def unclaimable(session: Session, job_id: str, delivery: Delivery | None = None) -> str | None:
+    """Why `claim` would find nothing to claim now (None: it might claim the job): no such job, not queued, asked
+    to cancel, or (with `delivery`) routed to another queue than the one its message came from. Read-only: the
+    Celery task drops such a message without starting a job process."""
+    row = session.execute(select(Job.state, Job.cancel_requested, Job.queue).where(Job.id == job_id)).first()
+    if row is None:
+        return "does not exist"
+    state, cancel_requested, queue = row
+    if state != QUEUED:
+        return f"is {state}"
+    if cancel_requested:
+        return "is asked to cancel"
+    if delivery is not None and (queue or delivery.default_queue) != delivery.queue:
+        return f"was re-routed to '{queue or delivery.default_queue}'"
+    return None
+
+
 def heartbeat(
     session: Session,
     claim_: Claim,
@@ -295,7 +312,7 @@ def finish(
     return True
 
 
-# -- the embedded worker (fenced by its child's worker id: `host:pid`) ----------------------------------
+# -- the supervisor of a job process (fenced by the process's worker id: `host:pid`) ---------------------
 def next_queued(session: Session) -> str | None:
     """The oldest queued job not asked to cancel (the embedded worker polls for it)."""
     return session.scalar(
@@ -304,8 +321,8 @@ def next_queued(session: Session) -> str | None:
 
 
 def kill(session: Session, job_id: str, worker_suffix: str, reason: str) -> bool:
-    """A worker killed the run (the embedded worker its child, a Celery worker its pool process at the hard time
-    limit): running → failed (reason "timeout") or cancelled. `worker_suffix` ends the run's worker id."""
+    """A supervisor killed the job's process (past its time limit, or not stopping after its cancel): running →
+    failed (reason "timeout") or cancelled. `worker_suffix` ends the run's worker id."""
     now = utcnow()
     if reason == "timeout":
         values = {"state": JobState.failed.value, "error": HARD_TIMEOUT}

@@ -111,12 +111,16 @@ class Settings(BaseSettings):
     )
     claim_retry_max_s: float = Field(10.0, gt=0, description="longest wait between retries of a failed claim")
     cancel_grace_s: float = Field(
-        15.0, ge=0, description="a running job that has not stopped this long after its cancel is killed"
+        0.5, ge=0, description="a running job is interrupted as soon as its worker sees its cancel; one still running "
+        "this long after (stuck in one call that cannot be interrupted) is killed",
     )
 
     # workers
     worker_concurrency: int = Field(1, ge=1, description="jobs at once per worker (one per GPU)")
-    worker_max_tasks_per_child: int | None = Field(1, ge=1)
+    worker_max_tasks_per_child: int | None = Field(
+        None, ge=1, description="replace a Celery pool process after this many messages (default never: jobs run in "
+        "processes of their own)",
+    )
     embedded_worker: bool = Field(True, description="run the in-process worker when no broker is set")
     embedded_poll_s: float = Field(1.0, gt=0)
     torch_threads: int | None = Field(None, ge=1, description="CPU threads per job (torch.set_num_threads)")

@@ -1,10 +1,12 @@
 """The Celery application: `celery -A worker.celery_app worker -Q twossp --concurrency 1`.
 
-One job per process (prefork pool, prefetch 1, a fresh child per job), late acks so a lost worker's message
-is redelivered, and Celery's soft/hard time limits from the settings. The parent process never imports
-torch, so CUDA is only ever initialised in the child running a job. Once ready, the worker advertises the queues it
-consumes and its memory (`worker/advertise.py`, from a process of its own); without `-Q` it consumes
-`TWOSSP_WORKER_QUEUE`.
+One job per pool process at a time (prefork pool, prefetch 1), late acks so a lost worker's message is
+redelivered. The task runs each job in a process of its own and supervises it (`worker/supervise.py`: cancels,
+the job's time limit); neither the worker's main process nor its pool processes import torch, so CUDA is only
+ever initialised in a job's process, and pool processes are kept across messages (a dropped message costs no
+process start). Celery's own hard time limit is only a backstop, `SUPERVISOR_MARGIN_S` past the job's. Once ready,
+the worker advertises the queues it consumes and its memory (`worker/advertise.py`, from a process of its own);
+without `-Q` it consumes `TWOSSP_WORKER_QUEUE`.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from celery.signals import worker_init, worker_ready, worker_shutdown
 
 from service.settings import Settings
 from worker.advertise import on_worker_init, on_worker_ready, on_worker_shutdown
+
+SUPERVISOR_MARGIN_S = 60.0
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -25,11 +29,9 @@ def make_celery(settings: Settings) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         task_ignore_result=True,
-        # a soft limit equal to the hard one leaves no time to stop cooperatively: the job is killed at the limit
-        task_soft_time_limit=(
-            settings.job_soft_time_limit_s if settings.job_soft_time_limit_s < settings.job_time_limit_s else None
-        ),
-        task_time_limit=settings.job_time_limit_s,
+        # the supervisor stops the job at its soft limit and kills it at its hard one; this only ends a supervisor
+        # that failed to
+        task_time_limit=settings.job_time_limit_s + SUPERVISOR_MARGIN_S,
         worker_prefetch_multiplier=1,
         worker_concurrency=settings.worker_concurrency,
         worker_max_tasks_per_child=settings.worker_max_tasks_per_child,

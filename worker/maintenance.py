@@ -2,9 +2,9 @@
 
 - A running job whose lease expired lost its worker (killed, crashed, partitioned): it is re-queued with a
   new dispatch if attempts remain, failed with `timeout` if it ran past its time limit, otherwise failed.
-- A running job asked to cancel that has not stopped within `cancel_grace_s` (stuck in a step with no safe
-  point, e.g. a long download) is killed through the broker and recorded as cancelled. The embedded broker
-  cannot do this; there the embedded worker kills its own child.
+- A running job asked to cancel that is still running a lease period past `cancel_grace_s` is killed through the
+  broker and recorded as cancelled: the job's supervisor (`worker/supervise.py`) interrupts it at once and kills it
+  at the grace, so this only ends a job whose supervisor failed to. The embedded broker cannot do this.
 - A queued job that was never handed to the broker (the API died or the broker was down right after the
   commit) is published; so is one whose message the broker no longer holds (`redispatch_unheld_after_s`
   after its dispatch: a Redis restart without persistence), and one that has waited suspiciously long.
@@ -64,11 +64,12 @@ def reap_expired_leases(db: Database, result: MaintenanceResult) -> None:
 
 def stop_overdue_cancels(db: Database, broker: Broker, settings: Settings, result: MaintenanceResult) -> None:
     with db.session() as session:
-        for job_id, attempt in lifecycle.overdue_cancels(session, settings.cancel_grace_s):
+        for job_id, attempt in lifecycle.overdue_cancels(session, settings.cancel_grace_s + settings.lease_seconds):
             if not broker.stop(job_id):
                 return  # this transport cannot kill a run; the embedded worker kills its own child
             if lifecycle.cancel_killed(session, job_id, attempt):
-                log.warning("job %s: killed %g s after its cancel", job_id, settings.cancel_grace_s)
+                log.warning("job %s: killed %g s after its cancel", job_id,
+                            settings.cancel_grace_s + settings.lease_seconds)
                 result.cancelled.append(job_id)
 
 

@@ -1,7 +1,10 @@
 """Running one job: claim it, run the pipeline (or a sweep) with a heartbeat, upload the output, record the outcome.
 
-Plain code, shared by the Celery task and the embedded worker's child process. The job row is the source
-of truth; every write is fenced by the attempt number, so a stale attempt can never overwrite a newer one.
+Plain code, run in the job's own process (`python -m worker.run_one`, which the Celery task and the embedded worker
+start and supervise: `worker/supervise.py`). The job row is the source of truth; every write is fenced by the
+attempt number, so a stale attempt can never overwrite a newer one. A cancel stops the job at its next safe point
+(the heartbeat notices it), or at once when the supervisor interrupts the process (`interrupt`): the pipeline then
+unwinds from wherever it is, loading the model or reading data included.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ import socket
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +50,11 @@ def default_worker_id() -> str:
 
 class ClaimUnavailable(Exception):
     """The database could not be asked whether the job is claimable; the job stays queued."""
+
+
+class Interrupted(BaseException):
+    """Raised in the job's main thread when its supervisor interrupts it for a cancel. A BaseException, so that the
+    `except Exception` handlers of the libraries it runs through (transformers' loading) do not swallow it."""
 
 
 class StopReason(enum.StrEnum):
@@ -120,10 +129,28 @@ class JobRunner:
         self.store = store or make_store(settings)
         self.worker_id = worker_id or default_worker_id()
         self.capacity = capacity  # what this worker advertises: the budgets a job sets are capped at it
+        self.interrupted = False  # the supervisor saw a cancel
+        self._interruptible = False  # the main thread runs the pipeline or the upload: Interrupted may be raised
 
-    def run(
-        self, job_id: str, *, timeout_exceptions: tuple[type[BaseException], ...] = (), delivery: Delivery | None = None
-    ) -> str:
+    def interrupt(self) -> None:
+        """The supervisor saw the job's cancel (`run_one`'s signal handler calls this in the main thread): raise
+        Interrupted there if it runs the pipeline or the upload; otherwise the run stops at its next check."""
+        self.interrupted = True
+        if self._interruptible:
+            self._interruptible = False
+            raise Interrupted
+
+    @contextmanager
+    def _interruptible_section(self) -> Iterator[None]:
+        self._interruptible = not self.interrupted
+        if self.interrupted:
+            raise Interrupted
+        try:
+            yield
+        finally:
+            self._interruptible = False
+
+    def run(self, job_id: str, *, delivery: Delivery | None = None) -> str:
         """Run the job if it can be claimed (with `delivery`: only while it is routed to the queue its message came
         from); returns the final state, or "skipped"/"fenced"."""
         try:
@@ -142,18 +169,18 @@ class JobRunner:
         shutil.rmtree(work, ignore_errors=True)
         (work / "out").mkdir(parents=True)
         try:
-            return self._run_claimed(claim, work, timeout_exceptions)
+            return self._run_claimed(claim, work)
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
-    def _run_claimed(self, claim: Claim, work: Path, timeout_exceptions: tuple[type[BaseException], ...]) -> str:
+    def _run_claimed(self, claim: Claim, work: Path) -> str:
         soft_limit = min(self.settings.job_soft_time_limit_s, claim.time_limit_s)
         tracker = ProgressTracker(self._stages(claim))
         heartbeat = Heartbeat(self, claim, tracker, soft_limit)
         heartbeat.start()
 
         def should_cancel() -> bool:
-            return heartbeat.stop_reason is not None
+            return heartbeat.stop_reason is not None or self.interrupted
 
         def finish(state: JobState, error: str | None = None, *, final_stage: str | None = None, **values: Any) -> str:
             """Record the terminal state; the stage stays where the run stopped unless final_stage says otherwise."""
@@ -192,12 +219,14 @@ class JobRunner:
                 pinned_inputs(claim.spec, self.settings.resolved_roots(), work / "inputs") as inputs,
                 using_task_data(TaskData(root=self.settings.task_data)),  # the zero-shot tasks' files
                 redirected(inputs.redirects),
+                self._interruptible_section(),
             ):
                 report = self._execute(claim, work / "out", tracker.update, should_cancel)
-            if heartbeat.stop_reason is not None:
+            if should_cancel():
                 raise Cancelled("stopped after the last stage")
             tracker.update("upload", 0.0)
-            artifact = self.store.upload_dir(work / "out", claim.job_id, claim.attempt)
+            with self._interruptible_section():
+                artifact = self.store.upload_dir(work / "out", claim.job_id, claim.attempt)
             tracker.update("upload", 1.0)
             if heartbeat.stop_reason == StopReason.fenced:
                 heartbeat.halt()
@@ -210,21 +239,21 @@ class JobRunner:
             if state == StopReason.fenced:
                 return finish(JobState.cancelled, "cancelled by user")
             return state
-        except Cancelled:
+        except (Cancelled, Interrupted):
             reason = heartbeat.stop_reason
-            if reason == StopReason.timeout:
+            if reason == StopReason.timeout and not self.interrupted:
                 return finish(JobState.failed, timeout_message())
             if reason == StopReason.fenced:
                 heartbeat.halt()
                 return StopReason.fenced
-            return finish(JobState.cancelled, "cancelled by user")
-        except timeout_exceptions:
-            return finish(JobState.failed, timeout_message())
-        except PathRefused as exc:
-            return finish(JobState.failed, f"refused: {exc}")
-        except TwosspError as exc:
-            return finish(JobState.failed, f"{type(exc).__name__}: {exc}")
+            return finish(JobState.cancelled, lifecycle.CANCELLED_BY_USER)
         except Exception as exc:
+            if self.interrupted:  # the interrupt surfaced as another error (a handler on its way wrapped it)
+                return finish(JobState.cancelled, lifecycle.CANCELLED_BY_USER)
+            if isinstance(exc, PathRefused):
+                return finish(JobState.failed, f"refused: {exc}")
+            if isinstance(exc, TwosspError):
+                return finish(JobState.failed, f"{type(exc).__name__}: {exc}")
             log.error("job %s failed:\n%s", claim.job_id, traceback.format_exc())
             return finish(JobState.failed, f"internal error: {type(exc).__name__}: {exc}")
         finally:

@@ -1,92 +1,39 @@
-"""Celery tasks: thin wrappers that pass a job id to the runner.
+"""The Celery task: it receives a job id, and runs the job in a process of its own that it supervises
+(`worker/supervise.py`).
 
-A claim that fails on a database error is retried (a new message, then the old one is acknowledged), so a
-database outage never eats a queued job's message. A hard time-limit kill is recorded at once by the worker's
-main process (it knows which pool process ran the job), not after the lease runs out.
+The task runs in a pool process that never imports torch, so the pool process is kept from one message to the next.
+Before it starts a job process it reads the job: a message whose job cannot be claimed here (cancelled while queued,
+already run, or re-routed to another queue) is acknowledged and dropped, and no job process is started. A read or a
+claim that fails on a database error is retried (a new message, then the old one is acknowledged), so a database
+outage never eats a queued job's message.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import signal
-import socket
+from typing import NoReturn
 
 from celery import Task
-from celery.exceptions import SoftTimeLimitExceeded
-from celery.signals import worker_init
-from celery.worker.request import Request
+from sqlalchemy.exc import SQLAlchemyError
 
 from service import lifecycle
 from service.broker import RUN_JOB_TASK
 from service.db.session import Database
 from worker.advertise import worker_capacity
 from worker.celery_app import app
-from worker.runner import ClaimUnavailable, JobRunner
+from worker.supervise import CLAIM_UNAVAILABLE_EXIT, run_job_process
 
 log = logging.getLogger(__name__)
-_runner: JobRunner | None = None
-_main_db: Database | None = None
+_db: Database | None = None
+DROPPED = "dropped"  # the task's result when the job could not be claimed here
 
 
-def runner() -> JobRunner:
-    """One runner (DB engine, store client) per worker child, created after the fork; it runs jobs within the
-    memory this worker advertises."""
-    global _runner
-    if _runner is None:
-        settings = app.conf.twossp_settings
-        try:
-            capacity = worker_capacity(settings)
-        except RuntimeError as exc:  # not advertised either (see worker/advertise.py): jobs run with their budgets
-            log.warning("cannot tell this worker's memory (%s); job budgets are not capped", exc)
-            capacity = None
-        _runner = JobRunner(settings, capacity=capacity)
-    return _runner
-
-
-class JobRequest(Request):
-    """Runs in the worker's main process."""
-
-    def on_timeout(self, soft: bool, timeout: float) -> None:
-        if not soft and self.worker_pid:
-            # the pool kills the process only after this returns: kill it first, so the run cannot record an
-            # outcome of its own while its timeout is being recorded
-            try:
-                os.kill(self.worker_pid, signal.SIGKILL)
-            except OSError:
-                pass
-        super().on_timeout(soft, timeout)
-        if soft or not self.args:
-            return
-        try:
-            # the killed pool process's runner wrote worker_id = host:pid
-            with main_db().session() as session:
-                recorded = lifecycle.kill(session, str(self.args[0]), f"{socket.gethostname()}:{self.worker_pid}",
-                                          "timeout")
-            log.warning("job %s killed at its hard time limit (%ss); recorded: %s", self.args[0], timeout, recorded)
-        except Exception:  # the reaper records it once the lease runs out
-            log.exception("could not record the hard time-limit kill of job %s", self.args[0])
-        finally:
-            main_db().engine.dispose()  # no connection stays open across the pool's forks
-
-
-def main_db() -> Database:
-    """The main process's database (recording hard time-limit kills)."""
-    global _main_db
-    if _main_db is None:
-        _main_db = Database(app.conf.twossp_settings)
-    return _main_db
-
-
-@worker_init.connect(weak=False)
-def _create_main_db(**_: object) -> None:
-    """Created (no connection yet) before the pool forks: the database modules are imported by the main thread
-    then, never by a thread of the main process while it forks a pool process."""
-    main_db()
-
-
-class JobTask(Task):
-    Request = JobRequest
+def db() -> Database:
+    """The pool process's database (created after the fork)."""
+    global _db
+    if _db is None:
+        _db = Database(app.conf.twossp_settings)
+    return _db
 
 
 def delivery(task: Task) -> lifecycle.Delivery | None:
@@ -95,11 +42,31 @@ def delivery(task: Task) -> lifecycle.Delivery | None:
     return lifecycle.Delivery(queue, app.conf.twossp_settings.celery_queue) if queue else None
 
 
-@app.task(name=RUN_JOB_TASK, base=JobTask, bind=True, acks_late=True, reject_on_worker_lost=True)
+@app.task(name=RUN_JOB_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)
 def run_job(self: Task, job_id: str) -> str:
+    settings = app.conf.twossp_settings
+    source = delivery(self)
     try:
-        return runner().run(job_id, timeout_exceptions=(SoftTimeLimitExceeded,), delivery=delivery(self))
-    except ClaimUnavailable as exc:
-        delay = min(app.conf.twossp_settings.claim_retry_max_s, 0.5 * 2 ** self.request.retries)
-        log.warning("%s; retrying in %.1f s", exc, delay)
-        raise self.retry(exc=exc, countdown=delay, max_retries=None) from None
+        with db().session() as session:
+            why_not = lifecycle.unclaimable(session, job_id, source)
+    except SQLAlchemyError as exc:
+        retry(self, f"could not claim job {job_id}: {type(exc).__name__}: {exc}")
+    if why_not is not None:
+        log.info("job %s %s: message dropped, no job process started", job_id, why_not)
+        return DROPPED
+    try:
+        capacity = worker_capacity(settings)
+    except RuntimeError as exc:  # not advertised either (see worker/advertise.py): jobs run with their budgets
+        log.warning("cannot tell this worker's memory (%s); job budgets are not capped", exc)
+        capacity = None
+    status = run_job_process(settings, db(), job_id, delivery=source, capacity=capacity)
+    if status == CLAIM_UNAVAILABLE_EXIT:
+        retry(self, f"could not claim job {job_id} (database error)")
+    return f"exit {status}"
+
+
+def retry(task: Task, reason: str) -> NoReturn:
+    """The job stays queued: send its message again after a backoff, then acknowledge this one."""
+    delay = min(app.conf.twossp_settings.claim_retry_max_s, 0.5 * 2 ** task.request.retries)
+    log.warning("%s; retrying in %.1f s", reason, delay)
+    raise task.retry(countdown=delay, max_retries=None)

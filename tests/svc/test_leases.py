@@ -124,6 +124,12 @@ def test_a_running_job_not_stopping_after_its_cancel_is_killed_once_the_grace_is
         asked = utcnow() - timedelta(seconds=settings.cancel_grace_s + 1)
         session.execute(update(Job).where(Job.id == job_id).values(cancel_requested_at=asked))
         session.commit()
+    # its supervisor kills it at the grace; the reaper only ends one whose supervisor did not, a lease later
+    assert run_maintenance(db, broker, settings).cancelled == []
+    with db.session() as session:
+        asked = utcnow() - timedelta(seconds=settings.cancel_grace_s + settings.lease_seconds + 1)
+        session.execute(update(Job).where(Job.id == job_id).values(cancel_requested_at=asked))
+        session.commit()
     # the embedded broker cannot reach a worker process; its embedded worker kills its own child instead
     assert run_maintenance(db, EmbeddedBroker(), settings).cancelled == []
     assert state(db, job_id).state == "running"
