@@ -1,0 +1,88 @@
+"""The held-out comparison table of a sweep written by bench/compare.sh, as Markdown (docs/methods.md, README).
+
+One row per method and target sparsity: achieved sparsity, perplexity on every held-out set, the held-out summary
+(geometric mean of pruned / dense perplexity over those sets), what was removed and the prune time; the dense model
+first. The best summary of each sparsity is in bold.
+
+    .venv/bin/python bench/held_out_table.py bench/results/comparison-smollm2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+
+def short(dataset: str) -> str:
+    name = Path(dataset.split(":")[0]).name
+    for key, label in (("c4-validation", "C4"), ("wikitext2", "WikiText-2"), ("ptb", "PTB"),
+                       ("tinystories", "TinyStories")):
+        if key in name:
+            rows = dataset[len(dataset.split(":")[0]):]
+            return f"{label} {rows.strip(':').replace(':', '–')}".strip() if rows else label
+    return name
+
+
+def removed(row: dict[str, Any]) -> str:
+    parts = []
+    if row.get("removed_blocks"):
+        parts.append(f"blocks {row['removed_blocks']}")
+    if row.get("removed_attention"):
+        parts.append(f"attention {row['removed_attention']}")
+    if row.get("removed_mlp"):
+        parts.append(f"FFN {row['removed_mlp']}")
+    if row.get("kept_ffn_neurons") is not None:
+        parts.append(f"K {row['kept_ffn_neurons']}")
+    return ", ".join(parts) or "—"
+
+
+def table(results: Path) -> str:
+    rows = json.loads((results / "comparison.json").read_text())
+    sweep = json.loads((results / "sweep.json").read_text())
+    done = [r for r in rows if not r.get("error")]
+    if not done:
+        return "no finished runs\n"
+    entries = done[0]["perplexity"]
+    held = [e["dataset"] for e in entries if e.get("domain") in ("in-domain", "out-of-domain")]
+    domain = {e["dataset"]: e.get("domain", "") for e in entries}
+    header = ["method", "target", "achieved", *[f"{short(d)} ({domain[d]})" for d in held], "held-out ×",
+              "removed", "prune s"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    dense = {e["dataset"]: e["dense"] for e in entries}
+    lines.append("| dense | | | " + " | ".join(f"{dense[d]:.2f}" for d in held) + " | 1.00 | | |")
+    best = {}
+    for r in done:
+        ratio = (r.get("held_out") or {}).get("ratio")
+        if ratio is not None and ratio < best.get(r["sparsity_target"], float("inf")):
+            best[r["sparsity_target"]] = ratio
+    for r in sorted(rows, key=lambda r: (r["sparsity_target"], r["method"])):
+        if r.get("error"):
+            lines.append(f"| {r['method']} | {r['sparsity_target']:.1%} | " + " | ".join(["—"] * (len(held) + 2))
+                         + f" | {r['error'][:80]} | |")
+            continue
+        ppl = {e["dataset"]: e["pruned"] for e in r["perplexity"]}
+        ratio = r["held_out"]["ratio"]
+        mark = "**" if ratio == best.get(r["sparsity_target"]) else ""
+        lines.append(
+            f"| {r['method']} | {r['sparsity_target']:.1%} | {r['sparsity_achieved']:.1%} | "
+            + " | ".join(f"{ppl[d]:.2f}" for d in held)
+            + f" | {mark}{ratio:.3f}{mark} | {removed(r)} | {r['prune_s']:.1f} |"
+        )
+    data = sweep.get("data", {})
+    runtime = sweep.get("runtime", {})
+    lines += ["", f"Windows of {data.get('seq_len')} tokens: {data.get('calibration_windows')} for calibration, "
+              + ", ".join(f"{n} of {short(k)}" for k, n in (data.get("eval") or {}).items())
+              + f" for evaluation; torch {runtime.get('torch')}, {runtime.get('threads')} thread(s)."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("results", type=Path, help="a bench/results/comparison-* directory")
+    print(table(parser.parse_args().results), end="")
+
+
+if __name__ == "__main__":
+    main()
