@@ -36,6 +36,7 @@ TOKENIZER_UNSET = 1e29  # tokenizers report a huge model_max_length when they ha
 # longer than the hidden size. A row is therefore about hidden_size tokens (128 to 1024), a longer segment gets a
 # row of its own, and a forward pass takes ROWS_PER_PASS rows' worth of tokens.
 MIN_ROW, MAX_ROW, ROWS_PER_PASS = 128, 1024, 16
+MAX_PADDING = 0.2  # a row joins a pass only if padding it to the pass's longest row wastes at most this share
 HEAD_CHUNK = 1024  # predicting positions per LM-head call: bounds the logits' memory for large vocabularies
 
 
@@ -174,8 +175,9 @@ def pack(lengths: Sequence[int], capacity: int) -> list[list[int]]:
 def batches(
     rows: list[list[int]], lengths: Sequence[int], batch_tokens: int, plain: Sequence[bool]
 ) -> list[list[list[int]]]:
-    """Rows grouped into forward passes of at most `batch_tokens` (padded) tokens; rows of similar length together,
-    plain rows (one plain segment) apart from packed ones."""
+    """Rows grouped into forward passes of at most `batch_tokens` (padded) tokens: rows of similar length together
+    (none padded by more than MAX_PADDING of the pass's width), plain rows (one plain segment) apart from packed
+    ones."""
     sizes = [sum(lengths[i] for i in row) for row in rows]
     kind = [len(row) == 1 and plain[row[0]] for row in rows]
     order = sorted(range(len(rows)), key=lambda r: (kind[r], -sizes[r]))
@@ -183,7 +185,8 @@ def batches(
     out_rows: list[int] = []  # the first row of each pass
     width = 0
     for r in order:
-        if out and (len(out[-1]) + 1) * width <= batch_tokens and kind[r] == kind[out_rows[-1]]:
+        if (out and (len(out[-1]) + 1) * width <= batch_tokens and kind[r] == kind[out_rows[-1]]
+                and sizes[r] >= (1 - MAX_PADDING) * width):
             out[-1].append(rows[r])
         else:
             out.append([rows[r]])
