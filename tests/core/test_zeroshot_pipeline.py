@@ -123,7 +123,7 @@ def test_bad_task_input_is_refused_in_one_line(stories_model, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "is not a directory" in err and "Loading" not in err
     assert main([*base, "--tasks", "piqa", "--task-limit", "0"]) == 2
-    assert "task_limit" in capsys.readouterr().err
+    assert "--task-limit" in capsys.readouterr().err
 
 
 def test_request_fields():
