@@ -1,18 +1,32 @@
-"""Perplexity of 2ssp-refit option variants on a real model with the README protocol (docs/methods.md's table).
+"""Perplexity of 2ssp-refit option variants (and of other methods beside them) on a real model
+(docs/methods.md's tables).
 
-    python bench/refit_variants.py c4llama-8l 0.375,0.5 '[{}, {"stage2_on_refit": false}, {"ridge": 0.01}]'
+    python bench/refit_variants.py c4llama-8l 0.375,0.5 '[{}, {"stage2_on_refit": true}, {"ridge": 0.01}]'
     python bench/refit_variants.py stories260k 0.25 '[{"refit_inputs": "dense"}]'
+    python bench/refit_variants.py --held-out c4llama-8l 0.25,0.375 '[["2ssp", {}], {}, {"selection": "norm"}]'
+    python bench/refit_variants.py --held-out "$(bash scripts/smollm2.sh | tail -1)" 0.25 '[{}]'
 
-Prints one JSON line per (sparsity, options): perplexity, achieved sparsity, removed attention, K, timings.
-The model and data are loaded once; the stage-1 scores are shared between the runs (as in a sweep).
+A variant is a 2ssp-refit options object, or a [method, options] pair for any registered method. The README
+protocols (default): calibration and evaluation on one source (stories260k: TinyStories [0, 500) / [500, 1000);
+c4llama-8l: C4 rows [0, 1000) / [1000, 1200)). `--held-out`: calibration on C4 rows [0, 1000), evaluation on three
+sets the model was not calibrated on (C4 rows [1000, 2000), WikiText-2 test, PTB test), `--eval-windows` (20) of
+512 tokens each; the MODEL is c4llama-8l or a model directory (SmolLM2-135M-Instruct: scripts/smollm2.sh). Always
+32 calibration windows of 512 tokens, seed 0, CPU, one torch thread.
+
+Prints one JSON line per (sparsity, variant): perplexity per set, the held-out summary (geometric mean over the
+held-out sets of pruned / dense perplexity), achieved sparsity, removed attention, K, prune seconds. `--out FILE`
+also appends the lines to FILE. The model and data are loaded once; the stage-1 scores are shared between the runs
+(as in a sweep).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -23,9 +37,16 @@ from twossp_core.pipeline import measure_pruned, prepare, prune_model  # noqa: E
 from twossp_core.progress import Reporter  # noqa: E402
 from twossp_core.spec import PruneSpec  # noqa: E402
 
+HELD_OUT_EVAL_WINDOWS = 20
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("TWOSSP_TEST_DATA", REPO.parent / "shared" / "data"))
+
 
 def protocol(name: str) -> dict[str, object]:
-    data = Path(os.environ.get("TWOSSP_TEST_DATA", REPO.parent / "shared" / "data"))
+    """The README protocol of a shared model: calibration and evaluation on one source."""
+    data = data_dir()
     if name == "stories260k":
         text = data / "text" / "tinystories-val-1000.txt"
         return {"model": str(data / "models" / name), "calibration": [f"{text}:0:500"], "eval": [f"{text}:500:1000"],
@@ -37,24 +58,60 @@ def protocol(name: str) -> dict[str, object]:
     raise SystemExit(f"unknown model {name!r}: stories260k or c4llama-8l")
 
 
+def held_out_protocol(model: str) -> dict[str, object]:
+    """Calibration on C4 rows [0, 1000); evaluation on C4 rows [1000, 2000), WikiText-2 test and PTB test."""
+    data = data_dir()
+    c4 = data / "text" / "c4-validation-2k.jsonl"
+    path = model if Path(model).exists() else str(data / "models" / model)
+    text = data / "text"
+    return {"model": path, "calibration": [f"{c4}:0:1000"],
+            "eval": [f"{c4}:1000:2000", str(text / "wikitext2-raw-test.txt"), str(text / "ptb.test.txt")]}
+
+
+def variants_of(text: str) -> list[tuple[str, dict[str, Any]]]:
+    parsed = json.loads(text)
+    return [("2ssp-refit", v) if isinstance(v, dict) else (str(v[0]), dict(v[1])) for v in parsed]
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) != 3:
-        raise SystemExit(__doc__)
-    name, sparsities, variants = argv[0], [float(x) for x in argv[1].split(",")], json.loads(argv[2])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model")
+    parser.add_argument("sparsities")
+    parser.add_argument("variants")
+    parser.add_argument("--held-out", action="store_true", help="calibrate on C4, evaluate on three held-out sets")
+    parser.add_argument("--eval-windows", type=int, default=None,
+                        help=f"evaluation windows per set (held-out default {HELD_OUT_EVAL_WINDOWS}; else all)")
+    parser.add_argument("--out", type=Path, default=None, help="also append the JSON lines to this file")
+    args = parser.parse_args(argv)
+    sparsities = [float(x) for x in args.sparsities.split(",")]
+    variants = variants_of(args.variants)
     torch.set_num_threads(1)
-    spec = PruneSpec(**protocol(name), sparsity=sparsities[0], seq_len=512, calibration_windows=32,
-                     measure_throughput=False, device="cpu")
+    source = held_out_protocol(args.model) if args.held_out else protocol(args.model)
+    eval_windows = args.eval_windows or (HELD_OUT_EVAL_WINDOWS if args.held_out else None)
+    spec = PruneSpec(**source, sparsity=sparsities[0], seq_len=512, calibration_windows=32, eval_windows=eval_windows,
+                     measure_throughput=False, device="cpu", seed=0)
     ws = prepare(spec, Reporter())
     for sparsity in sparsities:
-        for options in variants:
-            model, outcome, prune_s = prune_model(ws, "2ssp-refit", sparsity, options, Reporter(), copy_model=True)
-            report = measure_pruned(ws, model, "2ssp-refit", sparsity, options, outcome, prune_s, Reporter())
-            print(json.dumps({
-                "model": name, "sparsity": sparsity, "options": options,
-                "perplexity": report["perplexity"][0]["pruned"], "achieved": report["sparsity_achieved"],
-                "removed_attention": report["removed_attention"], "kept_ffn_neurons": report["kept_ffn_neurons"],
-                "timings": {k: report["timings"][k] for k in ("stage1_s", "refit_s", "stage2_s")},
-            }), flush=True)
+        for method, options in variants:
+            model, outcome, prune_s = prune_model(ws, method, sparsity, options, Reporter(), copy_model=True)
+            report = measure_pruned(ws, model, method, sparsity, options, outcome, prune_s, Reporter())
+            rows = report["perplexity"]
+            line = {
+                "model": args.model, "sparsity": sparsity, "method": method, "options": options,
+                "perplexity": rows[0]["pruned"] if not args.held_out else None,
+                "sets": {r["dataset"]: {"dense": r["dense"], "pruned": r["pruned"], "domain": r.get("domain")}
+                         for r in rows},
+                "held_out_ratio": (report.get("held_out") or {}).get("ratio"),
+                "achieved": report["sparsity_achieved"], "removed_attention": report["removed_attention"],
+                "removed_mlp": report["removed_mlp"], "removed_blocks": report["removed_blocks"],
+                "kept_ffn_neurons": report["kept_ffn_neurons"], "prune_s": prune_s,
+                "timings": {k: v for k, v in report["timings"].items() if k.endswith("_s")},
+                "eval_windows": eval_windows, "threads": torch.get_num_threads(),
+            }
+            print(json.dumps(line), flush=True)
+            if args.out is not None:
+                with args.out.open("a") as f:
+                    f.write(json.dumps(line) + "\n")
             del model
     return 0
 

@@ -131,8 +131,9 @@ class Workload:
     record_windows: int = 1  # windows whose every block input is recorded (2SSP stage 2)
     device: str = "cpu"  # "cpu" or "cuda": where blocks compute
     # 2ssp-refit. Sequential: windows whose hidden states it holds at a block boundary (pruned and dense paths, the
-    # block's outputs, one block's down-projection inputs), next to a copy of the dense blocks (in memory) or one
-    # dense block read from the checkpoint (block by block). Dense inputs: every block's statistics at once.
+    # block's outputs, one block's down-projection inputs) and one block's statistics, next to a copy of the dense
+    # blocks (in memory) or one dense block read from the checkpoint (block by block). Dense inputs: every block's
+    # statistics at once.
     refit_windows: int = 0
     refit_accumulators: bool = False
     model_copies: int = 0  # whole copies of the model besides it (a sweep prunes a copy per run, in memory)
@@ -228,6 +229,8 @@ def _refit_states(shape: ModelShape, work: Workload) -> int:
     """What 2ssp-refit holds besides the weights (upper bounds: K is at most the FFN width)."""
     item = DTYPE_BYTES[work.dtype]
     states = work.refit_windows * work.seq_len * (3 * shape.hidden + shape.intermediate) * item
+    if work.refit_windows:  # one block's statistics over the full FFN width (the neuron selection's)
+        states += shape.intermediate * (shape.intermediate + 2 * shape.hidden) * 8
     if work.refit_accumulators:
         states += shape.blocks * shape.intermediate * (shape.intermediate + shape.hidden) * 8
     return states

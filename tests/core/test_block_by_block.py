@@ -64,7 +64,9 @@ def test_same_decisions_and_perplexities_as_in_memory(models, family, method):
     assert len(real) <= 1
 
 
-@pytest.mark.parametrize(("family", "options"), [("llama", {}), ("gemma2", {}), ("llama", {"stage2_on_refit": False})])
+@pytest.mark.parametrize(("family", "options"), [
+    ("llama", {}), ("gemma2", {}), ("llama", {"stage2_on_refit": True}), ("llama", {"selection": "norm"}),
+])
 def test_2ssp_refit_block_by_block_gives_the_in_memory_prune(models, family, options, tmp_path):
     dense, offloaded = _pair(models[family])
     windows = _windows()
@@ -218,6 +220,7 @@ def test_2ssp_refit_plans_its_dense_copies_and_boundary_states(workdir):
     shape = model_shape(cfg)
     spec = _spec(workdir)
     states = spec.calibration_windows * spec.seq_len * (3 * shape.hidden + shape.intermediate) * 4
+    states += shape.intermediate * (shape.intermediate + 2 * shape.hidden) * 8  # one block's full-width statistics
     # in memory: the weights, the copies of the dense blocks and the states at once (after the load's own peak)
     refit = spec_plan(_spec(workdir, execution="in-memory", method="2ssp-refit"), cfg, device="cpu")
     assert refit.host_peak >= refit.baseline + refit.weights + shape.blocks * refit.block + states

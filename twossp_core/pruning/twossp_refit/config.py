@@ -5,16 +5,16 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from twossp_core.pruning.twossp.config import TwoSSPConfig
-from twossp_core.spec_limits import MAX_WINDOWS
 
 
 class TwoSSPRefitConfig(TwoSSPConfig):
     """2SSP's options (same defaults) plus the refit's; unknown keys are refused (extra="forbid" is inherited)."""
 
-    stage2_windows: int = Field(
-        8, ge=1, le=MAX_WINDOWS,
-        description="calibration windows used to rank attention removals (2ssp uses 1; on the refit model 8 "
-        "windows choose better: docs/methods.md)",
+    selection: Literal["reconstruction", "norm"] = Field(
+        "reconstruction",
+        description="sequential inputs only. reconstruction: each block keeps the K neurons from which a "
+        "least-squares refit best reproduces the dense FFN's output on the pruned model's input (greedy backward "
+        "elimination in the refit pass); norm: stage 1's neurons (2ssp's). The number K is 2ssp's either way",
     )
     ridge: float = Field(
         1e-3, ge=0.0,
@@ -31,9 +31,11 @@ class TwoSSPRefitConfig(TwoSSPConfig):
         "dense block's; ffn: the dense FFN's output on the same input (families with a norm after the FFN use ffn)",
     )
     stage2_on_refit: bool = Field(
-        True,
-        description="run stage 2 on the refit model (its decisions may differ from 2ssp's); with sequential "
-        "inputs the refit is then repeated on the final structure",
+        False,
+        description="false: stage 2 decides on the sliced model, as in 2ssp (the same attention modules), and the "
+        "refit follows; true: stage 2 runs on the refit model (its decisions may differ from 2ssp's: better on the "
+        "calibration text, worse on other text, docs/methods.md); with sequential inputs the refit is then repeated "
+        "on the final structure",
     )
     stage2_holdout: bool = Field(
         False,
@@ -42,7 +44,11 @@ class TwoSSPRefitConfig(TwoSSPConfig):
     )
 
     @model_validator(mode="after")
-    def _check_holdout(self) -> "TwoSSPRefitConfig":
+    def _check_sequential(self) -> "TwoSSPRefitConfig":
         if self.stage2_holdout and self.refit_inputs != "sequential":
             raise ValueError("stage2_holdout needs refit_inputs=sequential")
+        if self.refit_inputs == "dense" and self.selection == "reconstruction":
+            if "selection" in self.model_fields_set:
+                raise ValueError("selection=reconstruction needs refit_inputs=sequential")
+            self.selection = "norm"  # the dense-input refit keeps stage 1's neurons
         return self

@@ -56,18 +56,19 @@ class TwoSSPRefit(TwoSSP):
                 blocks = refit.apply_refit(adapter, stats, cfg.ridge)
         else:
             dense_layers = DenseBlocks.of(adapter)
-            cost.update(_sequential_memory(ctx, dense_layers, plan.kept_neurons, residual))
+            cost.update(_sequential_memory(ctx, dense_layers, plan.kept_neurons, residual,
+                                           cfg.selection == "reconstruction"))
             if not fused:
                 stage1.apply_width(adapter, scores, plan.kept_neurons)
             calls = capture_calls(adapter, ctx.calibration, cfg.batch_size)
             if fused:
                 # progress: the pass is stage 1 (its dense forward), and the first refit is done with it
-                blocks, scores = self._sequential(ctx, dense_layers, calls, slice_to=plan.kept_neurons,
-                                                  stage=stage1.STAGE)
+                blocks, scores = self._sequential(ctx, dense_layers, calls, plan.kept_neurons,
+                                                  slice_to=plan.kept_neurons, stage=stage1.STAGE)
                 ctx.reporter.update(refit.STAGE, 1.0)
                 ctx.cache[SCORES_CACHE_KEY] = scores
             elif cfg.stage2_on_refit:
-                blocks, _ = self._sequential(ctx, dense_layers, calls)
+                blocks, _ = self._sequential(ctx, dense_layers, calls, plan.kept_neurons)
         timings["stage1_s" if fused else "refit_s"] = time.perf_counter() - t0
 
         ctx.reporter.checkpoint()
@@ -79,12 +80,13 @@ class TwoSSPRefit(TwoSSP):
         if cfg.refit_inputs == "dense" and not cfg.stage2_on_refit:
             blocks = refit.apply_refit(adapter, stats, cfg.ridge)  # the same weights: they ignore attention
         elif cfg.refit_inputs == "sequential" and not cfg.stage2_on_refit:
-            blocks, _ = self._sequential(ctx, dense_layers, calls)  # type: ignore[arg-type]
+            blocks, _ = self._sequential(ctx, dense_layers, calls, plan.kept_neurons)  # type: ignore[arg-type]
         elif cfg.refit_inputs == "sequential" and removals:
             # the refit again for the final structure, from the first block whose input stage 2 changed
             start = min(r.block for r in removals)
             kept = [None if adapter.mlp_removed(i) else top_k(s, plan.kept_neurons) for i, s in enumerate(scores)]
-            again, _ = self._sequential(ctx, dense_layers, calls, kept=kept, start=start)  # type: ignore[arg-type]
+            again, _ = self._sequential(ctx, dense_layers, calls, plan.kept_neurons,  # type: ignore[arg-type]
+                                        kept=kept, start=start)
             blocks = [b for b in blocks if b.block < start] + again
             cost["repeated_from_block"] = start
         else:
@@ -101,6 +103,7 @@ class TwoSSPRefit(TwoSSP):
                 "target": resolve_target(adapter, cfg.refit_target) if cfg.refit_inputs == "sequential" else "ffn",
                 "stage2_on_refit": cfg.stage2_on_refit,
                 "stage2_holdout": cfg.stage2_holdout,
+                "selection": cfg.selection,
                 "stage1_in_refit_pass": fused,
                 "seconds": timings.get("refit_s", 0.0),
                 "fraction_of_stage1": timings.get("refit_s", 0.0) / timings["stage1_s"] if timings.get("stage1_s")
@@ -114,31 +117,37 @@ class TwoSSPRefit(TwoSSP):
         })
 
     def _sequential(
-        self, ctx: PruneContext, dense_layers: DenseBlocks, calls: list[BatchState] | None,
+        self, ctx: PruneContext, dense_layers: DenseBlocks, calls: list[BatchState] | None, kept_neurons: int,
         **options: Any,
     ) -> tuple[list[refit.BlockRefit], list[torch.Tensor] | None]:
         cfg = self.config
         return sequential_refit(
             ctx.adapter, dense_layers, ctx.calibration, ridge=cfg.ridge, target=cfg.refit_target,
             batch_size=cfg.batch_size, calls=calls, reporter=ctx.reporter,
-            held_out=cfg.stage2_windows if cfg.stage2_holdout else 0, **options,
+            held_out=cfg.stage2_windows if cfg.stage2_holdout else 0,
+            select=kept_neurons if cfg.selection == "reconstruction" else None, **options,
         )
 
 
-def _sequential_memory(ctx: PruneContext, dense_layers: DenseBlocks, kept: int, residual: bool) -> dict[str, Any]:
+def _sequential_memory(
+    ctx: PruneContext, dense_layers: DenseBlocks, kept: int, residual: bool, select: bool
+) -> dict[str, Any]:
     """Bytes the sequential refit holds besides the model: the dense blocks (copies in memory; block by block, one
-    block read at a time from the checkpoint, not counted), the hidden states at
-    one block boundary for every calibration window (pruned and dense paths, plus the block's outputs for the
-    residual target), one block's down-projection inputs (residual target) and one block's normal equations."""
+    block read at a time from the checkpoint, not counted), the hidden states at one block boundary for every
+    calibration window (pruned and dense paths, plus, for the residual target without selection, the block's
+    outputs and down-projection inputs) and one block's normal equations (with selection: over the full FFN width,
+    with the selection's cross products)."""
     hidden = int(ctx.adapter.config.hidden_size)
     param = next(ctx.adapter.model.parameters())
     tokens = int(ctx.calibration.numel())
+    stored = residual and not select
+    width = ctx.adapter.intermediate_size if select else kept
     return {
         "dense_blocks_bytes": dense_layers.nbytes(),
         "dense_blocks_device": dense_layers.where(),
-        "boundary_states_bytes": tokens * hidden * param.element_size() * (3 if residual else 1),
-        "activations_bytes": tokens * kept * param.element_size() if residual else 0,
-        "accumulator_bytes": (kept * kept + kept * hidden + 1) * 8,
+        "boundary_states_bytes": tokens * hidden * param.element_size() * ((3 if stored else 2) if residual else 1),
+        "activations_bytes": tokens * kept * param.element_size() if stored else 0,
+        "accumulator_bytes": (width * width + width * hidden * (2 if select else 1) + 1) * 8,
     }
 
 

@@ -52,15 +52,16 @@ class NormalEquations:
         """
         a = kept_activation.reshape(-1, kept_activation.shape[-1])
         y = target.reshape(-1, target.shape[-1])
-        if a.is_cuda and a.dtype in (torch.float16, torch.bfloat16):
-            self.gram += torch.mm(a.T, a, out_dtype=torch.float32)
-            self.cross += torch.mm(a.T, y.to(a.dtype), out_dtype=torch.float32)
-        else:
-            a, y = a.to(torch.float64), y.to(torch.float64)
-            self.gram.addmm_(a.T, a)
-            self.cross.addmm_(a.T, y)
+        add_product(self.gram, a, a)
+        add_product(self.cross, a, y)
         self.target_sq += y.to(torch.float64).square().sum()
         self.tokens += a.shape[0]
+
+    def restrict(self, index: torch.Tensor) -> NormalEquations:
+        """The statistics of the neurons `index` alone (their rows and columns)."""
+        index = index.to(self.gram.device)
+        gram = self.gram.index_select(0, index).index_select(1, index)
+        return NormalEquations(gram, self.cross.index_select(0, index), self.target_sq.clone(), self.tokens)
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.gram, self.cross, self.target_sq))
@@ -70,6 +71,15 @@ class NormalEquations:
         w = weight.to(torch.float64)
         value = self.target_sq - 2.0 * (w * self.cross.T).sum() + (w @ self.gram * w).sum()
         return float(value)
+
+
+def add_product(total: torch.Tensor, a: torch.Tensor, y: torch.Tensor) -> None:
+    """total (float64) += a^T y for a (tokens, K) and y (tokens, n): in float64, except for 16-bit `a` on CUDA
+    (tensor-core products with float32 results, `y` rounded to a's dtype)."""
+    if a.is_cuda and a.dtype in (torch.float16, torch.bfloat16):
+        total += torch.mm(a.T, y.to(a.dtype), out_dtype=torch.float32)
+    else:
+        total.addmm_(a.T.to(torch.float64), y.to(torch.float64))
 
 
 @dataclass(frozen=True)
@@ -133,6 +143,36 @@ def solve(stats: NormalEquations, sliced: torch.Tensor, ridge: float) -> torch.T
     else:  # not numerically positive definite: least squares on the same system
         solution = torch.linalg.lstsq(system, rhs).solution
     return solution.T
+
+
+def select_neurons(gram: torch.Tensor, cross: torch.Tensor, keep: int, ridge: float) -> torch.Tensor:
+    """The `keep` neurons (sorted indices) from which a least-squares refit best reproduces the target: greedy
+    backward elimination on the normal equations of all n neurons (gram = A^T A, cross = A^T Y).
+
+    With G = A^T A + lam I (lam = ridge x mean diag) and W = G^-1 A^T Y the ridge solution on the neurons left,
+    dropping neuron j and refitting the others raises ||Y - A W||^2 by ||W_j||^2 / (G^-1)_jj (the optimal brain
+    surgeon's cost of a whole row); the cheapest neuron goes, and G^-1 and W are updated in place (O(n^2) each)."""
+    n = gram.shape[0]
+    if keep >= n:
+        return torch.arange(n, device=gram.device)
+    lam = ridge * float(gram.diagonal().mean()) if n else 0.0
+    if lam <= 0.0:
+        lam = torch.finfo(torch.float64).eps
+    system = gram + lam * torch.eye(n, dtype=torch.float64, device=gram.device)
+    factor, info = torch.linalg.cholesky_ex(system)
+    inverse = torch.cholesky_inverse(factor) if int(info) == 0 else torch.linalg.pinv(system, hermitian=True)
+    weights = inverse @ cross
+    alive = torch.ones(n, dtype=torch.bool, device=gram.device)
+    for _ in range(n - keep):
+        cost = weights.square().sum(1) / inverse.diagonal()
+        cost = torch.where(alive, cost.nan_to_num(nan=float("inf")), float("inf"))
+        j = int(cost.argmin())
+        column = inverse[:, j].clone()
+        pivot = column[j]
+        weights.sub_(torch.outer(column, weights[j]) / pivot)
+        inverse.sub_(torch.outer(column, column) / pivot)
+        alive[j] = False
+    return alive.nonzero().flatten()
 
 
 @torch.no_grad()

@@ -24,7 +24,14 @@ from torch import nn
 from twossp_core.models.base import ModelAdapter
 from twossp_core.progress import Reporter
 from twossp_core.pruning.twossp.scores import top_k, window_norms
-from twossp_core.pruning.twossp_refit.refit import STAGE, BlockRefit, NormalEquations, refit_block
+from twossp_core.pruning.twossp_refit.refit import (
+    STAGE,
+    BlockRefit,
+    NormalEquations,
+    add_product,
+    refit_block,
+    select_neurons,
+)
 from twossp_core.runtime.forward import block_output
 from twossp_core.runtime.offload import Offloader, editing_block, offloader_of
 from twossp_core.runtime.sequential import BatchState, capture_batch
@@ -118,6 +125,7 @@ def sequential_refit(
     start: int = 0,
     stage: str = STAGE,
     held_out: int = 0,
+    select: int | None = None,
 ) -> tuple[list[BlockRefit], list[torch.Tensor] | None]:
     """Refit every remaining down projection of the (sliced, maybe attention-pruned) model in block order.
 
@@ -135,6 +143,12 @@ def sequential_refit(
     blocks before `start`, whose inputs and targets a pass after stage 2 leaves unchanged (stage 2 removed no
     attention before `start`), are only run, not refit again: their refit would be the same. Progress goes to
     `stage`. The first `held_out` windows run through every block but count in no block's statistics.
+
+    With `select` (K) each block refit first chooses its K neurons anew (`kept` and stage 1's choice are then
+    ignored): the statistics are taken over the dense FFN's full width on the pruned model's FFN input, the K
+    neurons from which a least-squares refit best reproduces the dense FFN's output there are kept
+    (`refit.select_neurons`), the block's FFN becomes the dense FFN sliced to them, and their down projection is
+    refit to the target as usual.
     """
     reporter = reporter or Reporter()
     target = resolve_target(adapter, target)
@@ -161,33 +175,141 @@ def sequential_refit(
                 _advance(dense_layer, calls, idx, dense)
         else:
             with editing_block(adapter, idx):
-                down = adapter.down_projection(idx)
-                if kept is not None and kept[idx] is not None:
+                if kept is not None and kept[idx] is not None and select is None:
                     dense_down = getattr(getattr(dense_layer, adapter.mlp_module), adapter.down_proj)
                     index = kept[idx].to(dense_down.weight.device)  # type: ignore[union-attr]
-                    down.weight.data.copy_(dense_down.weight.data.index_select(1, index))
+                    adapter.down_projection(idx).weight.data.copy_(dense_down.weight.data.index_select(1, index))
                 if target == "residual":
                     block_scores = _advance_dense(adapter, idx, dense_layer, calls, dense, scores is not None)
                     if scores is not None and slice_to is not None:
                         scores[idx] = block_scores / windows.shape[0]
-                        adapter.slice_ffn(idx, top_k(scores[idx], slice_to))
-                        down = adapter.down_projection(idx)
-                before = down.weight.detach().clone() if target == "residual" else None
-                stats, outputs, activations = _block_statistics(adapter, idx, dense_layer, calls, pruned, dense, target,
-                                                                held_out)
-                results.append(refit_block(down, idx, stats, ridge))
-                if before is None:  # the ffn target's families may normalise the FFN output: run the block again
+                        if select is None:
+                            adapter.slice_ffn(idx, top_k(scores[idx], slice_to))
+                if select is not None:
+                    results.append(_select_and_refit(adapter, idx, dense_layer, calls, pruned, dense, target,
+                                                     held_out, select, ridge))
                     _advance(layer, calls, idx, pruned)
-                else:  # the block output is linear in the down projection: correct the recorded outputs
-                    change = down.weight.detach().float() - before.float()
-                    for b, (out, activation) in enumerate(zip(outputs, activations, strict=True)):
-                        pruned[b] = (out.float() + activation.float() @ change.T).to(out.dtype)
-                del outputs, activations
+                else:
+                    results.append(_refit(adapter, idx, dense_layer, calls, pruned, dense, target, held_out, ridge))
         source.release(idx, dense_layer)
         reporter.update(stage, (idx + 1) / blocks)
-    if slice_to is not None:
-        adapter.set_intermediate_size(slice_to)
+    if select is not None or slice_to is not None:
+        adapter.set_intermediate_size(select if select is not None else slice_to)  # type: ignore[arg-type]
     return results, scores
+
+
+def _refit(
+    adapter: ModelAdapter,
+    idx: int,
+    dense_layer: nn.Module,
+    calls: list[BatchState],
+    pruned: list[torch.Tensor],
+    dense: list[torch.Tensor],
+    target: Target,
+    held_out: int,
+    ridge: float,
+) -> BlockRefit:
+    """Refit block idx's down projection as it is sliced, and advance the pruned path past the block."""
+    down = adapter.down_projection(idx)
+    before = down.weight.detach().clone() if target == "residual" else None
+    stats, outputs, activations = _block_statistics(adapter, idx, dense_layer, calls, pruned, dense, target,
+                                                    held_out)
+    result = refit_block(down, idx, stats, ridge)
+    if before is None:  # the ffn target's families may normalise the FFN output: run the block again
+        _advance(adapter.layers[idx], calls, idx, pruned)
+    else:  # the block output is linear in the down projection: correct the recorded outputs
+        change = down.weight.detach().float() - before.float()
+        for b, (out, activation) in enumerate(zip(outputs, activations, strict=True)):
+            pruned[b] = (out.float() + activation.float() @ change.T).to(out.dtype)
+    return result
+
+
+def _select_and_refit(
+    adapter: ModelAdapter,
+    idx: int,
+    dense_layer: nn.Module,
+    calls: list[BatchState],
+    pruned: list[torch.Tensor],
+    dense: list[torch.Tensor],
+    target: Target,
+    held_out: int,
+    keep: int,
+    ridge: float,
+) -> BlockRefit:
+    """Choose block idx's `keep` neurons by reconstruction, give the block the dense FFN sliced to them and refit
+    its down projection (the caller runs the block again: its up projections changed too)."""
+    stats, select_cross = _full_width_statistics(adapter, idx, dense_layer, calls, pruned, dense, target, held_out)
+    index = select_neurons(stats.gram, select_cross, keep, ridge)
+    del select_cross
+    mlp = adapter.mlp(idx)
+    dense_mlp = getattr(dense_layer, adapter.mlp_module)
+    for name in (*adapter.up_projs, adapter.down_proj):  # the dense FFN, then sliced as stage 1 slices
+        current = getattr(mlp, name)
+        setattr(mlp, name, copy.deepcopy(getattr(dense_mlp, name)).to(current.weight.device))
+    adapter.slice_ffn(idx, index)
+    return refit_block(adapter.down_projection(idx), idx, stats.restrict(index), ridge)
+
+
+def _full_width_statistics(
+    adapter: ModelAdapter,
+    idx: int,
+    dense_layer: nn.Module,
+    calls: list[BatchState],
+    pruned: list[torch.Tensor],
+    dense: list[torch.Tensor],
+    target: Target,
+    held_out: int,
+) -> tuple[NormalEquations, torch.Tensor]:
+    """Block idx's normal equations over the dense FFN's full width on the pruned model's FFN input: the refit
+    target's (as `_block_statistics`, whatever the block's width now) and A^T Y_ffn, Y_ffn the dense FFN's output
+    there (the selection's target). The first `held_out` windows are left out of both."""
+    seen: dict[str, torch.Tensor] = {}
+
+    def on_mlp_input(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        seen["mlp_in"] = args[0] if args else kwargs["hidden_states"]
+
+    def on_down(module: Any, args: tuple[Any, ...], output: torch.Tensor) -> None:
+        seen["down_out"] = output
+
+    def on_dense_down(module: Any, args: tuple[Any, ...], output: torch.Tensor) -> None:
+        seen["activation"] = args[0]
+
+    layer = adapter.layers[idx]
+    dense_mlp = getattr(dense_layer, adapter.mlp_module)
+    dense_down = getattr(dense_mlp, adapter.down_proj)
+    width, hidden = dense_down.weight.shape[1], dense_down.weight.shape[0]
+    device = pruned[0].device
+    stats = NormalEquations.zeros(width, hidden, device)
+    select_cross = torch.zeros(width, hidden, dtype=torch.float64, device=device)
+    bias = dense_down.bias.float() if dense_down.bias is not None else None
+    handles = [adapter.mlp(idx).register_forward_pre_hook(on_mlp_input, with_kwargs=True),
+               adapter.down_projection(idx).register_forward_hook(on_down),
+               dense_down.register_forward_hook(on_dense_down)]
+    try:
+        with torch.inference_mode():
+            first = 0
+            for b, call in enumerate(calls):
+                out = block_output(layer(pruned[b], *call.args[idx], **call.kwargs[idx]))
+                skip = min(max(held_out - first, 0), out.shape[0])
+                first += out.shape[0]
+                if skip < out.shape[0]:
+                    wanted_ffn = dense_mlp(seen["mlp_in"][skip:]).float()
+                    if bias is not None:
+                        wanted_ffn = wanted_ffn - bias
+                    if target == "residual":
+                        wanted = (dense[b].float() - out.float() + seen["down_out"].float())[skip:]
+                        if bias is not None:
+                            wanted = wanted - bias
+                    else:
+                        wanted = wanted_ffn
+                    activation = seen["activation"].reshape(-1, width)
+                    stats.add(activation, wanted)
+                    add_product(select_cross, activation, wanted_ffn.reshape(-1, hidden))
+                seen.clear()
+    finally:
+        for h in handles:
+            h.remove()
+    return stats, select_cross
 
 
 def _advance_dense(
