@@ -81,20 +81,20 @@ def main(argv: list[str]) -> int:
                        "calibration_windows": 32, "eval_windows": args.eval_windows, "seed": args.seed,
                        "measure_throughput": False, "device": "cpu", "heal": heal})
     out = REPO / "bench" / "results" / f"heal-control-{args.model}-{args.method}-{args.sparsity:g}"
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     with tempfile.TemporaryDirectory() as tmp:  # the pruned model itself is not kept
         report = run_prune(spec, Path(tmp) / "job")
         out.mkdir(parents=True, exist_ok=True)
         for name in ("report.json", "README.md", "heal_loss.png"):
             shutil.copy(Path(tmp) / "job" / name, out / name)
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     t = report["timings"]
     print(f"{args.model}, {args.method} at {args.sparsity:g} (achieved {report['sparsity_achieved']:.4f}), heal "
           f"{report['heal']['steps']} steps of {report['heal']['options']['batch_size']} x {report['heal']['seq_len']} "
           f"tokens, seed {args.seed}, {args.eval_windows} windows per set, torch threads {args.threads}")
     print(table(report))
-    print(f"heal {t['heal_s']:.0f} s, control heal {t['control_heal_s']:.0f} s, whole job {wall:.0f} s wall; "
-          f"results in {out.relative_to(REPO)}")
+    print(f"heal {t['heal_s']:.0f} s, control heal {t['control_heal_s']:.0f} s, whole job {wall:.0f} s wall "
+          f"({cpu:.0f} s of CPU time, load average {os.getloadavg()[0]:.1f}); results in {out.relative_to(REPO)}")
     return 0
 
 
