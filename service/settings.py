@@ -111,7 +111,7 @@ class Settings(BaseSettings):
     )
     claim_retry_max_s: float = Field(10.0, gt=0, description="longest wait between retries of a failed claim")
     cancel_grace_s: float = Field(
-        0.5, ge=0, description="a running job is interrupted as soon as its worker sees its cancel; one still running "
+        0.3, ge=0, description="a running job is interrupted as soon as its worker sees its cancel; one still running "
         "this long after (stuck in one call that cannot be interrupted) is killed",
     )
 
