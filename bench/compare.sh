@@ -7,7 +7,7 @@
 # `heal` heals every pruned model with the default heal (`--heal kd`: the same budget for every method) and
 # writes the pruned and healed perplexities to bench/results/comparison-<model>-healed/ instead.
 # smollm2 is SmolLM2-135M-Instruct from its package (scripts/smollm2.sh writes it once); `all` is the two small
-# models. Pass `--methods 2ssp,shortgpt` (say) to run a subset: later options win.
+# models. More options come last, so they win: `--methods 2ssp-refit --out DIR2` re-runs one method elsewhere.
 # Data: $TWOSSP_TEST_DATA (default ../shared/data). Results: bench/results/comparison-<model>/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,7 +28,7 @@ if [[ "$which" == "stories260k" || "$which" == "all" ]]; then
     --calibration "$DATA/text/tinystories-val-1000.txt:0:500" \
     --eval "$DATA/text/tinystories-val-1000.txt:500:1000" "${held_out[@]}" --eval-windows 40 \
     --doc-separator '<|endoftext|>' --seq-len 512 --calibration-windows 32 \
-    "${heal[@]}" "${extra[@]}" --out "bench/results/comparison-stories260k$suffix" --overwrite --no-progress
+    --out "bench/results/comparison-stories260k$suffix" --overwrite --no-progress "${heal[@]}" "${extra[@]}"
 fi
 
 if [[ "$which" == "c4llama-8l" || "$which" == "all" ]]; then
@@ -36,7 +36,7 @@ if [[ "$which" == "c4llama-8l" || "$which" == "all" ]]; then
     --calibration "$DATA/text/c4-validation-2k.jsonl:0:1000" \
     --eval "$DATA/text/c4-validation-2k.jsonl:1000:2000" "${held_out[@]}" --eval-windows 40 \
     --seq-len 512 --calibration-windows 32 \
-    "${heal[@]}" "${extra[@]}" --out "bench/results/comparison-c4llama-8l$suffix" --overwrite --no-progress
+    --out "bench/results/comparison-c4llama-8l$suffix" --overwrite --no-progress "${heal[@]}" "${extra[@]}"
 fi
 
 if [[ "$which" == "smollm2" ]]; then
@@ -45,5 +45,5 @@ if [[ "$which" == "smollm2" ]]; then
     --calibration "$DATA/text/c4-validation-2k.jsonl:0:1000" \
     --eval "$DATA/text/c4-validation-2k.jsonl:1000:2000" "${held_out[@]}" --eval-windows 10 \
     --seq-len 512 --calibration-windows 32 \
-    "${heal[@]}" "${extra[@]}" --out "bench/results/comparison-smollm2$suffix" --overwrite --no-progress
+    --out "bench/results/comparison-smollm2$suffix" --overwrite --no-progress "${heal[@]}" "${extra[@]}"
 fi

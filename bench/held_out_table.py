@@ -5,6 +5,10 @@ One row per method and target sparsity: achieved sparsity, perplexity on every h
 first. The best summary of each sparsity is in bold.
 
     .venv/bin/python bench/held_out_table.py bench/results/comparison-smollm2
+
+It reads the runs' report.json files; several directories of the same model and protocol merge: a later
+directory's run of a method and sparsity replaces an earlier one's (a method re-run alone with
+`bench/compare.sh MODEL no-heal --methods NAME --out DIR2`).
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from twossp_core.sweep import comparison_row
+
 
 def short(dataset: str) -> str:
     name = Path(dataset.split(":")[0]).name
@@ -21,7 +27,8 @@ def short(dataset: str) -> str:
                        ("tinystories", "TinyStories")):
         if key in name:
             rows = dataset[len(dataset.split(":")[0]):]
-            return f"{label} {rows.strip(':').replace(':', '–')}".strip() if rows else label
+            start, _, end = rows.strip(":").partition(":")
+            return f"{label} [{start or 0}, {end or 'end'})" if rows else label
     return name
 
 
@@ -38,9 +45,21 @@ def removed(row: dict[str, Any]) -> str:
     return ", ".join(parts) or "—"
 
 
-def table(results: Path) -> str:
-    rows = json.loads((results / "comparison.json").read_text())
-    sweep = json.loads((results / "sweep.json").read_text())
+def merged_reports(directories: list[Path]) -> list[dict[str, Any]]:
+    """Every run's report.json; a later directory's run of a method and sparsity replaces an earlier one's."""
+    reports: dict[tuple[str, float], dict[str, Any]] = {}
+    for directory in directories:
+        for path in sorted((directory / "runs").glob("*/report.json")):
+            report = json.loads(path.read_text())
+            reports[(report["method"], report["sparsity_target"])] = report
+    return list(reports.values())
+
+
+def table(directories: list[Path]) -> str:
+    everything = merged_reports(directories)
+    reports = [r for r in everything if r.get("held_out")]
+    stale = sorted(f"{r['method']}-{r['sparsity_target']:g}" for r in everything if not r.get("held_out"))
+    rows = [comparison_row(report) for report in reports]
     done = [r for r in rows if not r.get("error")]
     if not done:
         return "no finished runs\n"
@@ -70,17 +89,18 @@ def table(results: Path) -> str:
             + " | ".join(f"{ppl[d]:.2f}" for d in held)
             + f" | {mark}{ratio:.3f}{mark} | {removed(r)} | {r['prune_s']:.1f} |"
         )
-    data = sweep.get("data", {})
-    runtime = sweep.get("runtime", {})
+    data, runtime = reports[0]["data"], reports[0]["runtime"]
     lines += ["", f"Windows of {data.get('seq_len')} tokens: {data.get('calibration_windows')} for calibration, "
               + ", ".join(f"{n} of {short(k)}" for k, n in (data.get("eval") or {}).items())
               + f" for evaluation; torch {runtime.get('torch')}, {runtime.get('threads')} thread(s)."]
+    if stale:
+        lines.append(f"Left out, from before held-out judging: {', '.join(stale)}.")
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("results", type=Path, help="a bench/results/comparison-* directory")
+    parser.add_argument("results", type=Path, nargs="+", help="bench/results/comparison-* directories")
     print(table(parser.parse_args().results), end="")
 
 
