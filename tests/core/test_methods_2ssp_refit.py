@@ -188,9 +188,45 @@ def test_selection_keeps_the_neurons_a_refit_reproduces_the_output_from():
     assert 0 in norms and 1 in norms  # stage 1's choice keeps both
 
 
-def test_sequential_refit_with_selection_equals_a_brute_force():
+def _fold_error(a: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> float:
+    return float((y - a @ w.T).square().sum())
+
+
+def test_shrinkage_is_the_step_that_best_predicts_the_other_fold():
+    generator = torch.Generator().manual_seed(1)
+    a = torch.randn(120, 8, generator=generator, dtype=torch.float64)
+    w0 = torch.randn(5, 8, generator=generator, dtype=torch.float64)
+    odd_rows = torch.arange(120) % 2 == 1
+    for noise, signal in ((0.5, 1.0), (5.0, 0.05)):
+        y = a @ (w0 + signal * torch.randn(5, 8, generator=generator, dtype=torch.float64)).T
+        y += noise * torch.randn(120, 5, generator=generator, dtype=torch.float64)
+        folds = []
+        for rows in (~odd_rows, odd_rows):
+            stats = refit.NormalEquations.zeros(8, 5, torch.device("cpu"))
+            stats.add(a[rows], y[rows])
+            folds.append(stats)
+        alpha = refit.shrinkage((folds[0], folds[1]), w0, 1e-3)
+        fits = [refit.solve(f, w0, 1e-3) for f in folds]
+
+        def held_out(step: float, fits: list[torch.Tensor] = fits, y: torch.Tensor = y) -> float:
+            return sum(_fold_error(a[rows], y[rows], w0 + step * (fit - w0))
+                       for fit, rows in ((fits[0], odd_rows), (fits[1], ~odd_rows)))
+
+        grid = [i / 1000 for i in range(1001)]
+        best = min(grid, key=held_out)
+        assert alpha == pytest.approx(best, abs=2e-3)
+        if noise > 1:
+            assert alpha < 0.5  # a fit to noise barely moves from the sliced weights
+        else:
+            assert alpha > 0.9
+
+
+@pytest.mark.parametrize("shrink", [False, True])
+def test_sequential_refit_with_selection_equals_a_brute_force(shrink):
     """select=K: each block keeps the K neurons of the dense FFN from which a refit best reproduces the dense FFN's
-    output on the pruned model's FFN input, and its down projection is refit to the residual target."""
+    output on the pruned model's FFN input, and its down projection is refit to the residual target; with shrink,
+    the step from the sliced weights is scaled by the alpha fitted on windows 0 and 2 and scored on window 1, and
+    the reverse (batches of two: the folds go by window, not by batch)."""
     dense = tiny_model("llama")
     windows = calibration(3, 24)
     scores = stage1.neuron_scores(adapter_for(dense), windows)
@@ -246,18 +282,28 @@ def test_sequential_refit_with_selection_equals_a_brute_force():
             setattr(pa.mlp(i), name, copy.deepcopy(getattr(dense_mlp, name)))
         pa.slice_ffn(i, keep)
         down = pa.down_projection(i)
-        solution = _direct_solution(a[:, keep], y, down.weight.data.double(), 1e-3)
+        w0 = down.weight.data.double()
+        solution = _direct_solution(a[:, keep], y, w0, 1e-3)
+        if shrink:
+            odd = (torch.arange(a.shape[0]) // windows.shape[1]) % 2 == 1
+            fits = [(_direct_solution(a[rows][:, keep], y[rows], w0, 1e-3), ~rows) for rows in (~odd, odd)]
+            grid = [j / 2000 for j in range(2001)]
+            alpha = min(grid, key=lambda t, fits=fits, keep=keep, y=y, w0=w0: sum(
+                _fold_error(a[rows][:, keep], y[rows], w0 + t * (fit - w0)) for fit, rows in fits))
+            solution = w0 + alpha * (solution - w0)
         down.weight.data.copy_(solution.float())
         expected.append((keep, solution))
     adapter = adapter_for(models[1])
     results, _ = sequential_refit(adapter, list(copy.deepcopy(dense.model.layers)), windows, ridge=1e-3,
-                                  batch_size=2, select=40)
+                                  batch_size=2, select=40, shrink=shrink)
+    assert all(r.alpha < 1.0 for r in results) if shrink else all(r.alpha == 1.0 for r in results)
     assert [r.block for r in results] == list(range(adapter.num_blocks)) and adapter.intermediate_size == 40
     changed = 0
     for i, (keep, want) in enumerate(expected):
         dense_up = da.mlp(i).up_proj.weight.data
         assert torch.equal(adapter.mlp(i).up_proj.weight.data, dense_up.index_select(0, keep)), i
-        torch.testing.assert_close(adapter.down_projection(i).weight.data.double(), want, rtol=1e-4, atol=1e-5)
+        tolerance = 1e-3 if shrink else 1e-5  # the brute force's alpha is on a grid of 1/2000
+        torch.testing.assert_close(adapter.down_projection(i).weight.data.double(), want, rtol=1e-4, atol=tolerance)
         changed += not torch.equal(keep, top_k(scores[i], 40))
     assert changed  # not stage 1's neurons
 
@@ -400,13 +446,17 @@ def test_unknown_option_is_refused():
     assert method_config("2ssp-refit", {}).alpha == method_config("2ssp", {}).alpha
 
 
-def test_the_selection_needs_the_sequential_refit():
+def test_the_selection_and_shrinkage_need_the_sequential_refit():
     defaults = method_config("2ssp-refit", {})
     assert defaults.selection == "reconstruction" and not defaults.stage2_on_refit
     assert defaults.stage2_windows == method_config("2ssp", {}).stage2_windows  # 2SSP's decisions
-    assert method_config("2ssp-refit", {"refit_inputs": "dense"}).selection == "norm"  # stage 1's neurons
+    assert defaults.shrinkage == "cross-validated"
+    dense = method_config("2ssp-refit", {"refit_inputs": "dense"})
+    assert dense.selection == "norm" and dense.shrinkage == "none"  # stage 1's neurons, the whole refit
     with pytest.raises(InvalidSpec, match="selection"):
         method_config("2ssp-refit", {"refit_inputs": "dense", "selection": "reconstruction"})
+    with pytest.raises(InvalidSpec, match="shrinkage"):
+        method_config("2ssp-refit", {"refit_inputs": "dense", "shrinkage": "cross-validated"})
 
 
 # the 2ssp results on the real model with the stories protocol (24 evaluation windows), recorded before 2ssp-refit

@@ -16,6 +16,12 @@ class TwoSSPRefitConfig(TwoSSPConfig):
         "least-squares refit best reproduces the dense FFN's output on the pruned model's input (greedy backward "
         "elimination in the refit pass); norm: stage 1's neurons (2ssp's). The number K is 2ssp's either way",
     )
+    shrinkage: Literal["cross-validated", "none"] = Field(
+        "cross-validated",
+        description="sequential inputs only. cross-validated: each block's step from the sliced down projection to "
+        "its refit is scaled by the alpha in [0, 1] that best predicts held-out calibration windows (fit on the "
+        "even windows, scored on the odd ones, and the reverse); none: the whole refit",
+    )
     ridge: float = Field(
         1e-3, ge=0.0,
         description="ridge strength: lambda = ridge x mean diagonal of A_K^T A_K, shrinking towards the sliced weights",
@@ -47,8 +53,11 @@ class TwoSSPRefitConfig(TwoSSPConfig):
     def _check_sequential(self) -> "TwoSSPRefitConfig":
         if self.stage2_holdout and self.refit_inputs != "sequential":
             raise ValueError("stage2_holdout needs refit_inputs=sequential")
-        if self.refit_inputs == "dense" and self.selection == "reconstruction":
-            if "selection" in self.model_fields_set:
-                raise ValueError("selection=reconstruction needs refit_inputs=sequential")
-            self.selection = "norm"  # the dense-input refit keeps stage 1's neurons
+        if self.refit_inputs == "dense":  # the dense-input refit keeps stage 1's neurons and the whole refit
+            sequential_only = (("selection", "reconstruction", "norm"), ("shrinkage", "cross-validated", "none"))
+            for name, value, plain in sequential_only:
+                if getattr(self, name) == value:
+                    if name in self.model_fields_set:
+                        raise ValueError(f"{name}={value} needs refit_inputs=sequential")
+                    setattr(self, name, plain)
         return self

@@ -57,7 +57,7 @@ class TwoSSPRefit(TwoSSP):
         else:
             dense_layers = DenseBlocks.of(adapter)
             cost.update(_sequential_memory(ctx, dense_layers, plan.kept_neurons, residual,
-                                           cfg.selection == "reconstruction"))
+                                           cfg.selection == "reconstruction", cfg.shrinkage == "cross-validated"))
             if not fused:
                 stage1.apply_width(adapter, scores, plan.kept_neurons)
             calls = capture_calls(adapter, ctx.calibration, cfg.batch_size)
@@ -104,6 +104,7 @@ class TwoSSPRefit(TwoSSP):
                 "stage2_on_refit": cfg.stage2_on_refit,
                 "stage2_holdout": cfg.stage2_holdout,
                 "selection": cfg.selection,
+                "shrinkage": cfg.shrinkage,
                 "stage1_in_refit_pass": fused,
                 "seconds": timings.get("refit_s", 0.0),
                 "fraction_of_stage1": timings.get("refit_s", 0.0) / timings["stage1_s"] if timings.get("stage1_s")
@@ -113,6 +114,7 @@ class TwoSSPRefit(TwoSSP):
                 "error_sliced": [b.error_sliced for b in blocks],
                 "error_refit": [b.error_refit for b in blocks],
                 "rejected_blocks": [b.block for b in blocks if b.kept_sliced],
+                "alpha": [b.alpha for b in blocks],
             },
         })
 
@@ -125,18 +127,19 @@ class TwoSSPRefit(TwoSSP):
             ctx.adapter, dense_layers, ctx.calibration, ridge=cfg.ridge, target=cfg.refit_target,
             batch_size=cfg.batch_size, calls=calls, reporter=ctx.reporter,
             held_out=cfg.stage2_windows if cfg.stage2_holdout else 0,
-            select=kept_neurons if cfg.selection == "reconstruction" else None, **options,
+            select=kept_neurons if cfg.selection == "reconstruction" else None,
+            shrink=cfg.shrinkage == "cross-validated", **options,
         )
 
 
 def _sequential_memory(
-    ctx: PruneContext, dense_layers: DenseBlocks, kept: int, residual: bool, select: bool
+    ctx: PruneContext, dense_layers: DenseBlocks, kept: int, residual: bool, select: bool, folds: bool
 ) -> dict[str, Any]:
     """Bytes the sequential refit holds besides the model: the dense blocks (copies in memory; block by block, one
     block read at a time from the checkpoint, not counted), the hidden states at one block boundary for every
     calibration window (pruned and dense paths, plus, for the residual target without selection, the block's
     outputs and down-projection inputs) and one block's normal equations (with selection: over the full FFN width,
-    with the selection's cross products)."""
+    with the selection's cross products; with the cross-validated shrinkage, the odd windows' besides)."""
     hidden = int(ctx.adapter.config.hidden_size)
     param = next(ctx.adapter.model.parameters())
     tokens = int(ctx.calibration.numel())
@@ -147,7 +150,8 @@ def _sequential_memory(
         "dense_blocks_device": dense_layers.where(),
         "boundary_states_bytes": tokens * hidden * param.element_size() * ((3 if stored else 2) if residual else 1),
         "activations_bytes": tokens * kept * param.element_size() if stored else 0,
-        "accumulator_bytes": (width * width + width * hidden * (2 if select else 1) + 1) * 8,
+        "accumulator_bytes": ((width * width + width * hidden + 1) * (2 if folds else 1)
+                              + (width * hidden if select else 0)) * 8,
     }
 
 

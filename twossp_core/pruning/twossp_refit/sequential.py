@@ -16,6 +16,7 @@ for "residual", the dense model's), never the FFN activations: those only feed t
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -37,6 +38,37 @@ from twossp_core.runtime.offload import Offloader, editing_block, offloader_of
 from twossp_core.runtime.sequential import BatchState, capture_batch
 
 Target = Literal["residual", "ffn"]
+
+
+@dataclass(frozen=True)
+class Counting:
+    """Which calibration windows count in a block's statistics: none of the first `held_out`; with `folds`, the odd
+    windows (by index in the calibration set) are also summed apart, the second fold of the cross-validated
+    shrinkage (`refit.shrinkage`; the first fold is all windows counted less the odd ones)."""
+
+    held_out: int = 0
+    folds: bool = False
+
+    def statistics(
+        self, width: int, hidden: int, device: torch.device
+    ) -> tuple[NormalEquations, NormalEquations | None]:
+        """Empty statistics of all the counted windows and (with folds) of the odd ones."""
+        odd = NormalEquations.zeros(width, hidden, device) if self.folds else None
+        return NormalEquations.zeros(width, hidden, device), odd
+
+    def skip(self, first: int, rows: int) -> int:
+        """How many leading windows of a batch starting at window `first` (of `rows` windows) do not count."""
+        return min(max(self.held_out - first, 0), rows)
+
+    def add(self, stats: NormalEquations, odd: NormalEquations | None, activation: torch.Tensor,
+            target: torch.Tensor, first: int) -> None:
+        """Add a batch's counted windows (activation and target: windows first, window `first` first)."""
+        stats.add(activation, target)
+        if odd is not None:
+            rows = [r for r in range(activation.shape[0]) if (first + r) % 2 == 1]
+            if rows:
+                index = torch.tensor(rows, device=activation.device)
+                odd.add(activation.index_select(0, index), target.index_select(0, index))
 
 
 def capture_calls(adapter: ModelAdapter, windows: torch.Tensor, batch_size: int = 1) -> list[BatchState]:
@@ -126,6 +158,7 @@ def sequential_refit(
     stage: str = STAGE,
     held_out: int = 0,
     select: int | None = None,
+    shrink: bool = False,
 ) -> tuple[list[BlockRefit], list[torch.Tensor] | None]:
     """Refit every remaining down projection of the (sliced, maybe attention-pruned) model in block order.
 
@@ -149,7 +182,11 @@ def sequential_refit(
     neurons from which a least-squares refit best reproduces the dense FFN's output there are kept
     (`refit.select_neurons`), the block's FFN becomes the dense FFN sliced to them, and their down projection is
     refit to the target as usual.
+
+    With `shrink` each block's step from its sliced down projection to the refit is scaled by the alpha in [0, 1]
+    that best predicts the odd calibration windows from a fit on the even ones and the reverse (`refit.shrinkage`).
     """
+    counting = Counting(held_out, shrink)
     reporter = reporter or Reporter()
     target = resolve_target(adapter, target)
     if slice_to is not None and target != "residual":
@@ -187,10 +224,10 @@ def sequential_refit(
                             adapter.slice_ffn(idx, top_k(scores[idx], slice_to))
                 if select is not None:
                     results.append(_select_and_refit(adapter, idx, dense_layer, calls, pruned, dense, target,
-                                                     held_out, select, ridge))
+                                                     counting, select, ridge))
                     _advance(layer, calls, idx, pruned)
                 else:
-                    results.append(_refit(adapter, idx, dense_layer, calls, pruned, dense, target, held_out, ridge))
+                    results.append(_refit(adapter, idx, dense_layer, calls, pruned, dense, target, counting, ridge))
         source.release(idx, dense_layer)
         reporter.update(stage, (idx + 1) / blocks)
     if select is not None or slice_to is not None:
@@ -206,15 +243,15 @@ def _refit(
     pruned: list[torch.Tensor],
     dense: list[torch.Tensor],
     target: Target,
-    held_out: int,
+    counting: Counting,
     ridge: float,
 ) -> BlockRefit:
     """Refit block idx's down projection as it is sliced, and advance the pruned path past the block."""
     down = adapter.down_projection(idx)
     before = down.weight.detach().clone() if target == "residual" else None
-    stats, outputs, activations = _block_statistics(adapter, idx, dense_layer, calls, pruned, dense, target,
-                                                    held_out)
-    result = refit_block(down, idx, stats, ridge)
+    (stats, odd), outputs, activations = _block_statistics(adapter, idx, dense_layer, calls, pruned, dense, target,
+                                                           counting)
+    result = refit_block(down, idx, stats, ridge, odd)
     if before is None:  # the ffn target's families may normalise the FFN output: run the block again
         _advance(adapter.layers[idx], calls, idx, pruned)
     else:  # the block output is linear in the down projection: correct the recorded outputs
@@ -232,13 +269,14 @@ def _select_and_refit(
     pruned: list[torch.Tensor],
     dense: list[torch.Tensor],
     target: Target,
-    held_out: int,
+    counting: Counting,
     keep: int,
     ridge: float,
 ) -> BlockRefit:
     """Choose block idx's `keep` neurons by reconstruction, give the block the dense FFN sliced to them and refit
     its down projection (the caller runs the block again: its up projections changed too)."""
-    stats, select_cross = _full_width_statistics(adapter, idx, dense_layer, calls, pruned, dense, target, held_out)
+    (stats, odd), select_cross = _full_width_statistics(adapter, idx, dense_layer, calls, pruned, dense, target,
+                                                        counting)
     index = select_neurons(stats.gram, select_cross, keep, ridge)
     del select_cross
     mlp = adapter.mlp(idx)
@@ -247,7 +285,8 @@ def _select_and_refit(
         current = getattr(mlp, name)
         setattr(mlp, name, copy.deepcopy(getattr(dense_mlp, name)).to(current.weight.device))
     adapter.slice_ffn(idx, index)
-    return refit_block(adapter.down_projection(idx), idx, stats.restrict(index), ridge)
+    return refit_block(adapter.down_projection(idx), idx, stats.restrict(index), ridge,
+                       odd.restrict(index) if odd is not None else None)
 
 
 def _full_width_statistics(
@@ -258,11 +297,12 @@ def _full_width_statistics(
     pruned: list[torch.Tensor],
     dense: list[torch.Tensor],
     target: Target,
-    held_out: int,
-) -> tuple[NormalEquations, torch.Tensor]:
+    counting: Counting,
+) -> tuple[tuple[NormalEquations, NormalEquations | None], torch.Tensor]:
     """Block idx's normal equations over the dense FFN's full width on the pruned model's FFN input: the refit
-    target's (as `_block_statistics`, whatever the block's width now) and A^T Y_ffn, Y_ffn the dense FFN's output
-    there (the selection's target). The first `held_out` windows are left out of both."""
+    target's (as `_block_statistics`, whatever the block's width now; with the odd windows' apart when `counting`
+    has folds) and A^T Y_ffn, Y_ffn the dense FFN's output there (the selection's target), over the windows that
+    count."""
     seen: dict[str, torch.Tensor] = {}
 
     def on_mlp_input(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -279,7 +319,7 @@ def _full_width_statistics(
     dense_down = getattr(dense_mlp, adapter.down_proj)
     width, hidden = dense_down.weight.shape[1], dense_down.weight.shape[0]
     device = pruned[0].device
-    stats = NormalEquations.zeros(width, hidden, device)
+    stats, odd = counting.statistics(width, hidden, device)
     select_cross = torch.zeros(width, hidden, dtype=torch.float64, device=device)
     bias = dense_down.bias.float() if dense_down.bias is not None else None
     handles = [adapter.mlp(idx).register_forward_pre_hook(on_mlp_input, with_kwargs=True),
@@ -290,8 +330,7 @@ def _full_width_statistics(
             first = 0
             for b, call in enumerate(calls):
                 out = block_output(layer(pruned[b], *call.args[idx], **call.kwargs[idx]))
-                skip = min(max(held_out - first, 0), out.shape[0])
-                first += out.shape[0]
+                skip = counting.skip(first, out.shape[0])
                 if skip < out.shape[0]:
                     wanted_ffn = dense_mlp(seen["mlp_in"][skip:]).float()
                     if bias is not None:
@@ -302,14 +341,14 @@ def _full_width_statistics(
                             wanted = wanted - bias
                     else:
                         wanted = wanted_ffn
-                    activation = seen["activation"].reshape(-1, width)
-                    stats.add(activation, wanted)
-                    add_product(select_cross, activation, wanted_ffn.reshape(-1, hidden))
+                    counting.add(stats, odd, seen["activation"], wanted, first + skip)
+                    add_product(select_cross, seen["activation"].reshape(-1, width), wanted_ffn.reshape(-1, hidden))
+                first += out.shape[0]
                 seen.clear()
     finally:
         for h in handles:
             h.remove()
-    return stats, select_cross
+    return (stats, odd), select_cross
 
 
 def _advance_dense(
@@ -342,12 +381,12 @@ def _block_statistics(
     pruned: list[torch.Tensor],
     dense: list[torch.Tensor],
     target: Target,
-    held_out: int = 0,
-) -> tuple[NormalEquations, list[torch.Tensor], list[torch.Tensor]]:
-    """Normal equations of block idx, with the block's outputs and down-projection inputs per batch (kept for the
-    residual target only: with them the refit's effect on the outputs is one product, not another block pass);
-    for the residual target, `dense` holds the dense block's outputs already. The first `held_out` windows (in
-    batch order) are left out of the statistics."""
+    counting: Counting,
+) -> tuple[tuple[NormalEquations, NormalEquations | None], list[torch.Tensor], list[torch.Tensor]]:
+    """Normal equations of block idx over the windows that count (with the odd windows' apart when `counting` has
+    folds), with the block's outputs and down-projection inputs per batch (kept for the residual target only: with
+    them the refit's effect on the outputs is one product, not another block pass); for the residual target,
+    `dense` holds the dense block's outputs already."""
     down = adapter.down_projection(idx)
     seen: dict[str, torch.Tensor] = {}
 
@@ -359,7 +398,7 @@ def _block_statistics(
 
     layer = adapter.layers[idx]
     dense_mlp = getattr(dense_layer, adapter.mlp_module)
-    stats = NormalEquations.zeros(down.weight.shape[1], down.weight.shape[0], pruned[0].device)
+    stats, odd = counting.statistics(down.weight.shape[1], down.weight.shape[0], pruned[0].device)
     outputs: list[torch.Tensor] = []
     activations: list[torch.Tensor] = []
     handles = [down.register_forward_hook(on_down)]
@@ -370,8 +409,7 @@ def _block_statistics(
             first = 0  # the first window of the batch
             for b, call in enumerate(calls):
                 out = block_output(layer(pruned[b], *call.args[idx], **call.kwargs[idx]))
-                skip = min(max(held_out - first, 0), out.shape[0])  # this batch's windows left out
-                first += out.shape[0]
+                skip = counting.skip(first, out.shape[0])  # this batch's windows left out
                 # in float32 at least: a difference of residual states cancels most of their digits
                 if target == "residual":  # `dense` is already past the block (_advance_dense)
                     wanted = dense[b].float() - out.float() + seen["down_out"].float()
@@ -380,7 +418,8 @@ def _block_statistics(
                 if down.bias is not None:
                     wanted = wanted - down.bias.float()
                 if skip < out.shape[0]:
-                    stats.add(seen["activation"][skip:], wanted[skip:])
+                    counting.add(stats, odd, seen["activation"][skip:], wanted[skip:], first + skip)
+                first += out.shape[0]
                 if target == "residual":
                     outputs.append(out)
                     activations.append(seen["activation"])
@@ -388,7 +427,7 @@ def _block_statistics(
     finally:
         for h in handles:
             h.remove()
-    return stats, outputs, activations
+    return (stats, odd), outputs, activations
 
 
 def _advance(layer: nn.Module, calls: list[BatchState], idx: int, states: list[torch.Tensor]) -> None:
