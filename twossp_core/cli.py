@@ -407,7 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_prune)
 
     e = sub.add_parser("eval", aliases=["evaluate"], help="evaluate any model: perplexity, throughput, zero-shot tasks")
-    e.add_argument("--model", required=True)
+    e.add_argument("--model", required=True, help="Hugging Face hub id, local model directory or .gguf file")
     add_task_arguments(e)
     add_data_arguments(e, calibration=False)
     e.set_defaults(func=cmd_eval)
