@@ -188,8 +188,8 @@ def test_sweep_heals_every_method(stories_model, stories_text, tmp_path):
 
 @pytest.mark.parametrize("argv, message", [
     (["--heal-option", "steps=5"], "--heal-option needs --heal"),
-    (["--heal", "kd", "--heal-option", "stepz=5"], "heal.stepz"),
-    (["--heal", "kd", "--heal-option", "lr=-1"], "heal.lr"),
+    (["--heal", "kd", "--heal-option", "stepz=5"], "--heal-option stepz"),  # the CLI names its own flags
+    (["--heal", "kd", "--heal-option", "lr=-1"], "--heal-option lr"),
     (["--heal", "lm", "--heal-option", "loss=kd"], "--heal kd|lm"),
     (["--heal", "kd", "--heal-option", "data=/nonexistent.txt"], "/nonexistent.txt"),
 ])
