@@ -55,9 +55,9 @@ METHODS: dict[str, MethodEntry] = {
         "twossp_core.pruning.twossp_refit.config:TwoSSPRefitConfig",
         "twossp_core.pruning.twossp_refit.method:TwoSSPRefit",
         "2SSP + refit: 2SSP, then a least-squares refit of every kept FFN's down projection (no training)",
-        # by default stage 1 runs inside the first refit pass, which then reports as "stage1" and completes the first
-        # "refit" with it; the refit runs again after stage 2 when stage 2 removed attention modules
-        stages=(Stage("stage1", 25), Stage("refit", 5), Stage("stage2", 15), Stage("refit", 5)),
+        # by default stage 2 decides on the sliced model (stage2_on_refit=false), then one refit pass; with
+        # stage2_on_refit=true a refit pass precedes stage 2 as well (reported as a second "refit" stage)
+        stages=(Stage("stage1", 25), Stage("stage2", 15), Stage("refit", 10)),
         preflight="twossp_core.pruning.twossp.balance:check_feasible",
         modes=("block-by-block",),  # its pass computes every block on the windows' device
         example={"ridge": 0.01, "stage2_windows": 4},
