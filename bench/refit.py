@@ -2,11 +2,14 @@
 
 One process, one random Llama, one set of calibration windows (random token ids: the cost does not depend on
 the text). Stage 1 (the neuron scores on the dense model) is timed, then each refit mode on a fresh copy of the
-model: the default, stage 1 inside the sequential pass (copy of the dense blocks, one pass that scores, slices and
-refits block by block; its cost is reported as what it adds to stage 1), then the pass repeated after stage 2 from
-the middle block (as when stage 2 removes that block's attention); the sequential refit after a separate stage 1
-(copy of the dense blocks, slicing, one sequential pass with the residual target); and the dense-input refit (one
-accumulation pass, slicing, one solve per block). Stage 2 itself is not timed.
+model: with stage2_on_refit=true, stage 1 inside the sequential pass (copy of the dense blocks, one pass that scores,
+slices and refits block by block; its cost is reported as what it adds to stage 1), then the pass repeated after
+stage 2 from the middle block (as when stage 2 removes that block's attention); the default after a separate stage 1
+(copy of the dense blocks, slicing, one sequential pass that re-chooses each block's neurons and shrinks each refit by
+cross-validation; the backward elimination of one block is also timed alone, on random statistics of the block's
+shape); the sequential refit of stage 1's neurons without the shrinkage (copy of the dense blocks, slicing, one
+sequential pass with the residual target); and the dense-input refit (one accumulation pass, slicing, one solve per
+block). Stage 2 itself is not timed.
 
     python bench/refit.py                                 # CPU, 8 blocks of hidden 512 / FFN 1,376 (minutes)
     python bench/refit.py --shape 7b --device cuda --dtype bfloat16   # Llama-2-7B blocks on a GPU
@@ -132,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     result["stage1"] = {"seconds": stage1_s, "peak_device_bytes": peak(device)}
     print(f"stage 1: {stage1_s:.2f} s", flush=True)
 
-    # the default: stage 1 inside the first sequential pass (its dense path scores the neurons), residual target
+    # stage2_on_refit=true: stage 1 inside the first sequential pass (its dense path scores the neurons), residual
+    # target, stage 1's neurons
     work = copy.deepcopy(model)
     work_adapter = adapter_for(work)
     peak_reset(device)
@@ -162,7 +166,36 @@ def main(argv: list[str] | None = None) -> int:
     print(f"repeated pass from block {start}: {repeat_s:.2f} s = {repeat_s / stage1_s:.2f} x stage 1", flush=True)
     del work, work_adapter, dense_layers
 
-    # separate passes: stage 1's scores given; copy the dense blocks, slice, one sequential pass
+    # the default: stage 1's scores given; copy the dense blocks, slice, one sequential pass that re-chooses each
+    # block's neurons (selection=reconstruction) and shrinks each refit by two-fold cross-validation
+    work = copy.deepcopy(model)
+    work_adapter = adapter_for(work)
+    peak_reset(device)
+    t = clock.now()
+    dense_layers = copy_dense_blocks(work_adapter)
+    stage1.apply_width(work_adapter, scores, plan.kept_neurons)
+    blocks, _ = sequential_refit(work_adapter, dense_layers, windows, ridge=1e-3, select=plan.kept_neurons,
+                                 shrink=True)
+    default_s = clock.now() - t
+    gen_stats = torch.Generator().manual_seed(1)
+    width = shape["intermediate"]
+    sample = torch.randn(4096, width, generator=gen_stats, dtype=torch.float64).to(device)
+    gram, cross = sample.T @ sample, sample.T @ torch.randn(4096, shape["hidden"], generator=gen_stats,
+                                                             dtype=torch.float64).to(device)
+    t = clock.now()
+    refit.select_neurons(gram, cross, plan.kept_neurons, 1e-3)
+    elimination_s = clock.now() - t
+    result["default"] = {
+        "seconds": default_s, "fraction_of_stage1": default_s / stage1_s, "peak_device_bytes": peak(device),
+        "elimination_s_per_block": elimination_s, "alpha": [b.alpha for b in blocks],
+        "rejected_blocks": [b.block for b in blocks if b.kept_sliced],
+    }
+    print(f"default pass (selection, cross-validated shrinkage): {default_s:.2f} s = {default_s / stage1_s:.2f} x "
+          f"stage 1 (the elimination alone {elimination_s:.2f} s per block)", flush=True)
+    del work, work_adapter, dense_layers, sample, gram, cross
+
+    # separate passes: stage 1's scores given; copy the dense blocks, slice, one sequential pass (stage 1's neurons,
+    # no shrinkage)
     work = copy.deepcopy(model)
     work_adapter = adapter_for(work)
     peak_reset(device)
@@ -178,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         "boundary_states_bytes": windows.numel() * shape["hidden"] * torch.finfo(dtype).bits // 8 * 2,
         "rejected_blocks": [b.block for b in blocks if b.kept_sliced],
     }
-    print(f"sequential refit: {seq_s:.2f} s = {seq_s / stage1_s:.2f} x stage 1", flush=True)
+    print(f"sequential refit (stage 1's neurons): {seq_s:.2f} s = {seq_s / stage1_s:.2f} x stage 1", flush=True)
     del work, work_adapter, dense_layers
 
     # dense inputs: one accumulation pass on the dense model, slice, one solve per block

@@ -17,6 +17,12 @@ Prints one JSON line per (sparsity, variant): perplexity per set, the held-out s
 held-out sets of pruned / dense perplexity), achieved sparsity, removed attention, K, prune seconds. `--out FILE`
 also appends the lines to FILE. The model and data are loaded once; the stage-1 scores are shared between the runs
 (as in a sweep).
+
+    python bench/refit_variants.py --table bench/results/refit-held-out-c4llama-8l.jsonl
+
+prints such lines (held-out protocol) as docs/methods.md's Markdown table: one row per variant, per sparsity the
+three perplexities and the summary (the best summary of each sparsity in bold), with the attention modules removed
+where they differ from 2ssp's.
 """
 
 from __future__ import annotations
@@ -73,7 +79,58 @@ def variants_of(text: str) -> list[tuple[str, dict[str, Any]]]:
     return [("2ssp-refit", v) if isinstance(v, dict) else (str(v[0]), dict(v[1])) for v in parsed]
 
 
+def label(method: str, options: dict[str, Any]) -> str:
+    if method != "2ssp-refit":
+        return method
+    if not options:
+        return "**2ssp-refit (default)**"
+    return "2ssp-refit " + " ".join(f"`{k}={json.dumps(v).strip(chr(34))}`" for k, v in options.items())
+
+
+def table(lines: list[dict[str, Any]]) -> str:
+    """The Markdown table of held-out lines: rows in first-seen order, one column group per sparsity."""
+    sparsities = sorted({line["sparsity"] for line in lines})
+    rows: dict[tuple[str, str], dict[float, dict[str, Any]]] = {}
+    for line in lines:
+        key = (line["method"], json.dumps(line["options"], sort_keys=True))
+        rows.setdefault(key, {})[line["sparsity"]] = line
+    best = {s: min(line["held_out_ratio"] for line in lines if line["sparsity"] == s) for s in sparsities}
+    plain = {line["sparsity"]: line for line in lines if line["method"] == "2ssp"}
+    first = lines[0]
+    dense = " / ".join(f"{v['dense']:.2f}" for v in first["sets"].values())
+    out = ["| variant | " + " | ".join(f"{s * 100:g} %: C4 / WikiText-2 / PTB | held-out ×" for s in sparsities) + " |",
+           "|" + "---|" * (1 + 2 * len(sparsities)),
+           "| dense | " + " | ".join(f"{dense} | 1.000" for _ in sparsities) + " |"]
+    for (method, options), cells in rows.items():
+        parts = []
+        for s in sparsities:
+            line = cells.get(s)
+            if line is None:
+                parts += ["—", "—"]
+                continue
+            ppl = " / ".join(f"{v['pruned']:.2f}" for v in line["sets"].values())
+            removed = []
+            if line["removed_blocks"]:
+                removed.append(f"blocks {line['removed_blocks']}")
+            if line["removed_mlp"]:
+                removed.append(f"FFN {line['removed_mlp']}")
+            base = plain.get(s)
+            if line["removed_attention"] and (method != "2ssp-refit" or base is None
+                                              or line["removed_attention"] != base["removed_attention"]):
+                removed.append(f"attention {line['removed_attention']}")
+            if abs(line["achieved"] - s) > 0.01:
+                removed.append(f"{line['achieved']:.1%} achieved")
+            ratio = f"{line['held_out_ratio']:.3f}"
+            ratio = f"**{ratio}**" if line["held_out_ratio"] == best[s] else ratio
+            parts += [ppl + (f" ({'; '.join(removed)})" if removed else ""), ratio]
+        out.append(f"| {label(method, json.loads(options))} | " + " | ".join(parts) + " |")
+    return "\n".join(out) + "\n"
+
+
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["--table"] and len(argv) == 2:
+        print(table([json.loads(x) for x in Path(argv[1]).read_text().splitlines() if x.strip()]), end="")
+        return 0
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model")
     parser.add_argument("sparsities")

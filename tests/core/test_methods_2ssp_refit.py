@@ -186,6 +186,13 @@ def test_selection_keeps_the_neurons_a_refit_reproduces_the_output_from():
         assert len(chosen) == keep and not {0, 1} <= set(chosen)  # one of the two copies goes
     norms = top_k(a.norm(dim=0).float(), 9).tolist()
     assert 0 in norms and 1 in norms  # stage 1's choice keeps both
+    # more drops than refit.COMPACT_EVERY: the matrices are cut down on the way, the choice stays the greedy one
+    wide = torch.randn(400, 80, generator=generator, dtype=torch.float64)
+    target = wide @ torch.randn(80, 4, generator=generator, dtype=torch.float64)
+    target += torch.randn(400, 4, generator=generator, dtype=torch.float64)
+    assert 80 - 10 > refit.COMPACT_EVERY
+    assert refit.select_neurons(wide.T @ wide, wide.T @ target, 10, 1e-3).tolist() == sorted(
+        _greedy_selection(wide, target, 10, 1e-3))
 
 
 def _fold_error(a: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> float:

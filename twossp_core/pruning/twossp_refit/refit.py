@@ -63,6 +63,13 @@ class NormalEquations:
         gram = self.gram.index_select(0, index).index_select(1, index)
         return NormalEquations(gram, self.cross.index_select(0, index), self.target_sq.clone(), self.tokens)
 
+    def absorb(self, other: NormalEquations) -> None:
+        """Add another token set's statistics to these (in place)."""
+        self.gram += other.gram
+        self.cross += other.cross
+        self.target_sq += other.target_sq
+        self.tokens += other.tokens
+
     def minus(self, other: NormalEquations) -> NormalEquations:
         """The statistics of the tokens in `self` but not in `other` (a subset of them)."""
         return NormalEquations(self.gram - other.gram, self.cross - other.cross, self.target_sq - other.target_sq,
@@ -151,13 +158,18 @@ def solve(stats: NormalEquations, sliced: torch.Tensor, ridge: float) -> torch.T
     return solution.T
 
 
+COMPACT_EVERY = 64  # select_neurons drops the removed rows and columns physically after this many removals
+
+
 def select_neurons(gram: torch.Tensor, cross: torch.Tensor, keep: int, ridge: float) -> torch.Tensor:
     """The `keep` neurons (sorted indices) from which a least-squares refit best reproduces the target: greedy
     backward elimination on the normal equations of all n neurons (gram = A^T A, cross = A^T Y).
 
     With G = A^T A + lam I (lam = ridge x mean diag) and W = G^-1 A^T Y the ridge solution on the neurons left,
-    dropping neuron j and refitting the others raises ||Y - A W||^2 by ||W_j||^2 / (G^-1)_jj (the optimal brain
-    surgeon's cost of a whole row); the cheapest neuron goes, and G^-1 and W are updated in place (O(n^2) each)."""
+    dropping neuron j and refitting the others raises ||Y - A W||^2 + lam ||W||^2 by ||W_j||^2 / (G^-1)_jj (the
+    optimal brain surgeon's cost of a whole row); the cheapest neuron goes, and G^-1 and W are updated in place by
+    one rank-1 product each (the dropped row and column become zero; every `COMPACT_EVERY` drops they are cut out, so
+    the matrices shrink as neurons go)."""
     n = gram.shape[0]
     if keep >= n:
         return torch.arange(n, device=gram.device)
@@ -168,17 +180,25 @@ def select_neurons(gram: torch.Tensor, cross: torch.Tensor, keep: int, ridge: fl
     factor, info = torch.linalg.cholesky_ex(system)
     inverse = torch.cholesky_inverse(factor) if int(info) == 0 else torch.linalg.pinv(system, hermitian=True)
     weights = inverse @ cross
-    alive = torch.ones(n, dtype=torch.bool, device=gram.device)
-    for _ in range(n - keep):
+    held = torch.arange(n, device=gram.device)  # the original index of each row still in the matrices
+    dropped = torch.zeros(n, dtype=torch.bool, device=gram.device)
+    for step in range(1, n - keep + 1):
         cost = weights.square().sum(1) / inverse.diagonal()
-        cost = torch.where(alive, cost.nan_to_num(nan=float("inf")), float("inf"))
+        cost.masked_fill_(dropped | cost.isnan(), float("inf"))
         j = int(cost.argmin())
         column = inverse[:, j].clone()
-        pivot = column[j]
-        weights.sub_(torch.outer(column, weights[j]) / pivot)
-        inverse.sub_(torch.outer(column, column) / pivot)
-        alive[j] = False
-    return alive.nonzero().flatten()
+        row = weights[j].clone()
+        scale = -1.0 / float(column[j])
+        inverse.addr_(column, column, alpha=scale)
+        weights.addr_(column, row, alpha=scale)
+        dropped[j] = True
+        if step % COMPACT_EVERY == 0 or step == n - keep:
+            rest = ~dropped
+            inverse = inverse[rest][:, rest]
+            weights = weights[rest]
+            held = held[rest]
+            dropped = dropped[rest]
+    return held
 
 
 def shrinkage(folds: tuple[NormalEquations, NormalEquations], sliced: torch.Tensor, ridge: float) -> float:

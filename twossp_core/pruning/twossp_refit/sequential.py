@@ -52,9 +52,16 @@ class Counting:
     def statistics(
         self, width: int, hidden: int, device: torch.device
     ) -> tuple[NormalEquations, NormalEquations | None]:
-        """Empty statistics of all the counted windows and (with folds) of the odd ones."""
+        """Empty statistics of the counted windows (with folds: the even ones) and, with folds, of the odd ones."""
         odd = NormalEquations.zeros(width, hidden, device) if self.folds else None
         return NormalEquations.zeros(width, hidden, device), odd
+
+    @staticmethod
+    def total(stats: NormalEquations, odd: NormalEquations | None) -> tuple[NormalEquations, NormalEquations | None]:
+        """(all counted windows' statistics, the odd ones') from what `add` accumulated (`stats` becomes all)."""
+        if odd is not None:
+            stats.absorb(odd)
+        return stats, odd
 
     def skip(self, first: int, rows: int) -> int:
         """How many leading windows of a batch starting at window `first` (of `rows` windows) do not count."""
@@ -62,13 +69,18 @@ class Counting:
 
     def add(self, stats: NormalEquations, odd: NormalEquations | None, activation: torch.Tensor,
             target: torch.Tensor, first: int) -> None:
-        """Add a batch's counted windows (activation and target: windows first, window `first` first)."""
-        stats.add(activation, target)
-        if odd is not None:
-            rows = [r for r in range(activation.shape[0]) if (first + r) % 2 == 1]
-            if rows:
+        """Add a batch's counted windows (activation and target: windows first, window `first` first); with folds
+        the even windows go to `stats`, the odd ones to `odd` (`total` sums them)."""
+        if odd is None:
+            stats.add(activation, target)
+            return
+        for fold, parity in ((stats, 0), (odd, 1)):
+            rows = [r for r in range(activation.shape[0]) if (first + r) % 2 == parity]
+            if len(rows) == activation.shape[0]:
+                fold.add(activation, target)
+            elif rows:
                 index = torch.tensor(rows, device=activation.device)
-                odd.add(activation.index_select(0, index), target.index_select(0, index))
+                fold.add(activation.index_select(0, index), target.index_select(0, index))
 
 
 def capture_calls(adapter: ModelAdapter, windows: torch.Tensor, batch_size: int = 1) -> list[BatchState]:
@@ -348,7 +360,7 @@ def _full_width_statistics(
     finally:
         for h in handles:
             h.remove()
-    return (stats, odd), select_cross
+    return Counting.total(stats, odd), select_cross
 
 
 def _advance_dense(
@@ -427,7 +439,7 @@ def _block_statistics(
     finally:
         for h in handles:
             h.remove()
-    return (stats, odd), outputs, activations
+    return Counting.total(stats, odd), outputs, activations
 
 
 def _advance(layer: nn.Module, calls: list[BatchState], idx: int, states: list[torch.Tensor]) -> None:
