@@ -229,8 +229,8 @@ def _refit_states(shape: ModelShape, work: Workload) -> int:
     """What 2ssp-refit holds besides the weights (upper bounds: K is at most the FFN width)."""
     item = DTYPE_BYTES[work.dtype]
     states = work.refit_windows * work.seq_len * (3 * shape.hidden + shape.intermediate) * item
-    if work.refit_windows:  # one block's statistics over the full FFN width (the neuron selection's), twice (folds)
-        states += shape.intermediate * (2 * shape.intermediate + 3 * shape.hidden) * 8
+    if work.refit_windows:  # one block's full-width statistics (two folds) and the neuron selection's inverse
+        states += shape.intermediate * (4 * shape.intermediate + 4 * shape.hidden) * 8
     if work.refit_accumulators:
         states += shape.blocks * shape.intermediate * (shape.intermediate + shape.hidden) * 8
     return states

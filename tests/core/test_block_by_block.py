@@ -220,7 +220,7 @@ def test_2ssp_refit_plans_its_dense_copies_and_boundary_states(workdir):
     shape = model_shape(cfg)
     spec = _spec(workdir)
     states = spec.calibration_windows * spec.seq_len * (3 * shape.hidden + shape.intermediate) * 4
-    states += shape.intermediate * (2 * shape.intermediate + 3 * shape.hidden) * 8  # one block's statistics
+    states += shape.intermediate * (4 * shape.intermediate + 4 * shape.hidden) * 8  # one block's statistics
     # in memory: the weights, the copies of the dense blocks and the states at once (after the load's own peak)
     refit = spec_plan(_spec(workdir, execution="in-memory", method="2ssp-refit"), cfg, device="cpu")
     assert refit.host_peak >= refit.baseline + refit.weights + shape.blocks * refit.block + states

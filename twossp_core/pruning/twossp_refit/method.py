@@ -139,7 +139,8 @@ def _sequential_memory(
     block read at a time from the checkpoint, not counted), the hidden states at one block boundary for every
     calibration window (pruned and dense paths, plus, for the residual target without selection, the block's
     outputs and down-projection inputs) and one block's normal equations (with selection: over the full FFN width,
-    with the selection's cross products; with the cross-validated shrinkage, the odd windows' besides)."""
+    with the selection's cross products and, at its peak, two more width x width matrices and its weights; with the
+    cross-validated shrinkage, the odd windows' besides)."""
     hidden = int(ctx.adapter.config.hidden_size)
     param = next(ctx.adapter.model.parameters())
     tokens = int(ctx.calibration.numel())
@@ -151,7 +152,7 @@ def _sequential_memory(
         "boundary_states_bytes": tokens * hidden * param.element_size() * ((3 if stored else 2) if residual else 1),
         "activations_bytes": tokens * kept * param.element_size() if stored else 0,
         "accumulator_bytes": ((width * width + width * hidden + 1) * (2 if folds else 1)
-                              + (width * hidden if select else 0)) * 8,
+                              + (width * (2 * width + 2 * hidden) if select else 0)) * 8,
     }
 
 

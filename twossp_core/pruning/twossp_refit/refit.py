@@ -178,7 +178,13 @@ def select_neurons(gram: torch.Tensor, cross: torch.Tensor, keep: int, ridge: fl
         lam = torch.finfo(torch.float64).eps
     system = gram + lam * torch.eye(n, dtype=torch.float64, device=gram.device)
     factor, info = torch.linalg.cholesky_ex(system)
-    inverse = torch.cholesky_inverse(factor) if int(info) == 0 else torch.linalg.pinv(system, hermitian=True)
+    if int(info) == 0:
+        del system  # with the caller's two folds, at most four n x n matrices at once
+        inverse = torch.cholesky_inverse(factor)
+    else:  # not numerically positive definite
+        inverse = torch.linalg.pinv(system, hermitian=True)
+        del system
+    del factor
     weights = inverse @ cross
     held = torch.arange(n, device=gram.device)  # the original index of each row still in the matrices
     dropped = torch.zeros(n, dtype=torch.bool, device=gram.device)
