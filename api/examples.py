@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from twossp_core.export.registry import export_example, format_names
-from twossp_core.pruning.registry import method_example, method_names
+from twossp_core.plan.exports import export_example, format_names
+from twossp_core.plan.methods import method_example, method_names
 
 EXAMPLE_MODEL = "meta-llama/Llama-2-7b-hf"
 # a heal's options: the options are HealConfig's (docs/heal.md)

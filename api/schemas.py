@@ -1,4 +1,4 @@
-"""Response bodies of the HTTP API (request bodies: `twossp_core.spec.PruneSpec` or `SweepSpec`, see routes)."""
+"""Response bodies of the HTTP API (request bodies: `twossp_core.plan.spec.PruneSpec` or `SweepSpec`, see routes)."""
 
 from __future__ import annotations
 

@@ -145,8 +145,8 @@ def body(model: Path, text: Path, **overrides: Any) -> dict[str, Any]:
 
 
 def host_need(job: dict[str, Any]) -> int:
-    from twossp_core.memory import spec_plan
-    from twossp_core.spec import parse_spec
+    from twossp_core.plan.memory import spec_plan
+    from twossp_core.plan.spec import parse_spec
 
     config = json.loads((Path(job["model"]) / "config.json").read_text())
     return spec_plan(parse_spec(job), config, device="cpu").host_peak

@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from twossp_core.data.held_out import geometric_mean_ratio  # noqa: E402
-from twossp_core.spec import parse_spec  # noqa: E402
+from twossp_core.plan.spec import parse_spec  # noqa: E402
 
 ROWS = (("dense", "dense"), ("pruned", "pruned"), ("healed", "healed"), ("dense healed (control)", "dense_healed"))
 

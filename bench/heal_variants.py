@@ -23,10 +23,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.refit_variants import protocol  # noqa: E402
-from twossp_core.heal.config import HealConfig  # noqa: E402
 from twossp_core.pipeline import heal_pruned, measure_pruned, prepare, prune_model  # noqa: E402
+from twossp_core.plan.heal_config import HealConfig  # noqa: E402
+from twossp_core.plan.spec import PruneSpec  # noqa: E402
 from twossp_core.progress import Reporter  # noqa: E402
-from twossp_core.spec import PruneSpec  # noqa: E402
 
 
 def main(argv: list[str]) -> int:

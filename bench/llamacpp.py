@@ -31,13 +31,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from models import SPECS, build_model, calibration_windows, data_dir  # noqa: E402
 from run import machine  # noqa: E402
 
-from twossp_core.cli import option_value  # noqa: E402
+from twossp_core.cli.options import option_value  # noqa: E402
 from twossp_core.evaluation.llamacpp import gguf_speed  # noqa: E402
 from twossp_core.export.gguf import GGUF_FILE  # noqa: E402
 from twossp_core.export.registry import run_export  # noqa: E402
 from twossp_core.models.registry import adapter_for  # noqa: E402
+from twossp_core.plan.methods import method_config  # noqa: E402
 from twossp_core.pruning.base import PruneContext  # noqa: E402
-from twossp_core.pruning.registry import method_class, method_config  # noqa: E402
+from twossp_core.pruning.registry import method_class  # noqa: E402
 
 SPARSITIES = (0.25, 0.375, 0.5)
 RESULTS = Path(__file__).resolve().parent / "results"

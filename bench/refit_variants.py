@@ -40,8 +40,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from twossp_core.pipeline import measure_pruned, prepare, prune_model  # noqa: E402
+from twossp_core.plan.spec import PruneSpec  # noqa: E402
 from twossp_core.progress import Reporter  # noqa: E402
-from twossp_core.spec import PruneSpec  # noqa: E402
 
 HELD_OUT_EVAL_WINDOWS = 20
 

@@ -26,8 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from models import SPECS, BenchModel, build_model  # noqa: E402
 
 from twossp_core.models.registry import adapter_for  # noqa: E402
+from twossp_core.plan.methods import method_config  # noqa: E402
 from twossp_core.pruning.base import PruneContext  # noqa: E402
-from twossp_core.pruning.registry import method_class, method_config  # noqa: E402
+from twossp_core.pruning.registry import method_class  # noqa: E402
 
 
 def main() -> None:

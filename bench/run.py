@@ -36,8 +36,9 @@ from models import FULL, QUICK, BenchModel, build_model, calibration_windows  # 
 from reference import straightforward_neuron_scores  # noqa: E402
 
 from twossp_core.models.registry import adapter_for  # noqa: E402
+from twossp_core.plan.methods import METHODS, method_config  # noqa: E402
 from twossp_core.pruning.base import PruneContext  # noqa: E402
-from twossp_core.pruning.registry import METHODS, method_class, method_config  # noqa: E402
+from twossp_core.pruning.registry import method_class  # noqa: E402
 from twossp_core.pruning.twossp import stage1, stage2  # noqa: E402
 from twossp_core.pruning.twossp.config import TwoSSPConfig  # noqa: E402
 from twossp_core.pruning.twossp.method import SCORES_CACHE_KEY, TwoSSP  # noqa: E402

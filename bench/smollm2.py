@@ -76,8 +76,8 @@ def main() -> None:
                         "--device", "cpu", "--export", "gguf", "--export-option", "type=f32", "--out", str(out))
         from twossp_core.data.windows import load_windows
         from twossp_core.evaluation.llamacpp import gguf_perplexity
+        from twossp_core.plan.sources import DataSource
         from twossp_core.runtime.loading import load_model
-        from twossp_core.spec import DataSource
 
         _, tokenizer = load_model(str(model), device="cpu")
         rows = []

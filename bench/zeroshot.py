@@ -52,13 +52,13 @@ def main() -> None:
     from lm_eval.models.huggingface import HFLM
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from twossp_core.evaluation.zeroshot import parse_tasks
     from twossp_core.evaluation.zeroshot.evaluate import prepare_tasks
     from twossp_core.evaluation.zeroshot.metrics import accuracies
     from twossp_core.evaluation.zeroshot.reference import hellaswag_rows_from_extraction
     from twossp_core.evaluation.zeroshot.scoring import Encoder, item_segments, loglikelihoods, max_length
     from twossp_core.evaluation.zeroshot.sources import TaskData, using_task_data
     from twossp_core.models.registry import adapter_for
+    from twossp_core.plan.tasks import parse_tasks
 
     tasks = parse_tasks(args.tasks)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).to(args.device).eval()

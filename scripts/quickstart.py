@@ -95,7 +95,7 @@ def main() -> int:
                 return 1
 
         from api.client import download_artifact
-        from twossp_core.cli import format_summary
+        from twossp_core.cli.summary import format_summary
 
         dest = Path(args.workdir) / "downloads" / job["id"]
         model_dir = download_artifact(api, key, job["id"], dest)

@@ -2,7 +2,7 @@
 
 A worker class is one Celery queue and what its workers advertise: the device their jobs compute on and the
 memory they offer (`service/workers.py`). A job goes to the smallest class whose memory holds the job's plan
-(`twossp_core.memory.spec_plan`: the mode the job will run in given its budgets, so a budgeted job that runs
+(`twossp_core.plan.memory.spec_plan`: the mode the job will run in given its budgets, so a budgeted job that runs
 block by block needs far less than the same model in memory). With `device: auto` GPU classes come first.
 When no class holds the job as it asks and it leaves its budgets unset (`execution: auto`), the smallest class
 where it fits block by block takes it, with that class's memory written into the job as its budgets (so the
@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from twossp_core.errors import InvalidSpec
-from twossp_core.memory import MemoryPlan, format_size, spec_plan
+from twossp_core.plan.memory import MemoryPlan, spec_plan
+from twossp_core.plan.sizes import format_size
 
 
 @dataclass(frozen=True)

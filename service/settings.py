@@ -69,7 +69,7 @@ class Settings(BaseSettings):
         5.0, ge=0, description="cache key lookups this long (a revoked key keeps working that much longer)"
     )
     max_active_jobs_per_user: int = Field(100, ge=1, description="queued + running jobs a user may have")
-    # planned cost (twossp_core.cost: tokens through the model): defaults that the 2-core test machine finishes in
+    # planned cost (twossp_core.plan.cost: tokens through the model): defaults that the 2-core test machine finishes in
     # under an hour with the larger test model (c4llama-8l, 2.1 M parameters; docs/service.md)
     max_job_tokens: int = Field(
         40_000_000, ge=1, description="planned work of one job in tokens through the model (calibration, every "
@@ -179,7 +179,7 @@ class Settings(BaseSettings):
         if value is None or value == "":
             return None
         from twossp_core.errors import InvalidSpec
-        from twossp_core.memory import parse_size
+        from twossp_core.plan.sizes import parse_size
 
         try:
             return parse_size(value)

@@ -28,19 +28,20 @@ from twossp_core.evaluation.perplexity import perplexity
 from twossp_core.evaluation.throughput import Throughput, forward_throughput, measure_throughput
 from twossp_core.evaluation.throughput_check import unreliable_reasons
 from twossp_core.gguf_source import model_source
-from twossp_core.memory import MemoryPlan
 from twossp_core.models.base import ModelAdapter
 from twossp_core.models.registry import adapter_for
+from twossp_core.plan.memory import MemoryPlan
+from twossp_core.plan.methods import method_config
+from twossp_core.plan.spec import DEFAULT_SEQ_LEN, JobSpecBase, PruneSpec
 from twossp_core.preflight import check_data, check_local_model, check_model
 from twossp_core.progress import CancelFn, PrefixReporter, ProgressFn, Reporter
 from twossp_core.pruning.base import PruneContext, PruneOutcome
-from twossp_core.pruning.registry import method_class, method_config
+from twossp_core.pruning.registry import method_class
 from twossp_core.runtime.hub import require_hub_datasets
 from twossp_core.runtime.loading import load_model
 from twossp_core.runtime.modes import job_plan, load_for_plan, memory_report
 from twossp_core.runtime.offload import is_offloaded, offloader_of
 from twossp_core.runtime.peaks import PeakMeter
-from twossp_core.spec import DEFAULT_SEQ_LEN, JobSpecBase, PruneSpec
 
 REPORT_FILE = "report.json"
 EVAL_BATCH = 4  # windows per evaluation forward pass
@@ -364,7 +365,7 @@ def heal_control(ws: Workspace, reporter: Reporter) -> HealRun:
     judged against what the same heal does to the model it was pruned from. Run once per workspace, before
     anything is pruned (a sweep's runs share it: it does not depend on the method), under the stages
     `control/...`; the random state is restored afterwards, so the pruning is the same with or without it."""
-    from twossp_core.stages import CONTROL
+    from twossp_core.plan.stages import CONTROL
 
     if ws.control is not None:
         return ws.control

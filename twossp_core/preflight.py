@@ -15,14 +15,15 @@ from pathlib import Path
 from twossp_core.data.sources import check_txt_range
 from twossp_core.errors import DataError, InvalidSpec, ModelNotFound
 from twossp_core.export.compact_config import to_base
-from twossp_core.export.registry import check_family, check_ffn_width
 from twossp_core.gguf_source import gguf_file_of, local_gguf_config
 from twossp_core.local_inputs import UnusablePath, local_path, stat_path
-from twossp_core.memory import spec_plan
 from twossp_core.models.counts import block_counts
 from twossp_core.models.registry import check_supported
-from twossp_core.pruning.registry import method_preflight
-from twossp_core.spec import DataSource, PruneSpec
+from twossp_core.plan.exports import check_family, check_ffn_width
+from twossp_core.plan.memory import spec_plan
+from twossp_core.plan.methods import method_preflight
+from twossp_core.plan.sources import DataSource
+from twossp_core.plan.spec import PruneSpec
 
 MAX_CONFIG_BYTES = 16 * 2**20  # a config.json larger than this is not read
 # `name` or `org/name`: letters, digits, `-`, `_`, `.`; no `--`/`..` runs, at most 96 characters per part

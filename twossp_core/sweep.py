@@ -31,10 +31,10 @@ from twossp_core.pipeline import (
     write_json_atomic,
     write_loss_plot,
 )
+from twossp_core.plan.spec import SweepSpec
+from twossp_core.plan.stages import run_prefix
 from twossp_core.progress import CancelFn, PrefixReporter, ProgressFn, Reporter
 from twossp_core.report_table import comparison_markdown, plot_comparison
-from twossp_core.spec import SweepSpec
-from twossp_core.stages import run_prefix
 
 COMPARISON_JSON = "comparison.json"
 COMPARISON_MD = "comparison.md"

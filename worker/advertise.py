@@ -29,7 +29,7 @@ import psutil
 from service.db.session import Database
 from service.settings import Settings
 from service.workers import Advertisement, Capacity, advertise, withdraw
-from twossp_core.memory import format_size
+from twossp_core.plan.sizes import format_size
 
 log = logging.getLogger(__name__)
 GPU_PROBE = (

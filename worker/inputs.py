@@ -127,7 +127,7 @@ class PinnedInputs:
 def pinned_inputs(spec: dict[str, Any], roots: list[Path], directory: Path) -> Iterator[PinnedInputs]:
     """Open and check the job's local model (a directory or a GGUF file) and data files (PathRefused if one is not
     allowed); they stay open, and readable through `redirects`, until the block ends."""
-    from twossp_core.spec import DataSource
+    from twossp_core.plan.sources import DataSource
 
     pinned = PinnedInputs(directory, roots)
     try:

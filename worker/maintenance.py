@@ -33,8 +33,8 @@ from service.settings import Settings
 from service.store import ArtifactStore
 from service.workers import worker_classes
 from twossp_core.errors import TwosspError
+from twossp_core.plan.spec import parse_spec, parse_sweep_spec
 from twossp_core.preflight import local_config
-from twossp_core.spec import parse_spec, parse_sweep_spec
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Turning pipeline stage callbacks into an overall percent, per-stage timings and stage marks.
 
-The stages and their weights come from the core (`twossp_core.stages`: the pipeline's own, each method's from
+The stages and their weights come from the core (`twossp_core.plan.stages`: the pipeline's own, each method's from
 the method registry); the service adds its upload. Percent only ever grows: a stage the plan does not know
 (an older plan, a method that reports more than it declared) keeps the percent where it was.
 """
@@ -15,7 +15,7 @@ from typing import Any
 
 from service.db.models import JobKind
 from service.records import StageMark
-from twossp_core.stages import Stage
+from twossp_core.plan.declarations import Stage
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +24,8 @@ UPLOAD = Stage("upload", 5)  # the service's own last stage: the output to the a
 
 def job_stages(kind: str, spec: dict[str, Any]) -> list[Stage]:
     """The stage plan of a job (its validated spec as stored on the row), upload included."""
-    from twossp_core.spec import parse_spec, parse_sweep_spec
-    from twossp_core.stages import prune_stages, sweep_stages
+    from twossp_core.plan.spec import parse_spec, parse_sweep_spec
+    from twossp_core.plan.stages import prune_stages, sweep_stages
 
     if kind == JobKind.sweep.value:
         return [*sweep_stages(parse_sweep_spec(spec)), UPLOAD]

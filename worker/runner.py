@@ -36,7 +36,7 @@ from service.store import ArtifactStore, make_store
 from service.workers import Capacity
 from twossp_core.evaluation.zeroshot.sources import TaskData, using_task_data
 from twossp_core.local_inputs import redirected
-from twossp_core.stages import Stage
+from twossp_core.plan.declarations import Stage
 from worker.inputs import pinned_inputs
 from worker.progress import ProgressTracker, job_stages
 
@@ -298,7 +298,7 @@ class JobRunner:
 
             torch.set_num_threads(self.settings.torch_threads)
         from twossp_core.pipeline import REPORT_FILE, run_prune, write_json_atomic
-        from twossp_core.spec import parse_spec, parse_sweep_spec
+        from twossp_core.plan.spec import parse_spec, parse_sweep_spec
         from twossp_core.sweep import SWEEP_JSON, run_sweep
 
         sweep = claim.kind == JobKind.sweep.value

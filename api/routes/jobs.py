@@ -15,7 +15,7 @@ from api.errors import Conflict, InputRejected
 from api.schemas import JobEventOut, JobEventPage, JobOut, JobPage, PresignedArtifact, PresignedFile
 from api.services import jobs as service
 from service.db.models import JobKind, JobState
-from twossp_core.spec import PruneSpec, SweepSpec
+from twossp_core.plan.spec import PruneSpec, SweepSpec
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 MAX_OFFSET = 1_000_000_000

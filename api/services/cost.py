@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from api.errors import InputRejected
 from service.settings import Settings
-from twossp_core.cost import Cost, plan_cost
+from twossp_core.plan.cost import Cost, plan_cost
+from twossp_core.plan.spec import JobSpecBase
 from twossp_core.preflight import local_config
-from twossp_core.spec import JobSpecBase
 
 
 def check_cost(spec: JobSpecBase, settings: Settings) -> Cost:
-    """The job's plan (twossp_core.cost); InputRejected naming the limit and the request's figure when it is over."""
+    """The job's plan (twossp_core.plan.cost); InputRejected naming the limit and the request's figure when it is
+    over."""
     cost = plan_cost(spec, local_config(spec.model, relative_paths=False))
     pruning = spec.pruning()
     if cost.runs > settings.max_sweep_runs:

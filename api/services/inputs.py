@@ -15,8 +15,9 @@ from service.settings import Settings
 from twossp_core.errors import InfeasibleTarget, ModelNotFound
 from twossp_core.gguf_source import gguf_file_of, is_gguf_name
 from twossp_core.local_inputs import UnusablePath, stat_path
+from twossp_core.plan.sources import DataSource
+from twossp_core.plan.spec import PruneSpec, SweepSpec, parse_spec, parse_sweep_spec
 from twossp_core.preflight import is_hub_id, looks_local
-from twossp_core.spec import DataSource, PruneSpec, SweepSpec, parse_spec, parse_sweep_spec
 
 JobSpec = PruneSpec | SweepSpec
 

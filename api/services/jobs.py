@@ -23,8 +23,8 @@ from service.db.models import Job, JobEvent, JobKind, JobState, User
 from service.routing import NoWorkerFits, Route, choose_queue
 from service.settings import Settings
 from service.workers import worker_classes
+from twossp_core.plan.spec import PruneSpec
 from twossp_core.preflight import local_config
-from twossp_core.spec import PruneSpec
 
 log = logging.getLogger(__name__)
 _SQLITE_SUBMIT_LOCK = threading.Lock()

@@ -13,7 +13,7 @@ from typing import Any
 
 from api import examples as ex
 from twossp_core.errors import InfeasibleTarget, ModelNotFound, UnsupportedModel
-from twossp_core.pruning.registry import METHODS
+from twossp_core.plan.methods import METHODS
 
 LINE_LISTS = ("calibration", "eval")
 TEXT_FIELDS = ("model", "doc_separator", "seq_len", "calibration_windows", "eval_windows", "seed", "export", "dtype")

@@ -31,7 +31,7 @@ from api.services import jobs as service
 from api.ui import auth, charts, forms, views
 from service.db.models import TERMINAL_STATES, Job, JobState
 from twossp_core.errors import TwosspError
-from twossp_core.export.registry import format_names
+from twossp_core.plan.exports import format_names
 
 HERE = Path(__file__).parent
 PAGE_SIZE = 50

@@ -134,7 +134,7 @@ class Job(Base):
     worker_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     time_limit_s: Mapped[float] = mapped_column(Float)
-    # the planned work (twossp_core.cost: tokens through the model), counted against the owner's quota; null for
+    # the planned work (twossp_core.plan.cost: tokens through the model), counted against the owner's quota; null for
     # jobs submitted before it was recorded
     planned_tokens: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 

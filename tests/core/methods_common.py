@@ -17,8 +17,9 @@ from tiny_models import tiny_model, tokenizer_for  # noqa: E402
 from twossp_core.export.load import load_pruned  # noqa: E402
 from twossp_core.export.save import save_pruned  # noqa: E402
 from twossp_core.models.registry import adapter_for  # noqa: E402
+from twossp_core.plan.methods import method_config  # noqa: E402
 from twossp_core.pruning.base import PruneContext, PruneOutcome  # noqa: E402
-from twossp_core.pruning.registry import method_class, method_config  # noqa: E402
+from twossp_core.pruning.registry import method_class  # noqa: E402
 
 VOCAB = 96
 
@@ -84,8 +85,8 @@ def stories_workspace(model_dir: str, text: str) -> Any:
     """The real-data protocol (calibration stories 0..500, 32 windows; evaluation stories 500..1000, capped at
     24 windows to keep the tests short), prepared once per test session."""
     from twossp_core.pipeline import prepare
+    from twossp_core.plan.spec import parse_spec
     from twossp_core.progress import Reporter
-    from twossp_core.spec import parse_spec
 
     spec = parse_spec({
         "model": model_dir, "sparsity": 0.5, "calibration": [f"{text}:0:500"], "eval": [f"{text}:500:1000"],

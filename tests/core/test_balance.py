@@ -47,7 +47,7 @@ def test_rounding_stays_within_one_multiple_and_the_ffn():
 
 
 def test_the_method_rounds_to_eight_by_default():
-    from twossp_core.pruning.registry import method_config
+    from twossp_core.plan.methods import method_config
 
     assert method_config("2ssp", {}).round_to == 8
 

@@ -14,17 +14,18 @@ from safetensors.torch import load_file
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tiny_models import tiny_workdir  # noqa: E402
 
-from twossp_core.cli import main  # noqa: E402
+from twossp_core.cli.main import main  # noqa: E402
 from twossp_core.errors import InvalidSpec  # noqa: E402
 from twossp_core.evaluation.perplexity import perplexity  # noqa: E402
 from twossp_core.export.streamed import INDEX_FILE, write_weights_by_block  # noqa: E402
 from twossp_core.models.registry import adapter_for  # noqa: E402
 from twossp_core.pipeline import run_prune  # noqa: E402
+from twossp_core.plan.methods import method_config  # noqa: E402
+from twossp_core.plan.spec import parse_spec  # noqa: E402
 from twossp_core.pruning.base import PruneContext  # noqa: E402
-from twossp_core.pruning.registry import method_class, method_config  # noqa: E402
+from twossp_core.pruning.registry import method_class  # noqa: E402
 from twossp_core.runtime.loading import load_model  # noqa: E402
 from twossp_core.runtime.offload import load_block_by_block, offloader_of  # noqa: E402
-from twossp_core.spec import parse_spec  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -214,7 +215,8 @@ def test_depth_methods_read_each_block_once_per_pass(models, method):
 
 
 def test_2ssp_refit_plans_its_dense_copies_and_boundary_states(workdir):
-    from twossp_core.memory import model_shape, spec_plan
+    from twossp_core.plan.memory import spec_plan
+    from twossp_core.plan.shape import model_shape
 
     cfg = json.loads((workdir / "model" / "config.json").read_text())
     shape = model_shape(cfg)

@@ -21,9 +21,9 @@ from twossp_core.export.registry import run_export  # noqa: E402
 from twossp_core.export.streamed import INDEX_FILE  # noqa: E402
 from twossp_core.models.registry import adapter_for  # noqa: E402
 from twossp_core.pipeline import run_prune  # noqa: E402
+from twossp_core.plan.spec import parse_spec  # noqa: E402
 from twossp_core.runtime.loading import load_model  # noqa: E402
 from twossp_core.runtime.offload import editing_block, load_block_by_block, offloader_of  # noqa: E402
-from twossp_core.spec import parse_spec  # noqa: E402
 
 MODES = ("in-memory", "block-by-block")
 STORIES_TEXT = ("text", "tinystories-val-1000.txt")
@@ -248,8 +248,8 @@ def saved_compact(tmp_path_factory) -> Path:
 def test_twossp_export_of_a_saved_directory_block_by_block(saved_compact, tmp_path, fmt, capsys):
     """`twossp export` reads a saved directory one block at a time when told to, or when it does not fit
     --max-host-memory: the files are the in-memory export's; a budget below even that is refused in one line."""
-    from twossp_core.cli import main
-    from twossp_core.export_cli import export_plan
+    from twossp_core.cli.main import main
+    from twossp_core.plan.export_memory import export_plan
     from twossp_core.runtime.modes import RUNTIME_ALLOWANCE
     from twossp_core.runtime.offload import block_prefix
     from twossp_core.runtime.peaks import current_rss
@@ -282,9 +282,10 @@ def test_export_plan_finds_the_blocks_where_the_adapter_keeps_them(saved_compact
     """The export plan sums each decoder block's tensors under the checkpoint prefix the family's adapter names: its
     largest block and its resident tensors are those of the loaded model; a block-by-block export reads the
     safetensors headers once."""
-    from twossp_core.cli import main
+    from twossp_core.cli.export import stored_dtype
+    from twossp_core.cli.main import main
     from twossp_core.export.load import load_pruned
-    from twossp_core.export_cli import export_plan, stored_dtype
+    from twossp_core.plan.export_memory import export_plan
     from twossp_core.runtime import tensor_files
     from twossp_core.runtime.offload import block_prefix
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from twossp_core.cli import main
+from twossp_core.cli.main import main
 from twossp_core.errors import InvalidSpec
+from twossp_core.plan.spec import parse_spec, parse_sweep_spec
 from twossp_core.preflight import check_model
-from twossp_core.spec import parse_spec, parse_sweep_spec
 
 
 def _error(capsys: pytest.CaptureFixture[str], *argv: str) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from twossp_core.cli import main
+from twossp_core.cli.main import main
 
 REPORT_KEYS = {
     "method", "sparsity_target", "sparsity_achieved", "removed_attention", "kept_ffn_neurons", "params",
@@ -208,7 +208,7 @@ def test_unknown_model_and_busy_out_dir(tmp_path, capsys, stories_model, stories
 
 
 def test_summary_names_every_kind_of_removal():
-    from twossp_core.cli import format_summary
+    from twossp_core.cli.summary import format_summary
 
     report = {
         "method": "blockpruner", "sparsity_target": 0.5, "sparsity_achieved": 0.5,

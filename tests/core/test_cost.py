@@ -1,11 +1,11 @@
-"""A job's planned work (twossp_core/cost.py): what a service limits before queueing."""
+"""A job's planned work (twossp_core/plan/cost.py): what a service limits before queueing."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from twossp_core.cost import HUB_EVAL_BYTES, plan_cost
-from twossp_core.spec import parse_spec, parse_sweep_spec
+from twossp_core.plan.cost import HUB_EVAL_BYTES, plan_cost
+from twossp_core.plan.spec import parse_spec, parse_sweep_spec
 
 
 def test_a_prune_plans_calibration_and_two_evaluations(tmp_path: Path) -> None:

@@ -14,7 +14,8 @@ from tiny_models import tokenizer_for  # noqa: E402
 from twossp_core.data.sources import iter_documents  # noqa: E402
 from twossp_core.data.windows import JOINER, load_windows, tokenize  # noqa: E402
 from twossp_core.errors import DataError, InvalidSpec  # noqa: E402
-from twossp_core.spec import DataSource, parse_spec  # noqa: E402
+from twossp_core.plan.sources import DataSource  # noqa: E402
+from twossp_core.plan.spec import parse_spec  # noqa: E402
 
 
 @pytest.mark.parametrize(

@@ -18,8 +18,9 @@ from twossp_core.data.windows import load_windows  # noqa: E402
 from twossp_core.export.gguf import GGUF_FILE  # noqa: E402
 from twossp_core.export.registry import run_export  # noqa: E402
 from twossp_core.pipeline import run_prune  # noqa: E402
+from twossp_core.plan.sources import DataSource  # noqa: E402
+from twossp_core.plan.spec import parse_spec  # noqa: E402
 from twossp_core.runtime.loading import load_model  # noqa: E402
-from twossp_core.spec import DataSource, parse_spec  # noqa: E402
 
 
 def _llama_cpp():

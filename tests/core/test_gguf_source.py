@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conftest import require_data  # noqa: E402
 
-from twossp_core.cli import main  # noqa: E402
+from twossp_core.cli.main import main  # noqa: E402
 from twossp_core.data.windows import load_windows  # noqa: E402
 from twossp_core.errors import ModelNotFound, UnsupportedModel  # noqa: E402
 from twossp_core.export.gguf import write_gguf  # noqa: E402
@@ -32,11 +32,13 @@ from twossp_core.gguf_source import (  # noqa: E402
     gguf_file_of,
     read_header,
 )
-from twossp_core.memory import DTYPE_BYTES, load_bytes, model_shape  # noqa: E402
 from twossp_core.pipeline import run_prune  # noqa: E402
+from twossp_core.plan.memory import DTYPE_BYTES, load_bytes  # noqa: E402
+from twossp_core.plan.shape import model_shape  # noqa: E402
+from twossp_core.plan.sources import DataSource  # noqa: E402
+from twossp_core.plan.spec import parse_spec  # noqa: E402
 from twossp_core.preflight import local_config  # noqa: E402
 from twossp_core.runtime.loading import load_model  # noqa: E402
-from twossp_core.spec import DataSource, parse_spec  # noqa: E402
 
 C4 = ("text", "c4-validation-2k.jsonl")
 SEQ_LEN, WINDOWS = 128, 2

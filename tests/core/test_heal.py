@@ -11,14 +11,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from twossp_core.cli import main
+from twossp_core.cli.main import main
 from twossp_core.errors import Cancelled
 from twossp_core.evaluation.perplexity import perplexity
 from twossp_core.export.load import load_pruned
 from twossp_core.models.registry import adapter_for
 from twossp_core.pipeline import heal_pruned, measure_pruned, prepare, prune_model, run_prune
+from twossp_core.plan.spec import parse_spec, parse_sweep_spec
 from twossp_core.progress import Reporter
-from twossp_core.spec import parse_spec, parse_sweep_spec
 from twossp_core.sweep import run_sweep
 
 FEW_STEPS = {"steps": 12, "batch_size": 4, "seq_len": 128, "lr": 3e-3}
@@ -132,7 +132,7 @@ def _plain_perplexity(model, windows: torch.Tensor) -> float:
 
 def _eval_windows(stories_text, tokenizer):
     from twossp_core.data.windows import load_windows
-    from twossp_core.spec import DataSource
+    from twossp_core.plan.sources import DataSource
 
     return load_windows(DataSource.parse(f"{stories_text}:500:1000"), tokenizer, seq_len=256, role="eval",
                         doc_separator="<|endoftext|>", max_windows=24)

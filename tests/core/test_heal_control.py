@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from twossp_core.cli import main
+from twossp_core.cli.main import main
 from twossp_core.heal.data import load_stream
 from twossp_core.heal.loop import heal
 from twossp_core.models.registry import adapter_for
 from twossp_core.pipeline import evaluate_perplexity, prepare, run_prune
+from twossp_core.plan.spec import parse_spec, parse_sweep_spec
+from twossp_core.plan.stages import prune_stages, sweep_stages
 from twossp_core.progress import Reporter
-from twossp_core.spec import parse_spec, parse_sweep_spec
-from twossp_core.stages import prune_stages, sweep_stages
 from twossp_core.sweep import run_sweep
 
 HEAL = {"steps": 6, "batch_size": 4, "seq_len": 128}

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from twossp_core.errors import InvalidSpec
-from twossp_core.memory import format_size, spec_plan
-from twossp_core.spec import parse_spec, parse_sweep_spec
+from twossp_core.plan.memory import spec_plan
+from twossp_core.plan.sizes import format_size
+from twossp_core.plan.spec import parse_spec, parse_sweep_spec
 
 LLAMA_7B = {
     "model_type": "llama", "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,

@@ -13,8 +13,9 @@ from tiny_models import tiny_workdir  # noqa: E402
 
 from twossp_core.data.held_out import domain_of, geometric_mean_ratio, held_out_summary  # noqa: E402
 from twossp_core.pipeline import run_prune  # noqa: E402
+from twossp_core.plan.sources import DataSource  # noqa: E402
+from twossp_core.plan.spec import parse_spec  # noqa: E402
 from twossp_core.report_table import comparison_markdown  # noqa: E402
-from twossp_core.spec import DataSource, parse_spec  # noqa: E402
 from twossp_core.sweep import comparison_row  # noqa: E402
 
 

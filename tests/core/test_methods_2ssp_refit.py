@@ -12,10 +12,10 @@ import torch
 from methods_common import assert_reloads_equal, calibration, ppl, prune, prune_stories, stories_workspace
 from tiny_models import FAMILIES, tiny_model, tiny_workdir
 
-from twossp_core.cli import main
+from twossp_core.cli.main import main
 from twossp_core.errors import InvalidSpec
 from twossp_core.models.registry import adapter_for
-from twossp_core.pruning.registry import method_config, method_entry
+from twossp_core.plan.methods import method_config, method_entry
 from twossp_core.pruning.twossp import stage1
 from twossp_core.pruning.twossp.scores import top_k
 from twossp_core.pruning.twossp_refit import refit
@@ -506,7 +506,7 @@ def test_cli_prunes_with_refit_and_the_portable_export_reloads(tmp_path, capsys)
 
 
 def test_sweep_shares_stage1_scores_with_2ssp(tmp_path, monkeypatch):
-    from twossp_core.spec import parse_sweep_spec
+    from twossp_core.plan.spec import parse_sweep_spec
     from twossp_core.sweep import run_sweep
 
     calls = []

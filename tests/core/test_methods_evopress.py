@@ -13,9 +13,9 @@ from tiny_models import tiny_model
 
 from twossp_core.errors import InvalidSpec
 from twossp_core.models.registry import adapter_for
+from twossp_core.plan.methods import method_config
 from twossp_core.pruning.evopress.method import DenseReference, candidate_kl
 from twossp_core.pruning.evopress.search import default_generations, evolve, mutate, plan_counts, random_genome
-from twossp_core.pruning.registry import method_config
 
 # calibration() windows are 32 tokens: selection on 1 then all 4 windows
 SMALL = {"generations": 4, "offspring": 4, "initial_candidates": 4, "initial_tokens": 32,

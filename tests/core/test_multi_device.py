@@ -16,15 +16,16 @@ from tiny_models import tiny_workdir  # noqa: E402
 
 from twossp_core.errors import InvalidSpec  # noqa: E402
 from twossp_core.evaluation.perplexity import perplexity  # noqa: E402
-from twossp_core.memory import Workload, plan_memory  # noqa: E402
 from twossp_core.models.registry import adapter_for  # noqa: E402
 from twossp_core.pipeline import run_prune  # noqa: E402
+from twossp_core.plan.memory import Workload, plan_memory  # noqa: E402
+from twossp_core.plan.methods import method_config  # noqa: E402
+from twossp_core.plan.spec import parse_spec  # noqa: E402
 from twossp_core.pruning.base import PruneContext  # noqa: E402
-from twossp_core.pruning.registry import method_class, method_config  # noqa: E402
+from twossp_core.pruning.registry import method_class  # noqa: E402
 from twossp_core.runtime.dispatch import device_map, is_dispatched, load_multi_device  # noqa: E402
 from twossp_core.runtime.loading import empty_model, load_config, load_model, resolve_dtype  # noqa: E402
 from twossp_core.runtime.modes import model_config_dict  # noqa: E402
-from twossp_core.spec import parse_spec  # noqa: E402
 
 EVOPRESS = {"generations": 2, "offspring": 4, "initial_candidates": 4, "initial_tokens": 16,
             "selection_tokens": [16, 32], "selection_survivors": [2, 1]}

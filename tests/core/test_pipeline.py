@@ -17,10 +17,10 @@ from twossp_core.errors import Cancelled  # noqa: E402
 from twossp_core.export.load import load_pruned  # noqa: E402
 from twossp_core.export.save import save_pruned  # noqa: E402
 from twossp_core.pipeline import prepare, prune_model, run_prune  # noqa: E402
+from twossp_core.plan.methods import method_names  # noqa: E402
+from twossp_core.plan.spec import parse_spec  # noqa: E402
+from twossp_core.plan.stages import prune_stages  # noqa: E402
 from twossp_core.progress import Reporter  # noqa: E402
-from twossp_core.pruning.registry import method_names  # noqa: E402
-from twossp_core.spec import parse_spec  # noqa: E402
-from twossp_core.stages import prune_stages  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 
 from twossp_core.errors import InvalidSpec
-from twossp_core.memory import Workload, choose_mode, model_parts, model_shape, plan_memory, spec_plan
-from twossp_core.placement import Part, check_multi_device, place
-from twossp_core.spec import parse_spec
+from twossp_core.plan.memory import Workload, choose_mode, model_parts, plan_memory, spec_plan
+from twossp_core.plan.placement import Part, check_multi_device, place
+from twossp_core.plan.shape import model_shape
+from twossp_core.plan.spec import parse_spec
 
 GB = 10**9
 LLAMA_70B = {"model_type": "llama", "hidden_size": 8192, "intermediate_size": 28672, "num_hidden_layers": 80,

@@ -15,9 +15,9 @@ from tiny_models import FAMILIES, save_tiny, tiny_model  # noqa: E402
 from twossp_core.errors import DataError, InfeasibleTarget, ModelNotFound, UnsupportedModel  # noqa: E402
 from twossp_core.models.counts import block_counts  # noqa: E402
 from twossp_core.models.registry import adapter_for  # noqa: E402
+from twossp_core.plan.methods import method_preflight  # noqa: E402
+from twossp_core.plan.spec import parse_spec  # noqa: E402
 from twossp_core.preflight import check_model  # noqa: E402
-from twossp_core.pruning.registry import method_preflight  # noqa: E402
-from twossp_core.spec import parse_spec  # noqa: E402
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -74,8 +74,8 @@ def test_missing_data_file_is_refused(llama_dir, tmp_path):
 
 def test_request_checks_do_not_import_torch():
     code = (
-        "import sys, twossp_core.spec, twossp_core.preflight, twossp_core.pruning.registry;"
-        "twossp_core.spec.parse_spec({'model': 'x/y', 'sparsity': 0.5});"
+        "import sys, twossp_core.plan.spec, twossp_core.preflight, twossp_core.plan.methods;"
+        "twossp_core.plan.spec.parse_spec({'model': 'x/y', 'sparsity': 0.5});"
         "print('torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

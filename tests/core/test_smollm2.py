@@ -23,8 +23,9 @@ from conftest import require_data  # noqa: E402
 from twossp_core.data.windows import load_windows  # noqa: E402
 from twossp_core.gguf_source import SOURCE_KEY  # noqa: E402
 from twossp_core.pipeline import run_prune  # noqa: E402
+from twossp_core.plan.sources import DataSource  # noqa: E402
+from twossp_core.plan.spec import parse_spec  # noqa: E402
 from twossp_core.runtime.loading import load_model  # noqa: E402
-from twossp_core.spec import DataSource, parse_spec  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

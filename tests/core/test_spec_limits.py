@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from twossp_core.errors import InvalidSpec
-from twossp_core.spec import DataSource, parse_spec, parse_sweep_spec
+from twossp_core.plan.sources import DataSource
+from twossp_core.plan.spec import parse_spec, parse_sweep_spec
 
 BASE = {"model": "org/name", "sparsity": 0.5, "calibration": ["/d/t.txt"], "eval": ["/d/t.txt"]}
 

@@ -12,10 +12,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tiny_models import tiny_workdir  # noqa: E402
 
-from twossp_core.cli import main  # noqa: E402
+from twossp_core.cli.main import main  # noqa: E402
 from twossp_core.errors import Cancelled, InvalidSpec  # noqa: E402
-from twossp_core.pruning.registry import method_names  # noqa: E402
-from twossp_core.spec import JobSpecBase, PruneSpec, SweepSpec, parse_sweep_spec  # noqa: E402
+from twossp_core.plan.methods import method_names  # noqa: E402
+from twossp_core.plan.spec import JobSpecBase, PruneSpec, SweepSpec, parse_sweep_spec  # noqa: E402
 from twossp_core.sweep import run_sweep  # noqa: E402
 
 EVO = {"generations": 2, "offspring": 3, "initial_candidates": 4, "selection_tokens": [1, 64],
@@ -160,7 +160,7 @@ def test_a_sweep_plans_the_pruned_copy_besides_the_dense_model(tmp_path):
     copy, and a budget that holds one prune but not the copy is refused before anything is loaded."""
     from tiny_models import tiny_model, tokenizer_for
 
-    from twossp_core.memory import spec_plan
+    from twossp_core.plan.memory import spec_plan
     from twossp_core.runtime.modes import RUNTIME_ALLOWANCE, model_config_dict
     from twossp_core.runtime.peaks import current_rss
 

@@ -3,7 +3,7 @@ the report, the CLI summary and the sweep comparison give the reasons, not a spe
 
 from __future__ import annotations
 
-from twossp_core.cli import format_summary
+from twossp_core.cli.summary import format_summary
 from twossp_core.evaluation.throughput_check import unreliable_reasons
 from twossp_core.report_table import comparison_markdown
 from twossp_core.sweep import comparison_row

@@ -14,12 +14,12 @@ from conftest import require_data
 from tiny_models import FAMILIES, tiny_model
 
 from twossp_core.errors import DataError, InvalidSpec
-from twossp_core.evaluation.zeroshot import PAPER_TASKS, parse_tasks
 from twossp_core.evaluation.zeroshot.items import Item
 from twossp_core.evaluation.zeroshot.metrics import accuracies
 from twossp_core.evaluation.zeroshot.scoring import loglikelihoods, pack, segment
 from twossp_core.evaluation.zeroshot.sources import TaskData, check_sources, load_task, using_task_data
 from twossp_core.models.registry import adapter_for
+from twossp_core.plan.tasks import PAPER_TASKS, parse_tasks
 
 
 @pytest.fixture(scope="module")

@@ -9,11 +9,11 @@ import pytest
 import torch
 from conftest import require_data
 
-from twossp_core.evaluation.zeroshot import PAPER_TASKS
 from twossp_core.evaluation.zeroshot.evaluate import loglikelihoods_per_task, prepare_tasks
 from twossp_core.evaluation.zeroshot.metrics import accuracies
 from twossp_core.evaluation.zeroshot.sources import TaskData
 from twossp_core.models.registry import adapter_for
+from twossp_core.plan.tasks import PAPER_TASKS
 
 pytest.importorskip("lm_eval")
 

@@ -10,13 +10,13 @@ import pytest
 import torch
 from conftest import require_data
 
-from twossp_core.cli import main
+from twossp_core.cli.main import main
 from twossp_core.errors import InvalidSpec
 from twossp_core.evaluation.zeroshot.evaluate import prepare_tasks, score_tasks
 from twossp_core.evaluation.zeroshot.sources import TaskData, using_task_data
 from twossp_core.models.registry import adapter_for
-from twossp_core.spec import parse_spec, parse_sweep_spec
-from twossp_core.stages import prune_stages
+from twossp_core.plan.spec import parse_spec, parse_sweep_spec
+from twossp_core.plan.stages import prune_stages
 
 TASKS = ["winogrande", "arc_easy", "hellaswag"]
 LIMIT = 8

@@ -60,7 +60,7 @@ def check_model_perplexity(model_dir: Path, job: dict[str, Any]) -> None:
     from twossp_core.evaluation.perplexity import perplexity
     from twossp_core.export.load import load_pruned
     from twossp_core.models.registry import adapter_for
-    from twossp_core.spec import DataSource
+    from twossp_core.plan.sources import DataSource
 
     report, spec = job["report"], job["spec"]
     model, tokenizer = load_pruned(model_dir)

@@ -250,7 +250,7 @@ def test_the_form_shows_a_hostile_path_error_at_its_field(
 def test_the_cli_answers_hostile_paths_with_one_line(
     tmp_path: Path, tree: Tree, stories_model: Path, stories_text: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from twossp_core.cli import main
+    from twossp_core.cli.main import main
 
     root, text = tree.root, str(stories_text)
     base = ["prune", "--sparsity", "0.5", "--no-progress"]

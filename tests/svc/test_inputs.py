@@ -12,7 +12,7 @@ import pytest
 from service.paths import PathRefused
 from twossp_core.data.sources import iter_documents
 from twossp_core.local_inputs import local_path, redirected
-from twossp_core.spec import DataSource
+from twossp_core.plan.sources import DataSource
 from worker.inputs import pinned_inputs
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from twossp_core.pruning.registry import method_entry, method_names
-from twossp_core.stages import MEASURE, SETUP
+from twossp_core.plan.methods import method_entry, method_names
+from twossp_core.plan.stages import MEASURE, SETUP
 
 from .procs import TERMINAL, Embedded, bare_env
 from .support import job_body

@@ -27,8 +27,9 @@ from service.keys import user_for_key
 from service.routing import NoWorkerFits, WorkerClass, capped_budgets, choose_queue
 from service.settings import Settings
 from service.workers import Advertisement, Capacity, advertise, withdraw, worker_classes
-from twossp_core.memory import format_size, spec_plan
-from twossp_core.spec import parse_spec, parse_sweep_spec
+from twossp_core.plan.memory import spec_plan
+from twossp_core.plan.sizes import format_size
+from twossp_core.plan.spec import parse_spec, parse_sweep_spec
 from worker.advertise import detect_capacity, parse_probe
 from worker.maintenance import run_maintenance
 

@@ -237,8 +237,8 @@ def test_every_example_the_form_and_the_openapi_document_show_is_accepted(
     tests have no hub access), is queued."""
     from html import unescape
 
-    from twossp_core.export.registry import format_names
-    from twossp_core.pruning.registry import method_names
+    from twossp_core.plan.exports import format_names
+    from twossp_core.plan.methods import method_names
 
     alice = signed_in(app, "alice")
     page = alice.get("/ui/submit").text

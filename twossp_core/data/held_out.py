@@ -19,7 +19,7 @@ import os
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
-from twossp_core.spec import DataSource
+from twossp_core.plan.sources import DataSource
 
 Domain = Literal["overlaps-calibration", "in-domain", "out-of-domain"]
 HELD_OUT: tuple[Domain, ...] = ("in-domain", "out-of-domain")

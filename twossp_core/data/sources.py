@@ -10,7 +10,7 @@ from typing import Literal
 
 from twossp_core.errors import DataError
 from twossp_core.local_inputs import local_path
-from twossp_core.spec import HUB_DATASETS, DataSource
+from twossp_core.plan.sources import HUB_DATASETS, DataSource
 
 Role = Literal["calibration", "eval"]
 TEXT_FIELD = "text"

@@ -9,7 +9,7 @@ import torch
 
 from twossp_core.data.sources import Role, iter_documents
 from twossp_core.errors import DataError
-from twossp_core.spec import DataSource
+from twossp_core.plan.sources import DataSource
 
 JOINER = "\n\n"
 CHARS_PER_TOKEN_GUESS = 3  # only decides how much streamed text to read before tokenizing

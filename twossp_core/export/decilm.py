@@ -25,8 +25,8 @@ from twossp_core.export import decilm_code
 from twossp_core.export.card import write_card
 from twossp_core.export.context import exported_context
 from twossp_core.export.decilm_code.configuration_decilm import ffn_mult_to_intermediate_size
-from twossp_core.export.registry import check_ffn_width
 from twossp_core.export.remote_modeling import SHORTCUT_KEY, STRUCTURE_KEY
+from twossp_core.plan.exports import check_ffn_width
 
 CODE_FILES = ("configuration_decilm.py", "modeling_decilm.py")
 ARCHITECTURE = "DeciLMForCausalLM"

@@ -8,7 +8,7 @@ import torch
 
 from twossp_core.data.windows import load_windows
 from twossp_core.errors import DataError
-from twossp_core.spec import DataSource
+from twossp_core.plan.sources import DataSource
 
 
 class TokenStream:

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from twossp_core.errors import HealDiverged
-from twossp_core.heal.config import HealConfig
 from twossp_core.heal.data import TokenStream
+from twossp_core.plan.heal_config import HealConfig
 from twossp_core.progress import Reporter
 
 STAGE = "heal"

@@ -7,8 +7,8 @@ from typing import Any
 from torch import nn
 
 from twossp_core.errors import InvalidSpec
-from twossp_core.heal.config import HealConfig
 from twossp_core.models.registry import adapter_for
+from twossp_core.plan.heal_config import HealConfig
 
 
 def block_linear_names(model: nn.Module) -> list[str]:

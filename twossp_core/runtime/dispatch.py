@@ -1,6 +1,6 @@
 """Multi-device execution: the whole model in memory, its parts on several devices (accelerate's dispatch).
 
-`load_multi_device` turns the memory plan's placement (twossp_core/placement.py: the embeddings, each decoder
+`load_multi_device` turns the memory plan's placement (twossp_core/plan/placement.py: the embeddings, each decoder
 block, the final norm and the LM head on a device) into an accelerate `device_map` of the model's module names and
 loads the checkpoint with it: transformers reads every tensor straight onto its module's device, and accelerate's
 hooks (`AlignDevicesHook`) move a module's inputs to its device when it is called. The hidden states therefore move
@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from twossp_core.placement import Placement
+from twossp_core.plan.placement import Placement
 
 
 def accelerate_device(name: str) -> int | str:

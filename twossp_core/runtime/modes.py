@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from twossp_core.memory import MemoryPlan, spec_plan
+from twossp_core.plan.memory import MemoryPlan, spec_plan
 from twossp_core.runtime.peaks import PeakMeter, current_rss
 
 logger = logging.getLogger("twossp")

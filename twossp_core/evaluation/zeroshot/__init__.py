@@ -1,15 +1,10 @@
 """Zero-shot accuracy on the paper's six tasks (WinoGrande, ARC-Easy, ARC-Challenge, HellaSwag, PIQA, MMLU), scored
 as lm-eval-harness 0.4 scores them, from local task files or the Hugging Face Hub.
 
-- registry: the task names (`paper` = the six); items: what a task is made of; one module per task reads it
-  (arc, piqa, winogrande, hellaswag, mmlu) and sources finds its files (TWOSSP_TASK_DATA, per-task paths, Hub);
+- the task names (`paper` = the six) are twossp_core/plan/tasks.py's; registry: the module that reads each task;
+  items: what a task is made of; one module per task reads it (arc, piqa, winogrande, hellaswag, mmlu) and
+  sources finds its files (TWOSSP_TASK_DATA, per-task paths, Hub);
 - scoring: lm-eval's tokenization and batched log-likelihoods with shared contexts; metrics: acc, acc_norm,
   standard errors; evaluate: the run-level API and the report block;
 - reference: lm-eval-harness itself on the same local files (the check; needs the zeroshot extra).
-
-This module stays torch-free: the request schema imports the task names from here.
 """
-
-from twossp_core.evaluation.zeroshot.registry import PAPER, PAPER_TASKS, TASK_NAMES, parse_tasks
-
-__all__ = ["PAPER", "PAPER_TASKS", "TASK_NAMES", "parse_tasks"]

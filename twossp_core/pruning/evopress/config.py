@@ -4,6 +4,8 @@
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from twossp_core.plan.declarations import MethodMemory
+
 MAX_GENERATIONS = 100_000
 MAX_TOKENS = 10_000_000
 
@@ -46,3 +48,8 @@ class EvoPressConfig(BaseModel):
         if any(a < b for a, b in zip(s, s[1:], strict=False)) or s[-1] != 1:
             raise ValueError("selection_survivors must be non-increasing and end with 1")
         return self
+
+
+def memory_needs(config: EvoPressConfig, calibration_windows: int) -> MethodMemory:
+    """The search records every block input of every calibration window at once."""
+    return MethodMemory(record_windows=calibration_windows)

@@ -4,7 +4,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from twossp_core.spec_limits import MAX_WINDOWS
+from twossp_core.plan.declarations import MethodMemory
+from twossp_core.plan.limits import MAX_WINDOWS
 
 
 class TwoSSPConfig(BaseModel):
@@ -27,3 +28,8 @@ class TwoSSPConfig(BaseModel):
         "fast", description="fast reuses the hidden states before each candidate; naive reruns the whole model"
     )
     batch_size: int = Field(1, ge=1, le=MAX_WINDOWS, description="windows per forward pass in stage 1")
+
+
+def memory_needs(config: TwoSSPConfig, calibration_windows: int) -> MethodMemory:
+    """Stage 2 records every block input of its windows at once."""
+    return MethodMemory(record_windows=min(int(config.stage2_windows), calibration_windows))

@@ -1,10 +1,19 @@
 """Options of 2SSP with a least-squares refit of the down projections (torch-free)."""
 
-from typing import Literal
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, model_validator
 
+from twossp_core.plan.declarations import MethodMemory
 from twossp_core.pruning.twossp.config import TwoSSPConfig
+
+if TYPE_CHECKING:
+    from twossp_core.plan.shape import ModelShape
+
+F64 = 8  # the refit's statistics are float64
 
 
 class TwoSSPRefitConfig(TwoSSPConfig):
@@ -50,7 +59,7 @@ class TwoSSPRefitConfig(TwoSSPConfig):
     )
 
     @model_validator(mode="after")
-    def _check_sequential(self) -> "TwoSSPRefitConfig":
+    def _check_sequential(self) -> TwoSSPRefitConfig:
         if self.stage2_holdout and self.refit_inputs != "sequential":
             raise ValueError("stage2_holdout needs refit_inputs=sequential")
         if self.refit_inputs == "dense":  # the dense-input refit keeps stage 1's neurons and the whole refit
@@ -61,3 +70,34 @@ class TwoSSPRefitConfig(TwoSSPConfig):
                         raise ValueError(f"{name}={value} needs refit_inputs=sequential")
                     setattr(self, name, plain)
         return self
+
+
+@dataclass(frozen=True)
+class RefitMemory(MethodMemory):
+    """2ssp-refit's states besides stage 2's records (upper bounds: K is at most the FFN width). Sequential inputs:
+    the windows' hidden states at a block boundary (pruned and dense paths, the block's outputs, one block's
+    down-projection inputs), one block's full-width statistics (two folds) and the neuron selection's inverse.
+    Dense inputs: every block's statistics at once."""
+
+    sequential_windows: int = 0
+    every_block_statistics: bool = False
+
+    def state_bytes(self, shape: ModelShape, item: int, seq_len: int) -> int:
+        states = self.sequential_windows * seq_len * (3 * shape.hidden + shape.intermediate) * item
+        if self.sequential_windows:
+            states += shape.intermediate * (4 * shape.intermediate + 4 * shape.hidden) * F64
+        if self.every_block_statistics:
+            states += shape.blocks * shape.intermediate * (shape.intermediate + shape.hidden) * F64
+        return states
+
+
+def memory_needs(config: TwoSSPRefitConfig, calibration_windows: int) -> RefitMemory:
+    """Stage 2's records, and the refit's states: with sequential inputs beside a copy of the dense blocks."""
+    dense = config.refit_inputs == "dense"
+    refusal = ("2ssp-refit with refit_inputs=dense cannot run block by block (it holds every block's statistics at "
+               "once); the default sequential refit can")
+    return RefitMemory(
+        record_windows=min(int(config.stage2_windows), calibration_windows), dense_blocks=not dense,
+        block_mode_refusal=refusal if dense else None, sequential_windows=0 if dense else calibration_windows,
+        every_block_statistics=dense,
+    )

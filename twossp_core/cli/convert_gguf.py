@@ -1,4 +1,4 @@
-"""The `twossp convert-gguf` subcommand: a GGUF file written once as a plain Hugging Face directory.
+"""`twossp convert-gguf`: a GGUF file written once as a plain Hugging Face directory.
 
 A GGUF file can be passed to every command as it is (it is dequantized on each load, in memory); the directory
 loads faster, runs block by block or over several devices, and keeps the file's name, sha256 and quantization type
@@ -12,13 +12,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from twossp_core.cli.options import check_out_dir
+from twossp_core.cli.running import StageBars
 from twossp_core.errors import InvalidSpec, ModelNotFound
+from twossp_core.gguf_source import gguf_file_of
 
 
 def cmd_convert_gguf(args: argparse.Namespace) -> int:
-    from twossp_core.cli import StageBars, check_out_dir
-    from twossp_core.gguf_source import gguf_file_of
-    from twossp_core.runtime.gguf_load import convert_gguf
+    from twossp_core.runtime.gguf_load import convert_gguf  # imports torch: only when a conversion runs
 
     source, out = Path(args.source).expanduser(), Path(args.out).expanduser()
     if not source.exists():

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from twossp_core.local_inputs import UnusablePath, local_path, stat_path
-from twossp_core.spec import DEFAULT_SEQ_LEN, DataSource, JobSpecBase
+from twossp_core.plan.sources import DataSource
+from twossp_core.plan.spec import DEFAULT_SEQ_LEN, JobSpecBase
 
 # a heal step runs the student forward and backward (about two forward passes more) and, for `kd`, the teacher
 HEAL_PASSES = {"kd": 4, "lm": 3}

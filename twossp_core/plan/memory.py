@@ -6,30 +6,33 @@ A job runs in one of three modes:
 - `block-by-block`: the weights stay in their safetensors files; one decoder block at a time is read onto the
   compute device, the embeddings, final norm and LM head stay resident, and the calibration and evaluation
   activations wait on the host between blocks (see twossp_core/runtime/offload.py and sequential.py);
-- `multi-device`: the whole model in memory, its parts spread over several GPUs (twossp_core/placement.py,
+- `multi-device`: the whole model in memory, its parts spread over several GPUs (twossp_core/plan/placement.py,
   twossp_core/runtime/dispatch.py).
 
 `plan_memory` estimates, from the model's config.json alone, what each mode needs on the host and on the compute
 device (with a CPU device both are the same host memory); `choose_mode` picks the mode that fits the budgets
 (`in-memory` first) or refuses with the plan in the message. A job with a heal runs in memory only: its plan counts
-the heal phase (twossp_core/heal/plan.py), and the job's peak is the larger of the pruning phase's and the heal's.
+the heal phase (twossp_core/plan/heal_memory.py), and the job's peak is the larger of the pruning phase's and the
+heal's. What a method holds while it runs is its own declaration (twossp_core/plan/declarations.py).
 A GGUF file (twossp_core/gguf_source.py) runs in memory only: it is dequantized there, and the other modes read
 safetensors files.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from twossp_core.errors import InvalidSpec
 from twossp_core.gguf_source import GGUF_KEY
-from twossp_core.heal.plan import HealWorkload, heal_phases, heal_workload
 from twossp_core.models.counts import block_counts
-from twossp_core.placement import Part, Placement, check_multi_device, multi_device_refusal, place
-from twossp_core.pruning.registry import method_config, methods_running
+from twossp_core.plan.declarations import MethodMemory
+from twossp_core.plan.heal_memory import HealWorkload, heal_phases, heal_workload
+from twossp_core.plan.methods import method_memory, methods_running
+from twossp_core.plan.placement import Part, Placement, check_multi_device, multi_device_refusal, place
+from twossp_core.plan.shape import ModelShape, model_shape
+from twossp_core.plan.sizes import format_size
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 MODES = ("in-memory", "block-by-block", "multi-device")
@@ -42,82 +45,10 @@ DEFAULT_BASELINE = 256 * 2**20
 # allocator slack and small tensors not itemised (masks, rotary tables, token ids, scores)
 SLACK_FRACTION = 0.05
 
-MAX_SIZE = 2**60
 LOAD_FACTOR = 2  # host bytes per weight byte while a model loads in memory (a mapped file and its copy)
 GGUF_DEQUANT_BYTES = 4  # bytes per parameter of the float32 arrays gguf-py dequantizes a GGUF file into
 GGUF_ADVICE = ("convert it once with `twossp convert-gguf FILE --out DIR` and pass DIR to run block by block or "
                "over several devices")
-_SIZE_RE = re.compile(r"^\s*(?P<num>\d+(?:\.\d+)?)\s*(?P<unit>[kKmMgGtT]i?[bB]?|[bB])?\s*$")
-_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
-          "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
-
-
-def parse_size(value: Any) -> int:
-    """Bytes from an int or a string such as `800MB`, `0.8GB`, `2GiB`, `1024` (decimal units: 1 GB = 10^9)."""
-    if isinstance(value, bool):
-        raise InvalidSpec(f"memory size {value!r} is not a size")
-    if isinstance(value, int | float):
-        if value != value or value in (float("inf"), float("-inf")):
-            raise InvalidSpec(f"memory size {value!r} is not a size")
-        size = int(value)
-    elif isinstance(value, str):
-        match = _SIZE_RE.match(value)
-        if match is None:
-            raise InvalidSpec(f"memory size {value!r}: expected bytes or a number with a unit (800MB, 0.8GB, 2GiB)")
-        unit = (match["unit"] or "").lower().removesuffix("b")
-        size = int(float(match["num"]) * _UNITS[unit])
-    else:
-        raise InvalidSpec(f"memory size {value!r} is not a size")
-    if not 0 < size <= MAX_SIZE:
-        raise InvalidSpec(f"memory size {value!r} must be positive and at most 1 EiB")
-    return size
-
-
-def format_size(size: int | float | None) -> str:
-    if size is None:
-        return "-"
-    for unit, scale in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
-        if abs(size) >= scale:
-            return f"{size / scale:.2f} {unit}"
-    return f"{int(size)} B"
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    """What the plan needs from a config.json."""
-
-    blocks: int
-    hidden: int
-    intermediate: int
-    heads: int
-    vocab: int
-    block_params: int
-    embedding_params: int
-    norm_params: int  # the final norm
-    head_params: int  # the LM head's own (with tied embeddings its matrix is the embeddings': a bias at most)
-    tied: bool = False
-
-    @property
-    def resident_params(self) -> int:
-        """Embeddings + final norm + LM head (tied weights counted once)."""
-        return self.embedding_params + self.norm_params + self.head_params
-
-    @property
-    def total_params(self) -> int:
-        return self.blocks * self.block_params + self.resident_params
-
-
-def model_shape(cfg: dict[str, Any]) -> ModelShape:
-    counts = block_counts(cfg)
-    hidden, vocab = int(cfg["hidden_size"]), int(cfg["vocab_size"])
-    tied = bool(cfg.get("tie_word_embeddings", cfg.get("model_type") in ("gemma", "gemma2")))
-    phi = cfg.get("model_type") == "phi"  # LayerNorm with bias, LM head with bias
-    return ModelShape(
-        blocks=counts.blocks, hidden=hidden, intermediate=counts.intermediate_size,
-        heads=int(cfg["num_attention_heads"]), vocab=vocab, block_params=counts.block,
-        embedding_params=vocab * hidden, norm_params=hidden * (2 if phi else 1),
-        head_params=(0 if tied else vocab * hidden) + (vocab if phi else 0), tied=tied,
-    )
 
 
 @dataclass(frozen=True)
@@ -130,12 +61,8 @@ class Workload:
     batch_size: int = 4  # windows per forward pass (evaluation batches; stage 1 uses fewer)
     record_windows: int = 1  # windows whose every block input is recorded (2SSP stage 2)
     device: str = "cpu"  # "cpu" or "cuda": where blocks compute
-    # 2ssp-refit. Sequential: windows whose hidden states it holds at a block boundary (pruned and dense paths, the
-    # block's outputs, one block's down-projection inputs) and one block's statistics, next to a copy of the dense
-    # blocks (in memory) or one dense block read from the checkpoint (block by block). Dense inputs: every block's
-    # statistics at once.
-    refit_windows: int = 0
-    refit_accumulators: bool = False
+    # what the job's methods declare they hold while they run (one method runs at a time)
+    methods: tuple[MethodMemory, ...] = ()
     model_copies: int = 0  # whole copies of the model besides it (a sweep prunes a copy per run, in memory)
     heal: HealWorkload | None = None  # the heal after pruning (in memory only)
 
@@ -199,7 +126,7 @@ def _batch_activations(shape: ModelShape, w: Workload, batch: int) -> int:
 
 def model_parts(shape: ModelShape, work: Workload) -> tuple[list[Part], Part | None]:
     """The parts of the model in forward order, with what each costs on its device, and (tied embeddings) the LM
-    head that runs with the embeddings (twossp_core.placement.place)."""
+    head that runs with the embeddings (twossp_core.plan.placement.place)."""
     item = DTYPE_BYTES[work.dtype]
     recorded = work.record_windows * work.seq_len * shape.hidden * item  # one block's recorded inputs
     transient = _block_activations(shape, work, work.batch_size)
@@ -225,15 +152,16 @@ def placement_devices(
     return [(name, free if device_budget is None else min(free, device_budget)) for name, free in devices]
 
 
-def _refit_states(shape: ModelShape, work: Workload) -> int:
-    """What 2ssp-refit holds besides the weights (upper bounds: K is at most the FFN width)."""
+def method_states(shape: ModelShape, work: Workload) -> int:
+    """What the job's methods hold besides the model, the recorded block inputs and the dense blocks: the largest
+    declaration (one method runs at a time)."""
     item = DTYPE_BYTES[work.dtype]
-    states = work.refit_windows * work.seq_len * (3 * shape.hidden + shape.intermediate) * item
-    if work.refit_windows:  # one block's full-width statistics (two folds) and the neuron selection's inverse
-        states += shape.intermediate * (4 * shape.intermediate + 4 * shape.hidden) * 8
-    if work.refit_accumulators:
-        states += shape.blocks * shape.intermediate * (shape.intermediate + shape.hidden) * 8
-    return states
+    return max((m.state_bytes(shape, item, work.seq_len) for m in work.methods), default=0)
+
+
+def holds_dense_blocks(work: Workload) -> bool:
+    """Whether a method of the job keeps a copy of the dense blocks (MethodMemory.dense_blocks)."""
+    return any(m.dense_blocks for m in work.methods)
 
 
 def load_bytes(cfg: dict[str, Any], shape: ModelShape, item: int) -> int:
@@ -261,13 +189,13 @@ def plan_memory(
     window_hidden = work.seq_len * shape.hidden * item
     transient = _batch_activations(shape, work, work.batch_size)
     records = work.record_windows * shape.blocks * window_hidden  # BlockRunner records (stage 2)
-    records += _refit_states(shape, work)
+    records += method_states(shape, work)
     on_cpu = work.device == "cpu"
     if mode == "in-memory":
         device_peak = weights * (1 + work.model_copies) + transient + records
-        # the refit's copies of the dense blocks stay on the host unless they take at most half of a GPU's free
+        # a method's copies of the dense blocks stay on the host unless they take at most half of a GPU's free
         # memory; on a CPU they are in the one host memory
-        device_peak += shape.blocks * block if on_cpu and work.refit_windows else 0
+        device_peak += shape.blocks * block if on_cpu and holds_dense_blocks(work) else 0
         device_peak += int(SLACK_FRACTION * device_peak)
         heal_need = None
         if work.heal is not None:  # a phase after pruning: the job's peak is the larger of the two
@@ -299,8 +227,8 @@ def plan_memory(
                           placement=placement)
     if mode != "block-by-block":
         raise ValueError(mode)
-    # one block computing plus the next one being read (and the refit's dense block); records on the device
-    device_fixed = resident + (3 if work.refit_windows else 2) * block + transient + records
+    # one block computing plus the next one being read (and a method's dense block); records on the device
+    device_fixed = resident + (3 if holds_dense_blocks(work) else 2) * block + transient + records
     device_fixed += int(SLACK_FRACTION * device_fixed)
     host_fixed = baseline + (device_fixed if on_cpu else 2 * block)
     windows = max(work.calibration_windows, work.batch_size)
@@ -389,18 +317,6 @@ def _heal_advice(plan: MemoryPlan, host_budget: int | None, device_budget: int |
             "heal.seq_len, or set heal.gradient_checkpointing or heal.params=lora (heal.loss=lm needs no teacher)")
 
 
-def recorded_windows(method: str | None, options: dict[str, Any], calibration_windows: int) -> int:
-    """Windows whose every block input a method records (BlockRunner) at once."""
-    if method in ("2ssp", "2ssp-refit"):  # stage 2 (the method's default when the options leave it)
-        config: Any = method_config(method, options)
-        return min(int(config.stage2_windows), calibration_windows)
-    if method == "blockpruner":
-        return int(options.get("windows", calibration_windows))
-    if method == "evopress":
-        return calibration_windows
-    return 0
-
-
 def job_workload(spec: Any, cfg: dict[str, Any], device: str) -> Workload:
     """The workload of a job spec (PruneSpec, SweepSpec or an evaluation-only JobSpecBase) on `device`."""
     default_seq = 2048
@@ -408,16 +324,13 @@ def job_workload(spec: Any, cfg: dict[str, Any], device: str) -> Workload:
     seq_len = spec.seq_len or default_seq
     if limit:
         seq_len = min(seq_len, int(limit))
-    per_method = spec.pruning().options
-    records = max([recorded_windows(m, options, spec.calibration_windows)
-                   for m, options in per_method.items()] or [0])
-    refit: Any = method_config("2ssp-refit", per_method["2ssp-refit"]) if "2ssp-refit" in per_method else None
-    dense_inputs = refit is not None and refit.refit_inputs == "dense"
-    heal = heal_workload(spec, seq_len, block_counts(cfg).blocks, int(limit) if limit else None)
+    methods = tuple(method_memory(name, options, spec.calibration_windows)
+                    for name, options in spec.pruning().options.items())
+    heal = heal_workload(spec, seq_len, block_counts(cfg).blocks, int(limit) if limit else None,
+                         dense_student=not all(m.sized_by_sparsity for m in methods))
     return Workload(dtype=spec.dtype, seq_len=seq_len, calibration_windows=spec.calibration_windows,
-                    record_windows=records, device=device,
-                    refit_windows=spec.calibration_windows if refit is not None and not dense_inputs else 0,
-                    refit_accumulators=dense_inputs, heal=heal, model_copies=1 if hasattr(spec, "methods") else 0)
+                    record_windows=max([m.record_windows for m in methods] or [0]), device=device,
+                    methods=methods, heal=heal, model_copies=1 if hasattr(spec, "methods") else 0)
 
 
 def check_block_mode(spec: Any) -> None:
@@ -434,9 +347,10 @@ def check_block_mode(spec: Any) -> None:
     if method is not None and method not in allowed:
         raise InvalidSpec(f"method {method!r} cannot run block by block (it edits weights across blocks); "
                           f"block-by-block methods: {', '.join(allowed)}")
-    if method == "2ssp-refit" and (getattr(spec, "options", None) or {}).get("refit_inputs") == "dense":
-        raise InvalidSpec("2ssp-refit with refit_inputs=dense cannot run block by block (it holds every block's "
-                          "statistics at once); the default sequential refit can")
+    if method is not None:
+        refusal = method_memory(method, spec.options, spec.calibration_windows).block_mode_refusal
+        if refusal is not None:
+            raise InvalidSpec(refusal)
 
 
 def spec_plan(

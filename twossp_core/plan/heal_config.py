@@ -6,7 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from twossp_core.spec_limits import MAX_SEED, MAX_SEQ_LEN, MAX_WINDOWS
+from twossp_core.plan.limits import MAX_SEED, MAX_SEQ_LEN, MAX_WINDOWS
+from twossp_core.plan.sources import DataSource
 
 MAX_STEPS = 10_000_000
 MAX_TOKENS = 10**13
@@ -63,8 +64,6 @@ class HealConfig(BaseModel):
     @field_validator("data")
     @classmethod
     def _parse_data(cls, value: list[str] | None) -> list[str] | None:
-        from twossp_core.spec import DataSource
-
         if value is not None:
             if not value:
                 raise ValueError("data needs at least one source (or null for the calibration sources)")

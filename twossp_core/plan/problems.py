@@ -13,6 +13,8 @@ from collections.abc import Callable
 from typing import Any
 
 from twossp_core.errors import InvalidSpec
+from twossp_core.plan.exports import export_options
+from twossp_core.plan.methods import method_config, method_names
 
 
 def _problem(check: Callable[[], Any]) -> str | None:
@@ -38,9 +40,6 @@ def _object(value: Any) -> dict[str, Any] | None:
 def registry_problems(data: Any, *, sweep: bool) -> list[str]:
     """The problems of the request's method(s) and options, and of its export format and export options, each
     checked on its own (messages as the checks word them)."""
-    from twossp_core.export.registry import export_options
-    from twossp_core.pruning.registry import method_config, method_names
-
     if not isinstance(data, dict):
         return []
     found: list[str | None] = []

@@ -5,68 +5,24 @@ Torch-free on purpose, so the API can validate requests before anything is queue
 
 from __future__ import annotations
 
-import re
+import json
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from twossp_core.errors import InvalidSpec
-from twossp_core.heal.config import HealConfig
-from twossp_core.spec_limits import (
-    MAX_DOCUMENT_INDEX,
-    MAX_EVAL_WINDOWS,
-    MAX_SEED,
-    MAX_SEQ_LEN,
-    MAX_TASK_LIMIT,
-    MAX_WINDOWS,
-)
+from twossp_core.plan.exports import check_methods, export_options
+from twossp_core.plan.heal_config import HealConfig
+from twossp_core.plan.limits import MAX_EVAL_WINDOWS, MAX_SEED, MAX_SEQ_LEN, MAX_TASK_LIMIT, MAX_WINDOWS
+from twossp_core.plan.methods import method_config, method_names
+from twossp_core.plan.problems import registry_problems
+from twossp_core.plan.schema import format_validation_error
+from twossp_core.plan.sizes import parse_size
+from twossp_core.plan.sources import DataSource
+from twossp_core.plan.tasks import parse_tasks
 
-HUB_DATASETS = ("wikitext2", "c4", "fineweb-edu")
 DEFAULT_SEQ_LEN = 2048
-
-_SOURCE_RE = re.compile(r"(?P<name>.+?)(?::(?P<start>\d*):(?P<end>\d*))?", re.DOTALL)
-# a tail that looks like a document range but is not two plain integers (`:1e23`, `:-1:5`, `:0:1.5`)
-_BAD_RANGE_RE = re.compile(r":[^:/\\]*:[^:/\\]*$")
-
-
-@dataclass(frozen=True)
-class DataSource:
-    """One text source: a hub dataset name or a local file, with an optional document range."""
-
-    name: str
-    start: int | None = None
-    end: int | None = None
-
-    @property
-    def is_hub(self) -> bool:
-        return self.name in HUB_DATASETS
-
-    @property
-    def label(self) -> str:
-        if self.start is None and self.end is None:
-            return self.name
-        return f"{self.name}:{'' if self.start is None else self.start}:{'' if self.end is None else self.end}"
-
-    @classmethod
-    def parse(cls, text: str) -> DataSource:
-        """Parse `NAME` or `PATH[:START:END]` (documents START..END-1, either bound may be empty)."""
-        if not isinstance(text, str) or not text.strip():
-            raise InvalidSpec("a data source must be a non-empty string (a dataset name or PATH[:START:END])")
-        if any(ch in text for ch in "\x00\n\r"):
-            raise InvalidSpec(f"data source {text!r}: control characters are not allowed")
-        match = _SOURCE_RE.fullmatch(text.strip())
-        assert match is not None
-        if match["start"] is None and _BAD_RANGE_RE.search(match["name"]):
-            raise InvalidSpec(f"data source {text!r}: a document range is PATH:START:END with plain integers")
-        start = int(match["start"]) if match["start"] else None
-        end = int(match["end"]) if match["end"] else None
-        for bound in (start, end):
-            if bound is not None and bound > MAX_DOCUMENT_INDEX:
-                raise InvalidSpec(f"data source {text!r}: document indices are at most {MAX_DOCUMENT_INDEX:,}")
-        if start is not None and end is not None and end <= start:
-            raise InvalidSpec(f"data source {text!r}: END ({end}) must be greater than START ({start})")
-        return cls(name=match["name"], start=start, end=end)
 
 
 @dataclass(frozen=True)
@@ -120,7 +76,7 @@ class JobSpecBase(BaseModel):
     )
     export: str = Field(
         "compact",
-        description="export format (twossp_core.export.registry): compact (only what remains, with "
+        description="export format (twossp_core.plan.exports): compact (only what remains, with "
         "modeling_twossp.py; trust_remote_code), portable (the plain base architecture, removed submodules as "
         "zeros), gguf (one model.gguf for llama.cpp), decilm (DeciLM block_configs layout for vLLM)",
     )
@@ -152,8 +108,6 @@ class JobSpecBase(BaseModel):
     @field_validator("tasks", mode="before")
     @classmethod
     def _parse_tasks(cls, value: Any, info: ValidationInfo) -> Any:
-        from twossp_core.evaluation.zeroshot.registry import parse_tasks
-
         if isinstance(value, str) and info.context and info.context.get("strict"):
             raise ValueError("must be a JSON array of task names, e.g. [\"piqa\", \"arc_easy\"] or [\"paper\"]")
         if not isinstance(value, str | list):
@@ -166,8 +120,6 @@ class JobSpecBase(BaseModel):
     @field_validator("max_device_memory", "max_host_memory", mode="before")
     @classmethod
     def _parse_size(cls, value: Any) -> int | None:
-        from twossp_core.memory import parse_size
-
         if value is None:
             return None
         try:
@@ -189,8 +141,6 @@ class JobSpecBase(BaseModel):
 
     @model_validator(mode="after")
     def _check_export(self, info: ValidationInfo) -> JobSpecBase:
-        from twossp_core.export.registry import export_options
-
         self.export_options = export_options(self.export, self.export_options, strict=_strict(info)).model_dump()
         return self
 
@@ -217,16 +167,11 @@ class PruneSpec(JobSpecBase):
 
     @model_validator(mode="after")
     def _check_method(self, info: ValidationInfo) -> PruneSpec:
-        from twossp_core.export.registry import check_methods
-        from twossp_core.pruning.registry import method_config
-
         self.options = method_config(self.method, self.options, strict=_strict(info)).model_dump()
         check_methods(self.export, [self.method])
         return self
 
     def method_options(self) -> BaseModel:
-        from twossp_core.pruning.registry import method_config
-
         return method_config(self.method, self.options)
 
     def pruning(self) -> Pruning:
@@ -247,8 +192,6 @@ class SweepSpec(JobSpecBase):
     @field_validator("methods", mode="before")
     @classmethod
     def _expand_methods(cls, value: Any) -> Any:
-        from twossp_core.pruning.registry import method_names
-
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if isinstance(value, list) and "all" in value:
@@ -267,8 +210,6 @@ class SweepSpec(JobSpecBase):
 
     @model_validator(mode="after")
     def _check_methods(self, info: ValidationInfo) -> SweepSpec:
-        from twossp_core.pruning.registry import method_config
-
         self.methods = list(dict.fromkeys(self.methods))
         self.sparsities = sorted(set(self.sparsities))
         if any(not 0.0 < s < 1.0 for s in self.sparsities):
@@ -278,8 +219,6 @@ class SweepSpec(JobSpecBase):
             raise ValueError(f"options given for methods not in the sweep: {', '.join(unknown)}")
         for name in self.methods:
             self.options[name] = method_config(name, self.options.get(name), strict=_strict(info)).model_dump()
-        from twossp_core.export.registry import check_methods
-
         check_methods(self.export, self.methods)
         return self
 
@@ -302,10 +241,6 @@ def _validate(spec_cls: type[SpecT], data: dict[str, Any], strict: bool) -> Spec
     """`data` as a `spec_cls`; InvalidSpec with pydantic's errors in one line. strict=True (the service's JSON
     requests): every value must have its JSON type, a number a JSON number ("0.5" is not a sparsity) and a boolean
     a JSON boolean, the method and export options included; the CLI and stored specs are validated as before."""
-    import json
-
-    from pydantic import ValidationError
-
     try:
         if strict:
             where = _lone_surrogate(data)
@@ -314,8 +249,6 @@ def _validate(spec_cls: type[SpecT], data: dict[str, Any], strict: bool) -> Spec
             return spec_cls.model_validate_json(json.dumps(data), strict=True, context={"strict": True})
         return spec_cls.model_validate(data)
     except (ValidationError, InvalidSpec) as exc:  # with the cross-field checks pydantic did not reach
-        from twossp_core.spec_problems import registry_problems
-
         first = format_validation_error(exc) if isinstance(exc, ValidationError) else str(exc)
         problems = dict.fromkeys([first, *registry_problems(data, sweep=spec_cls is SweepSpec)])
         raise InvalidSpec("; ".join(problems)) from None
@@ -342,12 +275,3 @@ def parse_sweep_spec(data: dict[str, Any], strict: bool = False) -> SweepSpec:
     """Validate a sweep request, turning pydantic's errors into one readable InvalidSpec."""
     return _validate(SweepSpec, data, strict)
 
-
-def format_validation_error(exc: Any) -> str:
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "__root__")
-        msg = err.get("msg", "invalid")
-        msg = msg.removeprefix("Value error, ")
-        parts.append(f"{loc}: {msg}" if loc else msg)
-    return "; ".join(parts)

@@ -1,4 +1,4 @@
-"""The `twossp sweep` subcommand: methods x sparsities on one model, written as a comparison."""
+"""`twossp sweep`: methods x sparsities on one model, written as a comparison."""
 
 from __future__ import annotations
 
@@ -7,12 +7,21 @@ import json
 from pathlib import Path
 from typing import Any
 
+from twossp_core.cli.options import (
+    add_data_arguments,
+    add_export_argument,
+    add_heal_arguments,
+    add_out_arguments,
+    add_task_arguments,
+    job_fields,
+    option_value,
+)
+from twossp_core.cli.running import run_into_out_dir
 from twossp_core.errors import InvalidSpec
+from twossp_core.plan.spec import SweepSpec, parse_sweep_spec
 
 
 def _method_option(text: str) -> tuple[str, str, Any]:
-    from twossp_core.cli import option_value
-
     key, value = option_value(text)
     method, dot, name = key.partition(".")
     if not dot or not method or not name:
@@ -20,10 +29,7 @@ def _method_option(text: str) -> tuple[str, str, Any]:
     return method, name, value
 
 
-def spec_from_args(args: argparse.Namespace) -> Any:
-    from twossp_core.cli import job_fields
-    from twossp_core.spec import parse_sweep_spec
-
+def spec_from_args(args: argparse.Namespace) -> SweepSpec:
     options: dict[str, dict[str, Any]] = {}
     for text in args.option or []:
         method, name, value = _method_option(text)
@@ -39,8 +45,7 @@ def spec_from_args(args: argparse.Namespace) -> Any:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from twossp_core.cli import run_into_out_dir
-    from twossp_core.sweep import run_sweep
+    from twossp_core.sweep import run_sweep  # imports torch: only when a run starts
 
     spec = spec_from_args(args)
     out = Path(args.out)
@@ -54,8 +59,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    from twossp_core.cli import add_data_arguments, add_export_argument, add_heal_arguments, add_task_arguments
-
     p = sub.add_parser("sweep", help="compare methods x sparsities on one model")
     p.add_argument("--model", required=True, help="Hugging Face hub id, local model directory or .gguf file")
     p.add_argument("--methods", default="all", help="comma-separated method names, or 'all' (default)")
@@ -68,6 +71,5 @@ def register(sub: Any) -> None:
     add_heal_arguments(p)
     add_data_arguments(p)
     add_task_arguments(p)
-    p.add_argument("--out", required=True, help="output directory for the comparison")
-    p.add_argument("--overwrite", action="store_true", help="allow a non-empty --out directory")
+    add_out_arguments(p, "output directory for the comparison")
     p.set_defaults(func=cmd_sweep)

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from twossp_core.errors import InvalidSpec
-from twossp_core.pruning.registry import methods_running
+from twossp_core.plan.methods import methods_running
+from twossp_core.plan.sizes import format_size
 
 STRATEGY = "balanced"
 
@@ -55,8 +56,8 @@ class DeviceShare:
 
     def describe(self) -> str:
         held = " + ".join(self.parts) or "nothing"
-        of = f" of {_size(self.usable)}" if self.usable is not None else ""
-        return f"{self.device} {held} ({_size(self.peak)}{of})"
+        of = f" of {format_size(self.usable)}" if self.usable is not None else ""
+        return f"{self.device} {held} ({format_size(self.peak)}{of})"
 
 
 @dataclass(frozen=True)
@@ -85,12 +86,6 @@ class Placement:
 
     def describe(self) -> str:
         return ", ".join(d.describe() for d in self.devices if d.parts)
-
-
-def _size(size: int | None) -> str:
-    from twossp_core.memory import format_size
-
-    return format_size(size)
 
 
 def _activations(parts: Sequence[Part]) -> int:

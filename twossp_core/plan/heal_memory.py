@@ -1,13 +1,14 @@
-"""What a heal holds at its peak (torch-free: the memory plan counts it, twossp_core/memory.py).
+"""What a heal holds at its peak (torch-free: the memory plan counts it, twossp_core/plan/memory.py).
 
-The heal runs after pruning and evaluation (twossp_core/pipeline.py `heal_pruned`, the loop in `loop.py`), so the
-job's peak is the larger of the pruning phase's and the heal phase's. At the heal's peak, one micro batch has run
-forward and its backward pass is running; the memory holds:
+The heal runs after pruning and evaluation (twossp_core/pipeline.py `heal_pruned`, the loop in
+twossp_core/heal/loop.py), so the job's peak is the larger of the pruning phase's and the heal phase's. At the heal's
+peak, one micro batch has run forward and its backward pass is running; the memory holds:
 
 - the student (the pruned model). Its size is estimated from the target sparsity: the kept fraction of the block
   parameters is `1 - sparsity` plus one block (no method is further from its target than one whole block: block
-  removal rounds to whole blocks, the others are finer), the dense size for SliceGPT (its target is a fraction
-  of the hidden size, and its shortcut matrices add parameters) and for jobs without a sparsity. Full fine-tuning
+  removal rounds to whole blocks, the others are finer), the dense size for a method that declares its pruned
+  blocks unbounded by the sparsity (SliceGPT: its target is a fraction of the hidden size, and its shortcut
+  matrices add parameters; MethodMemory.sized_by_sparsity) and for jobs without a sparsity. Full fine-tuning
   holds per parameter: the float32 weight (plus the job-dtype weight it was cast from in bfloat16/float16, an
   upper bound for the moment of the cast), its float32 gradient and AdamW's two float32 states. LoRA holds the
   student in the job's dtype plus the adapters: rank x (in + out) per linear layer of the blocks (every one, at
@@ -40,7 +41,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from twossp_core.memory import ModelShape
+    from twossp_core.plan.shape import ModelShape
 
 F32 = 4
 FULL_STATES = 3 * F32  # float32 gradient + AdamW exp_avg + exp_avg_sq per trained parameter
@@ -86,16 +87,20 @@ class HealPhase:
         return max(self.training, self.loading)
 
 
-def kept_fraction(spec: Any, blocks: int) -> float:
-    """Upper bound on the fraction of block parameters a pruned student keeps (module docstring)."""
+def kept_fraction(spec: Any, blocks: int, dense_student: bool) -> float:
+    """Upper bound on the fraction of block parameters a pruned student keeps (module docstring); `dense_student`:
+    a method of the job does not bound its pruned blocks by the sparsity."""
     pruning = spec.pruning()
-    if not pruning.sparsities or "slicegpt" in pruning.methods:
+    if not pruning.sparsities or dense_student:
         return 1.0
     return min(1.0, 1.0 - min(pruning.sparsities) + 1.0 / max(blocks, 1))
 
 
-def heal_workload(spec: Any, seq_len: int, blocks: int, context: int | None) -> HealWorkload | None:
-    """The heal of a job spec (None without one); `seq_len` is the job's, capped by `context`."""
+def heal_workload(
+    spec: Any, seq_len: int, blocks: int, context: int | None, *, dense_student: bool
+) -> HealWorkload | None:
+    """The heal of a job spec (None without one); `seq_len` is the job's, capped by `context`; `dense_student`: see
+    kept_fraction."""
     config = getattr(spec, "heal", None)
     if config is None or not (hasattr(spec, "method") or hasattr(spec, "methods")):  # evaluations never heal
         return None
@@ -106,7 +111,7 @@ def heal_workload(spec: Any, seq_len: int, blocks: int, context: int | None) -> 
     return HealWorkload(
         loss=config.loss, params=config.params, micro_batch=config.micro_batch_size or config.batch_size,
         seq_len=heal_seq, gradient_checkpointing=config.gradient_checkpointing, lora_rank=config.lora_rank,
-        kept=kept_fraction(spec, blocks), dense_held=config.loss == "kd" or sweep,
+        kept=kept_fraction(spec, blocks, dense_student), dense_held=config.loss == "kd" or sweep,
         teacher_loaded=config.loss == "kd" and not sweep, control=bool(config.control),
     )
 

@@ -1,24 +1,16 @@
 """The stages a run reports through progress, in order, each with its share of the run's time (torch-free).
 
-The pipeline's own stages are declared here and each method declares its own in the method registry, so
-progress (the service's percent, the job timeline) follows every method and every new stage: a stage added to
-the pipeline is added to `prune_stages` too, a method's stages come with its registry entry.
+The pipeline's own stages are declared here and each method declares its own in the method registry
+(twossp_core/plan/methods.py), so progress (the service's percent, the job timeline) follows every method and every
+new stage: a stage added to the pipeline is added to `prune_stages` too, a method's stages come with its registry
+entry.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from twossp_core.spec import PruneSpec, SweepSpec
-
-
-@dataclass(frozen=True)
-class Stage:
-    name: str
-    weight: float  # relative share of the run's time (only ratios within one plan matter)
-
+from twossp_core.plan.declarations import Stage
+from twossp_core.plan.methods import method_entry
+from twossp_core.plan.spec import PruneSpec, SweepSpec
 
 # before the method runs: load the model, tokenize the data, evaluate the dense model
 SETUP = (Stage("load", 5), Stage("calibration", 5), Stage("evaluate_dense", 15))
@@ -38,8 +30,6 @@ ZERO_SHOT_HEALED = Stage("zero_shot_healed", 15)
 
 
 def method_stages(method: str) -> tuple[Stage, ...]:
-    from twossp_core.pruning.registry import method_entry
-
     return method_entry(method).stages
 
 
@@ -75,11 +65,10 @@ def run_prefix(method: str, sparsity: float) -> str:
 
 def sweep_stages(spec: SweepSpec) -> list[Stage]:
     """Every stage of a sweep: the shared setup (and the heal's control), each run's method, measure (and heal)
-    stages, the comparison (a sweep that saves its models exports them within the run, without a stage of its
-    own)."""
+    stages and, when the sweep saves its models, its export, then the comparison."""
     stages = [*_setup(spec), *_control(spec)]
     for method in spec.methods:
-        per_run = [*method_stages(method), *_measure(spec), *_heal(spec)]
+        per_run = [*method_stages(method), *_measure(spec), *_heal(spec), *((EXPORT,) if spec.save_models else ())]
         for sparsity in spec.sparsities:
             stages += [Stage(f"{run_prefix(method, sparsity)}/{s.name}", s.weight) for s in per_run]
     stages.append(COMPARISON)

@@ -1,0 +1,48 @@
+"""What the method, export-format and family registries share: entries looked up by name, objects named by
+"module:attribute" and loaded when first used, options validated against a declared pydantic schema."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from twossp_core.errors import InvalidSpec
+
+EntryT = TypeVar("EntryT")
+
+
+def load_object(path: str) -> Any:
+    """The object a "module:attribute" path names (its module imported now)."""
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def entry_of(table: Mapping[str, EntryT], name: str, what: str) -> EntryT:
+    """`table[name]`, or InvalidSpec naming the known entries (`what`: "method", "export format")."""
+    entry = table.get(name)
+    if entry is None:
+        raise InvalidSpec(f"unknown {what} {name!r}; available: {', '.join(table)}")
+    return entry
+
+
+def validate_options(schema: str, options: dict[str, Any] | None, *, strict: bool, label: str) -> BaseModel:
+    """`options` as the schema ("module:Class") declares them; InvalidSpec "`label`: field: problem" otherwise.
+    strict: every value of its exact type (a number must be a number, not "1.5"; the service's requests)."""
+    config_cls = load_object(schema)
+    try:
+        return config_cls.model_validate(options or {}, strict=strict)
+    except ValidationError as exc:
+        raise InvalidSpec(f"{label}: {format_validation_error(exc)}") from None
+
+
+def format_validation_error(exc: Any) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "__root__")
+        msg = err.get("msg", "invalid")
+        msg = msg.removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts)

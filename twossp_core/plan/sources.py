@@ -1,0 +1,54 @@
+"""A text source as a request names it: a hub dataset or a local file, with an optional document range."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from twossp_core.errors import InvalidSpec
+from twossp_core.plan.limits import MAX_DOCUMENT_INDEX
+
+HUB_DATASETS = ("wikitext2", "c4", "fineweb-edu")
+
+_SOURCE_RE = re.compile(r"(?P<name>.+?)(?::(?P<start>\d*):(?P<end>\d*))?", re.DOTALL)
+# a tail that looks like a document range but is not two plain integers (`:1e23`, `:-1:5`, `:0:1.5`)
+_BAD_RANGE_RE = re.compile(r":[^:/\\]*:[^:/\\]*$")
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """One text source: a hub dataset name or a local file, with an optional document range."""
+
+    name: str
+    start: int | None = None
+    end: int | None = None
+
+    @property
+    def is_hub(self) -> bool:
+        return self.name in HUB_DATASETS
+
+    @property
+    def label(self) -> str:
+        if self.start is None and self.end is None:
+            return self.name
+        return f"{self.name}:{'' if self.start is None else self.start}:{'' if self.end is None else self.end}"
+
+    @classmethod
+    def parse(cls, text: str) -> DataSource:
+        """Parse `NAME` or `PATH[:START:END]` (documents START..END-1, either bound may be empty)."""
+        if not isinstance(text, str) or not text.strip():
+            raise InvalidSpec("a data source must be a non-empty string (a dataset name or PATH[:START:END])")
+        if any(ch in text for ch in "\x00\n\r"):
+            raise InvalidSpec(f"data source {text!r}: control characters are not allowed")
+        match = _SOURCE_RE.fullmatch(text.strip())
+        assert match is not None
+        if match["start"] is None and _BAD_RANGE_RE.search(match["name"]):
+            raise InvalidSpec(f"data source {text!r}: a document range is PATH:START:END with plain integers")
+        start = int(match["start"]) if match["start"] else None
+        end = int(match["end"]) if match["end"] else None
+        for bound in (start, end):
+            if bound is not None and bound > MAX_DOCUMENT_INDEX:
+                raise InvalidSpec(f"data source {text!r}: document indices are at most {MAX_DOCUMENT_INDEX:,}")
+        if start is not None and end is not None and end <= start:
+            raise InvalidSpec(f"data source {text!r}: END ({end}) must be greater than START ({start})")
+        return cls(name=match["name"], start=start, end=end)
