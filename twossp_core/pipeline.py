@@ -469,6 +469,36 @@ def export_model(
     return run_export(export, model, tokenizer, Path(out_dir), {**metadata, "export": export}, options)
 
 
+def run_cell(
+    ws: Workspace, cell: PruneSpec, reporter: Reporter, *, model_dir: Path | None, plot_dir: Path, copy_model: bool,
+) -> tuple[dict[str, Any], Any]:
+    """One cell on a prepared workspace: prune → measure → [heal] → [export]. A prune job is one cell; a sweep runs
+    one per (method, sparsity) on a copy of the dense model (`copy_model`). The pruned (healed) model is exported
+    into `model_dir` in the cell's format (None: not exported) and the heal's loss plot drawn into `plot_dir`.
+    Returns the report (the keys of report.json) and the model; a target the method cannot reach raises
+    InfeasibleTarget or UnsupportedModel."""
+    model, outcome, prune_s = prune_model(ws, cell.method, cell.sparsity, cell.options, reporter,
+                                          copy_model=copy_model)
+    reporter.checkpoint()
+    report = measure_pruned(ws, model, cell.method, cell.sparsity, cell.options, outcome, prune_s, reporter)
+    losses: list[float] = []
+    if cell.heal is not None:
+        model, losses = heal_pruned(ws, model, report, reporter)
+    if model_dir is not None:
+        reporter.checkpoint()
+        reporter.update("export", 0.0)
+        t_export = time.perf_counter()
+        report["export"] = export_model(
+            model, ws.tokenizer, model_dir, export_metadata(report), cell.export, cell.export_options
+        )
+        report["timings"]["export_s"] = time.perf_counter() - t_export
+        reporter.update("export", 1.0)
+    if losses:
+        plot_dir.mkdir(parents=True, exist_ok=True)
+        write_loss_plot(losses, report, plot_dir)
+    return report, model
+
+
 def run_prune(
     spec: PruneSpec,
     out_dir: Path,
@@ -485,26 +515,9 @@ def run_prune(
     if spec.heal is not None and spec.heal.control:
         heal_control(ws, reporter)
     reporter.checkpoint()
-    model, outcome, prune_s = prune_model(ws, spec.method, spec.sparsity, spec.options, reporter, copy_model=False)
-    reporter.checkpoint()
-    report = measure_pruned(ws, model, spec.method, spec.sparsity, spec.options, outcome, prune_s, reporter)
-    losses: list[float] = []
-    if spec.heal is not None:
-        model, losses = heal_pruned(ws, model, report, reporter)
-    reporter.checkpoint()
-    reporter.update("export", 0.0)
-    t_export = time.perf_counter()
-    report["export"] = export_model(
-        model, ws.tokenizer, Path(out_dir), export_metadata(report), spec.export, spec.export_options
-    )
-    if losses:
-        write_loss_plot(losses, report, Path(out_dir))
-    report["timings"].update(
-        {k: v for k, v in ws.timings.items()}, export_s=time.perf_counter() - t_export,
-        total_s=time.perf_counter() - start,
-    )
+    report, model = run_cell(ws, spec, reporter, model_dir=Path(out_dir), plot_dir=Path(out_dir), copy_model=False)
+    report["timings"].update(ws.timings, total_s=time.perf_counter() - start)
     assert ws.memory_plan is not None
     report["memory"] = memory_report(spec, ws.memory_plan, meter, model)
     write_json_atomic(Path(out_dir) / REPORT_FILE, report)
-    reporter.update("export", 1.0)
     return report

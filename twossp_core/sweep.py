@@ -20,16 +20,11 @@ from typing import Any
 
 from twossp_core.errors import InfeasibleTarget, UnsupportedModel
 from twossp_core.pipeline import (
-    export_metadata,
-    export_model,
     heal_control,
-    heal_pruned,
-    measure_pruned,
     prepare,
-    prune_model,
+    run_cell,
     runtime_info,
     write_json_atomic,
-    write_loss_plot,
 )
 from twossp_core.plan.spec import SweepSpec
 from twossp_core.plan.stages import run_prefix
@@ -107,25 +102,15 @@ def run_sweep(
             reporter.checkpoint()
             name = run_name(method, sparsity)
             run_reporter = PrefixReporter(reporter, run_prefix(method, sparsity))  # e.g. shortgpt@0.25/influence
-            options = spec.options[method]
+            run_dir = out_dir / "runs" / name
+            model_dir = out_dir / "models" / name if spec.save_models else None
             try:
-                model, outcome, prune_s = prune_model(ws, method, sparsity, options, run_reporter, copy_model=True)
+                report, model = run_cell(ws, spec.prune_spec(method, sparsity), run_reporter, model_dir=model_dir,
+                                         plot_dir=run_dir, copy_model=True)
             except (InfeasibleTarget, UnsupportedModel) as exc:
                 rows.append(error_row(method, sparsity, exc))
                 continue
-            report = measure_pruned(ws, model, method, sparsity, options, outcome, prune_s, run_reporter)
-            losses: list[float] = []
-            if spec.heal is not None:
-                model, losses = heal_pruned(ws, model, report, run_reporter)
-            run_dir = out_dir / "runs" / name
             run_dir.mkdir(parents=True, exist_ok=True)
-            if losses:
-                write_loss_plot(losses, report, run_dir)
-            if spec.save_models:
-                report["export"] = export_model(
-                    model, ws.tokenizer, out_dir / "models" / name, export_metadata(report), spec.export,
-                    spec.export_options,
-                )
             write_json_atomic(run_dir / "report.json", report)
             rows.append(comparison_row(report))
             del model

@@ -6,6 +6,7 @@ import copy
 import math
 
 import pytest
+import torch
 from methods_common import assert_reloads_equal, calibration, ppl, prune, prune_stories, stories_workspace
 from tiny_models import tiny_model
 
@@ -70,3 +71,27 @@ def test_stories260k_blockpruner(stories_model, stories_text):
     assert [o["perplexity"] for o in order] == sorted(o["perplexity"] for o in order)
     dense, pruned = ppl(report)
     assert dense < pruned < 1e4
+
+
+@pytest.mark.parametrize("sparsities", [(0.2, 0.45), (0.45, 0.2)])
+def test_shared_order_gives_the_search_from_scratch(sparsities):
+    """A sweep's sparsities share one greedy order: each replays what is known and searches beyond it; every
+    result equals a search from scratch (same removals, same weights), whichever sparsity runs first."""
+    dense = tiny_model("llama")
+    windows = calibration(1, 32)
+    cache: dict = {}
+    for sparsity in sparsities:
+        shared_model, fresh_model = copy.deepcopy(dense), copy.deepcopy(dense)
+        shared = prune("blockpruner", shared_model, sparsity, windows=windows, cache=cache)
+        fresh = prune("blockpruner", fresh_model, sparsity, windows=windows)
+        assert shared.details["removal_order"] == fresh.details["removal_order"]
+        assert (shared.removed_attention, shared.removed_mlp, shared.removed_blocks) == (
+            fresh.removed_attention, fresh.removed_mlp, fresh.removed_blocks)
+        shared_state, fresh_state = shared_model.state_dict(), fresh_model.state_dict()
+        assert shared_state.keys() == fresh_state.keys()
+        assert all(torch.equal(shared_state[k], fresh_state[k]) for k in shared_state)
+    low, high = sorted(sparsities)
+    assert cache  # the order was kept...
+    replayed = [prune("blockpruner", copy.deepcopy(dense), s, windows=windows, cache=cache)
+                .details["replayed_removals"] for s in (low, high)]
+    assert replayed[0] > 0 and replayed[1] > replayed[0]  # ...and both sparsities now only replay it

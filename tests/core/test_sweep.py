@@ -8,14 +8,18 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tiny_models import tiny_workdir  # noqa: E402
 
 from twossp_core.cli.main import main  # noqa: E402
 from twossp_core.errors import Cancelled, InvalidSpec  # noqa: E402
+from twossp_core.pipeline import run_prune  # noqa: E402
 from twossp_core.plan.methods import method_names  # noqa: E402
 from twossp_core.plan.spec import JobSpecBase, PruneSpec, SweepSpec, parse_sweep_spec  # noqa: E402
+from twossp_core.plan.stages import sweep_stages  # noqa: E402
 from twossp_core.sweep import run_sweep  # noqa: E402
 
 EVO = {"generations": 2, "offspring": 3, "initial_candidates": 4, "selection_tokens": [1, 64],
@@ -185,3 +189,23 @@ def test_a_sweep_plans_the_pruned_copy_besides_the_dense_model(tmp_path):
     with pytest.raises(InvalidSpec, match="sweeps run in memory.*raise the memory budget"):
         run_sweep(parse_sweep_spec({**body, "max_host_memory": budget}), tmp_path / "o")
     assert not (tmp_path / "o" / "comparison.json").exists()
+
+
+def test_a_sweep_cell_is_the_prune_job_of_its_spec(workdir, tmp_path):
+    """A sweep's run and a prune job of the same (method, sparsity) are one run function: the same report (timings
+    aside), the same exported weights, and the sweep reports each run's export as a stage of its plan."""
+    spec = parse_sweep_spec(_data(workdir, methods=["2ssp", "shortgpt"], sparsities=[0.5], save_models=True))
+    seen: list[str] = []
+    run_sweep(spec, tmp_path / "s", progress=lambda stage, fraction: seen.append(stage))
+    entered = [stage for i, stage in enumerate(seen) if i == 0 or seen[i - 1] != stage]
+    plan = [s.name for s in sweep_stages(spec)]
+    assert [s for s in entered if s.endswith("/export")] == ["2ssp@0.5/export", "shortgpt@0.5/export"]
+    assert [s for s in plan if s.endswith("/export")] == ["2ssp@0.5/export", "shortgpt@0.5/export"]
+    for method in spec.methods:
+        single = run_prune(spec.prune_spec(method, 0.5), tmp_path / method)
+        cell = json.loads((tmp_path / "s" / "runs" / f"{method}-0.5" / "report.json").read_text())
+        for key in set(single) - {"timings", "memory", "runtime"}:
+            assert cell[key] == single[key], key
+        a = load_file(tmp_path / method / "model.safetensors")
+        b = load_file(tmp_path / "s" / "models" / f"{method}-0.5" / "model.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

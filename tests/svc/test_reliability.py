@@ -741,7 +741,7 @@ def test_relative_model_ids_are_never_looked_up_in_the_api_working_directory(
     headers = {"Authorization": f"Bearer {key}"}
     # a hub-style id that happens to name a directory here is still a hub id: same answer as for any hub id
     for model in ("secret-dir", "no-such-dir"):
-        body = {"model": model, "sparsity": 0.25, "calibration": ["c4"], "eval": ["c4"]}
+        body = {"model": model, "sparsity": 0.25, "calibration": ["c4"], "eval": ["c4"], "eval_windows": 4}
         response = client.post("/jobs", json=body, headers=headers)
         assert response.status_code == 202, response.text
     for model in ("./secret-dir", "../cwd/secret-dir"):
