@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 from dataclasses import asdict
+from typing import Any
 
 import psutil
 
@@ -137,13 +138,11 @@ def advertise_until_stopped(
 _advertiser: subprocess.Popen[bytes] | None = None
 
 
-def on_worker_init(**_: object) -> None:
+def on_worker_init(sender: Any = None, **_: object) -> None:
     """Detect the capacity in the worker's main process before the pool forks, so each pool process inherits it
-    (no pool process runs the GPU probe of its own)."""
-    from worker.celery_app import app
-
+    (no pool process runs the GPU probe of its own). `sender`: the Celery worker, whose app holds the settings."""
     try:
-        worker_capacity(app.conf.twossp_settings)
+        worker_capacity(sender.app.conf.twossp_settings)
     except Exception:
         log.exception("cannot tell this worker's memory; it is not advertised (jobs are not routed to it)")
 
@@ -155,13 +154,12 @@ def consumer_queues(consumer: object) -> list[str]:
     return sorted({q.name for q in queues})
 
 
-def on_worker_ready(sender: object = None, **_: object) -> None:
+def on_worker_ready(sender: Any = None, **_: object) -> None:
     """Start the advertiser in a process of its own. The worker's main process forks a pool process per job: a
     thread of it importing modules or talking to the database while it forks could leave the new pool process
-    with a lock held by nobody, and the job it was given would never start."""
+    with a lock held by nobody, and the job it was given would never start. `sender`: the worker's consumer,
+    whose app holds the settings."""
     global _advertiser
-    from worker.celery_app import app
-
     queues = consumer_queues(sender)
     if not queues:
         log.warning("cannot tell which queues this worker consumes; it is not advertised")
@@ -172,7 +170,7 @@ def on_worker_ready(sender: object = None, **_: object) -> None:
                "--parent", str(os.getpid()), "--capacity", json.dumps(asdict(_capacity))]
     for queue in queues:
         command += ["--queue", queue]
-    _advertiser = subprocess.Popen(command, env={**os.environ, **app.conf.twossp_settings.to_env()})
+    _advertiser = subprocess.Popen(command, env={**os.environ, **sender.app.conf.twossp_settings.to_env()})
 
 
 def on_worker_shutdown(**_: object) -> None:

@@ -4,28 +4,26 @@ hooks still move every module's inputs); with two CUDA devices the last tests sp
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny_models import tiny_workdir
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tiny_models import tiny_workdir  # noqa: E402
-
-from twossp_core.errors import InvalidSpec  # noqa: E402
-from twossp_core.evaluation.perplexity import perplexity  # noqa: E402
-from twossp_core.models.registry import adapter_for  # noqa: E402
-from twossp_core.pipeline import run_prune  # noqa: E402
-from twossp_core.plan.memory import Workload, plan_memory  # noqa: E402
-from twossp_core.plan.methods import method_config  # noqa: E402
-from twossp_core.plan.spec import parse_spec  # noqa: E402
-from twossp_core.pruning.base import PruneContext  # noqa: E402
-from twossp_core.pruning.registry import method_class  # noqa: E402
-from twossp_core.runtime.dispatch import device_map, is_dispatched, load_multi_device  # noqa: E402
-from twossp_core.runtime.loading import empty_model, load_config, load_model, resolve_dtype  # noqa: E402
-from twossp_core.runtime.modes import model_config_dict  # noqa: E402
+from twossp_core.errors import InvalidSpec
+from twossp_core.evaluation.perplexity import perplexity
+from twossp_core.models.registry import adapter_for
+from twossp_core.pipeline import run_prune
+from twossp_core.plan.memory import Workload, plan_memory
+from twossp_core.plan.methods import method_config
+from twossp_core.plan.spec import parse_spec
+from twossp_core.pruning.base import PruneContext
+from twossp_core.pruning.registry import method_class
+from twossp_core.runtime.devices import resolve_dtype
+from twossp_core.runtime.dispatch import device_map, is_dispatched, load_multi_device
+from twossp_core.runtime.loading import empty_model, load_config, load_model
+from twossp_core.runtime.modes import model_config_dict
 
 EVOPRESS = {"generations": 2, "offspring": 4, "initial_candidates": 4, "initial_tokens": 16,
             "selection_tokens": [16, 32], "selection_survivors": [2, 1]}

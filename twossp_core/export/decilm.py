@@ -93,7 +93,8 @@ def export_decilm(
     model: Any, tokenizer: Any, out_dir: Path, metadata: dict[str, Any], options: BaseModel
 ) -> dict[str, Any]:
     """Write config.json, model.safetensors, the tokenizer, the two code files and the model card."""
-    from twossp_core.export.save import staged_into, with_source_use_cache
+    from twossp_core.export.save import with_source_use_cache
+    from twossp_core.export.staging import staged_into
     from twossp_core.export.streamed import write_weights_by_block
     from twossp_core.export.tokenizer_files import save_tokenizer
     from twossp_core.models.registry import adapter_for

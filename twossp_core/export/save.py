@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +13,7 @@ from twossp_core.export.card import write_card
 from twossp_core.export.compact_config import BASE_KEY, MODELING_FILE, to_compact
 from twossp_core.export.remote_modeling import STRUCTURE_KEY, needs_structure
 from twossp_core.export.source_files import source_json
+from twossp_core.export.staging import staged_into
 from twossp_core.export.streamed import write_weights_by_block
 from twossp_core.export.tokenizer_files import save_tokenizer
 from twossp_core.runtime.offload import offloader_of
@@ -35,37 +32,6 @@ def modeling_source(base_architecture: str) -> str:
     else:  # pragma: no cover - guarded by tests
         raise RuntimeError("base-class marker missing from remote_modeling.py")
     return "\n".join(lines) + "\n"
-
-
-@contextmanager
-def staged_into(out_dir: Path) -> Iterator[Path]:
-    """A private folder beside `out_dir` to write an export into; on success its files get the mode of new files
-    and move into `out_dir` (created if missing), replacing same-named entries. Always removed afterwards."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    out_dir.mkdir(exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".twossp-save-", dir=out_dir.parent))
-    try:
-        yield tmp
-        readable_like_new_files(tmp)
-        for item in tmp.iterdir():
-            target = out_dir / item.name
-            if target.is_dir():
-                shutil.rmtree(target)
-            item.replace(target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def readable_like_new_files(directory: Path) -> None:
-    """Give every file under `directory` the mode a new file gets (0644 under the usual umask): the weights are
-    written through a private temporary file (0600), the other files are not."""
-    probe = directory / ".twossp-mode-probe"
-    probe.touch()
-    mode = probe.stat().st_mode & 0o777
-    probe.unlink()
-    for item in directory.rglob("*"):
-        if item.is_file():
-            item.chmod(mode)
 
 
 def with_source_use_cache(config: dict[str, Any], source: str) -> dict[str, Any]:

@@ -6,23 +6,10 @@ Used to check a request before any model is loaded (e.g. by the API). Each famil
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
+from twossp_core.models.families.layout import BlockCounts
 from twossp_core.models.registry import formula_for
-
-
-@dataclass(frozen=True)
-class BlockCounts:
-    blocks: int
-    attention: int
-    mlp: int
-    block: int  # one whole block: attention + FFN + norms
-    intermediate_size: int
-
-    @property
-    def blocks_total(self) -> int:
-        return self.blocks * self.block
 
 
 def block_counts(cfg: dict[str, Any]) -> BlockCounts:

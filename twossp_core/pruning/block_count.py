@@ -10,9 +10,21 @@ from __future__ import annotations
 import math
 from typing import Literal
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from twossp_core.errors import InfeasibleTarget
 
 Rounding = Literal["nearest", "floor", "ceil"]
+
+
+class BlockCountConfig(BaseModel):
+    """The options of a method that removes a number of whole blocks (each method names its own subclass)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    rounding: Rounding = Field(
+        "nearest", description="blocks removed = s x B rounded this way (nearest: an exact half rounds down)"
+    )
 
 
 def blocks_to_remove(num_blocks: int, sparsity: float, rounding: Rounding = "nearest") -> int:

@@ -85,7 +85,9 @@ def load_multi_device(model_id: str, *, dtype: str, placement: Placement) -> tup
     from accelerate import dispatch_model
 
     from twossp_core.models.registry import adapter_for
-    from twossp_core.runtime.loading import empty_model, load_config, load_model, quiet_transformers, resolve_dtype
+    from twossp_core.runtime.devices import resolve_dtype
+    from twossp_core.runtime.loading import empty_model, load_config, load_model
+    from twossp_core.runtime.quiet import quiet_transformers
 
     quiet_transformers()
     mapping = device_map(empty_model(model_id, load_config(model_id), resolve_dtype(dtype)), placement)
@@ -106,8 +108,3 @@ def load_multi_device(model_id: str, *, dtype: str, placement: Placement) -> tup
         # nothing is offloaded here, and a map of GPUs is saved the ordinary way
         del model.hf_device_map
     return model, tokenizer
-
-
-def parameter_devices(model: nn.Module) -> list[str]:
-    """The devices the model's parameters are on, in the order they first appear."""
-    return list(dict.fromkeys(str(p.device) for p in model.parameters()))

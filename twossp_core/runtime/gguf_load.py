@@ -75,7 +75,7 @@ def dequantize_gguf(
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from twossp_core.models.registry import check_supported
-    from twossp_core.runtime.loading import quiet_transformers
+    from twossp_core.runtime.quiet import quiet_transformers
 
     header = read_header(path)
     check_readable(header)
@@ -114,8 +114,8 @@ def convert_gguf(path: Path, out_dir: Path, *, dtype: str = "float32",
     """Write the GGUF file `path` as a plain Hugging Face directory (config.json with the source record,
     model.safetensors, tokenizer files with the chat template, README.md) into `out_dir`, atomically. Returns the
     source record with the seconds taken."""
-    from twossp_core.export.save import staged_into
-    from twossp_core.runtime.loading import resolve_dtype
+    from twossp_core.export.staging import staged_into
+    from twossp_core.runtime.devices import resolve_dtype
 
     start = time.perf_counter()
     report = progress or (lambda stage, fraction: None)

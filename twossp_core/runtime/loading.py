@@ -12,32 +12,9 @@ from twossp_core.export.remote_modeling import STRUCTURE_KEY, pruned_class
 from twossp_core.gguf_source import local_gguf
 from twossp_core.local_inputs import local_path
 from twossp_core.models.registry import check_supported
+from twossp_core.runtime.devices import resolve_device, resolve_dtype
 from twossp_core.runtime.hub import require_hub_model
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise InvalidSpec("device 'cuda' was requested but no CUDA device is available")
-    return torch.device(name)
-
-
-def resolve_dtype(name: str) -> torch.dtype:
-    try:
-        return DTYPES[name]
-    except KeyError:
-        raise InvalidSpec(f"dtype {name!r} is not one of {', '.join(DTYPES)}") from None
-
-
-def quiet_transformers() -> None:
-    """Our own progress bars and errors replace transformers' loading bars and warnings."""
-    from transformers.utils import logging
-
-    logging.set_verbosity_error()
-    logging.disable_progress_bar()
+from twossp_core.runtime.quiet import quiet_transformers
 
 
 def load_config(model_id: str) -> Any:

@@ -27,7 +27,7 @@ def visible_gpus(spec: Any) -> list[tuple[str, int]] | None:
     """The GPUs a job may spread over, the current device first, with their free memory now; None for a job that
     cannot spread (a CPU job, an execution other than auto and multi-device, one GPU with auto). Only then is
     every visible GPU queried (which starts a CUDA context on each)."""
-    from twossp_core.runtime.loading import resolve_device
+    from twossp_core.runtime.devices import resolve_device
 
     if resolve_device(spec.device).type != "cuda" or spec.execution not in ("auto", "multi-device"):
         return None
@@ -41,7 +41,7 @@ def visible_gpus(spec: Any) -> list[tuple[str, int]] | None:
 
 def job_plan(spec: Any) -> MemoryPlan:
     """The plan of `spec` on this machine (baseline: this process's RSS now); InvalidSpec when it cannot fit."""
-    from twossp_core.runtime.loading import resolve_device
+    from twossp_core.runtime.devices import resolve_device
 
     device = resolve_device(spec.device).type
     plan = spec_plan(spec, model_config_dict(spec.model), device=device,

@@ -199,7 +199,8 @@ def block_prefix(model_id: str) -> str:
     """The checkpoint name prefix of a model's decoder blocks (e.g. "model.layers."), from its family's adapter on
     the model built on the meta device from its config (no weights are read)."""
     from twossp_core.models.registry import adapter_for, check_supported
-    from twossp_core.runtime.loading import empty_model, load_config, quiet_transformers
+    from twossp_core.runtime.loading import empty_model, load_config
+    from twossp_core.runtime.quiet import quiet_transformers
 
     quiet_transformers()
     config = load_config(str(local_model_dir(model_id)))
@@ -216,7 +217,9 @@ def load_block_by_block(
     from transformers import AutoTokenizer
 
     from twossp_core.models.registry import adapter_for, check_supported
-    from twossp_core.runtime.loading import empty_model, load_config, quiet_transformers, resolve_device, resolve_dtype
+    from twossp_core.runtime.devices import resolve_device, resolve_dtype
+    from twossp_core.runtime.loading import empty_model, load_config
+    from twossp_core.runtime.quiet import quiet_transformers
 
     quiet_transformers()
     local = local_model_dir(model_id)

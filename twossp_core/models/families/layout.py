@@ -1,11 +1,23 @@
-"""The count formula of a Llama-layout block; each family's formula overrides the parts that differ."""
+"""The count formula of a Llama-layout block and the counts it gives; each family's formula overrides the parts
+that differ."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
-from twossp_core.models.counts import BlockCounts
+
+@dataclass(frozen=True)
+class BlockCounts:
+    blocks: int
+    attention: int
+    mlp: int
+    block: int  # one whole block: attention + FFN + norms
+    intermediate_size: int
+
+    @property
+    def blocks_total(self) -> int:
+        return self.blocks * self.block
 
 
 @dataclass(frozen=True)

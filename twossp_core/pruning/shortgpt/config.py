@@ -1,13 +1,7 @@
-"""Options of ShortGPT (torch-free)."""
+"""Options of ShortGPT (torch-free): how the number of blocks removed is rounded."""
 
-from typing import Literal
-
-from pydantic import BaseModel, ConfigDict, Field
+from twossp_core.pruning.block_count import BlockCountConfig
 
 
-class ShortGPTConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-    rounding: Literal["nearest", "floor", "ceil"] = Field(
-        "nearest", description="blocks removed = s x B rounded this way (nearest: an exact half rounds down)"
-    )
+class ShortGPTConfig(BlockCountConfig):
+    pass

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from twossp_core.errors import InfeasibleTarget
 
 if TYPE_CHECKING:
-    from twossp_core.models.counts import BlockCounts
+    from twossp_core.models.families.layout import BlockCounts
     from twossp_core.pruning.twossp.config import TwoSSPConfig
 
 

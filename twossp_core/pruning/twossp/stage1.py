@@ -7,13 +7,12 @@ projection has shown its input: the rest of that block, the final norm and the L
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from twossp_core.models.base import ModelAdapter
 from twossp_core.progress import Reporter
-from twossp_core.pruning.twossp.scores import top_k, window_norms
+from twossp_core.pruning.twossp.score_hooks import install_score_hooks
+from twossp_core.pruning.twossp.scores import top_k
 from twossp_core.runtime.forward import StopForward
 from twossp_core.runtime.offload import editing_block, is_offloaded
 
@@ -45,25 +44,6 @@ def apply_width(adapter: ModelAdapter, scores: list[torch.Tensor], kept: int) ->
         with editing_block(adapter, idx):
             adapter.slice_ffn(idx, top_k(block_scores, kept))
     adapter.set_intermediate_size(kept)
-
-
-def install_score_hooks(adapter: ModelAdapter, device: Any) -> tuple[list[torch.Tensor], list[Any]]:
-    """Per-block sums of the down projections' input norms, filled by forward pre-hooks (returned with their
-    handles, which the caller removes); the last scored block stops the forward: nothing after it counts."""
-    sums = [torch.zeros(adapter.intermediate_size, dtype=torch.float32, device=device)
-            for _ in range(adapter.num_blocks)]
-    hooked = [i for i in range(adapter.num_blocks) if not adapter.mlp_removed(i)]
-    last = hooked[-1] if hooked else -1
-
-    def make_hook(idx: int) -> Any:
-        def hook(module: Any, args: tuple[Any, ...]) -> None:
-            sums[idx] += window_norms(args[0]).to(sums[idx].device)  # multi-device: from the block's device
-            if idx == last:
-                raise StopForward
-        return hook
-
-    handles = [adapter.down_projection(idx).register_forward_pre_hook(make_hook(idx)) for idx in hooked]
-    return sums, handles
 
 
 def run_windows(adapter: ModelAdapter, windows: torch.Tensor, batch_size: int, reporter: Reporter, stage: str) -> None:

@@ -10,7 +10,7 @@ import torch
 
 from twossp_core.models.base import ModelAdapter
 from twossp_core.progress import Reporter
-from twossp_core.pruning.twossp.stage1 import install_score_hooks
+from twossp_core.pruning.twossp.score_hooks import install_score_hooks
 from twossp_core.runtime.sequential import capture_batch, chunks, compute_device, run_blocks, window_budget
 
 

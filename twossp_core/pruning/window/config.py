@@ -1,13 +1,8 @@
-"""Options of the sliding-window (consecutive blocks) method (torch-free)."""
+"""Options of the sliding-window (consecutive blocks) method (torch-free): how the number of blocks removed is
+rounded."""
 
-from typing import Literal
-
-from pydantic import BaseModel, ConfigDict, Field
+from twossp_core.pruning.block_count import BlockCountConfig
 
 
-class WindowConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-    rounding: Literal["nearest", "floor", "ceil"] = Field(
-        "nearest", description="blocks removed = s x B rounded this way (nearest: an exact half rounds down)"
-    )
+class WindowConfig(BlockCountConfig):
+    pass
