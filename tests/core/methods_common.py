@@ -4,22 +4,19 @@ from __future__ import annotations
 
 import copy
 import functools
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from tiny_models import tiny_model, tokenizer_for
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tiny_models import tiny_model, tokenizer_for  # noqa: E402
-
-from twossp_core.export.load import load_pruned  # noqa: E402
-from twossp_core.export.save import save_pruned  # noqa: E402
-from twossp_core.models.registry import adapter_for  # noqa: E402
-from twossp_core.plan.methods import method_config  # noqa: E402
-from twossp_core.pruning.base import PruneContext, PruneOutcome  # noqa: E402
-from twossp_core.pruning.registry import method_class  # noqa: E402
+from twossp_core.export.load import load_pruned
+from twossp_core.export.save import save_pruned
+from twossp_core.models.registry import adapter_for
+from twossp_core.plan.methods import method_config
+from twossp_core.pruning.base import PruneContext, PruneOutcome
+from twossp_core.pruning.registry import method_class
 
 VOCAB = 96
 

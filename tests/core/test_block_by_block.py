@@ -4,28 +4,25 @@ holds one block at a time, writes the same exported weights, and jobs that canno
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny_models import tiny_workdir
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tiny_models import tiny_workdir  # noqa: E402
-
-from twossp_core.cli.main import main  # noqa: E402
-from twossp_core.errors import InvalidSpec  # noqa: E402
-from twossp_core.evaluation.perplexity import perplexity  # noqa: E402
-from twossp_core.export.streamed import INDEX_FILE, write_weights_by_block  # noqa: E402
-from twossp_core.models.registry import adapter_for  # noqa: E402
-from twossp_core.pipeline import run_prune  # noqa: E402
-from twossp_core.plan.methods import method_config  # noqa: E402
-from twossp_core.plan.spec import parse_spec  # noqa: E402
-from twossp_core.pruning.base import PruneContext  # noqa: E402
-from twossp_core.pruning.registry import method_class  # noqa: E402
-from twossp_core.runtime.loading import load_model  # noqa: E402
-from twossp_core.runtime.offload import load_block_by_block, offloader_of  # noqa: E402
+from twossp_core.cli.main import main
+from twossp_core.errors import InvalidSpec
+from twossp_core.evaluation.perplexity import perplexity
+from twossp_core.export.streamed import INDEX_FILE, write_weights_by_block
+from twossp_core.models.registry import adapter_for
+from twossp_core.pipeline import run_prune
+from twossp_core.plan.methods import method_config
+from twossp_core.plan.spec import parse_spec
+from twossp_core.pruning.base import PruneContext
+from twossp_core.pruning.registry import method_class
+from twossp_core.runtime.loading import load_model
+from twossp_core.runtime.offload import load_block_by_block, offloader_of
 
 
 @pytest.fixture(scope="module")

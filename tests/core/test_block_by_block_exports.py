@@ -5,25 +5,22 @@ with no more than one decoder block in memory at any time."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import require_data
 from safetensors.torch import load_file
+from tiny_models import TINY_TEXT, tiny_model, tiny_workdir, tokenizer_for
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from conftest import require_data  # noqa: E402
-from tiny_models import TINY_TEXT, tiny_model, tiny_workdir, tokenizer_for  # noqa: E402
-
-from twossp_core.export.gguf import GGUF_FILE  # noqa: E402
-from twossp_core.export.registry import run_export  # noqa: E402
-from twossp_core.export.streamed import INDEX_FILE  # noqa: E402
-from twossp_core.models.registry import adapter_for  # noqa: E402
-from twossp_core.pipeline import run_prune  # noqa: E402
-from twossp_core.plan.spec import parse_spec  # noqa: E402
-from twossp_core.runtime.loading import load_model  # noqa: E402
-from twossp_core.runtime.offload import editing_block, load_block_by_block, offloader_of  # noqa: E402
+from twossp_core.export.gguf import GGUF_FILE
+from twossp_core.export.registry import run_export
+from twossp_core.export.streamed import INDEX_FILE
+from twossp_core.models.registry import adapter_for
+from twossp_core.pipeline import run_prune
+from twossp_core.plan.spec import parse_spec
+from twossp_core.runtime.loading import load_model
+from twossp_core.runtime.offload import editing_block, load_block_by_block, offloader_of
 
 MODES = ("in-memory", "block-by-block")
 STORIES_TEXT = ("text", "tinystories-val-1000.txt")

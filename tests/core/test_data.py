@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
+from tiny_models import tokenizer_for
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tiny_models import tokenizer_for  # noqa: E402
-
-from twossp_core.data.sources import iter_documents  # noqa: E402
-from twossp_core.data.windows import JOINER, load_windows, tokenize  # noqa: E402
-from twossp_core.errors import DataError, InvalidSpec  # noqa: E402
-from twossp_core.plan.sources import DataSource  # noqa: E402
-from twossp_core.plan.spec import parse_spec  # noqa: E402
+from twossp_core.data.sources import iter_documents
+from twossp_core.data.windows import JOINER, load_windows, tokenize
+from twossp_core.errors import DataError, InvalidSpec
+from twossp_core.plan.sources import DataSource
+from twossp_core.plan.spec import parse_spec
 
 
 @pytest.mark.parametrize(

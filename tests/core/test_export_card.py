@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from twossp_core.export.card import render_card  # noqa: E402
-from twossp_core.export.registry import run_export  # noqa: E402
-from twossp_core.models.registry import adapter_for  # noqa: E402
-from twossp_core.plan.exports import FORMATS  # noqa: E402
+from twossp_core.export.card import render_card
+from twossp_core.export.registry import run_export
+from twossp_core.models.registry import adapter_for
+from twossp_core.plan.exports import FORMATS
 
 METADATA = {
     "method": "2ssp", "sparsity_target": 0.375, "sparsity_achieved": 0.3755, "removed_attention": [1],

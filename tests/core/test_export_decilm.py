@@ -3,24 +3,21 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import require_data
+from tiny_models import tiny_model, tokenizer_for
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from conftest import require_data  # noqa: E402
-from tiny_models import tiny_model, tokenizer_for  # noqa: E402
-
-from twossp_core.cli.main import main  # noqa: E402
-from twossp_core.errors import InvalidSpec  # noqa: E402
-from twossp_core.export.decilm_code.configuration_decilm import ffn_mult_to_intermediate_size  # noqa: E402
-from twossp_core.export.load import load_pruned  # noqa: E402
-from twossp_core.export.registry import run_export  # noqa: E402
-from twossp_core.models.registry import adapter_for  # noqa: E402
-from twossp_core.plan.spec import parse_spec  # noqa: E402
-from twossp_core.preflight import check_model  # noqa: E402
+from twossp_core.cli.main import main
+from twossp_core.errors import InvalidSpec
+from twossp_core.export.decilm_code.configuration_decilm import ffn_mult_to_intermediate_size
+from twossp_core.export.load import load_pruned
+from twossp_core.export.registry import run_export
+from twossp_core.models.registry import adapter_for
+from twossp_core.plan.spec import parse_spec
+from twossp_core.preflight import check_model
 
 
 def _decilm(path: Path):

@@ -4,23 +4,20 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import require_data
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from conftest import require_data  # noqa: E402
-
-from twossp_core.data.windows import load_windows  # noqa: E402
-from twossp_core.export.gguf import GGUF_FILE  # noqa: E402
-from twossp_core.export.registry import run_export  # noqa: E402
-from twossp_core.pipeline import run_prune  # noqa: E402
-from twossp_core.plan.sources import DataSource  # noqa: E402
-from twossp_core.plan.spec import parse_spec  # noqa: E402
-from twossp_core.runtime.loading import load_model  # noqa: E402
+from twossp_core.data.windows import load_windows
+from twossp_core.export.gguf import GGUF_FILE
+from twossp_core.export.registry import run_export
+from twossp_core.pipeline import run_prune
+from twossp_core.plan.sources import DataSource
+from twossp_core.plan.spec import parse_spec
+from twossp_core.runtime.loading import load_model
 
 
 def _llama_cpp():

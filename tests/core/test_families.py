@@ -4,24 +4,21 @@ emptied blocks."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from tiny_models import FAMILIES, tiny_model, tokenizer_for
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tiny_models import FAMILIES, tiny_model, tokenizer_for  # noqa: E402
-
-from twossp_core.errors import UnsupportedModel  # noqa: E402
-from twossp_core.export.load import load_pruned  # noqa: E402
-from twossp_core.export.registry import run_export  # noqa: E402
-from twossp_core.export.save import save_pruned  # noqa: E402
-from twossp_core.models.registry import adapter_for, supported_model_types  # noqa: E402
-from twossp_core.pruning.base import PruneContext  # noqa: E402
-from twossp_core.pruning.submodules import delete_emptied_blocks  # noqa: E402
-from twossp_core.pruning.twossp.config import TwoSSPConfig  # noqa: E402
-from twossp_core.pruning.twossp.method import TwoSSP  # noqa: E402
+from twossp_core.errors import UnsupportedModel
+from twossp_core.export.load import load_pruned
+from twossp_core.export.registry import run_export
+from twossp_core.export.save import save_pruned
+from twossp_core.models.registry import adapter_for, supported_model_types
+from twossp_core.pruning.base import PruneContext
+from twossp_core.pruning.submodules import delete_emptied_blocks
+from twossp_core.pruning.twossp.config import TwoSSPConfig
+from twossp_core.pruning.twossp.method import TwoSSP
 
 SPARSITY = 0.4
 

@@ -10,21 +10,18 @@ import hashlib
 import json
 import math
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import require_data
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from conftest import require_data  # noqa: E402
-
-from twossp_core.cli.main import main  # noqa: E402
-from twossp_core.data.windows import load_windows  # noqa: E402
-from twossp_core.errors import ModelNotFound, UnsupportedModel  # noqa: E402
-from twossp_core.export.gguf import write_gguf  # noqa: E402
-from twossp_core.gguf_source import (  # noqa: E402
+from twossp_core.cli.main import main
+from twossp_core.data.windows import load_windows
+from twossp_core.errors import ModelNotFound, UnsupportedModel
+from twossp_core.export.gguf import write_gguf
+from twossp_core.gguf_source import (
     GGUF_KEY,
     SOURCE_KEY,
     check_readable,
@@ -32,13 +29,13 @@ from twossp_core.gguf_source import (  # noqa: E402
     gguf_file_of,
     read_header,
 )
-from twossp_core.pipeline import run_prune  # noqa: E402
-from twossp_core.plan.memory import DTYPE_BYTES, load_bytes  # noqa: E402
-from twossp_core.plan.shape import model_shape  # noqa: E402
-from twossp_core.plan.sources import DataSource  # noqa: E402
-from twossp_core.plan.spec import parse_spec  # noqa: E402
-from twossp_core.preflight import local_config  # noqa: E402
-from twossp_core.runtime.loading import load_model  # noqa: E402
+from twossp_core.pipeline import run_prune
+from twossp_core.plan.memory import DTYPE_BYTES, load_bytes
+from twossp_core.plan.shape import model_shape
+from twossp_core.plan.sources import DataSource
+from twossp_core.plan.spec import parse_spec
+from twossp_core.preflight import local_config
+from twossp_core.runtime.loading import load_model
 
 C4 = ("text", "c4-validation-2k.jsonl")
 SEQ_LEN, WINDOWS = 128, 2

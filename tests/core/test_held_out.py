@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import pytest
+from tiny_models import tiny_workdir
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tiny_models import tiny_workdir  # noqa: E402
-
-from twossp_core.data.held_out import domain_of, geometric_mean_ratio, held_out_summary  # noqa: E402
-from twossp_core.pipeline import run_prune  # noqa: E402
-from twossp_core.plan.sources import DataSource  # noqa: E402
-from twossp_core.plan.spec import parse_spec  # noqa: E402
-from twossp_core.report_table import comparison_markdown  # noqa: E402
-from twossp_core.sweep import comparison_row  # noqa: E402
+from twossp_core.data.held_out import domain_of, geometric_mean_ratio, held_out_summary
+from twossp_core.pipeline import run_prune
+from twossp_core.plan.sources import DataSource
+from twossp_core.plan.spec import parse_spec
+from twossp_core.report_table import comparison_markdown
+from twossp_core.sweep import comparison_row
 
 
 def src(text: str) -> DataSource:

@@ -3,24 +3,21 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny_models import FAMILIES, save_tiny, tiny_workdir
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tiny_models import FAMILIES, save_tiny, tiny_workdir  # noqa: E402
-
-from twossp_core.errors import Cancelled  # noqa: E402
-from twossp_core.export.load import load_pruned  # noqa: E402
-from twossp_core.export.save import save_pruned  # noqa: E402
-from twossp_core.pipeline import prepare, prune_model, run_prune  # noqa: E402
-from twossp_core.plan.methods import method_names  # noqa: E402
-from twossp_core.plan.spec import parse_spec  # noqa: E402
-from twossp_core.plan.stages import prune_stages  # noqa: E402
-from twossp_core.progress import Reporter  # noqa: E402
+from twossp_core.errors import Cancelled
+from twossp_core.export.load import load_pruned
+from twossp_core.export.save import save_pruned
+from twossp_core.pipeline import prepare, prune_model, run_prune
+from twossp_core.plan.methods import method_names
+from twossp_core.plan.spec import parse_spec
+from twossp_core.plan.stages import prune_stages
+from twossp_core.progress import Reporter
 
 
 @pytest.fixture(scope="module")

@@ -5,19 +5,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from tiny_models import FAMILIES, save_tiny, tiny_model
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tiny_models import FAMILIES, save_tiny, tiny_model  # noqa: E402
-
-from twossp_core.errors import DataError, InfeasibleTarget, ModelNotFound, UnsupportedModel  # noqa: E402
-from twossp_core.models.counts import block_counts  # noqa: E402
-from twossp_core.models.registry import adapter_for  # noqa: E402
-from twossp_core.plan.methods import method_preflight  # noqa: E402
-from twossp_core.plan.spec import parse_spec  # noqa: E402
-from twossp_core.preflight import check_model  # noqa: E402
+from twossp_core.errors import DataError, InfeasibleTarget, ModelNotFound, UnsupportedModel
+from twossp_core.models.counts import block_counts
+from twossp_core.models.registry import adapter_for
+from twossp_core.plan.methods import method_preflight
+from twossp_core.plan.spec import parse_spec
+from twossp_core.preflight import check_model
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -11,7 +11,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,12 +18,10 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
+from test_export_loading import CHAT_TEMPLATE
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_export_loading import CHAT_TEMPLATE  # noqa: E402
-
-from twossp_core.export.registry import run_export  # noqa: E402
-from twossp_core.models.registry import adapter_for  # noqa: E402
+from twossp_core.export.registry import run_export
+from twossp_core.models.registry import adapter_for
 
 REQUIRED = {name.strip() for name in os.environ.get("TWOSSP_TEST_ENGINES", "").split(",") if name.strip()}
 QUESTION = [{"role": "user", "content": "Once upon a time"}]

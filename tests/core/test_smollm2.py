@@ -11,21 +11,18 @@ import hashlib
 import importlib.util
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import require_data
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from conftest import require_data  # noqa: E402
-
-from twossp_core.data.windows import load_windows  # noqa: E402
-from twossp_core.gguf_source import SOURCE_KEY  # noqa: E402
-from twossp_core.pipeline import run_prune  # noqa: E402
-from twossp_core.plan.sources import DataSource  # noqa: E402
-from twossp_core.plan.spec import parse_spec  # noqa: E402
-from twossp_core.runtime.loading import load_model  # noqa: E402
+from twossp_core.data.windows import load_windows
+from twossp_core.gguf_source import SOURCE_KEY
+from twossp_core.pipeline import run_prune
+from twossp_core.plan.sources import DataSource
+from twossp_core.plan.spec import parse_spec
+from twossp_core.runtime.loading import load_model
 
 pytestmark = pytest.mark.slow
 

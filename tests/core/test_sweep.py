@@ -4,23 +4,20 @@ progress and cancellation."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny_models import tiny_workdir
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tiny_models import tiny_workdir  # noqa: E402
-
-from twossp_core.cli.main import main  # noqa: E402
-from twossp_core.errors import Cancelled, InvalidSpec  # noqa: E402
-from twossp_core.pipeline import run_prune  # noqa: E402
-from twossp_core.plan.methods import method_names  # noqa: E402
-from twossp_core.plan.spec import JobSpecBase, PruneSpec, SweepSpec, parse_sweep_spec  # noqa: E402
-from twossp_core.plan.stages import sweep_stages  # noqa: E402
-from twossp_core.sweep import run_sweep  # noqa: E402
+from twossp_core.cli.main import main
+from twossp_core.errors import Cancelled, InvalidSpec
+from twossp_core.pipeline import run_prune
+from twossp_core.plan.methods import method_names
+from twossp_core.plan.spec import JobSpecBase, PruneSpec, SweepSpec, parse_sweep_spec
+from twossp_core.plan.stages import sweep_stages
+from twossp_core.sweep import run_sweep
 
 EVO = {"generations": 2, "offspring": 3, "initial_candidates": 4, "selection_tokens": [1, 64],
        "selection_survivors": [2, 1]}

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 import torch
+from tiny_models import tiny_model
 
-from tests.tiny_models import tiny_model
 from twossp_core.models.registry import adapter_for
 from twossp_core.pruning.twossp import stage1, stage2
 from twossp_core.runtime.forward import BlockRunner, window_nll
