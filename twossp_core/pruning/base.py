@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from pydantic import BaseModel
@@ -37,7 +37,7 @@ class PruneOutcome:
 
 
 class PruningMethod(ABC):
-    name: ClassVar[str]
+    """A pruning method; its name is its key in the method registry (twossp_core/plan/methods.py)."""
 
     def __init__(self, config: BaseModel) -> None:
         self.config = config

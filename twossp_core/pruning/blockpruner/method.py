@@ -30,7 +30,6 @@ ORDER_CACHE_KEY = "blockpruner.removal_order"
 
 
 class BlockPruner(PruningMethod):
-    name = "blockpruner"
     config: BlockPrunerConfig
 
     @torch.no_grad()

@@ -65,7 +65,6 @@ def candidate_kl(adapter: ModelAdapter, ref: DenseReference, genome: Genome, win
 
 
 class EvoPress(PruningMethod):
-    name = "evopress"
     config: EvoPressConfig
 
     def reference(self, ctx: PruneContext) -> DenseReference:

@@ -12,7 +12,6 @@ from twossp_core.pruning.whole_blocks import WholeBlockMethod
 
 
 class ShortGPT(WholeBlockMethod):
-    name = "shortgpt"
     stage = "influence"
     config: ShortGPTConfig
 

@@ -25,7 +25,6 @@ SPARSITY_MEANING = (
 
 
 class SliceGPT(PruningMethod):
-    name = "slicegpt"
     config: SliceGPTConfig
 
     def prune(self, ctx: PruneContext, sparsity: float) -> PruneOutcome:

@@ -16,7 +16,6 @@ SCORES_CACHE_KEY = "2ssp.neuron_scores"
 
 
 class TwoSSP(PruningMethod):
-    name = "2ssp"
     config: TwoSSPConfig
 
     def plan(self, ctx: PruneContext, sparsity: float) -> BalancePlan:

@@ -23,7 +23,6 @@ from twossp_core.runtime.sequential import BatchState
 
 
 class TwoSSPRefit(TwoSSP):
-    name = "2ssp-refit"
     config: TwoSSPRefitConfig
 
     def prune(self, ctx: PruneContext, sparsity: float) -> PruneOutcome:

@@ -12,7 +12,6 @@ from twossp_core.pruning.window.distance import angular_distances, best_start
 
 
 class SlidingWindow(WholeBlockMethod):
-    name = "window"
     stage = "distances"
     config: WindowConfig
 
