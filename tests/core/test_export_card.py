@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from twossp_core.export.card import render_card
+from twossp_core.export.gguf import CARD as GGUF_CARD
 from twossp_core.export.registry import run_export
+from twossp_core.export.save import CARD as COMPACT_CARD
 from twossp_core.models.registry import adapter_for
 from twossp_core.plan.exports import FORMATS
 
@@ -55,30 +57,30 @@ def test_every_format_writes_a_card_with_the_run_and_how_to_load(stories_model, 
 
 
 def test_healed_perplexity_gets_its_own_column_when_present():
-    plain = render_card(METADATA, "compact", None)
+    plain = render_card(METADATA, COMPACT_CARD, None)
     assert "healed" not in plain
     healed = {**METADATA, "perplexity": [{"dataset": "eval.txt:0:10", "dense": 5.5, "pruned": 9.25, "healed": 7.125}]}
-    card = render_card(healed, "compact", None)
+    card = render_card(healed, COMPACT_CARD, None)
     assert "| dataset | dense | pruned | healed |" in card and "| eval.txt:0:10 | 5.500 | 9.250 | 7.125 |" in card
 
 
 def test_the_card_states_the_heal_net_of_its_control():
     rows = [{"dataset": "c4", "dense": 158.0, "pruned": 226.8, "healed": 152.0, "dense_healed": 150.0},
             {"dataset": "ptb", "dense": 77.9, "pruned": 165.7, "healed": 76.0, "dense_healed": 80.0}]
-    card = render_card({**METADATA, "perplexity": rows}, "compact", None)
+    card = render_card({**METADATA, "perplexity": rows}, COMPACT_CARD, None)
     assert "| dataset | dense | pruned | healed | dense healed (control) |" in card
     assert "| c4 | 158.000 | 226.800 | 152.000 | 150.000 |" in card
     # below the dense model but above the control on c4; below both on ptb
     assert "- c4: healed 152.000 is 1.3% above the control's 150.000 (and 3.8% below the unhealed dense" in card
     assert "- ptb: healed 76.000 is 5.0% below the control's 80.000 (and 2.4% below" in card
     uncontrolled = [{k: v for k, v in r.items() if k != "dense_healed"} for r in rows]
-    card = render_card({**METADATA, "perplexity": uncontrolled}, "compact", None)
+    card = render_card({**METADATA, "perplexity": uncontrolled}, COMPACT_CARD, None)
     assert "dense healed (control)" not in card and "without a control" in card
 
 
 @pytest.mark.parametrize("model", ["meta-llama/Llama-3.2-1B", "/nonexistent/dir"])
 def test_base_model_is_named_only_for_hub_ids(model):
-    header = render_card({**METADATA, "model": model}, "gguf", None).split("---")[1]
+    header = render_card({**METADATA, "model": model}, GGUF_CARD, None).split("---")[1]
     assert ("base_model: meta-llama/Llama-3.2-1B" in header) == (not model.startswith("/"))
 
 
@@ -108,7 +110,7 @@ def test_the_card_metadata_names_the_source_and_its_license_and_parses_with_hugg
                  {"name": "tiny-llama", "sha256": gguf["sha256"], "sha256_of": gguf["file"]}, "mit"),
     }
     for name, (fields, base_model, source_model, license_) in cases.items():
-        text = render_card({**METADATA, **fields}, "compact", None)
+        text = render_card({**METADATA, **fields}, COMPACT_CARD, None)
         card = ModelCard(text, ignore_metadata_errors=False)
         data = card.data.to_dict()
         assert data.get("base_model") == base_model, name

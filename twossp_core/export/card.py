@@ -7,6 +7,8 @@ options), so a directory says what it is, how it was made and how to load it, wh
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +24,20 @@ CITATION = """@article{sandri2025twossp,
   year    = {2025}
 }"""
 
-FORMAT_TAGS = {
-    "compact": ["custom_code"],
-    "portable": [],
-    "gguf": ["gguf", "llama.cpp"],
-    "decilm": ["custom_code", "nemotron-nas", "vllm"],
-}
+
+
+@dataclass(frozen=True)
+class CardSection:
+    """What an export format puts into its model card; each exporter supplies its own (its module's `CARD`)."""
+
+    format: str  # the export format's name, as the card says the model was saved
+    # "How to load" (Markdown), given the files the exporter wrote (the GGUF file's name, say); THIS_DIR stands for
+    # the directory
+    usage: Callable[[list[str]], str]
+    tags: tuple[str, ...] = ()  # the card metadata's tags the format adds
+    library_name: str = "transformers"
+    # the card metadata's base_model_relation when the source is a hub model
+    base_model_relation: str = "finetune"
 
 
 def _is_local(model: str) -> bool:
@@ -98,23 +108,23 @@ def source_license(model: str) -> str | None:
     return str(value) if value else None
 
 
-def _front_matter(metadata: dict[str, Any], fmt: str) -> str:
+def _front_matter(metadata: dict[str, Any], section: CardSection) -> str:
     """The card metadata (YAML), written with huggingface_hub's ModelCardData so the hub's parser reads it back."""
     from huggingface_hub import ModelCardData
 
     model = str(metadata.get("model") or "")
     fields: dict[str, Any] = source_metadata(metadata)
     if "base_model" in fields:
-        fields["base_model_relation"] = "quantized" if fmt == "gguf" else "finetune"
+        fields["base_model_relation"] = section.base_model_relation
     license_ = source_license(model)
     if license_:
         fields["license"] = license_
     else:  # the card's text says so too
         fields.update(license="other", license_name="unknown")
-    fields["library_name"] = "gguf" if fmt == "gguf" else "transformers"
+    fields["library_name"] = section.library_name
     fields["pipeline_tag"] = "text-generation"
     tags = ["twossp", "pruned", "structured-pruning", str(metadata.get("method", "unknown")),
-            *_sparsity_tag(metadata.get("sparsity_target")), *FORMAT_TAGS.get(fmt, [])]
+            *_sparsity_tag(metadata.get("sparsity_target")), *section.tags]
     fields["tags"] = list(dict.fromkeys(tags))
     if metadata.get("zero_shot"):  # the exported model's zero-shot accuracy as model-index results
         from twossp_core.evaluation.zeroshot.model_card import eval_results
@@ -226,67 +236,8 @@ def _data(metadata: dict[str, Any]) -> list[str]:
     return lines or ["Not recorded."]
 
 
-def _usage(fmt: str, files: list[str]) -> str:
-    if fmt == "gguf":
-        gguf = files[0] if files else "model.gguf"
-        return f"""llama.cpp (the tokenizer is inside the file):
-
-```bash
-llama-cli -m {gguf} -p "Once upon a time" -n 64
-llama-server -m {gguf}
-```
-
-llama-cpp-python:
-
-```python
-from llama_cpp import Llama
-llm = Llama(model_path="{gguf}")
-print(llm("Once upon a time", max_tokens=64)["choices"][0]["text"])
-```"""
-    if fmt == "decilm":
-        return """vLLM (the `nemotron_nas` DeciLM implementation reads `block_configs`):
-
-```bash
-vllm serve THIS_DIR --trust-remote-code
-```
-
-transformers (runs `modeling_decilm.py` shipped here; the tokenizer needs no code, and given the model's config
-AutoTokenizer does not ask about the directory's code again):
-
-```python
-from transformers import AutoModelForCausalLM, AutoTokenizer
-model = AutoModelForCausalLM.from_pretrained("THIS_DIR", trust_remote_code=True)
-tokenizer = AutoTokenizer.from_pretrained("THIS_DIR", config=model.config)
-```"""
-    if fmt == "portable":
-        return """Any runtime that reads the base architecture (no remote code):
-
-```python
-from transformers import AutoModelForCausalLM, AutoTokenizer
-model = AutoModelForCausalLM.from_pretrained("THIS_DIR")
-tokenizer = AutoTokenizer.from_pretrained("THIS_DIR")
-```
-
-The removed submodules are stored as zeros, so this runs at the speed of the dense model; the `gguf` and
-`decilm` exports skip them."""
-    return """twossp:
-
-```python
-from twossp_core.export.load import load_pruned
-model, tokenizer = load_pruned("THIS_DIR")
-```
-
-or transformers with the `modeling_twossp.py` shipped here (the tokenizer needs no code, and given the model's config
-AutoTokenizer does not ask about the directory's code again):
-
-```python
-from transformers import AutoModelForCausalLM, AutoTokenizer
-model = AutoModelForCausalLM.from_pretrained("THIS_DIR", trust_remote_code=True)
-tokenizer = AutoTokenizer.from_pretrained("THIS_DIR", config=model.config)
-```"""
-
-
-def render_card(metadata: dict[str, Any], fmt: str, config: Any, files: list[str] | None = None) -> str:
+def render_card(metadata: dict[str, Any], section: CardSection, config: Any, files: list[str] | None = None) -> str:
+    """The model card of an export: the run's metadata, and what the format (`section`) says about itself."""
     method = metadata.get("method", "unknown")
     model = metadata.get("model", "the base model")
     target, achieved = metadata.get("sparsity_target"), metadata.get("sparsity_achieved")
@@ -298,10 +249,10 @@ def render_card(metadata: dict[str, Any], fmt: str, config: Any, files: list[str
         "source model's own terms apply."
     ]
     parts = [
-        _front_matter(metadata, fmt),
+        _front_matter(metadata, section),
         f"# {source_name(str(model))} pruned with {method}",
         f"`{source_name(str(model))}` structurally pruned with **{method}**{sparsity} by "
-        "[twossp](https://arxiv.org/abs/2501.17771), saved in the **{fmt}** export format.".replace("{fmt}", fmt),
+        f"[twossp](https://arxiv.org/abs/2501.17771), saved in the **{section.format}** export format.",
         *license_note,
         "## What was removed",
         "\n".join(_structure(metadata, config)),
@@ -311,16 +262,18 @@ def render_card(metadata: dict[str, Any], fmt: str, config: Any, files: list[str
         "## Calibration and settings",
         "\n".join(_data(metadata)),
         "## How to load",
-        _usage(fmt, files or []),
+        section.usage(files or []),
         "## Citation",
         "2SSP (Sandri, Cunegatti, Iacca, 2025):\n\n```bibtex\n" + CITATION + "\n```",
     ]
     return "\n\n".join(parts) + "\n"
 
 
-def write_card(out_dir: Path, metadata: dict[str, Any], fmt: str, config: Any, files: list[str] | None = None) -> Path:
+def write_card(
+    out_dir: Path, metadata: dict[str, Any], section: CardSection, config: Any, files: list[str] | None = None
+) -> Path:
     path = Path(out_dir) / CARD_FILE
     tmp = path.with_name(f".{CARD_FILE}.tmp")
-    tmp.write_text(render_card(metadata, fmt, config, files))
+    tmp.write_text(render_card(metadata, section, config, files))
     tmp.replace(path)
     return path

@@ -22,7 +22,7 @@ from pydantic import BaseModel
 
 from twossp_core.errors import InvalidSpec
 from twossp_core.export import decilm_code
-from twossp_core.export.card import write_card
+from twossp_core.export.card import CardSection, write_card
 from twossp_core.export.context import exported_context
 from twossp_core.export.decilm_code.configuration_decilm import ffn_mult_to_intermediate_size
 from twossp_core.export.remote_modeling import SHORTCUT_KEY, STRUCTURE_KEY
@@ -89,6 +89,23 @@ def decilm_config(model: Any, adapter: Any, metadata: dict[str, Any]) -> dict[st
     return config
 
 
+USAGE = """vLLM (the `nemotron_nas` DeciLM implementation reads `block_configs`):
+
+```bash
+vllm serve THIS_DIR --trust-remote-code
+```
+
+transformers (runs `modeling_decilm.py` shipped here; the tokenizer needs no code, and given the model's config
+AutoTokenizer does not ask about the directory's code again):
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+model = AutoModelForCausalLM.from_pretrained("THIS_DIR", trust_remote_code=True)
+tokenizer = AutoTokenizer.from_pretrained("THIS_DIR", config=model.config)
+```"""
+CARD = CardSection("decilm", lambda files: USAGE, tags=("custom_code", "nemotron-nas", "vllm"))
+
+
 def export_decilm(
     model: Any, tokenizer: Any, out_dir: Path, metadata: dict[str, Any], options: BaseModel
 ) -> dict[str, Any]:
@@ -116,7 +133,7 @@ def export_decilm(
         code_dir = Path(decilm_code.__file__).parent
         for name in CODE_FILES:
             shutil.copyfile(code_dir / name, tmp / name)
-    write_card(out_dir, metadata, "decilm", model.config)
+    write_card(out_dir, metadata, CARD, model.config)
     context = config["max_position_embeddings"]
     return {"stored_params": adapter.total_params(), "layers": len(config["block_configs"]),
             "context_length": context,

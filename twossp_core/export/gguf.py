@@ -42,7 +42,7 @@ import torch
 from pydantic import BaseModel
 
 from twossp_core.errors import InvalidSpec
-from twossp_core.export.card import write_card
+from twossp_core.export.card import CardSection, write_card
 from twossp_core.export.context import exported_context
 from twossp_core.export.gguf_vocab import gguf_vocab, write_vocab
 from twossp_core.export.remote_modeling import SHORTCUT_KEY, STRUCTURE_KEY
@@ -326,6 +326,27 @@ def write_gguf(
     }
 
 
+def _usage(files: list[str]) -> str:
+    gguf = files[0] if files else "model.gguf"
+    return f"""llama.cpp (the tokenizer is inside the file):
+
+```bash
+llama-cli -m {gguf} -p "Once upon a time" -n 64
+llama-server -m {gguf}
+```
+
+llama-cpp-python:
+
+```python
+from llama_cpp import Llama
+llm = Llama(model_path="{gguf}")
+print(llm("Once upon a time", max_tokens=64)["choices"][0]["text"])
+```"""
+
+
+CARD = CardSection("gguf", _usage, tags=("gguf", "llama.cpp"), library_name="gguf", base_model_relation="quantized")
+
+
 def export_gguf(
     model: Any, tokenizer: Any, out_dir: Path, metadata: dict[str, Any], options: BaseModel
 ) -> dict[str, Any]:
@@ -334,5 +355,5 @@ def export_gguf(
     weight_type = options.type  # type: ignore[attr-defined]
     summary = write_gguf(model, tokenizer, out_dir / GGUF_FILE, {**metadata, "gguf_type": weight_type}, weight_type,
                          options.ffn_multiple)  # type: ignore[attr-defined]
-    write_card(out_dir, metadata, "gguf", model.config, summary["files"])
+    write_card(out_dir, metadata, CARD, model.config, summary["files"])
     return summary

@@ -20,6 +20,7 @@ import torch
 from pydantic import BaseModel
 
 from twossp_core.errors import InvalidSpec
+from twossp_core.export.card import CardSection
 from twossp_core.export.remote_modeling import SHORTCUT_KEY, STRUCTURE_KEY, decoder_layers
 from twossp_core.runtime.offload import editing_block
 
@@ -57,6 +58,19 @@ def make_portable(model: Any) -> None:
         delattr(model.config, STRUCTURE_KEY)
 
 
+USAGE = """Any runtime that reads the base architecture (no remote code):
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+model = AutoModelForCausalLM.from_pretrained("THIS_DIR")
+tokenizer = AutoTokenizer.from_pretrained("THIS_DIR")
+```
+
+The removed submodules are stored as zeros, so this runs at the speed of the dense model; the `gguf` and
+`decilm` exports skip them."""
+CARD = CardSection("portable", lambda files: USAGE)
+
+
 def export_portable(
     model: Any, tokenizer: Any, out_dir: Path, metadata: dict[str, Any], options: BaseModel
 ) -> dict[str, Any]:
@@ -67,5 +81,5 @@ def export_portable(
 
     make_portable(model)
     save_pruned(model, tokenizer, out_dir, metadata)
-    write_card(out_dir, metadata, "portable", model.config)
+    write_card(out_dir, metadata, CARD, model.config)
     return {"stored_params": adapter_for(model).total_params()}

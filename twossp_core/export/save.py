@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from twossp_core.export import remote_modeling
-from twossp_core.export.card import write_card
+from twossp_core.export.card import CardSection, write_card
 from twossp_core.export.compact_config import BASE_KEY, MODELING_FILE, to_compact
 from twossp_core.export.remote_modeling import STRUCTURE_KEY, needs_structure
 from twossp_core.export.source_files import source_json
@@ -70,6 +70,24 @@ def save_pruned(model: Any, tokenizer: Any, out_dir: Path, metadata: dict[str, A
     return out_dir
 
 
+USAGE = """twossp:
+
+```python
+from twossp_core.export.load import load_pruned
+model, tokenizer = load_pruned("THIS_DIR")
+```
+
+or transformers with the `modeling_twossp.py` shipped here (the tokenizer needs no code, and given the model's config
+AutoTokenizer does not ask about the directory's code again):
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+model = AutoModelForCausalLM.from_pretrained("THIS_DIR", trust_remote_code=True)
+tokenizer = AutoTokenizer.from_pretrained("THIS_DIR", config=model.config)
+```"""
+CARD = CardSection("compact", lambda files: USAGE, tags=("custom_code",))
+
+
 def export_compact(
     model: Any, tokenizer: Any, out_dir: Path, metadata: dict[str, Any], options: BaseModel
 ) -> dict[str, Any]:
@@ -77,5 +95,5 @@ def export_compact(
     from twossp_core.models.registry import adapter_for
 
     save_pruned(model, tokenizer, out_dir, metadata)
-    write_card(out_dir, metadata, "compact", model.config)
+    write_card(out_dir, metadata, CARD, model.config)
     return {"stored_params": adapter_for(model).total_params()}
