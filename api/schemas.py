@@ -11,8 +11,68 @@ from service.db.models import EventKind, Job, JobEvent, JobKind, JobState
 
 JOB_FIELDS_DOC = (
     "set once the job succeeded. prune: the CLI's report.json. sweep: the comparison, "
-    "{rows (comparison.json: one row per method and target sparsity), dense, data, timings, runtime}"
+    "{rows (comparison.json: one row per method and target sparsity), dense, data, timings, runtime, cells}. "
+    "cell: the run's report.json plus `sweep` (the dense measurements, data, setup timings and runtime of the cell)"
 )
+
+
+class SweepCell(BaseModel):
+    id: str = Field(description="the cell's job (GET /jobs/{id}: its state, events, artifact)")
+    name: str = Field(description="`<method>-<sparsity>`, the cell's folder under runs/ in the comparison")
+    method: str | None
+    sparsity: float | None
+    state: JobState
+    stage: str | None = Field(None, description="the running cell's current stage")
+    progress: float
+    queue: str | None = Field(None, description="the worker class the cell was routed to by its memory plan")
+    error: str | None = None
+
+
+class SweepCells(BaseModel):
+    """A sweep's cells: how many are in each state, and each one."""
+
+    total: int
+    queued: int
+    running: int
+    succeeded: int
+    failed: int
+    cancelled: int
+    items: list[SweepCell]
+
+    @classmethod
+    def of(cls, cells: list[Job]) -> SweepCells:
+        from service.sweeps import cell_items, counts
+
+        return cls(**counts(cells), items=[SweepCell(**item) for item in cell_items(cells)])
+
+
+class Comparison(BaseModel):
+    """A sweep's comparison as it stands: the rows of the cells that ended (in the sweep's order), and whether
+    every cell ended."""
+
+    complete: bool = Field(description="every cell ended; the sweep's artifact holds the comparison once it succeeded")
+    rows: list[dict[str, Any]] = Field(
+        description="comparison.json's rows so far (a failed or cancelled cell: `error`)"
+    )
+    dense: dict[str, Any] | None = Field(None, description="the dense model's measurements (from the first cell that "
+                                         "succeeded)")
+    cells: SweepCells
+
+    model_config = {
+        "json_schema_extra": {
+            "examples": [{
+                "complete": False,
+                "rows": [{"method": "2ssp", "sparsity_target": 0.25, "sparsity_achieved": 0.2535,
+                          "perplexity": [{"dataset": "tinystories-val-1000.txt:500:540", "domain": "in-domain",
+                                          "dense": 6.94, "pruned": 25.41}], "error": None},
+                         {"method": "shortgpt", "sparsity_target": 0.25, "sparsity_achieved": None, "perplexity": [],
+                          "error": "InfeasibleTarget: ..."}],
+                "dense": {"perplexity": [{"dataset": "tinystories-val-1000.txt:500:540", "perplexity": 6.94}]},
+                "cells": {"total": 4, "queued": 1, "running": 1, "succeeded": 1, "failed": 1, "cancelled": 0,
+                          "items": []},
+            }]
+        }
+    }
 
 
 class JobLinks(BaseModel):
@@ -38,7 +98,17 @@ class JobOut(BaseModel):
     progress: float = Field(description="overall percent done, 0 to 100")
     error: str | None = None
     report: dict[str, Any] | None = Field(None, description=JOB_FIELDS_DOC)
-    kind: JobKind = Field(description="prune: one method at one sparsity; sweep: methods x sparsities")
+    kind: JobKind = Field(
+        description="prune: one method at one sparsity; sweep: methods x sparsities, run as one `cell` job per method "
+        "and sparsity; cell: one of a sweep's"
+    )
+    parent_id: str | None = Field(None, description="a cell: the sweep it belongs to")
+    cells: SweepCells | None = Field(
+        None,
+        description="a sweep: its cells (how many are queued, running, succeeded, failed, cancelled, and each one's "
+        "job, state and live stage). The sweep's progress is its cells' mean; it is running from its first cell's "
+        "start until its comparison is written",
+    )
     model: str
     method: str | None = Field(description="the pruning method (null for a sweep: see spec.methods)")
     sparsity: float | None = Field(description="the target sparsity (null for a sweep: see spec.sparsities)")
@@ -57,22 +127,35 @@ class JobOut(BaseModel):
     links: JobLinks
 
     @classmethod
-    def from_row(cls, job: Job) -> JobOut:
+    def from_row(cls, job: Job, cells: list[Job] | None = None) -> JobOut:
+        """`cells`: a sweep's cells (its progress and `cells` follow them)."""
         prefix = f"/jobs/{job.id}"
+        progress, stage = job.progress, job.stage
+        summary = None
+        if cells:
+            from service.sweeps import progress as cells_progress
+
+            summary = SweepCells.of(cells)
+            if job.state in (JobState.queued.value, JobState.running.value) and job.worker_id is None:
+                progress = 0.99 * cells_progress(cells)
+                ended = summary.total - summary.queued - summary.running
+                stage = f"cells: {ended} of {summary.total} ended, {summary.running} running"
         artifact = None
         if job.artifact and job.state == JobState.succeeded.value:
             artifact = ArtifactInfo.model_validate(job.artifact, from_attributes=False, strict=False)
         return cls(
             id=job.id,
             state=JobState(job.state),
-            stage=job.stage,
-            progress=round(job.progress, 2),
+            stage=stage,
+            progress=round(progress, 2),
             error=job.error,
             report=job.report if job.state == JobState.succeeded.value else None,
             kind=JobKind(job.kind),
             model=job.model,
             method=job.method,
             sparsity=job.sparsity,
+            parent_id=job.parent_id,
+            cells=summary,
             spec=job.spec,
             stage_timings=job.stage_timings or {},
             queue=job.queue,

@@ -15,6 +15,13 @@ left in a job's old queue after a re-route claims nothing. Nobody else writes `j
 Each transition appends a `job_events` row in the same transaction, so the history cannot disagree with the
 row; the heartbeat also records the stages the job started and finished since the previous beat. Events are
 listed in the order they were recorded (`id`); `at` is when each happened.
+
+A sweep is a parent job with one `cell` child per method and sparsity. The parent is never claimed as a job: its
+cells are, and their transitions move it (`_cell_started`, `_cell_ended`, in the cell's transaction, the cell's
+row first and then the parent's, so concurrent cells serialize on the parent): queued → running when its first cell
+starts, cancelled when it was asked to cancel and its last cell ended. Once every cell ended, the comparison is
+claimed like a job (`claim_comparison`: running with an attempt, a lease and a worker, fenced like any run) and
+finished with `finish`; a lost comparison attempt is reaped back to waiting for a writer.
 """
 
 from __future__ import annotations
@@ -25,9 +32,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from service.broker import Broker
 from service.db.models import EventKind, Job, JobEvent, JobKind, JobState, WorkerQueue, new_id
@@ -38,6 +45,8 @@ log = logging.getLogger(__name__)
 
 RUNNING = JobState.running.value
 QUEUED = JobState.queued.value
+SWEEP = JobKind.sweep.value
+PENDING = (QUEUED, RUNNING)
 CANCELLED_BY_USER = "cancelled by user"
 CANCEL_KILLED = "cancelled by user (killed: it did not stop within the cancel grace)"
 HARD_TIMEOUT = "timeout: the job exceeded its hard time limit"
@@ -50,6 +59,32 @@ class Claim:
     spec: dict[str, Any]
     time_limit_s: float
     kind: str = JobKind.prune.value
+    parent_id: str | None = None  # a cell: its sweep
+
+
+def cell_name(method: str | None, sparsity: float | None) -> str:
+    """How a sweep names one of its cells (`2ssp@0.25`, the prefix of the cell's stages in a one-process sweep)."""
+    from twossp_core.plan.stages import run_prefix
+
+    return run_prefix(method or "?", sparsity if sparsity is not None else float("nan"))
+
+
+def _children() -> Any:
+    """The SQL condition: the job (a sweep) has cells."""
+    child = aliased(Job)
+    return select(child.id).where(child.parent_id == Job.id).exists()
+
+
+def _pending_children() -> Any:
+    """The SQL condition: some cell of the job is queued or running."""
+    child = aliased(Job)
+    return select(child.id).where(child.parent_id == Job.id, child.state.in_(PENDING)).exists()
+
+
+def is_parent() -> Any:
+    """The SQL condition: the job is a sweep whose cells run as jobs of their own (a sweep submitted before sweeps had
+    cells has none and runs as one job)."""
+    return and_(Job.kind == SWEEP, _children())
 
 
 def _changed(result: Any) -> bool:
@@ -98,19 +133,30 @@ def _stage_events(session: Session, claim_: Claim, marks: Sequence[StageMark]) -
 
 
 # -- the API ---------------------------------------------------------------------------------------------
-def submit(session: Session, job: Job) -> None:
-    """Insert a new job as queued and undispatched (the row is the outbox entry) and commit.
+def submit(session: Session, job: Job, cells: Sequence[Job] = ()) -> None:
+    """Insert a new job as queued and undispatched (the row is the outbox entry) and commit. With `cells` the job is
+    a sweep's parent: it has nothing of its own to publish (marked dispatched, never published: its cells are), and
+    every cell is inserted queued and undispatched with it, in the same transaction.
 
     An IntegrityError (the owner's Idempotency-Key is taken) propagates with the session rolled back.
     """
-    job.state = QUEUED
-    job.progress, job.stage, job.stage_timings = 0.0, None, {}
-    job.cancel_requested, job.attempt, job.dispatched = False, 0, False
-    job.id = job.id or new_id()
+    for row in (job, *cells):
+        row.state = QUEUED
+        row.progress, row.stage, row.stage_timings = 0.0, None, {}
+        row.cancel_requested, row.attempt, row.dispatched = False, 0, False
+        row.id = row.id or new_id()
+    job.dispatched = bool(cells)
+    for cell in cells:
+        cell.parent_id = job.id
     session.add(job)
     try:
         session.flush()
-        _event(session, job.id, EventKind.submitted, 0, QUEUED)
+        session.add_all(cells)
+        session.flush()
+        _event(session, job.id, EventKind.submitted, 0, QUEUED,
+               detail=f"{len(cells)} cells" if cells else None)
+        for cell in cells:
+            _event(session, cell.id, EventKind.submitted, 0, QUEUED, detail=f"cell of sweep {job.id}")
         session.commit()
     except Exception:
         session.rollback()
@@ -151,7 +197,11 @@ def dispatch(session: Session, broker: Broker, job_id: str) -> bool:
 
 def request_cancel(session: Session, job_id: str) -> None:
     """queued → cancelled at once; running → cancel_requested (the worker stops at its next safe point, or is
-    killed after the grace). Finished jobs are left alone."""
+    killed after the grace). Finished jobs are left alone. A sweep's cancel cancels every cell of it the same way;
+    the sweep ends `cancelled` with its last cell (at once when none runs)."""
+    if session.scalar(select(is_parent()).where(Job.id == job_id)):
+        _cancel_sweep(session, job_id)
+        return
     now = utcnow()
     queued = session.execute(
         update(Job)
@@ -160,10 +210,12 @@ def request_cancel(session: Session, job_id: str) -> None:
             state=JobState.cancelled.value, cancel_requested=True, cancel_requested_at=now, finished_at=now,
             error=CANCELLED_BY_USER, updated_at=now,
         )
-        .returning(Job.attempt)
+        .returning(Job.attempt, Job.parent_id)
     ).first()
     if queued is not None:
         _event(session, job_id, EventKind.cancelled, queued[0], JobState.cancelled.value, detail=CANCELLED_BY_USER)
+        if queued[1] is not None:
+            _cell_ended(session, job_id, queued[1], JobState.cancelled.value, CANCELLED_BY_USER, now)
     running = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.state == RUNNING, Job.cancel_requested.is_(False))
@@ -173,6 +225,89 @@ def request_cancel(session: Session, job_id: str) -> None:
     if running is not None:
         _event(session, job_id, EventKind.cancel_requested, running[0], RUNNING)
     session.commit()
+
+
+def _cancel_sweep(session: Session, parent_id: str) -> None:
+    """Cancel every cell of a sweep (the queued ones at once, the running ones asked to stop), then the sweep: asked
+    to cancel, and cancelled at once when no cell is left running and no comparison is being written."""
+    now = utcnow()
+    queued = session.execute(
+        update(Job)
+        .where(Job.parent_id == parent_id, Job.state == QUEUED)
+        .values(
+            state=JobState.cancelled.value, cancel_requested=True, cancel_requested_at=now, finished_at=now,
+            error=CANCELLED_BY_USER, updated_at=now,
+        )
+        .returning(Job.id, Job.attempt, Job.method, Job.sparsity)
+    ).all()
+    running = session.execute(
+        update(Job)
+        .where(Job.parent_id == parent_id, Job.state == RUNNING, Job.cancel_requested.is_(False))
+        .values(cancel_requested=True, cancel_requested_at=now, updated_at=now)
+        .returning(Job.id, Job.attempt)
+    ).all()
+    parent = session.execute(
+        update(Job)
+        .where(Job.id == parent_id, Job.state.in_(PENDING), Job.cancel_requested.is_(False))
+        .values(cancel_requested=True, cancel_requested_at=now, updated_at=now)
+        .returning(Job.attempt, Job.state)
+    ).first()
+    for cell_id, attempt, *_ in queued:
+        _event(session, cell_id, EventKind.cancelled, attempt, JobState.cancelled.value, detail=CANCELLED_BY_USER)
+    for cell_id, attempt in running:
+        _event(session, cell_id, EventKind.cancel_requested, attempt, RUNNING)
+    if parent is not None:
+        _event(session, parent_id, EventKind.cancel_requested, parent[0], parent[1],
+               detail=f"{len(queued)} queued cells cancelled, {len(running)} running cells asked to stop")
+        for cell_id, _, method, sparsity in queued:
+            _event(session, parent_id, EventKind.cell_ended, parent[0], parent[1],
+                   detail=f"{cell_name(method, sparsity)} cancelled: {CANCELLED_BY_USER}",
+                   data={"cell": cell_id, "state": JobState.cancelled.value})
+        _settle(session, parent_id, now)
+    session.commit()
+
+
+def _cell_started(session: Session, cell_id: str, parent_id: str, worker_id: str, now: datetime) -> None:
+    """A cell was claimed: its sweep is running (queued → running with its first cell)."""
+    name = cell_name(*session.execute(select(Job.method, Job.sparsity).where(Job.id == cell_id)).one())
+    row = session.execute(
+        update(Job).where(Job.id == parent_id, Job.state == QUEUED)
+        .values(state=RUNNING, started_at=now, updated_at=now)
+        .returning(Job.attempt)
+    ).first()
+    if row is not None:
+        _event(session, parent_id, EventKind.started, row[0], RUNNING, detail=f"cell {name} started on {worker_id}",
+               at=now)
+
+
+def _cell_ended(session: Session, cell_id: str, parent_id: str, state: str, error: str | None, now: datetime) -> None:
+    """In the transaction that ended a cell (its row first, then its sweep's, so cells ending at once take turns
+    on the sweep's row): record it on the sweep, and settle the sweep (see `_settle`)."""
+    parent = session.execute(
+        update(Job).where(Job.id == parent_id).values(updated_at=now).returning(Job.attempt, Job.state)
+    ).first()
+    if parent is None:
+        return
+    name = cell_name(*session.execute(select(Job.method, Job.sparsity).where(Job.id == cell_id)).one())
+    _event(session, parent_id, EventKind.cell_ended, parent[0], parent[1],
+           detail=f"{name} {state}" + (f": {error}" if error else ""), data={"cell": cell_id, "state": state}, at=now)
+    _settle(session, parent_id, now)
+
+
+def _settle(session: Session, parent_id: str, now: datetime) -> None:
+    """A sweep asked to cancel whose cells all ended, with no comparison being written, is cancelled. (One that was
+    not asked to cancel waits for its comparison: `claim_comparison`.)"""
+    row = session.execute(
+        update(Job)
+        .where(Job.id == parent_id, Job.state.in_(PENDING), Job.cancel_requested.is_(True), Job.worker_id.is_(None),
+               ~_pending_children())
+        .values(state=JobState.cancelled.value, error=CANCELLED_BY_USER, finished_at=now, lease_until=None,
+                updated_at=now)
+        .returning(Job.attempt)
+    ).first()
+    if row is not None:
+        _event(session, parent_id, EventKind.cancelled, row[0], JobState.cancelled.value, detail=CANCELLED_BY_USER,
+               at=now)
 
 
 # -- the runner ------------------------------------------------------------------------------------------
@@ -203,7 +338,7 @@ def claim(
     the reaper judges a lost attempt by the limit that actually applied to it.
     """
     now = utcnow()
-    conditions = [Job.id == job_id, Job.state == QUEUED, Job.cancel_requested.is_(False)]
+    conditions = [Job.id == job_id, Job.state == QUEUED, Job.cancel_requested.is_(False), ~is_parent()]
     if delivery is not None:
         conditions.append(delivery.matches())
     row = session.execute(
@@ -221,7 +356,7 @@ def claim(
             error=None,
             updated_at=now,
         )
-        .returning(Job.attempt, Job.spec, Job.time_limit_s, Job.kind)
+        .returning(Job.attempt, Job.spec, Job.time_limit_s, Job.kind, Job.parent_id)
     ).first()
     if row is None:
         session.commit()
@@ -233,8 +368,43 @@ def claim(
             update(Job).where(Job.id == job_id, Job.attempt == row[0]).values(time_limit_s=time_limit_s)
         )
     _event(session, job_id, EventKind.started, row[0], RUNNING, detail=worker_id, data={"time_limit_s": limit}, at=now)
+    if row[4] is not None:
+        _cell_started(session, job_id, row[4], worker_id, now)
     session.commit()
-    return Claim(job_id=job_id, attempt=row[0], spec=row[1], time_limit_s=limit, kind=row[3])
+    return Claim(job_id=job_id, attempt=row[0], spec=row[1], time_limit_s=limit, kind=row[3], parent_id=row[4])
+
+
+def claim_comparison(session: Session, parent_id: str, worker_id: str, lease_s: float) -> Claim | None:
+    """A sweep whose cells all ended, not asked to cancel and with nobody writing its comparison: running with
+    attempt+1, this worker and a fresh lease (its heartbeat and `finish` are fenced like a job's). None when it is not
+    such a sweep (a cell still runs, another worker writes the comparison, it ended)."""
+    now = utcnow()
+    row = session.execute(
+        update(Job)
+        .where(Job.id == parent_id, Job.state.in_(PENDING), Job.cancel_requested.is_(False),
+               Job.worker_id.is_(None), is_parent(), ~_pending_children())
+        .values(state=RUNNING, attempt=Job.attempt + 1, worker_id=worker_id,
+                lease_until=now + timedelta(seconds=lease_s), started_at=func.coalesce(Job.started_at, now),
+                updated_at=now)
+        .returning(Job.attempt, Job.spec, Job.time_limit_s, Job.kind)
+    ).first()
+    if row is None:
+        session.commit()
+        return None
+    _event(session, parent_id, EventKind.started, row[0], RUNNING, detail=f"comparison on {worker_id}", at=now)
+    session.commit()
+    return Claim(job_id=parent_id, attempt=row[0], spec=row[1], time_limit_s=row[2], kind=row[3])
+
+
+def awaiting_comparison(session: Session, limit: int = 100) -> list[str]:
+    """Sweeps whose cells all ended and whose comparison nobody writes (`claim_comparison` would take them)."""
+    return list(session.scalars(
+        select(Job.id)
+        .where(Job.kind == SWEEP, Job.state.in_(PENDING), Job.cancel_requested.is_(False), Job.worker_id.is_(None),
+               is_parent(), ~_pending_children())
+        .order_by(Job.created_at)
+        .limit(limit)
+    ))
 
 
 def unclaimable(session: Session, job_id: str, delivery: Delivery | None = None) -> str | None:
@@ -249,6 +419,8 @@ def unclaimable(session: Session, job_id: str, delivery: Delivery | None = None)
         return f"is {state}"
     if cancel_requested:
         return "is asked to cancel"
+    if session.scalar(select(is_parent()).where(Job.id == job_id)):
+        return "is a sweep (its cells run as jobs of their own)"
     if delivery is not None and (queue or delivery.default_queue) != delivery.queue:
         return f"was re-routed to '{queue or delivery.default_queue}'"
     return None
@@ -300,14 +472,17 @@ def finish(
     query = update(Job).where(Job.id == claim_.job_id, Job.attempt == claim_.attempt, Job.state == RUNNING)
     if require_no_cancel:
         query = query.where(Job.cancel_requested.is_(False))
-    result = session.execute(
+    row = session.execute(
         query.values(state=state.value, error=error, finished_at=now, lease_until=None, updated_at=now, **values)
-    )
-    if not _changed(result):
+        .returning(Job.parent_id)
+    ).first()
+    if row is None:
         session.rollback()
         return False
     _stage_events(session, claim_, marks)
     _event(session, claim_.job_id, EventKind(state.value), claim_.attempt, state.value, detail=error, at=now)
+    if row[0] is not None:
+        _cell_ended(session, claim_.job_id, row[0], state.value, error, now)
     session.commit()
     return True
 
@@ -316,7 +491,10 @@ def finish(
 def next_queued(session: Session) -> str | None:
     """The oldest queued job not asked to cancel (the embedded worker polls for it)."""
     return session.scalar(
-        select(Job.id).where(Job.state == QUEUED, Job.cancel_requested.is_(False)).order_by(Job.created_at).limit(1)
+        select(Job.id)
+        .where(Job.state == QUEUED, Job.cancel_requested.is_(False), ~is_parent())
+        .order_by(Job.created_at)
+        .limit(1)
     )
 
 
@@ -332,10 +510,12 @@ def kill(session: Session, job_id: str, worker_suffix: str, reason: str) -> bool
         update(Job)
         .where(Job.id == job_id, Job.state == RUNNING, Job.worker_id.endswith(worker_suffix))
         .values(**values, finished_at=now, lease_until=None, updated_at=now)
-        .returning(Job.attempt)
+        .returning(Job.attempt, Job.parent_id)
     ).first()
     if row is not None:
         _event(session, job_id, EventKind(values["state"]), row[0], values["state"], detail=values["error"], at=now)
+        if row[1] is not None:
+            _cell_ended(session, job_id, row[1], values["state"], values["error"], now)
     session.commit()
     return row is not None
 
@@ -367,7 +547,8 @@ def expired_leases(session: Session, now: datetime, limit: int = 500) -> list[tu
     """(id, attempt) of running jobs whose lease ran out: their worker is gone."""
     rows = session.execute(
         select(Job.id, Job.attempt)
-        .where(Job.state == RUNNING, or_(Job.lease_until.is_(None), Job.lease_until < now))
+        .where(Job.state == RUNNING, or_(Job.lease_until.is_(None), Job.lease_until < now),
+               or_(Job.kind != SWEEP, Job.worker_id.is_not(None)))  # a sweep waiting for its cells holds no lease
         .limit(limit)
     ).all()
     return [(job_id, attempt) for job_id, attempt in rows]
@@ -381,6 +562,8 @@ def reap(session: Session, job_id: str, attempt: int, now: datetime) -> str | No
         session.commit()
         return None
     lost = f"worker lost (lease expired) on attempt {attempt} of {job.max_attempts}"
+    if job.kind == SWEEP and session.scalar(select(is_parent()).where(Job.id == job_id)):
+        return _reap_comparison(session, job, lost, now)
     if job.started_at is not None and now - job.started_at > timedelta(seconds=job.time_limit_s):
         values: dict[str, Any] = {
             "state": JobState.failed.value, "error": f"timeout: exceeded {job.time_limit_s:g} s ({lost})"
@@ -393,18 +576,48 @@ def reap(session: Session, job_id: str, attempt: int, now: datetime) -> str | No
         values = {"state": QUEUED, "error": None, "dispatched": False, "dispatched_at": None}
     terminal = values["state"] != QUEUED
     kind = EventKind(values["state"]) if terminal else EventKind.requeued
-    result = session.execute(
+    row = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.attempt == attempt, Job.state == RUNNING)
         .values(**values, worker_id=None, lease_until=None, updated_at=now, finished_at=now if terminal else None)
+        .returning(Job.parent_id)
+    ).first()
+    if row is None:
+        session.commit()
+        return None
+    _event(session, job_id, kind, attempt, values["state"], detail=values["error"] or lost, at=now)
+    if terminal and row[0] is not None:
+        _cell_ended(session, job_id, row[0], values["state"], values["error"], now)
+    session.commit()
+    log.warning("job %s: %s -> %s", job_id, lost, values["state"])
+    return values["state"]
+
+
+def _reap_comparison(session: Session, job: Job, lost: str, now: datetime) -> str | None:
+    """A sweep's comparison attempt was lost: cancelled if a cancel was asked, failed with no attempts left,
+    otherwise back to waiting for a writer (running, no worker: `claim_comparison` takes it again)."""
+    if job.cancel_requested:
+        values: dict[str, Any] = {"state": JobState.cancelled.value, "error": CANCELLED_BY_USER, "finished_at": now}
+    elif job.attempt >= job.max_attempts:
+        values = {"state": JobState.failed.value, "error": f"{lost} writing the comparison; no attempts left",
+                  "finished_at": now}
+    else:
+        values = {"state": RUNNING, "error": None}
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job.id, Job.attempt == job.attempt, Job.state == RUNNING, Job.worker_id.is_not(None))
+        .values(**values, worker_id=None, lease_until=None, updated_at=now)
     )
     if not _changed(result):
         session.commit()
         return None
-    _event(session, job_id, kind, attempt, values["state"], detail=values["error"] or lost, at=now)
+    state = values["state"]
+    kind = EventKind.requeued if state == RUNNING else EventKind(state)
+    detail = f"{lost} writing the comparison: it is written again" if state == RUNNING else values["error"]
+    _event(session, job.id, kind, job.attempt, state, detail=detail, at=now)
     session.commit()
-    log.warning("job %s: %s -> %s", job_id, lost, values["state"])
-    return values["state"]
+    log.warning("sweep %s: %s writing the comparison -> %s", job.id, lost, state)
+    return QUEUED if state == RUNNING else state
 
 
 def overdue_cancels(session: Session, grace_s: float, limit: int = 500) -> list[tuple[str, int]]:
@@ -428,11 +641,14 @@ def cancel_killed(session: Session, job_id: str, attempt: int) -> bool:
             state=JobState.cancelled.value, error=CANCEL_KILLED, worker_id=None, lease_until=None,
             updated_at=now, finished_at=now,
         )
-    )
-    if not _changed(result):
+        .returning(Job.parent_id)
+    ).first()
+    if result is None:
         session.commit()
         return False
     _event(session, job_id, EventKind.cancelled, attempt, JobState.cancelled.value, detail=CANCEL_KILLED, at=now)
+    if result[0] is not None:
+        _cell_ended(session, job_id, result[0], JobState.cancelled.value, CANCEL_KILLED, now)
     session.commit()
     return True
 
@@ -495,7 +711,7 @@ def stranded(
     rows = session.execute(
         select(Job.id, Job.attempt, Job.queue, Job.kind, Job.spec, WorkerQueue.live_until, Job.created_at)
         .outerjoin(WorkerQueue, WorkerQueue.queue == queue)
-        .where(Job.state == QUEUED, Job.cancel_requested.is_(False), queue.not_in(sorted(live_queues)))
+        .where(Job.state == QUEUED, Job.cancel_requested.is_(False), queue.not_in(sorted(live_queues)), ~is_parent())
         .order_by(Job.created_at)
         .limit(limit)
     ).all()
@@ -535,14 +751,17 @@ def reroute(session: Session, job: Stranded, queue: str, spec: dict[str, Any], d
 def fail_stranded(session: Session, job: Stranded, error: str) -> bool:
     """A stranded job no live class can run fails with `error`. False when the job moved on meanwhile."""
     now = utcnow()
-    result = session.execute(
+    row = session.execute(
         update(Job).where(*_still_stranded(job))
         .values(state=JobState.failed.value, error=error, finished_at=now, updated_at=now)
-    )
-    if not _changed(result):
+        .returning(Job.parent_id)
+    ).first()
+    if row is None:
         session.rollback()
         return False
     _event(session, job.job_id, EventKind.failed, job.attempt, JobState.failed.value, detail=error, at=now)
+    if row[0] is not None:
+        _cell_ended(session, job.job_id, row[0], JobState.failed.value, error, now)
     session.commit()
     return True
 

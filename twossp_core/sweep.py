@@ -9,6 +9,9 @@ Writes into out_dir: comparison.json (a list of rows), comparison.md, comparison
 (request, dense measurements, runtime) and runs/<method>-<sparsity>/report.json per run (plus
 models/<method>-<sparsity>/ when save_models is set). A run that cannot reach its target (InfeasibleTarget,
 UnsupportedModel) becomes a row with an `error` and the sweep goes on.
+
+`run_sweep_cell` runs one (method, sparsity) of a sweep on its own, as the service's cell jobs do (each in its own
+process, on any worker): the same `run_cell` on a workspace of its own (`cell_workspace`), the same report.
 """
 
 from __future__ import annotations
@@ -18,66 +21,106 @@ import time
 from pathlib import Path
 from typing import Any
 
+from twossp_core.comparison import (
+    COMPARISON_JSON,
+    COMPARISON_MD,
+    COMPARISON_PNG,
+    COMPARISON_SVG,
+    SWEEP_JSON,
+    comparison_row,
+    error_row,
+    failed_row,
+    run_name,
+    write_comparison,
+)
 from twossp_core.errors import InfeasibleTarget, UnsupportedModel
 from twossp_core.pipeline import (
+    Workspace,
     heal_control,
     prepare,
     run_cell,
     runtime_info,
     write_json_atomic,
 )
-from twossp_core.plan.spec import SweepSpec
+from twossp_core.plan.spec import JobSpecBase, PruneSpec, SweepSpec
 from twossp_core.plan.stages import run_prefix
+from twossp_core.preflight import check_model
 from twossp_core.progress import CancelFn, PrefixReporter, ProgressFn, Reporter
-from twossp_core.report_table import comparison_markdown, plot_comparison
 
-COMPARISON_JSON = "comparison.json"
-COMPARISON_MD = "comparison.md"
-COMPARISON_PNG = "comparison.png"
-COMPARISON_SVG = "comparison.svg"
-SWEEP_JSON = "sweep.json"
+__all__ = [
+    "COMPARISON_JSON", "COMPARISON_MD", "COMPARISON_PNG", "COMPARISON_SVG", "SWEEP_JSON", "cell_workspace",
+    "comparison_row", "dense_summary", "error_row", "failed_row", "run_name", "run_sweep", "run_sweep_cell",
+]
 
 
-def run_name(method: str, sparsity: float) -> str:
-    return f"{method}-{sparsity:g}"
+def cell_workspace(spec: PruneSpec, reporter: Reporter) -> Workspace:
+    """Where a cell run on its own gets the dense model and the dense measurements (perplexities, throughput,
+    zero-shot scores) and, with a heal, the heal's control: measured here, in the cell's process. This is the one
+    place a store of dense measurements shared across cells and workers would be read from."""
+    ws = prepare(spec, reporter)
+    if spec.heal is not None and spec.heal.control:
+        heal_control(ws, reporter)
+    return ws
 
 
-def comparison_row(report: dict[str, Any]) -> dict[str, Any]:
-    tp = report.get("throughput_tokens_per_s") or {}
-    dense_tp, pruned_tp = tp.get("dense"), tp.get("pruned")
-    details = report.get("method_details") or {}
-    row = {
-        "method": report["method"],
-        "sparsity_target": report["sparsity_target"],
-        "sparsity_achieved": report["sparsity_achieved"],
-        "perplexity": report["perplexity"],
-        "held_out": report.get("held_out"),
-        "prune_s": report["timings"]["prune_s"],
-        "throughput_tokens_per_s": {"dense": dense_tp, "pruned": pruned_tp},
-        # no speed-up when the timing is not a reliable comparison (the reasons instead)
-        "speedup": (pruned_tp / dense_tp) if dense_tp and pruned_tp and not report.get("throughput_unreliable")
-        else None,
-        "throughput_unreliable": report.get("throughput_unreliable") or [],
-        "params": report["params"],
-        "removed_blocks": report["removed_blocks"],
-        "removed_attention": report["removed_attention"],
-        "removed_mlp": report["removed_mlp"],
-        "kept_ffn_neurons": report["kept_ffn_neurons"],
-        "heal_s": report["timings"].get("heal_s"),
-        "error": None,
+def dense_summary(ws: Workspace, spec: JobSpecBase) -> dict[str, Any]:
+    """The dense model's measurements as a sweep reports them (sweep.json's `dense`, the comparison's reference)."""
+    dense: dict[str, Any] = {
+        "perplexity": [{"dataset": k, "perplexity": v} for k, v in ws.dense_perplexity.items()],
+        "throughput_tokens_per_s": ws.dense_throughput.median if ws.dense_throughput else None,
+        "params": ws.dense_params,
+        # the windows each evaluation set gave, and the cap on them: a capped set is labelled as such
+        "eval_windows": {label: int(w.shape[0]) for label, w in ws.evals.items()},
+        "eval_cap": spec.eval_windows,
     }
-    if report.get("zero_shot"):
-        row["zero_shot"] = report["zero_shot"]
-    if "sparsity_meaning" in details:
-        row["note"] = details["sparsity_meaning"]
-    return row
+    if ws.zero_shot_tasks:
+        from twossp_core.evaluation.zeroshot.evaluate import zero_shot_report
+
+        dense["zero_shot"] = zero_shot_report(ws.zero_shot_tasks, spec.task_limit, {"dense": ws.dense_zero_shot})
+    if ws.control is not None:  # the dense model healed the same way: each entry's `healed`, and the heal itself
+        for entry in dense["perplexity"]:
+            entry["healed"] = ws.control.perplexity[entry["dataset"]]
+        dense["control"] = ws.control.report()
+    return dense
 
 
-def error_row(method: str, sparsity: float, exc: Exception) -> dict[str, Any]:
-    return {
-        "method": method, "sparsity_target": sparsity, "sparsity_achieved": None, "perplexity": [],
-        "prune_s": None, "throughput_tokens_per_s": None, "speedup": None, "error": f"{type(exc).__name__}: {exc}",
+def data_summary(ws: Workspace) -> dict[str, Any]:
+    return {"seq_len": ws.seq_len, "calibration_windows": int(ws.calibration.shape[0]),
+            "eval": {label: int(w.shape[0]) for label, w in ws.evals.items()}}
+
+
+def run_sweep_cell(
+    cell: PruneSpec,
+    out_dir: Path,
+    *,
+    save_model: bool = False,
+    progress: ProgressFn | None = None,
+    should_cancel: CancelFn | None = None,
+) -> dict[str, Any]:
+    """One (method, sparsity) of a sweep on its own: writes runs/<method>-<sparsity>/report.json (and, with
+    `save_model`, models/<method>-<sparsity>/) into out_dir, as `run_sweep` writes that run. Returns the run's report
+    with `sweep`: the dense measurements, data, setup timings and runtime the comparison needs. A target the method
+    cannot reach raises InfeasibleTarget or UnsupportedModel."""
+    out_dir = Path(out_dir)
+    reporter = Reporter(progress, should_cancel)
+    start = time.perf_counter()
+    check_model(cell)
+    ws = cell_workspace(cell, reporter)
+    reporter.checkpoint()
+    name = run_name(cell.method, cell.sparsity)
+    run_dir = out_dir / "runs" / name
+    model_dir = out_dir / "models" / name if save_model else None
+    report, model = run_cell(ws, cell, reporter, model_dir=model_dir, plot_dir=run_dir, copy_model=False)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(run_dir / "report.json", report)
+    del model
+    context = {
+        "dense": dense_summary(ws, cell),
+        "data": data_summary(ws),
+        "timings": {**ws.timings, "total_s": time.perf_counter() - start},
+        "runtime": runtime_info(ws),
     }
+    return {**report, "sweep": context}
 
 
 def run_sweep(
@@ -117,35 +160,16 @@ def run_sweep(
             gc.collect()
             write_json_atomic(out_dir / COMPARISON_JSON, rows)
 
-    dense: dict[str, Any] = {
-        "perplexity": [{"dataset": k, "perplexity": v} for k, v in ws.dense_perplexity.items()],
-        "throughput_tokens_per_s": ws.dense_throughput.median if ws.dense_throughput else None,
-        "params": ws.dense_params,
-        # the windows each evaluation set gave, and the cap on them: a capped set is labelled as such
-        "eval_windows": {label: int(w.shape[0]) for label, w in ws.evals.items()},
-        "eval_cap": spec.eval_windows,
-    }
-    if ws.zero_shot_tasks:
-        from twossp_core.evaluation.zeroshot.evaluate import zero_shot_report
-
-        dense["zero_shot"] = zero_shot_report(ws.zero_shot_tasks, spec.task_limit, {"dense": ws.dense_zero_shot})
-    if ws.control is not None:  # the dense model healed the same way: each entry's `healed`, and the heal itself
-        for entry in dense["perplexity"]:
-            entry["healed"] = ws.control.perplexity[entry["dataset"]]
-        dense["control"] = ws.control.report()
+    dense = dense_summary(ws, spec)
     reporter.update("comparison", 0.0)
-    write_json_atomic(out_dir / COMPARISON_JSON, rows)
-    (out_dir / COMPARISON_MD).write_text(comparison_markdown(rows, dense, title=f"Comparison on {spec.model}"))
-    plot_comparison(rows, dense, [out_dir / COMPARISON_PNG, out_dir / COMPARISON_SVG], title=Path(spec.model).name)
+    files = write_comparison(out_dir, rows, dense, spec.model)
     summary = {
         "spec": spec.model_dump(),
         "dense": dense,
-        "data": {"seq_len": ws.seq_len, "calibration_windows": int(ws.calibration.shape[0]),
-                 "eval": {label: int(w.shape[0]) for label, w in ws.evals.items()}},
+        "data": data_summary(ws),
         "timings": {**ws.timings, "total_s": time.perf_counter() - start},
         "runtime": runtime_info(ws),
     }
     write_json_atomic(out_dir / SWEEP_JSON, summary)
     reporter.update("comparison", 1.0)
-    files = [COMPARISON_JSON, COMPARISON_MD, COMPARISON_PNG, COMPARISON_SVG, SWEEP_JSON]
-    return {**summary, "rows": rows, "files": files}
+    return {**summary, "rows": rows, "files": [*files, SWEEP_JSON]}

@@ -11,6 +11,8 @@
 - A queued job whose worker class has had no live worker for `worker_class_grace_s` is re-routed to the live
   class that holds it (and published there), or failed naming the class it needs when no live class does. While
   no class at all has a live worker, queued jobs wait.
+- A sweep whose cells all ended and whose comparison nobody wrote (its last cell was killed or reaped, or the
+  process that ended it died first) gets its comparison written here (worker/sweeps.py).
 Every `TWOSSP_ARTIFACT_GC_INTERVAL_S` it also deletes the artifact prefixes of attempts that never published
 a manifest. Every transition is a compare-and-set in `service.lifecycle`, so several reapers may run at once.
 """
@@ -18,6 +20,8 @@ a manifest. Every transition is a compare-and-set in `service.lifecycle`, so sev
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
 from dataclasses import dataclass, field
 
@@ -46,6 +50,7 @@ class MaintenanceResult:
     cancelled: list[str] = field(default_factory=list)
     dispatched: list[str] = field(default_factory=list)
     rerouted: list[str] = field(default_factory=list)
+    sweeps: list[str] = field(default_factory=list)  # sweeps whose comparison this pass wrote
 
 
 def reap_expired_leases(db: Database, result: MaintenanceResult) -> None:
@@ -115,6 +120,23 @@ def reroute_stranded(db: Database, broker: Broker, settings: Settings, result: M
                 result.rerouted.append(job.job_id)
                 if lifecycle.dispatch(session, broker, job.job_id):
                     result.dispatched.append(job.job_id)
+
+
+def write_sweep_comparisons(db: Database, store: ArtifactStore, settings: Settings, result: MaintenanceResult) -> None:
+    """Write the comparison of every sweep whose cells all ended and that nobody writes it for."""
+    from worker.sweeps import write_comparison_if_ready
+
+    with db.session() as session:
+        waiting = lifecycle.awaiting_comparison(session)
+    for parent_id in waiting:
+        try:
+            state = write_comparison_if_ready(db, store, settings, parent_id, f"reaper@{socket.gethostname()}:"
+                                              f"{os.getpid()}")
+        except Exception:
+            log.exception("writing the comparison of sweep %s failed; next pass tries again", parent_id)
+            continue
+        if state is not None:
+            result.sweeps.append(parent_id)
 
 
 def _new_class(job: lifecycle.Stranded, classes: list[WorkerClass]) -> tuple[str | None, dict[str, int], str]:
@@ -196,6 +218,8 @@ class Reaper:
             self._db_failed = False
             self._hold_until = time.monotonic() + self.settings.lease_seconds
             log.warning("database reachable again: reaping expired leases after %g s", self.settings.lease_seconds)
+        if self.store is not None:
+            write_sweep_comparisons(self.db, self.store, self.settings, result)
         if self.store is not None and time.monotonic() >= self._next_gc:
             self._next_gc = time.monotonic() + self.settings.artifact_gc_interval_s
             try:

@@ -1,4 +1,6 @@
-"""Running one job: claim it, run the pipeline (or a sweep) with a heartbeat, upload the output, record the outcome.
+"""Running one job: claim it, run the pipeline (a prune job, a sweep's cell, or a sweep submitted before sweeps had
+cells) with a heartbeat, upload the output, record the outcome. After a sweep's cell it writes the sweep's comparison
+when that cell was the sweep's last (worker/sweeps.py).
 
 Plain code, run in the job's own process (`python -m worker.run_one`, which the Celery task and the embedded worker
 start and supervise: `worker/supervise.py`). The job row is the source of truth; every write is fenced by the
@@ -169,9 +171,25 @@ class JobRunner:
         shutil.rmtree(work, ignore_errors=True)
         (work / "out").mkdir(parents=True)
         try:
-            return self._run_claimed(claim, work)
+            state = self._run_claimed(claim, work)
         finally:
             shutil.rmtree(work, ignore_errors=True)
+        if claim.parent_id is not None and not self.interrupted:
+            self._write_sweep_comparison(claim.parent_id)
+        return state
+
+    def _write_sweep_comparison(self, parent_id: str) -> None:
+        """The sweep's comparison, if this cell was its last to end (otherwise nothing happens). A failure is left to
+        the reaper, which writes the comparisons nobody wrote."""
+        from worker.sweeps import write_comparison_if_ready
+
+        try:
+            state = write_comparison_if_ready(self.db, self.store, self.settings, parent_id, self.worker_id)
+        except Exception:
+            log.exception("writing the comparison of sweep %s failed here (the reaper will)", parent_id)
+            return
+        if state is not None:
+            log.info("sweep %s -> %s", parent_id, state)
 
     def _run_claimed(self, claim: Claim, work: Path) -> str:
         soft_limit = min(self.settings.job_soft_time_limit_s, claim.time_limit_s)
@@ -299,8 +317,15 @@ class JobRunner:
             torch.set_num_threads(self.settings.torch_threads)
         from twossp_core.pipeline import REPORT_FILE, run_prune, write_json_atomic
         from twossp_core.plan.spec import parse_spec, parse_sweep_spec
-        from twossp_core.sweep import SWEEP_JSON, run_sweep
+        from twossp_core.sweep import SWEEP_JSON, run_sweep, run_sweep_cell
 
+        if claim.parent_id is not None:  # a sweep's cell
+            cell, cell_caps = self.capped(parse_spec(claim.spec))
+            result = run_sweep_cell(cell, out_dir, save_model=self._saves_models(claim.parent_id), progress=progress,
+                                    should_cancel=should_cancel)
+            if cell_caps:
+                result["sweep"]["capped_by_worker"] = cell_caps
+            return result
         sweep = claim.kind == JobKind.sweep.value
         spec, caps = self.capped(parse_sweep_spec(claim.spec) if sweep else parse_spec(claim.spec))
         if sweep:
@@ -315,6 +340,16 @@ class JobRunner:
             report["memory"]["capped_by_worker"] = caps
             write_json_atomic(out_dir / REPORT_FILE, report)
         return report
+
+    def _saves_models(self, sweep_id: str) -> bool:
+        """Whether the cell's sweep exports every pruned model (`save_models`)."""
+        from sqlalchemy import select
+
+        from service.db.models import Job
+
+        with self.db.session() as session:
+            spec = session.scalar(select(Job.spec).where(Job.id == sweep_id))
+        return bool((spec or {}).get("save_models"))
 
     def capped(self, spec: Any) -> tuple[Any, dict[str, dict[str, int]]]:
         """The spec with the budgets it sets above this worker's memory lowered to that memory, and what was

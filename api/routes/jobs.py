@@ -12,7 +12,16 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from api.archive import stream_tar
 from api.deps import BrokerDep, SessionDep, SettingsDep, StoreDep, UserDep
 from api.errors import Conflict, InputRejected
-from api.schemas import JobEventOut, JobEventPage, JobOut, JobPage, PresignedArtifact, PresignedFile
+from api.schemas import (
+    Comparison,
+    JobEventOut,
+    JobEventPage,
+    JobOut,
+    JobPage,
+    PresignedArtifact,
+    PresignedFile,
+    SweepCells,
+)
 from api.services import jobs as service
 from service.db.models import JobKind, JobState
 from twossp_core.plan.spec import PruneSpec, SweepSpec
@@ -81,7 +90,9 @@ SUBMIT_BODY = {
     summary="Submit a pruning job or a sweep (methods x sparsities)",
     description=(
         "`kind` selects the job: `prune` (the default) prunes one model with one method to one sparsity; "
-        "`sweep` runs every method at every sparsity on one model and reports the comparison. "
+        "`sweep` runs every method at every sparsity on one model and reports the comparison: it is a parent job "
+        "with one `cell` job per method and sparsity, each routed by its own memory plan and run on any worker "
+        "(`cells` on the sweep; its quotas count the cells). "
         "The request is validated and preflighted before anything is queued."
     ),
     openapi_extra=SUBMIT_BODY,
@@ -110,7 +121,7 @@ async def submit(
     if json_depth(body) > settings.max_json_depth:
         raise InputRejected(f"request body nests deeper than {settings.max_json_depth} levels")
     result = await run_in_threadpool(service.submit_job, session, broker, settings, user, body, idempotency_key)
-    out = JobOut.from_row(result.job)
+    out = JobOut.from_row(result.job, service.sweep_cells(session, [result.job]).get(result.job.id))
     headers = {"Location": out.links.self}
     if not result.created:
         headers["Idempotent-Replayed"] = "true"
@@ -125,11 +136,15 @@ def list_jobs(
     user: UserDep,
     state: JobState | None = None,
     kind: JobKind | None = None,
+    parent_id: Annotated[
+        str | None, Query(max_length=36, description="list this sweep's cells (without it, and unless `kind=cell`, "
+                          "cells are left out: their sweep stands for them)")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> JobPage:
     limit = min(limit, settings.page_size_max)
-    rows, total = service.list_jobs(session, user, state, limit, offset, kind)
+    rows, total = service.list_jobs(session, user, state, limit, offset, kind, parent_id)
     nxt = None
     if offset + len(rows) < total:
         params = {"limit": str(limit), "offset": str(offset + limit)}
@@ -137,13 +152,56 @@ def list_jobs(
             params["state"] = state.value
         if kind is not None:
             params["kind"] = kind.value
+        if parent_id is not None:
+            params["parent_id"] = parent_id
         nxt = str(request.url.include_query_params(**params))
-    return JobPage(items=[JobOut.from_row(j) for j in rows], total=total, limit=limit, offset=offset, next=nxt)
+    cells = service.sweep_cells(session, rows)
+    return JobPage(items=[JobOut.from_row(j, cells.get(j.id)) for j in rows], total=total, limit=limit, offset=offset,
+                   next=nxt)
 
 
 @router.get("/{job_id}", response_model=JobOut, summary="A job's state, progress and report", responses=ERRORS)
 def get_job(job_id: str, session: SessionDep, user: UserDep) -> JobOut:
-    return JobOut.from_row(service.get_job(session, user, job_id))
+    job = service.get_job(session, user, job_id)
+    return JobOut.from_row(job, service.sweep_cells(session, [job]).get(job.id))
+
+
+@router.get(
+    "/{job_id}/comparison",
+    response_model=Comparison,
+    summary="A sweep's comparison as it stands, while its cells run and after",
+    description=(
+        "The rows of the cells that ended so far, in the sweep's order (a cell that failed or was cancelled is a row "
+        "with its `error`), and whether every cell ended. `format=markdown` answers comparison.md's table of them "
+        "(text/markdown). The sweep's artifact holds the final comparison (JSON, Markdown, plot) once it succeeded."
+    ),
+    responses={
+        **ERRORS,
+        200: {"content": {"text/markdown": {"schema": {"type": "string"}}}},
+        409: {"description": "the job is not a sweep", **_DETAIL},
+    },
+)
+def comparison(
+    job_id: str, session: SessionDep, user: UserDep,
+    format: Annotated[str, Query(pattern="^(json|markdown)$")] = "json",
+) -> Response:
+    from service.sweeps import cell_context
+    from service.sweeps import comparison as rows_of
+
+    job = service.get_job(session, user, job_id)
+    cells = service.sweep_cells(session, [job]).get(job.id)
+    if job.kind != JobKind.sweep.value or not cells:
+        raise Conflict(f"job {job_id} is not a sweep with cells")
+    rows, complete = rows_of(job.spec, cells)
+    context = cell_context(cells)
+    dense = context["dense"] if context else None
+    if format == "markdown":
+        from twossp_core.report_table import comparison_markdown
+
+        text = comparison_markdown(rows, dense or {"perplexity": []}, title=f"Comparison on {job.model}")
+        return Response(text, media_type="text/markdown")
+    body = Comparison(complete=complete, rows=rows, dense=dense, cells=SweepCells.of(cells))
+    return JSONResponse(body.model_dump(mode="json"))
 
 
 @router.get(
@@ -176,11 +234,12 @@ def events(
     "/{job_id}/cancel",
     response_model=JobOut,
     status_code=202,
-    summary="Cancel a queued or running job",
+    summary="Cancel a queued or running job (a sweep: every cell of it)",
     responses={**ERRORS, 409: {"description": "the job already finished", **_DETAIL}},
 )
 def cancel(job_id: str, session: SessionDep, user: UserDep) -> JobOut:
-    return JobOut.from_row(service.cancel_job(session, user, job_id))
+    job = service.cancel_job(session, user, job_id)
+    return JobOut.from_row(job, service.sweep_cells(session, [job]).get(job.id))
 
 
 def _succeeded(session: SessionDep, user: UserDep, job_id: str):  # type: ignore[no-untyped-def]

@@ -1,4 +1,7 @@
-"""Job submission (idempotent, with an outbox), lookup scoped to the owner, listing, events and cancellation."""
+"""Job submission (idempotent, with an outbox), lookup scoped to the owner, listing, events and cancellation.
+
+A sweep is submitted as a parent job and one `cell` job per method and sparsity (`SweepSpec.prune_spec`), each cell
+routed by its own memory plan and published like a prune job; the user's quotas count the cells."""
 
 from __future__ import annotations
 
@@ -22,8 +25,9 @@ from service.broker import Broker
 from service.db.models import Job, JobEvent, JobKind, JobState, User
 from service.routing import NoWorkerFits, Route, choose_queue
 from service.settings import Settings
+from service.sweeps import cells_of
 from service.workers import worker_classes
-from twossp_core.plan.spec import PruneSpec
+from twossp_core.plan.spec import PruneSpec, SweepSpec
 from twossp_core.preflight import local_config
 
 log = logging.getLogger(__name__)
@@ -56,34 +60,55 @@ def submit_job(
         if existing is not None:
             return _replay(existing, digest)
 
-    chosen = route(session, broker, settings, spec)
-    queue = chosen.queue if chosen is not None else None
-    if chosen is not None and chosen.budgets:  # the class's memory becomes the job's budgets (block by block)
-        spec = spec.model_copy(update=chosen.budgets)
+    cells: list[Job] = []
+    if isinstance(spec, SweepSpec):  # the parent runs nothing itself: each cell is routed and counted as a job
+        queue, planned = None, 0
+        for method in spec.methods:
+            for sparsity in spec.sparsities:
+                cell = _cell_job(session, broker, settings, user, spec.prune_spec(method, sparsity))
+                planned += cell.planned_tokens or 0
+                cells.append(cell)
+        if len(cells) > settings.max_active_jobs_per_user:
+            raise InputRejected(
+                f"sweep: {len(cells)} cells, more than the {settings.max_active_jobs_per_user} jobs a user may have "
+                f"queued or running (TWOSSP_MAX_ACTIVE_JOBS_PER_USER); split it into smaller sweeps"
+            )
+    else:
+        chosen = route(session, broker, settings, spec)
+        queue = chosen.queue if chosen is not None else None
+        if chosen is not None and chosen.budgets:  # the class's memory becomes the job's budgets (block by block)
+            spec = spec.model_copy(update=chosen.budgets)
+        assert cost.tokens is not None  # check_cost refused an unbounded plan
+        planned = cost.tokens
+    new_jobs = len(cells) or 1
     with _submissions_of(session, user):
         if idempotency_key is not None:  # a concurrent request with the same key may have committed meanwhile
             existing = _by_idempotency_key(session, user, idempotency_key)
             if existing is not None:
                 session.rollback()
                 return _replay(existing, digest)
+        # a sweep's cells count, its parent does not (it runs nothing itself)
         active, active_tokens = session.execute(
             select(func.count(), func.coalesce(func.sum(Job.planned_tokens), 0))
             .select_from(Job)
-            .where(Job.owner_id == user.id, Job.state.in_([JobState.queued.value, JobState.running.value]))
+            .where(Job.owner_id == user.id, Job.state.in_([JobState.queued.value, JobState.running.value]),
+                   ~lifecycle.is_parent())
         ).one()
-        if active >= settings.max_active_jobs_per_user:
+        if active + new_jobs > settings.max_active_jobs_per_user:
             session.rollback()  # releases the owner's lock
             raise TooManyRequests(
                 f"you have {active} jobs queued or running (TWOSSP_MAX_ACTIVE_JOBS_PER_USER="
-                f"{settings.max_active_jobs_per_user}); submit more once some finish",
+                f"{settings.max_active_jobs_per_user})" + (f" and this sweep has {new_jobs} cells" if cells else "")
+                + "; submit more once some finish",
                 retry_after=max(settings.retry_after_s, 30),
             )
-        assert cost.tokens is not None  # check_cost refused an unbounded plan
-        if active_tokens + cost.tokens > settings.max_active_tokens_per_user:
+        if active_tokens + planned > settings.max_active_tokens_per_user:
             session.rollback()
             raise TooManyRequests(
                 f"your {active} queued and running jobs plan {active_tokens:,} tokens through the model and this one "
-                f"{cost.tokens:,}: more than TWOSSP_MAX_ACTIVE_TOKENS_PER_USER={settings.max_active_tokens_per_user:,}"
+                f"{planned:,}"
+                + (f" (its {len(cells)} cells together)" if cells else "")
+                + f": more than TWOSSP_MAX_ACTIVE_TOKENS_PER_USER={settings.max_active_tokens_per_user:,}"
                 "; submit it once some finish",
                 retry_after=max(settings.retry_after_s, 30),
             )
@@ -99,10 +124,11 @@ def submit_job(
             sparsity=spec.sparsity if isinstance(spec, PruneSpec) else None,
             max_attempts=settings.max_attempts,
             time_limit_s=settings.job_time_limit_s,
-            planned_tokens=cost.tokens,
+            planned_tokens=planned,
         )
         try:
-            lifecycle.submit(session, job)  # the row is the outbox entry: dispatched=false until the broker has it
+            # the row is the outbox entry (a sweep's: its cells'): dispatched=false until the broker has it
+            lifecycle.submit(session, job, cells)
         except IntegrityError:
             existing = _by_idempotency_key(session, user, idempotency_key) if idempotency_key else None
             if existing is None:
@@ -110,8 +136,30 @@ def submit_job(
             return _replay(existing, digest)
     # committed: from here on the answer is 202 with the job; a broker or database hiccup while publishing
     # leaves the row undispatched and the outbox (the reaper) publishes it
-    lifecycle.dispatch(session, broker, job.id)
+    for published in cells or [job]:
+        lifecycle.dispatch(session, broker, published.id)
     return Submission(job, created=True)
+
+
+def _cell_job(session: Session, broker: Broker, settings: Settings, user: User, cell: PruneSpec) -> Job:
+    """One cell of a sweep as a job (not yet added): its own plan within the limits of a job, its own route."""
+    cost = check_cost(cell, settings)
+    chosen = route(session, broker, settings, cell)
+    if chosen is not None and chosen.budgets:
+        cell = cell.model_copy(update=chosen.budgets)
+    return Job(
+        owner_id=user.id,
+        queue=chosen.queue if chosen is not None else None,
+        request_hash=request_hash(JobKind.cell, cell),
+        kind=JobKind.cell.value,
+        spec=cell.model_dump(mode="json"),
+        model=cell.model,
+        method=cell.method,
+        sparsity=cell.sparsity,
+        max_attempts=settings.max_attempts,
+        time_limit_s=settings.job_time_limit_s,
+        planned_tokens=cost.tokens,
+    )
 
 
 def route(session: Session, broker: Broker, settings: Settings, spec: JobSpec) -> Route | None:
@@ -170,13 +218,20 @@ def get_job(session: Session, user: User, job_id: str) -> Job:
 
 
 def list_jobs(
-    session: Session, user: User, state: JobState | None, limit: int, offset: int, kind: JobKind | None = None
+    session: Session, user: User, state: JobState | None, limit: int, offset: int, kind: JobKind | None = None,
+    parent_id: str | None = None,
 ) -> tuple[list[Job], int]:
+    """The user's jobs, newest first. A sweep's cells are listed with `parent_id` (that sweep's) or `kind=cell`;
+    otherwise the sweep stands for them."""
     query = select(Job).where(Job.owner_id == user.id)
     if state is not None:
         query = query.where(Job.state == state.value)
     if kind is not None:
         query = query.where(Job.kind == kind.value)
+    if parent_id is not None:
+        query = query.where(Job.parent_id == parent_id)
+    elif kind is not JobKind.cell:
+        query = query.where(Job.parent_id.is_(None))
     total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
     rows = session.scalars(query.order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)).all()
     return list(rows), total
@@ -189,6 +244,11 @@ def list_events(session: Session, user: User, job_id: str, after: int, limit: in
         select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.id > after).order_by(JobEvent.id).limit(limit + 1)
     ).all()
     return list(rows[:limit]), len(rows) > limit
+
+
+def sweep_cells(session: Session, jobs: list[Job]) -> dict[str, list[Job]]:
+    """The cells of the sweeps among `jobs` (one query)."""
+    return cells_of(session, [job.id for job in jobs if job.kind == JobKind.sweep.value])
 
 
 def cancel_job(session: Session, user: User, job_id: str) -> Job:

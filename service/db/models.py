@@ -51,7 +51,8 @@ class JobState(enum.StrEnum):
 
 class JobKind(enum.StrEnum):
     prune = "prune"
-    sweep = "sweep"
+    sweep = "sweep"  # a parent job: one `cell` child per method and sparsity, and the comparison of their results
+    cell = "cell"  # one method at one sparsity of a sweep (`parent_id`: the sweep)
 
 
 class EventKind(enum.StrEnum):
@@ -68,6 +69,8 @@ class EventKind(enum.StrEnum):
     succeeded = "succeeded"
     failed = "failed"  # detail: the error
     cancelled = "cancelled"  # detail: how
+    # a sweep's cell ended (recorded on the sweep; detail: the cell and how it ended; data: {"cell", "state"})
+    cell_ended = "cell_ended"
 
 
 TERMINAL_STATES = frozenset({JobState.succeeded, JobState.failed, JobState.cancelled})
@@ -114,7 +117,8 @@ class Job(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
     request_hash: Mapped[str] = mapped_column(String(64))
 
-    # prune: one method at one sparsity; sweep: methods x sparsities (method and sparsity are null, see spec)
+    # prune: one method at one sparsity; sweep: methods x sparsities (method and sparsity are null, see spec), the
+    # parent of one `cell` job per method and sparsity; cell: one of them (method and sparsity set)
     kind: Mapped[str] = mapped_column(String(16), default=JobKind.prune.value, server_default=JobKind.prune.value)
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     model: Mapped[str] = mapped_column(String(1000))
@@ -137,6 +141,11 @@ class Job(Base):
     # the planned work (twossp_core.plan.cost: tokens through the model), counted against the owner's quota; null for
     # jobs submitted before it was recorded
     planned_tokens: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+    # a cell: the sweep it belongs to (the cell's state changes move the sweep's, service/lifecycle.py)
+    parent_id: Mapped[str | None] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), nullable=True, index=True
+    )
 
     # the worker queue (class) the job was routed to; null: the default queue (`celery_queue`)
     queue: Mapped[str | None] = mapped_column(String(200), nullable=True)

@@ -102,8 +102,20 @@ def test_sweep_requests_are_validated_and_queued_like_prune_jobs(
         assert response.status_code == 422, (name, response.status_code, response.text)
         assert reason in response.json()["detail"], (name, response.json())
 
+    # the sweep is a parent and one cell job per method and sparsity, each published to the broker
     rows = job_rows(api_settings)
-    assert len(rows) == 1 and rows[0].kind == "sweep" and rows[0].dispatched
+    [parent] = [r for r in rows if r.kind == "sweep"]
+    cells = [r for r in rows if r.kind == "cell"]
+    assert len(rows) == 5 and parent.id == job["id"] and parent.dispatched_at is None
+    assert {(c.method, c.sparsity) for c in cells} == {(m, s) for m in ("2ssp", "shortgpt") for s in (0.25, 0.5)}
+    assert all(c.parent_id == parent.id and c.dispatched and c.state == "queued" for c in cells)
+    assert all(c.spec["method"] == c.method and c.spec["sparsity"] == c.sparsity for c in cells)
+    assert job["cells"]["total"] == 4 and job["cells"]["queued"] == 4
+    # cells are listed with their sweep's id (or kind=cell), not among the user's jobs
+    assert alice.get("/jobs").json()["total"] == 1
+    listed = alice.get(f"/jobs?parent_id={job['id']}").json()
+    assert listed["total"] == 4 and {c["parent_id"] for c in listed["items"]} == {job["id"]}
+    assert alice.get("/jobs?kind=cell").json()["total"] == 4
     assert alice.get("/jobs?kind=sweep").json()["total"] == 1
     assert alice.get("/jobs?kind=prune").json()["total"] == 0
     prune = alice.post("/jobs", json=job_body(stories_model, text)).json()
