@@ -25,6 +25,7 @@ sys.path.insert(0, str(REPO))
 from bench.refit_variants import protocol  # noqa: E402
 from twossp_core.pipeline import heal_pruned, measure_pruned, prepare, prune_model  # noqa: E402
 from twossp_core.plan.heal_config import HealConfig  # noqa: E402
+from twossp_core.plan.methods import method_config  # noqa: E402
 from twossp_core.plan.spec import PruneSpec  # noqa: E402
 from twossp_core.progress import Reporter  # noqa: E402
 
@@ -39,8 +40,9 @@ def main(argv: list[str]) -> int:
     ws = prepare(spec, Reporter())
     for sparsity in sparsities:
         for method, options in variants:
-            model, outcome, prune_s = prune_model(ws, method, sparsity, options, Reporter(), copy_model=True)
-            report = measure_pruned(ws, model, method, sparsity, options, outcome, prune_s, Reporter())
+            config = method_config(method, options)
+            model, outcome, prune_s = prune_model(ws, method, sparsity, config, Reporter(), copy_model=True)
+            report = measure_pruned(ws, model, method, sparsity, config, outcome, prune_s, Reporter())
             healed = {}
             for seed in seeds:
                 ws.spec = spec.model_copy(update={"heal": HealConfig(seed=seed)})

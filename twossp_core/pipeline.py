@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import BaseModel
 
 from twossp_core import __version__
 from twossp_core.data.held_out import domains, held_out_summary
@@ -31,7 +32,6 @@ from twossp_core.gguf_source import model_source
 from twossp_core.models.base import ModelAdapter
 from twossp_core.models.registry import adapter_for
 from twossp_core.plan.memory import MemoryPlan
-from twossp_core.plan.methods import method_config
 from twossp_core.plan.spec import DEFAULT_SEQ_LEN, JobSpecBase, PruneSpec
 from twossp_core.preflight import check_data, check_local_model, check_model
 from twossp_core.progress import CancelFn, PrefixReporter, ProgressFn, Reporter
@@ -179,21 +179,21 @@ def evaluate_perplexity(ws: Workspace, adapter: ModelAdapter, stage: str, report
 
 
 def prune_model(
-    ws: Workspace, method: str, sparsity: float, options: dict[str, Any], reporter: Reporter, *, copy_model: bool
+    ws: Workspace, method: str, sparsity: float, options: BaseModel, reporter: Reporter, *, copy_model: bool
 ) -> tuple[Any, PruneOutcome, float]:
-    """Prune the workspace's model (or a copy of it); returns (model, outcome, seconds)."""
-    config = method_config(method, options)
+    """Prune the workspace's model (or a copy of it) with the method's validated options (its config model, as the
+    parsed spec holds them); returns (model, outcome, seconds)."""
     model = copy.deepcopy(ws.model) if copy_model else ws.model
     ws.model_is_dense = ws.model_is_dense and copy_model
     adapter = adapter_for(model)
     ctx = PruneContext(adapter=adapter, calibration=ws.calibration, reporter=reporter, cache=ws.cache)
     start = time.perf_counter()
-    outcome = method_class(method)(config).prune(ctx, sparsity)
+    outcome = method_class(method)(options).prune(ctx, sparsity)
     return model, outcome, time.perf_counter() - start
 
 
 def measure_pruned(
-    ws: Workspace, model: Any, method: str, sparsity: float, options: dict[str, Any], outcome: PruneOutcome,
+    ws: Workspace, model: Any, method: str, sparsity: float, options: BaseModel, outcome: PruneOutcome,
     prune_s: float, reporter: Reporter,
 ) -> dict[str, Any]:
     """Evaluate a pruned model and build its report (the keys of report.json)."""
@@ -230,7 +230,7 @@ def measure_pruned(
         "throughput_tokens_per_s": {key: tp.median if tp else None for key, tp in throughput.items()},
         "throughput_spread": {key: tp.as_dict() for key, tp in throughput.items() if tp},
         "throughput_unreliable": unreliable_reasons({key: tp.as_dict() for key, tp in throughput.items() if tp}),
-        "options": method_config(method, options).model_dump(),
+        "options": options.model_dump(),
         "method_details": outcome.details,
         "data": {
             "seq_len": ws.seq_len,
@@ -460,10 +460,10 @@ def export_metadata(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def export_model(
-    model: Any, tokenizer: Any, out_dir: Path, metadata: dict[str, Any], export: str,
-    options: dict[str, Any] | None = None,
+    model: Any, tokenizer: Any, out_dir: Path, metadata: dict[str, Any], export: str, options: BaseModel | None = None,
 ) -> dict[str, Any]:
-    """Save a pruned model in the requested export format; returns the report's `export` entry."""
+    """Save a pruned model in the requested export format with its validated options (the format's options model;
+    None: its defaults); returns the report's `export` entry."""
     from twossp_core.export.registry import run_export
 
     return run_export(export, model, tokenizer, Path(out_dir), {**metadata, "export": export}, options)
@@ -477,10 +477,10 @@ def run_cell(
     into `model_dir` in the cell's format (None: not exported) and the heal's loss plot drawn into `plot_dir`.
     Returns the report (the keys of report.json) and the model; a target the method cannot reach raises
     InfeasibleTarget or UnsupportedModel."""
-    model, outcome, prune_s = prune_model(ws, cell.method, cell.sparsity, cell.options, reporter,
-                                          copy_model=copy_model)
+    options = cell.method_options()
+    model, outcome, prune_s = prune_model(ws, cell.method, cell.sparsity, options, reporter, copy_model=copy_model)
     reporter.checkpoint()
-    report = measure_pruned(ws, model, cell.method, cell.sparsity, cell.options, outcome, prune_s, reporter)
+    report = measure_pruned(ws, model, cell.method, cell.sparsity, options, outcome, prune_s, reporter)
     losses: list[float] = []
     if cell.heal is not None:
         model, losses = heal_pruned(ws, model, report, reporter)

@@ -14,9 +14,9 @@ import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from service.paths import ROOTS_RULE, PathRefused, inside
+from twossp_core.plan.spec import JobSpecBase
 
 MAX_FILES = 1024  # open files per job; a model directory with more is refused
 MAX_DEPTH = 8
@@ -124,20 +124,20 @@ class PinnedInputs:
 
 
 @contextmanager
-def pinned_inputs(spec: dict[str, Any], roots: list[Path], directory: Path) -> Iterator[PinnedInputs]:
+def pinned_inputs(spec: JobSpecBase, roots: list[Path], directory: Path) -> Iterator[PinnedInputs]:
     """Open and check the job's local model (a directory or a GGUF file) and data files (PathRefused if one is not
     allowed); they stay open, and readable through `redirects`, until the block ends."""
     from twossp_core.plan.sources import DataSource
 
     pinned = PinnedInputs(directory, roots)
     try:
-        model = str(spec.get("model") or "")
+        model = spec.model
         if Path(model).is_absolute() and os.path.isfile(model):  # a GGUF file (add_file checks what it opens)
             pinned.add_file(model, f"model {model!r}")
         elif Path(model).is_absolute():
             pinned.add_directory(model, f"model {model!r}")
-        heal = spec.get("heal") if isinstance(spec.get("heal"), dict) else {}
-        for text in [*(spec.get("calibration") or []), *(spec.get("eval") or []), *(heal.get("data") or [])]:
+        heal_data = spec.heal.data if spec.heal is not None and spec.heal.data else []
+        for text in [*spec.calibration, *spec.eval, *heal_data]:
             source = DataSource.parse(text)
             if not source.is_hub and source.name not in pinned.redirects:
                 pinned.add_file(source.name, f"data source {source.name!r}")

@@ -29,7 +29,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from service import lifecycle
 from service.broker import Broker
-from service.db.models import JobKind, JobState
+from service.db.models import JobState
 from service.db.session import Database
 from service.db.types import utcnow
 from service.routing import NoWorkerFits, WorkerClass, choose_queue
@@ -37,7 +37,7 @@ from service.settings import Settings
 from service.store import ArtifactStore
 from service.workers import worker_classes
 from twossp_core.errors import TwosspError
-from twossp_core.plan.spec import parse_spec, parse_sweep_spec
+from twossp_core.plan.spec import parse_job_spec
 from twossp_core.preflight import local_config
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ def write_sweep_comparisons(db: Database, store: ArtifactStore, settings: Settin
 def _new_class(job: lifecycle.Stranded, classes: list[WorkerClass]) -> tuple[str | None, dict[str, int], str]:
     """The live class that holds the job and the budgets it gives it, or (None, {}, why none does)."""
     try:
-        spec = parse_sweep_spec(job.spec) if job.kind == JobKind.sweep.value else parse_spec(job.spec)
+        spec = parse_job_spec(job.kind, job.spec)
     except TwosspError as exc:
         return None, {}, f"its spec no longer reads: {exc}"
     try:

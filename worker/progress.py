@@ -11,25 +11,23 @@ import logging
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
 
-from service.db.models import JobKind
 from service.records import StageMark
 from twossp_core.plan.declarations import Stage
+from twossp_core.plan.spec import PruneSpec, SweepSpec
 
 log = logging.getLogger(__name__)
 
 UPLOAD = Stage("upload", 5)  # the service's own last stage: the output to the artifact store
 
 
-def job_stages(kind: str, spec: dict[str, Any]) -> list[Stage]:
-    """The stage plan of a job (its validated spec as stored on the row), upload included."""
-    from twossp_core.plan.spec import parse_spec, parse_sweep_spec
+def job_stages(spec: PruneSpec | SweepSpec) -> list[Stage]:
+    """The stage plan of a job (its parsed spec), upload included."""
     from twossp_core.plan.stages import prune_stages, sweep_stages
 
-    if kind == JobKind.sweep.value:
-        return [*sweep_stages(parse_sweep_spec(spec)), UPLOAD]
-    return [*prune_stages(parse_spec(spec)), UPLOAD]
+    if isinstance(spec, SweepSpec):
+        return [*sweep_stages(spec), UPLOAD]
+    return [*prune_stages(spec), UPLOAD]
 
 
 class StagePlan:

@@ -28,7 +28,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from service import lifecycle
-from service.db.models import JobKind, JobState
+from service.db.models import JobState
 from service.db.session import Database
 from service.lifecycle import Claim, Delivery
 from service.paths import PathRefused
@@ -38,7 +38,7 @@ from service.store import ArtifactStore, make_store
 from service.workers import Capacity
 from twossp_core.evaluation.zeroshot.sources import TaskData, using_task_data
 from twossp_core.local_inputs import redirected
-from twossp_core.plan.declarations import Stage
+from twossp_core.plan.spec import PruneSpec, SweepSpec, parse_job_spec
 from worker.inputs import pinned_inputs
 from worker.progress import ProgressTracker, job_stages
 
@@ -192,8 +192,18 @@ class JobRunner:
             log.info("sweep %s -> %s", parent_id, state)
 
     def _run_claimed(self, claim: Claim, work: Path) -> str:
+        from twossp_core.errors import Cancelled, TwosspError
+
         soft_limit = min(self.settings.job_soft_time_limit_s, claim.time_limit_s)
-        tracker = ProgressTracker(self._stages(claim))
+        # the stored spec is validated here once, into the typed request every step below is handed; one that no
+        # longer parses fails the run with the reason once the run has started
+        spec: PruneSpec | SweepSpec | None = None
+        invalid: TwosspError | None = None
+        try:
+            spec = parse_job_spec(claim.kind, claim.spec)
+        except TwosspError as exc:
+            invalid = exc
+        tracker = ProgressTracker(job_stages(spec) if spec is not None else [])
         heartbeat = Heartbeat(self, claim, tracker, soft_limit)
         heartbeat.start()
 
@@ -226,20 +236,21 @@ class JobRunner:
         def timeout_message() -> str:
             return f"timeout: the job exceeded its time limit of {soft_limit:g} s"
 
-        from twossp_core.errors import Cancelled, TwosspError
-
         previous_cwd = os.getcwd()
         os.chdir(work)  # hub ids must never resolve against whatever directory the worker started in
         try:
+            if spec is None:
+                assert invalid is not None
+                raise invalid
             # the API checked the paths at submission; the files may have changed since: open them now, check
             # what was opened, and have the job read exactly those files
             with (
-                pinned_inputs(claim.spec, self.settings.resolved_roots(), work / "inputs") as inputs,
+                pinned_inputs(spec, self.settings.resolved_roots(), work / "inputs") as inputs,
                 using_task_data(TaskData(root=self.settings.task_data)),  # the zero-shot tasks' files
                 redirected(inputs.redirects),
                 self._interruptible_section(),
             ):
-                report = self._execute(claim, work / "out", tracker.update, should_cancel)
+                report = self._execute(spec, work / "out", tracker.update, should_cancel, sweep_id=claim.parent_id)
             if should_cancel():
                 raise Cancelled("stopped after the last stage")
             tracker.update("upload", 0.0)
@@ -294,41 +305,32 @@ class JobRunner:
                 time.sleep(delay)
                 delay = min(delay * 2, 10.0)
 
-    @staticmethod
-    def _stages(claim: Claim) -> list[Stage]:
-        from twossp_core.errors import TwosspError
-
-        try:
-            return job_stages(claim.kind, claim.spec)
-        except TwosspError:
-            return []  # the spec no longer parses: the run fails with the reason when it starts
-
     def _execute(
         self,
-        claim: Claim,
+        spec: PruneSpec | SweepSpec,
         out_dir: Path,
         progress: Callable[[str, float], None],
         should_cancel: Callable[[], bool],
+        sweep_id: str | None = None,
     ) -> dict[str, Any]:
-        """Run the job's pipeline into out_dir; returns the job's report."""
+        """Run the job's pipeline (its parsed spec) into out_dir; returns the job's report. `sweep_id`: the job is a
+        cell of that sweep."""
         if self.settings.torch_threads:
             import torch  # torch is imported only here, in the process running the job
 
             torch.set_num_threads(self.settings.torch_threads)
         from twossp_core.pipeline import REPORT_FILE, run_prune, write_json_atomic
-        from twossp_core.plan.spec import parse_spec, parse_sweep_spec
         from twossp_core.sweep import SWEEP_JSON, run_sweep, run_sweep_cell
 
-        if claim.parent_id is not None:  # a sweep's cell
-            cell, cell_caps = self.capped(parse_spec(claim.spec))
-            result = run_sweep_cell(cell, out_dir, save_model=self._saves_models(claim.parent_id), progress=progress,
+        spec, caps = self.capped(spec)
+        if sweep_id is not None:  # a sweep's cell
+            assert isinstance(spec, PruneSpec)
+            result = run_sweep_cell(spec, out_dir, save_model=self._saves_models(sweep_id), progress=progress,
                                     should_cancel=should_cancel)
-            if cell_caps:
-                result["sweep"]["capped_by_worker"] = cell_caps
+            if caps:
+                result["sweep"]["capped_by_worker"] = caps
             return result
-        sweep = claim.kind == JobKind.sweep.value
-        spec, caps = self.capped(parse_sweep_spec(claim.spec) if sweep else parse_spec(claim.spec))
-        if sweep:
+        if isinstance(spec, SweepSpec):
             summary = run_sweep(spec, out_dir, progress=progress, should_cancel=should_cancel)
             if caps:
                 summary["capped_by_worker"] = caps

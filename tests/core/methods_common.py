@@ -97,8 +97,9 @@ def prune_stories(ws: Any, method: str, sparsity: float, options: dict[str, Any]
     from twossp_core.pipeline import measure_pruned, prune_model
     from twossp_core.progress import Reporter
 
-    model, outcome, prune_s = prune_model(ws, method, sparsity, options or {}, Reporter(), copy_model=True)
-    report = measure_pruned(ws, model, method, sparsity, options or {}, outcome, prune_s, Reporter())
+    config = method_config(method, options)
+    model, outcome, prune_s = prune_model(ws, method, sparsity, config, Reporter(), copy_model=True)
+    report = measure_pruned(ws, model, method, sparsity, config, outcome, prune_s, Reporter())
     report["_model"] = model
     return report
 

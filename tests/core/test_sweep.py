@@ -43,7 +43,7 @@ def test_sweep_spec_shares_the_job_fields_of_prune_spec():
                              "options": {"evopress": {"generations": 2}}})
     assert spec.methods == method_names() and spec.sparsities == [0.25, 0.5]
     one = spec.prune_spec("evopress", 0.5)
-    assert isinstance(one, PruneSpec) and one.seq_len == 64 and one.options["generations"] == 2
+    assert isinstance(one, PruneSpec) and one.seq_len == 64 and one.options.generations == 2
 
 
 def test_a_spec_names_the_methods_and_sparsities_it_prunes_with():
@@ -54,7 +54,7 @@ def test_a_spec_names_the_methods_and_sparsities_it_prunes_with():
     assert pruning.options == sweep.options
     one = sweep.prune_spec("slicegpt", 0.5).pruning()
     assert one.methods == ["slicegpt"] and one.sparsities == [0.5]
-    assert one.options["slicegpt"] == sweep.options["slicegpt"] and one.options["slicegpt"]["round_to"] == 8
+    assert one.options["slicegpt"] == sweep.options["slicegpt"] and one.options["slicegpt"].round_to == 8
     evaluation = JobSpecBase(model="m").pruning()
     assert evaluation.methods == [] and evaluation.sparsities == []
 

@@ -14,6 +14,7 @@ from service.settings import Settings
 from twossp_core.errors import ModelNotFound
 from twossp_core.gguf_source import local_gguf, read_header
 from twossp_core.local_inputs import redirected
+from twossp_core.plan.spec import parse_spec
 from twossp_core.runtime.loading import load_model
 from worker.inputs import pinned_inputs
 
@@ -67,7 +68,7 @@ def test_a_gguf_file_or_a_directory_holding_one_is_accepted_within_the_roots(tmp
 
 def test_the_worker_reads_the_gguf_file_it_opened_and_checked(tmp_path, roots, stories_model):
     allowed, gguf, outside = roots
-    spec = _request(str(gguf), allowed)
+    spec = parse_spec(_request(str(gguf), allowed))
     with pinned_inputs(spec, [allowed], tmp_path / "inputs") as pinned, redirected(pinned.redirects):
         view = pinned.redirects[str(gguf)]
         assert view != gguf and view.name == gguf.name
@@ -85,5 +86,5 @@ def test_the_worker_reads_the_gguf_file_it_opened_and_checked(tmp_path, roots, s
             gguf.unlink()
             (allowed / "moved.gguf").rename(gguf)
     with pytest.raises(Exception, match="TWOSSP_ALLOWED_LOCAL_ROOTS|outside the allowed roots"):
-        with pinned_inputs(_request(str(outside / "other.gguf"), allowed), [allowed], tmp_path / "refused"):
+        with pinned_inputs(parse_spec(_request(str(outside / "other.gguf"), allowed)), [allowed], tmp_path / "refused"):
             pass

@@ -13,6 +13,7 @@ from service.paths import PathRefused
 from twossp_core.data.sources import iter_documents
 from twossp_core.local_inputs import local_path, redirected
 from twossp_core.plan.sources import DataSource
+from twossp_core.plan.spec import JobSpecBase
 from worker.inputs import pinned_inputs
 
 
@@ -32,8 +33,8 @@ def tree(tmp_path: Path) -> tuple[Path, Path]:
     return allowed, outside
 
 
-def spec_for(allowed: Path) -> dict:
-    return {"model": str(allowed / "model"), "calibration": [f"{allowed / 'text.txt'}:0:2"], "eval": ["wikitext2"]}
+def spec_for(allowed: Path) -> JobSpecBase:
+    return JobSpecBase(model=str(allowed / "model"), calibration=[f"{allowed / 'text.txt'}:0:2"], eval=["wikitext2"])
 
 
 def open_fds() -> set[str]:
@@ -89,7 +90,7 @@ def test_links_out_of_the_roots_and_special_files_are_refused(tmp_path: Path, tr
         ({"model": "org/name", "eval": [str(outside / "text.txt")]}, "inside TWOSSP_ALLOWED_LOCAL_ROOTS"),
     ]:
         with pytest.raises(PathRefused, match=message):
-            with pinned_inputs(spec, [allowed], tmp_path / f"c{len(message)}"):
+            with pinned_inputs(JobSpecBase.model_validate(spec), [allowed], tmp_path / f"c{len(message)}"):
                 pass
 
 
@@ -99,6 +100,6 @@ def test_hidden_entries_and_dangling_links_are_left_out(tmp_path: Path, tree: tu
     (model / ".cache").mkdir()
     (model / ".cache" / "lock").write_text("")
     (model / "gone.json").symlink_to(allowed / "no-such-file")
-    with pinned_inputs({"model": str(model)}, [allowed], tmp_path / "inputs") as pinned:
+    with pinned_inputs(JobSpecBase(model=str(model)), [allowed], tmp_path / "inputs") as pinned:
         view = pinned.redirects[str(model)]
         assert sorted(p.name for p in view.iterdir()) == ["config.json", "model.safetensors", "sub"]

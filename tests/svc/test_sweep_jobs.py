@@ -180,10 +180,11 @@ def test_sweep_job_runs_on_the_embedded_default(
 
 
 def test_sweep_progress_advances_run_by_run() -> None:
+    from twossp_core.plan.spec import parse_job_spec
     from worker.progress import ProgressTracker, job_stages
 
     spec = {"model": "org/model", "methods": ["2ssp", "shortgpt"], "sparsities": [0.25, 0.5]}
-    tracker = ProgressTracker(job_stages("sweep", spec))
+    tracker = ProgressTracker(job_stages(parse_job_spec("sweep", spec)))
     runs = ["2ssp@0.25", "2ssp@0.5", "shortgpt@0.25", "shortgpt@0.5"]
     stages = ["load", "calibration", "evaluate_dense"]
     stages += [f"{run}/{sub}" for run in runs[:2] for sub in ("stage1", "stage2", "evaluate_pruned")]

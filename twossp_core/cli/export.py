@@ -43,7 +43,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if out.resolve() == source.resolve():
         raise InvalidSpec("--out must be another directory than --model")
     check_out_dir(out, args.overwrite)
-    options = export_options(args.format, export_option_values(args)).model_dump()
+    options = export_options(args.format, export_option_values(args))
     config = json.loads(config_path.read_text())
     budget = parse_size(args.max_host_memory) if args.max_host_memory is not None else None
     baseline = (current_rss() or 0) + RUNTIME_ALLOWANCE

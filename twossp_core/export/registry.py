@@ -7,17 +7,22 @@ directory (model files and README.md, the model card) and returns what the repor
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel
 
 from twossp_core.plan.exports import check_family, export_format, export_options
 from twossp_core.plan.schema import load_object
 
 
 def run_export(
-    name: str, model: Any, tokenizer: Any, out_dir: Path, metadata: dict[str, Any], options: dict[str, Any] | None
+    name: str, model: Any, tokenizer: Any, out_dir: Path, metadata: dict[str, Any],
+    options: BaseModel | Mapping[str, Any] | None,
 ) -> dict[str, Any]:
-    """Write `model` in format `name` into `out_dir`; returns the report's `export` entry."""
+    """Write `model` in format `name` into `out_dir`; returns the report's `export` entry. `options`: the format's
+    options model as a parsed spec holds it (used as it is), or plain options (a library caller's), checked here."""
     entry = export_format(name)
     validated = export_options(name, options)
     check_family(name, getattr(model.config, "model_type", None))

@@ -8,6 +8,7 @@ only when a model is saved.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,9 +90,10 @@ def export_example(name: str) -> dict[str, Any]:
     return dict(export_format(name).example)
 
 
-def export_options(name: str, options: dict[str, Any] | None = None, strict: bool = False) -> BaseModel:
+def export_options(name: str, options: BaseModel | Mapping[str, Any] | None = None, strict: bool = False) -> BaseModel:
     """Validate `options` against the format's schema; unknown format or option → InvalidSpec. strict: every value
-    of its exact type (the service's requests)."""
+    of its exact type (the service's requests). Options already validated (the format's options model, as a parsed
+    spec holds them) are returned as they are."""
     return validate_options(export_format(name).options, options, strict=strict, label=f"export options for {name}")
 
 

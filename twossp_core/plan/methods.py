@@ -9,7 +9,7 @@ its package).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -135,13 +135,14 @@ def method_preflight(name: str) -> Callable[..., int | None] | None:
     return None if entry.preflight is None else load_object(entry.preflight)
 
 
-def method_config(name: str, options: dict[str, Any] | None = None, strict: bool = False) -> BaseModel:
+def method_config(name: str, options: BaseModel | Mapping[str, Any] | None = None, strict: bool = False) -> BaseModel:
     """Validate `options` against the method's schema; unknown method or option → InvalidSpec. strict: every value
-    of its exact type (a number must be a number, not "1.5"; the service's requests)."""
+    of its exact type (a number must be a number, not "1.5"; the service's requests). Options already validated
+    (the method's config model, as a parsed spec holds them) are returned as they are."""
     return validate_options(method_entry(name).config, options, strict=strict, label=f"options for {name}")
 
 
-def method_memory(name: str, options: dict[str, Any] | None, calibration_windows: int) -> MethodMemory:
+def method_memory(name: str, options: BaseModel | Mapping[str, Any] | None, calibration_windows: int) -> MethodMemory:
     """What the method holds while it runs with `options` (its declaration, MethodEntry.memory)."""
     declared: MethodMemory = load_object(method_entry(name).memory)(method_config(name, options), calibration_windows)
     return declared

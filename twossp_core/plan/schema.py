@@ -5,13 +5,30 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, PlainSerializer, SerializationInfo, ValidationError, WrapValidator
 
 from twossp_core.errors import InvalidSpec
 
 EntryT = TypeVar("EntryT")
+
+
+def _keep_validated(value: Any, handler: Any) -> Any:
+    return value if isinstance(value, BaseModel) else handler(value)
+
+
+def _as_json_object(value: Any, info: SerializationInfo) -> Any:
+    return value.model_dump(mode=info.mode) if isinstance(value, BaseModel) else value
+
+
+# A request field that holds a registry entry's options (a method's, an export format's): a JSON object in the
+# request and in storage, the entry's validated options model once the request is parsed (the request's validator
+# turns the one into the other with validate_options); an options model given again, as when a sweep's cell is made
+# from the sweep, is kept as it is. It serializes as that model's model_dump, so a stored spec holds plain JSON.
+OptionsObject = Annotated[
+    dict[str, Any], WrapValidator(_keep_validated), PlainSerializer(_as_json_object, return_type=dict[str, Any])
+]
 
 
 def load_object(path: str) -> Any:
@@ -28,10 +45,15 @@ def entry_of(table: Mapping[str, EntryT], name: str, what: str) -> EntryT:
     return entry
 
 
-def validate_options(schema: str, options: dict[str, Any] | None, *, strict: bool, label: str) -> BaseModel:
+def validate_options(
+    schema: str, options: BaseModel | Mapping[str, Any] | None, *, strict: bool, label: str
+) -> BaseModel:
     """`options` as the schema ("module:Class") declares them; InvalidSpec "`label`: field: problem" otherwise.
-    strict: every value of its exact type (a number must be a number, not "1.5"; the service's requests)."""
+    strict: every value of its exact type (a number must be a number, not "1.5"; the service's requests). Options
+    already of the schema's class were validated when they were made and are returned as they are."""
     config_cls = load_object(schema)
+    if isinstance(options, config_cls):
+        return options
     try:
         return config_cls.model_validate(options or {}, strict=strict)
     except ValidationError as exc:

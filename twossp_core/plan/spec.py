@@ -17,7 +17,7 @@ from twossp_core.plan.heal_config import HealConfig
 from twossp_core.plan.limits import MAX_EVAL_WINDOWS, MAX_SEED, MAX_SEQ_LEN, MAX_TASK_LIMIT, MAX_WINDOWS
 from twossp_core.plan.methods import method_config, method_names
 from twossp_core.plan.problems import registry_problems
-from twossp_core.plan.schema import format_validation_error
+from twossp_core.plan.schema import OptionsObject, format_validation_error
 from twossp_core.plan.sizes import parse_size
 from twossp_core.plan.sources import DataSource
 from twossp_core.plan.tasks import parse_tasks
@@ -30,7 +30,7 @@ class Pruning:
     """What a job prunes with: each method with its options, and the target sparsities (one of each for a prune;
     a sweep's, which it runs pair by pair; none for an evaluation)."""
 
-    options: dict[str, dict[str, Any]]  # method name -> its options, in the job's order
+    options: dict[str, BaseModel]  # method name -> its validated options (its config model), in the job's order
     sparsities: list[float]
 
     @property
@@ -80,7 +80,8 @@ class JobSpecBase(BaseModel):
         "modeling_twossp.py; trust_remote_code), portable (the plain base architecture, removed submodules as "
         "zeros), gguf (one model.gguf for llama.cpp), decilm (DeciLM block_configs layout for vLLM)",
     )
-    export_options: dict[str, Any] = Field(
+    # the format's options model once parsed (plan/exports.py); a JSON object in requests and storage
+    export_options: OptionsObject = Field(
         default_factory=dict, description="options of the export format, e.g. gguf: {\"type\": \"q8_0\"}"
     )
     heal: HealConfig | None = Field(
@@ -141,7 +142,7 @@ class JobSpecBase(BaseModel):
 
     @model_validator(mode="after")
     def _check_export(self, info: ValidationInfo) -> JobSpecBase:
-        self.export_options = export_options(self.export, self.export_options, strict=_strict(info)).model_dump()
+        self.export_options = export_options(self.export, self.export_options, strict=_strict(info))
         return self
 
     @model_validator(mode="after")
@@ -163,16 +164,18 @@ class PruneSpec(JobSpecBase):
 
     sparsity: float = Field(gt=0.0, lt=1.0, description="fraction of transformer-block parameters to remove")
     method: str = Field("2ssp", description="pruning method name")
-    options: dict[str, Any] = Field(default_factory=dict, description="method-specific options")
+    # the method's config model once parsed (plan/methods.py); a JSON object in requests and storage
+    options: OptionsObject = Field(default_factory=dict, description="method-specific options")
 
     @model_validator(mode="after")
     def _check_method(self, info: ValidationInfo) -> PruneSpec:
-        self.options = method_config(self.method, self.options, strict=_strict(info)).model_dump()
+        self.options = method_config(self.method, self.options, strict=_strict(info))
         check_methods(self.export, [self.method])
         return self
 
     def method_options(self) -> BaseModel:
-        return method_config(self.method, self.options)
+        """The method's validated options (its config model)."""
+        return self.options  # type: ignore[return-value]  # a model once validated (_check_method)
 
     def pruning(self) -> Pruning:
         return Pruning(options={self.method: self.options}, sparsities=[self.sparsity])
@@ -186,7 +189,8 @@ class SweepSpec(JobSpecBase):
     methods: list[str] = Field(default_factory=lambda: ["all"], min_length=1,
                                description="method names, or ['all'] (also a comma-separated string)")
     sparsities: list[float] = Field(min_length=1, max_length=64, description="target sparsities, each in (0, 1)")
-    options: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per-method options")
+    # each method's config model once parsed; JSON objects in requests and storage
+    options: dict[str, OptionsObject] = Field(default_factory=dict, description="per-method options")
     save_models: bool = Field(False, description="also export every pruned model under models/")
 
     @field_validator("methods", mode="before")
@@ -218,7 +222,7 @@ class SweepSpec(JobSpecBase):
         if unknown:
             raise ValueError(f"options given for methods not in the sweep: {', '.join(unknown)}")
         for name in self.methods:
-            self.options[name] = method_config(name, self.options.get(name), strict=_strict(info)).model_dump()
+            self.options[name] = method_config(name, self.options.get(name), strict=_strict(info))
         check_methods(self.export, self.methods)
         return self
 
@@ -227,7 +231,7 @@ class SweepSpec(JobSpecBase):
         return PruneSpec(**self.shared_fields(), sparsity=sparsity, method=method, options=self.options[method])
 
     def pruning(self) -> Pruning:
-        return Pruning(options={m: self.options.get(m) or {} for m in self.methods}, sparsities=list(self.sparsities))
+        return Pruning(options={m: self.options[m] for m in self.methods}, sparsities=list(self.sparsities))
 
 
 SpecT = TypeVar("SpecT", bound=JobSpecBase)
@@ -274,4 +278,10 @@ def parse_spec(data: dict[str, Any], strict: bool = False) -> PruneSpec:
 def parse_sweep_spec(data: dict[str, Any], strict: bool = False) -> SweepSpec:
     """Validate a sweep request, turning pydantic's errors into one readable InvalidSpec."""
     return _validate(SweepSpec, data, strict)
+
+
+def parse_job_spec(kind: str, data: dict[str, Any]) -> PruneSpec | SweepSpec:
+    """A job's stored spec (its request as validated and dumped when it was submitted) as the typed request again:
+    what a worker runs. `kind`: the job's kind ("prune" or "sweep")."""
+    return parse_sweep_spec(data) if kind == "sweep" else parse_spec(data)
 
