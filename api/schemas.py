@@ -136,10 +136,11 @@ class JobOut(BaseModel):
             from service.sweeps import progress as cells_progress
 
             summary = SweepCells.of(cells)
-            if job.state in (JobState.queued.value, JobState.running.value) and job.worker_id is None:
-                progress = 0.99 * cells_progress(cells)
-                ended = summary.total - summary.queued - summary.running
-                stage = f"cells: {ended} of {summary.total} ended, {summary.running} running"
+            if job.state in (JobState.queued.value, JobState.running.value):
+                progress = max(progress, 0.99 * cells_progress(cells))  # the comparison's writer: 99
+                if job.worker_id is None:
+                    ended = summary.total - summary.queued - summary.running
+                    stage = f"cells: {ended} of {summary.total} ended, {summary.running} running"
         artifact = None
         if job.artifact and job.state == JobState.succeeded.value:
             artifact = ArtifactInfo.model_validate(job.artifact, from_attributes=False, strict=False)
