@@ -142,6 +142,7 @@ def test_decilm_shards_with_an_index_and_reloads_with_the_pruned_logits(wide, tm
         assert torch.allclose(reloaded(ids).logits, dense(ids).logits, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("weight_type", ["f32", "q8_0"])
 def test_every_edit_writes_the_same_gguf_block_by_block(tmp_path, weight_type):
     """The GGUF header (every tensor's type and offset) is planned from the shapes, then the data is written one
@@ -214,6 +215,7 @@ def test_decilm_job_block_by_block_writes_the_in_memory_files(wide, tmp_path, me
                 [p.name for p in (tmp_path / "in-memory").iterdir() if p.name not in ("report.json", "README.md")])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["2ssp", "blockpruner"])
 def test_gguf_job_block_by_block_writes_the_in_memory_file(tmp_path, method):
     pytest.importorskip("gguf")
@@ -241,6 +243,7 @@ def saved_compact(tmp_path_factory) -> Path:
     return root / "compact"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["portable", "decilm"])
 def test_twossp_export_of_a_saved_directory_block_by_block(saved_compact, tmp_path, fmt, capsys):
     """`twossp export` reads a saved directory one block at a time when told to, or when it does not fit
@@ -275,6 +278,7 @@ def test_twossp_export_of_a_saved_directory_block_by_block(saved_compact, tmp_pa
     assert not (tmp_path / "refused").exists() or not any((tmp_path / "refused").iterdir())
 
 
+@pytest.mark.slow
 def test_export_plan_finds_the_blocks_where_the_adapter_keeps_them(saved_compact, tmp_path, monkeypatch):
     """The export plan sums each decoder block's tensors under the checkpoint prefix the family's adapter names: its
     largest block and its resident tensors are those of the loaded model; a block-by-block export reads the

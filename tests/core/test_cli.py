@@ -24,6 +24,7 @@ def _twossp(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([*cmd, *args], capture_output=True, text=True, cwd=cwd, env={**os.environ}, timeout=600)
 
 
+@pytest.mark.slow
 def test_contract_command_writes_report_and_loadable_model(stories_model, stories_text, tmp_path):
     out = tmp_path / "OUT"
     result = _twossp(
@@ -53,6 +54,7 @@ def test_contract_command_writes_report_and_loadable_model(stories_model, storie
     assert json.loads(ev.stdout)["perplexity"][0]["perplexity"] == pytest.approx(row["pruned"], rel=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sparsity", [0.25, 0.5])
 def test_other_sparsities(stories_model, stories_text, tmp_path, sparsity, capsys):
     code = main([
@@ -69,6 +71,7 @@ def test_other_sparsities(stories_model, stories_text, tmp_path, sparsity, capsy
     assert report["perplexity"][0]["pruned"] > report["perplexity"][0]["dense"]
 
 
+@pytest.mark.slow
 def test_portable_export_is_a_plain_model_with_the_reported_perplexity(stories_model, stories_text, tmp_path, capsys):
     out = tmp_path / "o"
     data = ["--eval", f"{stories_text}:500:560", "--doc-separator", "<|endoftext|>", "--seq-len", "512"]
@@ -88,6 +91,7 @@ def test_portable_export_is_a_plain_model_with_the_reported_perplexity(stories_m
     assert evaluated == pytest.approx(report["perplexity"][0]["pruned"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_export_turns_a_compact_directory_portable(stories_model, stories_text, tmp_path, capsys):
     compact, portable = tmp_path / "compact", tmp_path / "portable"
     data = ["--eval", f"{stories_text}:500:560", "--doc-separator", "<|endoftext|>", "--seq-len", "512"]
@@ -181,6 +185,7 @@ def test_a_txt_range_without_separator_is_refused_before_loading(stories_model, 
     assert "starts at document 5000 but the file has only 1000 documents" in err
 
 
+@pytest.mark.slow
 def test_a_sparsity_far_from_the_target_is_warned(stories_model, stories_text, tmp_path, capsys):
     code = main(["prune", "--model", str(stories_model), "--sparsity", "0.99", "--calibration",
                  f"{stories_text}:0:100", "--eval", f"{stories_text}:100:200", "--doc-separator", "<|endoftext|>",

@@ -9,6 +9,8 @@ from methods_common import assert_reloads_equal, logits, make_identity, prune, s
 
 from twossp_core.models.registry import adapter_for
 
+pytestmark = pytest.mark.slow
+
 OPTIONS = {"blockpruner": {}, "evopress": {"generations": 4, "offspring": 8, "initial_candidates": 8}}
 
 

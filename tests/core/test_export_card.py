@@ -36,6 +36,7 @@ def _model(stories_model: Path):
     return model, AutoTokenizer.from_pretrained(stories_model)
 
 
+@pytest.mark.slow
 def test_every_format_writes_a_card_with_the_run_and_how_to_load(stories_model, tmp_path):
     base = tmp_path / "base"
     base.mkdir()

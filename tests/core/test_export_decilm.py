@@ -84,6 +84,7 @@ def test_every_submodule_kind_reloads_with_the_pruned_logits(tmp_path):
     }
 
 
+@pytest.mark.slow
 def test_real_model_pruned_with_round_to_256_matches_its_compact_export(tmp_path, capsys):
     c4llama, text = require_data("models", "c4llama-8l"), require_data("text", "c4-validation-2k.jsonl")
     compact, decilm = tmp_path / "compact", tmp_path / "decilm"

@@ -19,6 +19,8 @@ from twossp_core.plan.sources import DataSource
 from twossp_core.plan.spec import parse_spec
 from twossp_core.runtime.loading import load_model
 
+pytestmark = pytest.mark.slow
+
 
 def _llama_cpp():
     try:

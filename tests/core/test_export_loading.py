@@ -57,6 +57,7 @@ def _usage(card: str) -> str:
     return re.findall(r"```python\n(.*?)```", section, re.S)[-1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["compact", "portable", "decilm"])
 def test_an_export_loads_as_its_card_says_without_prompt_or_warning(fmt: str, source: Path, tmp_path: Path) -> None:
     model, tokenizer = _pruned(source)
@@ -90,6 +91,7 @@ def test_an_export_loads_as_its_card_says_without_prompt_or_warning(fmt: str, so
     assert "chat: <|user|>Once upon a time\n<|assistant|>" in run.stdout  # the chat template came along
 
 
+@pytest.mark.slow
 def test_the_gguf_export_carries_the_chat_template(source: Path, tmp_path: Path) -> None:
     from gguf import GGUFReader
 

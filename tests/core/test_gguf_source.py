@@ -81,6 +81,7 @@ def _transformers_gguf(path: Path):
     return AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
 
 
+@pytest.mark.slow
 def test_the_header_gives_what_transformers_builds(c4llama_q8):
     from gguf import GGUFReader
     from transformers import AutoConfig
@@ -159,6 +160,7 @@ def test_a_directory_holding_one_gguf_is_that_file_and_several_are_refused(tmp_p
     assert gguf_file_of(one) is None  # a Hugging Face directory that also holds GGUF files is read as a directory
 
 
+@pytest.mark.slow
 def test_the_loaded_model_is_plain_in_the_requested_dtype_with_the_exact_weights(stories_f32):
     reference, _ = load_model(str(require_data("models", "stories260k")), device="cpu")
     ids = torch.randint(0, 512, (2, 48), generator=torch.Generator().manual_seed(0))
@@ -172,6 +174,7 @@ def test_the_loaded_model_is_plain_in_the_requested_dtype_with_the_exact_weights
     assert tokenizer(text).input_ids == load_model(str(require_data("models", "stories260k")))[1](text).input_ids
 
 
+@pytest.mark.slow
 def test_a_gguf_model_runs_in_memory_only_and_its_plan_counts_the_dequantization(tmp_path, capsys, c4llama_q8):
     cfg = local_config(str(c4llama_q8))
     shape = model_shape(cfg)
@@ -191,6 +194,7 @@ def _perplexity(logits: torch.Tensor, windows: torch.Tensor) -> float:
     return math.exp(nll.item())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["compact", "portable", "gguf", "decilm"])
 def test_every_export_format_works_from_a_gguf_model_and_records_its_source(tmp_path, c4llama_q8, fmt):
     from transformers import AutoModelForCausalLM
@@ -231,6 +235,7 @@ def test_every_export_format_works_from_a_gguf_model_and_records_its_source(tmp_
     assert _perplexity(_logits(model, windows), windows) == pytest.approx(pruned, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_convert_gguf_writes_a_directory_with_transformers_gguf_logits(tmp_path, capsys):
     gguf = _gguf_of("c4llama-8l", "q8_0", tmp_path, chat_template="{{ messages[0]['content'] }}")
     out = tmp_path / "converted"

@@ -49,6 +49,7 @@ def healed_job(stories_model, stories_text, tmp_path_factory):
     return out, report
 
 
+@pytest.mark.slow
 def test_heal_lowers_held_out_perplexity_and_reports_it(healed_job):
     out, report = healed_job
     (entry,) = report["perplexity"]
@@ -66,6 +67,7 @@ def test_heal_lowers_held_out_perplexity_and_reports_it(healed_job):
     assert json.loads((out / "config.json").read_text())["twossp"]["heal"]["steps"] == 40
 
 
+@pytest.mark.slow
 def test_heal_keeps_structure_and_parameter_counts(stories_model, stories_text):
     spec = _quick_spec(stories_model, stories_text, FEW_STEPS)
     ws = prepare(spec, Reporter())
@@ -83,6 +85,7 @@ def test_heal_keeps_structure_and_parameter_counts(stories_model, stories_text):
     assert all(p.grad is None for p in ws.model.parameters())
 
 
+@pytest.mark.slow
 def test_heal_is_deterministic_for_a_seed(stories_model, stories_text):
     spec = _quick_spec(stories_model, stories_text, {**FEW_STEPS, "steps": 4})
     ws = prepare(spec, Reporter())
@@ -99,6 +102,7 @@ def test_heal_is_deterministic_for_a_seed(stories_model, stories_text):
     assert any(not torch.equal(a[k], c[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_cancelled_heal_stops_within_a_step(stories_model, stories_text, tmp_path):
     steps_seen: list[str] = []
     cancel_after = 3
@@ -138,6 +142,7 @@ def _eval_windows(stories_text, tokenizer):
                         doc_separator="<|endoftext|>", max_windows=24)
 
 
+@pytest.mark.slow
 def test_compact_healed_export_reloads_with_the_healed_perplexity(healed_job, stories_text):
     from transformers import AutoModelForCausalLM
 
@@ -150,6 +155,7 @@ def test_compact_healed_export_reloads_with_the_healed_perplexity(healed_job, st
     assert _plain_perplexity(plain, windows) == pytest.approx(healed, rel=1e-4)
 
 
+@pytest.mark.slow
 def test_portable_lora_heal_reloads_without_remote_code_and_holds_no_adapter(stories_model, stories_text, tmp_path):
     from transformers import AutoModelForCausalLM
 
@@ -168,6 +174,7 @@ def test_portable_lora_heal_reloads_without_remote_code_and_holds_no_adapter(sto
     assert _plain_perplexity(plain, windows) == pytest.approx(entry["healed"], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_sweep_heals_every_method(stories_model, stories_text, tmp_path):
     spec = parse_sweep_spec({
         "model": str(stories_model), "methods": "2ssp,shortgpt", "sparsities": [0.4],

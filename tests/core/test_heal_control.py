@@ -36,6 +36,7 @@ def _entered(seen: list[str]) -> list[str]:
     return [stage for i, stage in enumerate(seen) if i == 0 or seen[i - 1] != stage]
 
 
+@pytest.mark.slow
 def test_control_is_the_dense_model_healed_separately_and_leaves_the_pruning_alone(stories_model, stories_text,
                                                                                      tmp_path):
     spec = parse_spec({**_fields(stories_model, stories_text, {**HEAL, "control": True}), "sparsity": 0.5})
@@ -83,6 +84,7 @@ def test_control_is_the_dense_model_healed_separately_and_leaves_the_pruning_alo
     assert "without a control" in (tmp_path / "plain" / "README.md").read_text()
 
 
+@pytest.mark.slow
 def test_a_sweep_heals_the_dense_model_once_for_all_its_runs(stories_model, stories_text, tmp_path):
     spec = parse_sweep_spec({**_fields(stories_model, stories_text, HEAL), "methods": "2ssp,shortgpt",
                              "sparsities": [0.2, 0.4]})

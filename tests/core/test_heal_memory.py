@@ -99,6 +99,7 @@ def test_a_budget_that_holds_the_pruning_but_not_the_heal_is_refused(device, bud
     assert spec_plan(_spec(lighter, **{budget: between}), LLAMA_7B, device=device).mode == "in-memory"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("control", [[], ["--heal-control"]])
 def test_a_real_healed_job_stays_within_its_plan(stories_model, stories_text, tmp_path, control):
     """The measured case: a stories260k 2ssp-refit job with a kd heal (windows of 512 tokens, 8 per step) peaked

@@ -174,6 +174,7 @@ def _greedy_selection(a: torch.Tensor, y: torch.Tensor, keep: int, ridge: float)
     return alive
 
 
+@pytest.mark.slow
 def test_selection_keeps_the_neurons_a_refit_reproduces_the_output_from():
     generator = torch.Generator().manual_seed(0)
     a = torch.randn(200, 10, generator=generator, dtype=torch.float64)
@@ -228,6 +229,7 @@ def test_shrinkage_is_the_step_that_best_predicts_the_other_fold():
             assert alpha > 0.9
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shrink", [False, True])
 def test_sequential_refit_with_selection_equals_a_brute_force(shrink):
     """select=K: each block keeps the K neurons of the dense FFN from which a refit best reproduces the dense FFN's
@@ -474,6 +476,7 @@ REFERENCE_2SSP = {
 }
 
 
+@pytest.mark.slow
 def test_2ssp_unchanged_and_refit_beats_it_on_stories(stories_model, stories_text):
     ws = stories_workspace(str(stories_model), str(stories_text))
     for sparsity, (attention, kept, perplexity, removal) in REFERENCE_2SSP.items():
@@ -505,6 +508,7 @@ def test_cli_prunes_with_refit_and_the_portable_export_reloads(tmp_path, capsys)
     assert not (out / "modeling_twossp.py").exists()  # portable: the plain architecture
 
 
+@pytest.mark.slow
 def test_sweep_shares_stage1_scores_with_2ssp(tmp_path, monkeypatch):
     from twossp_core.plan.spec import parse_sweep_spec
     from twossp_core.sweep import run_sweep

@@ -115,6 +115,7 @@ def test_options_are_validated():
         method_config("evopress", {"population": 3})
 
 
+@pytest.mark.slow
 def test_stories260k_evopress_beats_random_choices(stories_model, stories_text):
     ws = stories_workspace(str(stories_model), str(stories_text))
     options = {"generations": 8, "offspring": 8, "initial_candidates": 8}

@@ -95,6 +95,7 @@ def test_hidden_states_hook_matches_decoder():
         torch.testing.assert_close(states[i, 0], out.hidden_states[i][0, -1])
 
 
+@pytest.mark.slow
 def test_stories260k_shortgpt(stories_model, stories_text):
     ws = stories_workspace(str(stories_model), str(stories_text))
     report = prune_stories(ws, "shortgpt", 0.375)

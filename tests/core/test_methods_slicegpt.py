@@ -72,6 +72,7 @@ def test_other_families_are_refused(family):
         prune("slicegpt", tiny_model(family), 0.25)
 
 
+@pytest.mark.slow
 def test_stories260k_slicegpt_pca_beats_random_basis(stories_model, stories_text):
     ws = stories_workspace(str(stories_model), str(stories_text))
     report = prune_stories(ws, "slicegpt", 0.25)
@@ -88,6 +89,7 @@ def test_stories260k_slicegpt_pca_beats_random_basis(stories_model, stories_text
     assert perplexity(adapter_for(model), windows) < perplexity(adapter_for(rand_model), windows)
 
 
+@pytest.mark.slow
 def test_stories260k_sequential_bases_beat_dense_bases(stories_model, stories_text):
     """Each basis computed on the already-sliced model's signals (SliceGPT's recipe) slices better than bases
     computed once on the dense model (what keeping every dimension gives)."""

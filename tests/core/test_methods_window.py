@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from methods_common import assert_reloads_equal, ppl, prune, prune_stories, stories_workspace
 from test_methods_shortgpt import make_identity
@@ -42,6 +43,7 @@ def test_window_and_shortgpt_share_the_dense_states():
     assert set(cache) == keys
 
 
+@pytest.mark.slow
 def test_stories260k_window(stories_model, stories_text):
     ws = stories_workspace(str(stories_model), str(stories_text))
     report = prune_stories(ws, "window", 0.375)

@@ -163,6 +163,7 @@ def test_throughput_is_the_median_of_several_passes_of_each_model_in_turn():
     assert timed == ["dense", "pruned"] * MIN_RUNS
 
 
+@pytest.mark.slow
 def test_the_report_gives_the_throughput_median_and_spread(workdir, tmp_path):
     report = run_prune(_spec(workdir, measure_throughput=True), tmp_path / "o")
     spread = report["throughput_spread"]

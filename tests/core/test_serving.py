@@ -23,6 +23,8 @@ from test_export_loading import CHAT_TEMPLATE
 from twossp_core.export.registry import run_export
 from twossp_core.models.registry import adapter_for
 
+pytestmark = pytest.mark.slow
+
 REQUIRED = {name.strip() for name in os.environ.get("TWOSSP_TEST_ENGINES", "").split(",") if name.strip()}
 QUESTION = [{"role": "user", "content": "Once upon a time"}]
 

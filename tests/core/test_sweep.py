@@ -69,6 +69,7 @@ def test_bad_sweeps_are_refused(bad):
         parse_sweep_spec({"model": "m", "sparsities": [0.5], **bad})
 
 
+@pytest.mark.slow
 def test_cli_sweep_writes_the_comparison(workdir, tmp_path):
     out = tmp_path / "cmp"
     args = ["sweep", "--model", str(workdir / "model"), "--methods", "2ssp,shortgpt,slicegpt,evopress",
@@ -95,6 +96,7 @@ def test_cli_sweep_writes_the_comparison(workdir, tmp_path):
     assert sweep["spec"]["sparsities"] == [0.25, 0.5]
 
 
+@pytest.mark.slow
 def test_statistics_computed_once_per_sweep(workdir, tmp_path, monkeypatch):
     import twossp_core.pruning.hidden_states as hs
 
@@ -106,6 +108,7 @@ def test_statistics_computed_once_per_sweep(workdir, tmp_path, monkeypatch):
     assert len(result["rows"]) == 4 and len(calls) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("export", ["compact", "portable"])
 def test_saved_models_load_again_in_either_format(workdir, tmp_path, export):
     from transformers import AutoModelForCausalLM
@@ -132,6 +135,7 @@ def test_portable_export_refuses_slicegpt():
         parse_sweep_spec({"model": "m", "sparsities": [0.5], "methods": ["2ssp", "slicegpt"], "export": "portable"})
 
 
+@pytest.mark.slow
 def test_infeasible_cells_become_error_rows(workdir, tmp_path):
     spec = parse_sweep_spec(_data(workdir, methods=["shortgpt"], sparsities=[0.05, 0.5]))
     rows = run_sweep(spec, tmp_path / "o")["rows"]
@@ -139,6 +143,7 @@ def test_infeasible_cells_become_error_rows(workdir, tmp_path):
     assert "error" in (tmp_path / "o" / "comparison.md").read_text()
 
 
+@pytest.mark.slow
 def test_progress_names_runs_and_cancel_stops(workdir, tmp_path):
     stages: list[str] = []
     spec = parse_sweep_spec(_data(workdir, methods=["shortgpt", "window"], sparsities=[0.25]))
@@ -188,6 +193,7 @@ def test_a_sweep_plans_the_pruned_copy_besides_the_dense_model(tmp_path):
     assert not (tmp_path / "o" / "comparison.json").exists()
 
 
+@pytest.mark.slow
 def test_a_sweep_cell_is_the_prune_job_of_its_spec(workdir, tmp_path):
     """A sweep's run and a prune job of the same (method, sparsity) are one run function: the same report (timings
     aside), the same exported weights, and the sweep reports each run's export as a stage of its plan."""

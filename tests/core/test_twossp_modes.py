@@ -123,6 +123,7 @@ def test_scores_differ_between_candidates() -> None:
     assert len(set(scores)) == adapter.num_blocks
 
 
+@pytest.mark.slow
 def test_fast_and_naive_stage2_agree_on_stories260k(stories_model: Path, stories_text: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -42,6 +42,7 @@ def scores_of(model_dir, task_dir):
     return score_tasks(adapter_for(model), prepared)
 
 
+@pytest.mark.slow
 def test_prune_reports_dense_and_pruned_accuracy_on_the_same_items(stories_model, stories_text, task_dir, tmp_path,
                                                                    capsys):
     out = tmp_path / "out"
@@ -68,6 +69,7 @@ def test_prune_reports_dense_and_pruned_accuracy_on_the_same_items(stories_model
     assert "approximate: read from the text extraction" in printed
 
 
+@pytest.mark.slow
 def test_progress_has_the_zero_shot_stages(stories_model, stories_text, task_dir, tmp_path):
     from twossp_core.pipeline import run_prune
 
@@ -83,6 +85,7 @@ def test_progress_has_the_zero_shot_stages(stories_model, stories_text, task_dir
     assert {"zero_shot_dense", "zero_shot_pruned"} <= set(entered)
 
 
+@pytest.mark.slow
 def test_eval_prints_the_accuracy(stories_model, stories_text, task_dir, capsys):
     code = main(["eval", "--model", str(stories_model), "--eval", f"{stories_text}:500:510", "--doc-separator",
                  "<|endoftext|>", "--seq-len", "128", "--no-throughput", "--no-progress", "--tasks", "winogrande",
@@ -93,6 +96,7 @@ def test_eval_prints_the_accuracy(stories_model, stories_text, task_dir, capsys)
     assert entry["n"] == 4 and entry["source"].endswith("dev.jsonl") and "pruned" not in entry
 
 
+@pytest.mark.slow
 def test_sweep_compares_the_accuracy(stories_model, stories_text, task_dir, tmp_path):
     out = tmp_path / "sweep"
     code = main(["sweep", "--model", str(stories_model), "--methods", "2ssp,shortgpt", "--sparsities", "0.25",

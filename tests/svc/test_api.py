@@ -81,6 +81,7 @@ def test_health_and_readiness(client: TestClient) -> None:
     assert ready.json()["classes"] == {}  # no worker has advertised and nothing is queued
 
 
+@pytest.mark.slow
 def test_readiness_reports_an_unreachable_broker(settings: Settings) -> None:
     broken = settings.model_copy(update={"broker_url": f"redis://127.0.0.1:{free_port()}/0"})
     with TestClient(create_app(broken)) as test_client:

@@ -32,6 +32,7 @@ def test_subcommands_register_into_a_parent_parser() -> None:
     assert args.job_id == "JOB" and args.api == "http://127.0.0.1:8000"
 
 
+@pytest.mark.slow
 def test_keys_create_prints_the_key_last_and_stores_only_its_hash(tmp_path: Path, pg_url: str) -> None:
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "TWOSSP_DATABASE_URL": pg_url}
     out = subprocess.run(
@@ -47,6 +48,7 @@ def test_keys_create_prints_the_key_last_and_stores_only_its_hash(tmp_path: Path
     db.dispose()
 
 
+@pytest.mark.slow
 def test_keys_list_and_revoke_and_a_revoked_key_gets_401(tmp_path: Path, pg_url: str, redis_url: str) -> None:
     from fastapi.testclient import TestClient
 

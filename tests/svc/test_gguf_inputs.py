@@ -66,6 +66,7 @@ def test_a_gguf_file_or_a_directory_holding_one_is_accepted_within_the_roots(tmp
         validate_request(_request(str(folder), allowed), settings)
 
 
+@pytest.mark.slow
 def test_the_worker_reads_the_gguf_file_it_opened_and_checked(tmp_path, roots, stories_model):
     allowed, gguf, outside = roots
     spec = parse_spec(_request(str(gguf), allowed))

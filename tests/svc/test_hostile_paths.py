@@ -155,6 +155,7 @@ def local_paths(spec: dict[str, Any]) -> list[str]:
     return [spec["model"], *(re.sub(r":\d*:\d*$", "", s) for s in sources)]
 
 
+@pytest.mark.slow
 def test_hostile_paths_get_a_4xx_naming_the_field_and_nothing_outside_the_roots_is_read(
     client: TestClient, key: str, tree: Tree, stories_model: Path, stories_text: Path
 ) -> None:
@@ -221,6 +222,7 @@ def test_each_trap_is_refused_with_its_reason(
     assert message in detail and any(n in detail for n in NAMED[field]), detail
 
 
+@pytest.mark.slow
 def test_the_form_shows_a_hostile_path_error_at_its_field(
     tmp_path: Path, tree: Tree, test_data: Path, stories_model: Path, stories_text: Path
 ) -> None:

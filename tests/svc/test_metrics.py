@@ -53,6 +53,7 @@ def random_request(rng: random.Random) -> tuple[str, str]:
     return method, path
 
 
+@pytest.mark.slow
 def test_random_methods_and_paths_add_no_series(app: Any) -> None:
     client = TestClient(app)
     # one request of each shape the random ones take: a made-up method and each known one, on each kind of path

@@ -13,7 +13,7 @@ from service.db.session import Database
 from service.keys import create_key
 from service.settings import Settings
 
-pytestmark = pytest.mark.reliability
+pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 EXAMPLES_PER_OPERATION = 20  # per generation mode (valid and invalid data)
 
 

@@ -20,6 +20,8 @@ from service.settings import Settings
 from .procs import Proc, create_key, start_api, wait_until
 from .support import free_port
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[tuple[str, str]]:

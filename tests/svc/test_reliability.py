@@ -31,7 +31,7 @@ from .procs import create_key as create_key_cli
 from .support import free_port, job_body
 from .test_api import queued_messages
 
-pytestmark = pytest.mark.reliability
+pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
 CONCURRENT_GETS = 200
 CONCURRENT_POSTS = 100

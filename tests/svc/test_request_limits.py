@@ -98,6 +98,7 @@ def test_a_job_planning_more_work_than_the_limit_is_refused_with_both_figures(
     assert client.get("/jobs").json()["total"] == 0
 
 
+@pytest.mark.slow
 def test_a_sweep_beyond_the_runs_limit_and_an_unbounded_evaluation_are_refused(
     client: TestClient, body: dict[str, Any]
 ) -> None:

@@ -187,6 +187,7 @@ def test_a_job_whose_budgets_exceed_every_class_is_routed_with_them_capped_as_th
                      classes)
 
 
+@pytest.mark.slow
 def test_the_worker_runs_a_job_with_budgets_above_its_memory_within_its_memory(
     tmp_path: Path, pg_url: str, redis_url: str, test_data: Path, stories_model: Path, stories_text: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -458,6 +459,7 @@ def advertised_rows(settings: Settings, queue: str) -> list[tuple[str, int]]:
         db.dispose()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop", ["shutdown", "killed"])
 def test_the_advertiser_runs_in_a_process_of_its_own_and_withdraws_its_worker_when_it_stops(
     tmp_path: Path, pg_url: str, redis_url: str, test_data: Path, stop: str
@@ -503,6 +505,7 @@ def test_a_worker_row_expires_after_a_few_advertise_intervals() -> None:
         Settings(worker_advertise_interval_s=60, worker_expiry_s=30)
 
 
+@pytest.mark.slow
 def test_a_failed_advertisement_is_tried_again_within_seconds(tmp_path: Path) -> None:
     """A database that is down when the advertiser renews (here: not there yet) is tried again every few seconds,
     not an advertise interval later, so the worker's class is routable again soon after the database returns."""

@@ -162,6 +162,7 @@ class LateProxy:
         self._stop.set()
 
 
+@pytest.mark.slow
 def test_s3_upload_retries_while_the_endpoint_is_unreachable(
     tmp_path: Path, s3_endpoint: str, s3_bucket: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -180,6 +181,7 @@ def test_s3_upload_retries_while_the_endpoint_is_unreachable(
         proxy.close()
 
 
+@pytest.mark.slow
 def test_s3_upload_gives_up_after_its_retries(tmp_path: Path, s3_bucket: str) -> None:
     from .support import free_port
 
