@@ -18,8 +18,6 @@ from pydantic import BaseModel
 from twossp_core.plan.declarations import MethodMemory, Stage
 from twossp_core.plan.schema import entry_of, load_object, validate_options
 
-ALL_EXPORTS = ("compact", "portable")
-
 
 @dataclass(frozen=True)
 class MethodEntry:
@@ -35,7 +33,6 @@ class MethodEntry:
     # be met on a model of that shape, and returning the FFN width the pruned blocks keep when the method decides
     # it (None otherwise); torch-free, run before a job is queued
     preflight: str | None = None
-    exports: tuple[str, ...] = ALL_EXPORTS  # export formats a model pruned by this method can be saved in
     # execution modes beside in-memory (twossp_core.plan.memory): "block-by-block" when every weight edit goes through
     # runtime.offload.editing_block (or needs no weights); "multi-device" when its computation follows each block's
     # device (forward passes, recorded block inputs, module removal, FFN slicing in place)
@@ -96,7 +93,6 @@ METHODS: dict[str, MethodEntry] = {
         "twossp_core.pruning.slicegpt.method:SliceGPT",
         "SliceGPT: PCA rotation and hidden-dimension slicing (sparsity = hidden fraction; llama only)",
         stages=(Stage("pca", 40), Stage("rotate", 10)),
-        exports=("compact",),  # a rotated-and-sliced model has no plain-architecture equivalent
         modes=(),  # it rotates weights across all blocks at once
         example={"round_to": 8},
     ),
