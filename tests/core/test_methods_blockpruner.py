@@ -62,6 +62,7 @@ def test_first_choice_equals_brute_force_and_target_is_met(tmp_path):
     assert_reloads_equal(model, tmp_path, remote_code=bool(outcome.removed_attention or outcome.removed_mlp))
 
 
+@pytest.mark.slow
 def test_stories260k_blockpruner(stories_model, stories_text):
     ws = stories_workspace(str(stories_model), str(stories_text))
     report = prune_stories(ws, "blockpruner", 0.375)
