@@ -27,6 +27,16 @@ class SweepCell(BaseModel):
     queue: str | None = Field(None, description="the worker class the cell was routed to by its memory plan")
     error: str | None = None
 
+    model_config = {
+        "json_schema_extra": {
+            "examples": [{
+                "id": "0b7c7a2e-4f0e-4d55-9d0c-3f1d2a9b8c11", "name": "shortgpt-0.5", "method": "shortgpt",
+                "sparsity": 0.5, "state": "running", "stage": "evaluate_pruned", "progress": 71.4, "queue": "small",
+                "error": None,
+            }]
+        }
+    }
+
 
 class SweepCells(BaseModel):
     """A sweep's cells: how many are in each state, and each one."""
@@ -38,6 +48,17 @@ class SweepCells(BaseModel):
     failed: int
     cancelled: int
     items: list[SweepCell]
+
+    model_config = {
+        "json_schema_extra": {
+            "examples": [{
+                "total": 4, "queued": 1, "running": 2, "succeeded": 1, "failed": 0, "cancelled": 0,
+                "items": [{"id": "0b7c7a2e-4f0e-4d55-9d0c-3f1d2a9b8c11", "name": "2ssp-0.25", "method": "2ssp",
+                           "sparsity": 0.25, "state": "succeeded", "stage": "done", "progress": 100.0,
+                           "queue": "small", "error": None}],
+            }]
+        }
+    }
 
     @classmethod
     def of(cls, cells: list[Job]) -> SweepCells:
@@ -102,7 +123,9 @@ class JobOut(BaseModel):
         description="prune: one method at one sparsity; sweep: methods x sparsities, run as one `cell` job per method "
         "and sparsity; cell: one of a sweep's"
     )
-    parent_id: str | None = Field(None, description="a cell: the sweep it belongs to")
+    parent_id: str | None = Field(
+        None, description="a cell: the sweep it belongs to", examples=["5f1c2d3e-8a9b-4c0d-9e1f-2a3b4c5d6e7f"]
+    )
     cells: SweepCells | None = Field(
         None,
         description="a sweep: its cells (how many are queued, running, succeeded, failed, cancelled, and each one's "
