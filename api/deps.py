@@ -84,11 +84,11 @@ def _failures_of(request: Request) -> str:
     return f"authfail:{client_address(request)}"
 
 
-async def _spend(request: Request, bucket: str, per: str, gate: Gate | None = None) -> None:
-    """Spend one request of `bucket`'s budget, or answer 429 with Retry-After (also when the `gate` bucket, the
-    address's failed authentications, is empty)."""
+async def _spend(request: Request, bucket: str, per: str, gate: Gate | None = None, cost: int = 1) -> None:
+    """Spend `cost` requests of `bucket`'s budget, or answer 429 with Retry-After (also when the `gate` bucket,
+    the address's failed authentications, is empty)."""
     limiter = _limits(request).requests
-    wait = await limiter.check(bucket, gate=gate)
+    wait = await limiter.check(bucket, gate=gate, cost=cost)
     if wait < 0 and gate is not None:
         raise _too_many_failures(gate[0], -wait)
     if wait:
@@ -153,7 +153,16 @@ async def current_user(
         limits.keys.put(digest, cached)
         gate = None  # looked at just now
     await _spend(request, f"key:{digest}", "API key", gate)
+    request.state.rate_bucket = f"key:{digest}"
     return User(id=cached[0], name=cached[1])  # detached: routes use its id and name only
+
+
+async def spend_more(request: Request, count: int) -> None:
+    """The request counts as `count` more of its API key's budget (a sweep: one per cell beyond the first), or
+    429 with Retry-After."""
+    bucket = getattr(request.state, "rate_bucket", None)
+    if bucket is not None and count > 0:
+        await _spend(request, bucket, "API key (a sweep counts each of its cells)", cost=count)
 
 
 async def ui_rate_limit(request: Request) -> None:

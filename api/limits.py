@@ -31,14 +31,15 @@ class _Bucket:
 class RateLimiter:
     """`rate` requests per second sustained, `burst` at once. `acquire` returns 0 when the request may go on,
     else the seconds to wait before a retry can succeed; with `spend=False` it only looks (a full or unknown
-    bucket is 0) and takes nothing."""
+    bucket is 0) and takes nothing. A request may cost more than one (`cost`: a sweep's cells), at most `burst`."""
 
     def __init__(self, rate: float, burst: int, max_keys: int = 100_000) -> None:
         self.rate, self.burst, self.max_keys = rate, burst, max_keys
         self._buckets: dict[str, _Bucket] = {}
         self._lock = threading.Lock()
 
-    def acquire(self, key: str, spend: bool = True) -> int:
+    def acquire(self, key: str, spend: bool = True, cost: int = 1) -> int:
+        cost = max(1, min(cost, self.burst))
         now = time.monotonic()
         with self._lock:
             bucket = self._buckets.get(key)
@@ -50,21 +51,22 @@ class RateLimiter:
                 bucket = self._buckets[key] = _Bucket(float(self.burst), now)
             bucket.tokens = min(float(self.burst), bucket.tokens + (now - bucket.updated) * self.rate)
             bucket.updated = now
-            if bucket.tokens >= 1.0:
+            if bucket.tokens >= cost:
                 if spend:
-                    bucket.tokens -= 1.0
+                    bucket.tokens -= cost
                 return 0
-            return max(1, math.ceil((1.0 - bucket.tokens) / self.rate))
+            return max(1, math.ceil((cost - bucket.tokens) / self.rate))
 
 
 class Limiter(Protocol):
     rate: float
     burst: int
 
-    async def check(self, key: str, spend: bool = True, gate: Gate | None = None) -> int:
+    async def check(self, key: str, spend: bool = True, gate: Gate | None = None, cost: int = 1) -> int:
         """0 when the request may go on, else the seconds to wait before a retry can succeed. `spend=False`
         only looks: it takes nothing from the bucket. With a `gate` (another limiter's bucket, only looked at)
-        the answer is minus the gate's wait when that bucket is empty, and nothing is spent."""
+        the answer is minus the gate's wait when that bucket is empty, and nothing is spent. `cost`: how many
+        requests this one counts as (at most the burst)."""
         ...
 
     def close(self) -> None: ...
@@ -76,20 +78,21 @@ Gate = tuple[Limiter, str]
 class LocalLimiter(RateLimiter):
     """The in-process buckets, for one API process."""
 
-    async def check(self, key: str, spend: bool = True, gate: Gate | None = None) -> int:
+    async def check(self, key: str, spend: bool = True, gate: Gate | None = None, cost: int = 1) -> int:
         if gate is not None:
             blocked = await gate[0].check(gate[1], spend=False)
             if blocked:
                 return -blocked
-        return self.acquire(key, spend)
+        return self.acquire(key, spend, cost)
 
     def close(self) -> None:
         pass
 
 
 # One token bucket per key in a Redis hash {tokens, at}, refilled by `rate` per second up to `burst`, on the Redis
-# server's clock (TIME), in one atomic script: API processes on several hosts spend the same budget. With
-# ARGV[3] = 0 the script only looks at the bucket and writes nothing. KEYS[2], when given, is a gate with its
+# server's clock (TIME), in one atomic script: API processes on several hosts spend the same budget. ARGV[3] is
+# what the request costs (1, or a sweep's cells); with ARGV[3] = 0 the script only looks at the bucket and writes
+# nothing. KEYS[2], when given, is a gate with its
 # own rate and burst (ARGV[4], ARGV[5]) that is only looked at: while it is empty the script answers minus its
 # wait and spends nothing (two limits in one round trip).
 _BUCKET_LUA = """
@@ -114,15 +117,16 @@ end
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local tokens = refilled(KEYS[1], rate, burst, now)
+local cost = math.max(1, tonumber(ARGV[3]))
 local wait = 0
-if tokens < 1 then
-  wait = math.max(1, math.ceil((1 - tokens) / rate))
+if tokens < cost then
+  wait = math.max(1, math.ceil((cost - tokens) / rate))
 end
 if ARGV[3] == '0' then
   return wait
 end
 if wait == 0 then
-  tokens = tokens - 1
+  tokens = tokens - cost
 end
 redis.call('HSET', KEYS[1], 'tokens', string.format('%.6f', tokens), 'at', string.format('%.6f', now))
 redis.call('EXPIRE', KEYS[1], math.ceil(burst / rate) + 1)
@@ -149,15 +153,15 @@ class RedisLimiter:
         self.fallback = LocalLimiter(rate, burst)
         self._warned_at = 0.0
 
-    def _check(self, key: str, spend: bool, gate: tuple[RedisLimiter, str] | None) -> int:
+    def _check(self, key: str, spend: bool, gate: tuple[RedisLimiter, str] | None, cost: int = 1) -> int:
         keys = [KEY_PREFIX + key]
-        args: list[Any] = [repr(float(self.rate)), self.burst, int(spend)]
+        args: list[Any] = [repr(float(self.rate)), self.burst, max(1, min(cost, self.burst)) if spend else 0]
         if gate is not None:
             keys.append(KEY_PREFIX + gate[1])
             args += [repr(float(gate[0].rate)), gate[0].burst]
         return int(self._script(keys=keys, args=args))
 
-    async def check(self, key: str, spend: bool = True, gate: Gate | None = None) -> int:
+    async def check(self, key: str, spend: bool = True, gate: Gate | None = None, cost: int = 1) -> int:
         redis_gate: tuple[RedisLimiter, str] | None = None
         if gate is not None:
             if isinstance(gate[0], RedisLimiter):
@@ -167,13 +171,13 @@ class RedisLimiter:
                 if blocked:
                     return -blocked
         try:
-            return await anyio.to_thread.run_sync(self._check, key, spend, redis_gate, limiter=_REDIS_THREADS)
+            return await anyio.to_thread.run_sync(self._check, key, spend, redis_gate, cost, limiter=_REDIS_THREADS)
         except Exception as exc:  # redis errors come in several types; the request must not fail for it
             if time.monotonic() - self._warned_at > 60:
                 self._warned_at = time.monotonic()
                 log.warning("rate limits fall back to this process (Redis: %s: %s)", type(exc).__name__, exc)
             local_gate = None if redis_gate is None else (redis_gate[0].fallback, redis_gate[1])
-            return await self.fallback.check(key, spend, local_gate)
+            return await self.fallback.check(key, spend, local_gate, cost)
 
     def close(self) -> None:
         self._client.close()

@@ -10,7 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from api.archive import stream_tar
-from api.deps import BrokerDep, SessionDep, SettingsDep, StoreDep, UserDep
+from api.deps import BrokerDep, SessionDep, SettingsDep, StoreDep, UserDep, spend_more
 from api.errors import Conflict, InputRejected
 from api.schemas import (
     Comparison,
@@ -41,6 +41,26 @@ def json_depth(value: Any) -> int:
         deepest = max(deepest, depth)
         stack.extend((child, depth + 1) for child in children)
     return deepest
+
+def requested_cells(body: Any) -> int:
+    """How many cells a sweep request asks for (methods x distinct sparsities; 1 for anything else), as the rate limit
+    counts them before the request is validated."""
+    if not isinstance(body, dict) or body.get("kind") != JobKind.sweep.value:
+        return 1
+    methods, sparsities = body.get("methods", ["all"]), body.get("sparsities")
+    if isinstance(methods, str):
+        methods = [m.strip() for m in methods.split(",") if m.strip()]
+    if not isinstance(methods, list) or not isinstance(sparsities, list):
+        return 1
+    if "all" in methods:
+        from twossp_core.plan.methods import method_names
+
+        methods = method_names()
+    try:
+        return max(1, len(set(methods)) * len(set(sparsities)))
+    except TypeError:  # unhashable entries: the validation refuses the request
+        return 1
+
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "missing or invalid API key"},
@@ -92,7 +112,7 @@ SUBMIT_BODY = {
         "`kind` selects the job: `prune` (the default) prunes one model with one method to one sparsity; "
         "`sweep` runs every method at every sparsity on one model and reports the comparison: it is a parent job "
         "with one `cell` job per method and sparsity, each routed by its own memory plan and run on any worker "
-        "(`cells` on the sweep; its quotas count the cells). "
+        "(`cells` on the sweep; its quotas and rate limit count the cells). "
         "The request is validated and preflighted before anything is queued."
     ),
     openapi_extra=SUBMIT_BODY,
@@ -120,6 +140,7 @@ async def submit(
         raise InputRejected(f"request body nests deeper than {settings.max_json_depth} levels") from None
     if json_depth(body) > settings.max_json_depth:
         raise InputRejected(f"request body nests deeper than {settings.max_json_depth} levels")
+    await spend_more(request, min(requested_cells(body), settings.max_sweep_runs) - 1)
     result = await run_in_threadpool(service.submit_job, session, broker, settings, user, body, idempotency_key)
     out = JobOut.from_row(result.job, service.sweep_cells(session, [result.job]).get(result.job.id))
     headers = {"Location": out.links.self}

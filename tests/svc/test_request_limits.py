@@ -138,3 +138,42 @@ def test_the_quota_counts_the_planned_work_of_queued_and_running_jobs(
         assert bob.post(f"/jobs/{first.json()['id']}/cancel").status_code == 202  # a finished job counts no more
         assert bob.post("/jobs", json={**body, "seed": 3}).status_code == 202
         assert bob.get("/jobs").json()["total"] == 3
+
+
+def test_a_sweeps_cells_count_against_the_active_jobs_the_quota_and_the_rate_limit(
+    settings: Settings, body: dict[str, Any], stories_text: Path
+) -> None:
+    """A sweep is as many jobs as it has cells: the cap on active jobs counts them (a sweep larger than the cap is a
+    422: it could never be queued), the token quota counts each cell's plan, and the rate limit each cell."""
+    limited = Settings(**{**settings.model_dump(), "max_active_jobs_per_user": 5, "rate_limit_burst": 12,
+                          "rate_limit_per_s": 0.001})
+    db = Database(limited)
+    with db.session() as session:
+        key = create_key(session, "dave")
+    sweep = {**body, "kind": "sweep", "methods": ["2ssp", "shortgpt"], "sparsities": [0.25, 0.5]}
+    sweep.pop("sparsity")
+    with TestClient(create_app(limited), headers={"Authorization": f"Bearer {key}"}) as dave:
+        big = dave.post("/jobs", json={**sweep, "sparsities": [0.25, 0.375, 0.5]})  # 6 cells of the 12 requests
+        assert big.status_code == 422 and "6 cells" in big.json()["detail"], big.text
+        assert "TWOSSP_MAX_ACTIVE_JOBS_PER_USER" in big.json()["detail"]
+        first = dave.post("/jobs", json=sweep)  # 4 cells: 2 requests left
+        assert first.status_code == 202 and first.json()["cells"]["total"] == 4, first.text
+        assert dave.post("/jobs", json={**body, "seed": 1}).status_code == 202  # 5 active jobs: the cap
+        capped = dave.post("/jobs", json={**body, "seed": 2})
+        assert capped.status_code == 429 and "you have 5 jobs" in capped.json()["detail"], capped.text
+        # the budget is spent: a sweep counts each of its cells
+        assert dave.post(f"/jobs/{first.json()['id']}/cancel").status_code == 429
+    with TestClient(create_app(limited), headers={"Authorization": f"Bearer {key}"}) as again:
+        limited_sweep = again.post("/jobs", json={**sweep, "seed": 3})
+        assert limited_sweep.status_code == 429, limited_sweep.text
+    with db.session() as session:
+        from sqlalchemy import select
+
+        from service.db.models import Job
+
+        parent = session.scalar(select(Job).where(Job.kind == "sweep"))
+        cells = list(session.scalars(select(Job).where(Job.parent_id == parent.id)))
+        # each cell plans its own work (its dense evaluation included); the sweep's figure is their sum
+        assert len(cells) == 4 and all(c.planned_tokens == plan_of(stories_text, 2) for c in cells)
+        assert parent.planned_tokens == sum(c.planned_tokens for c in cells)
+    db.dispose()
