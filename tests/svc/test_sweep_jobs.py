@@ -139,10 +139,11 @@ def test_sweep_job_runs_on_the_embedded_default(
         response = server.api.submit(sweep_body(stories_model, stories_text))
         assert response.status_code == 202, response.text
         job_id = response.json()["id"]
-        job = server.api.wait_done(job_id, timeout=90)
+        job = server.api.wait_done(job_id, timeout=240)  # four cells, each loading and measuring the model
         assert_torch_not_loaded(server.proc.pid)
         manifest = server.api.http.get(f"/jobs/{job_id}/manifest").json()
         model_dir = download_artifact(server.base, server.key, job_id, tmp_path / "download")
+        cells = [server.api.job(cell["id"]) for cell in job["cells"]["items"]]
     finally:
         server.proc.stop()
 
@@ -177,6 +178,19 @@ def test_sweep_job_runs_on_the_embedded_default(
     assert run["method"] == "shortgpt" and run["perplexity"] == next(
         r["perplexity"] for r in rows if r["method"] == "shortgpt" and r["sparsity_target"] == 0.5
     )
+
+    # the in-process worker ran the sweep's cells one after another, with the one-process sweep's results
+    assert len(cells) == 4 and all(c["state"] == "succeeded" and c["parent_id"] == job_id for c in cells)
+    spans = sorted((c["started_at"], c["finished_at"]) for c in cells)
+    assert all(end <= start for (_, end), (start, _) in zip(spans, spans[1:], strict=False)), spans
+    from twossp_core.plan.spec import parse_sweep_spec
+    from twossp_core.sweep import run_sweep
+
+    timings = {"prune_s", "heal_s", "throughput_tokens_per_s", "speedup", "throughput_unreliable"}
+    single = run_sweep(parse_sweep_spec(job["spec"]), tmp_path / "single")["rows"]
+    assert [{k: v for k, v in r.items() if k not in timings} for r in rows] == [
+        {k: v for k, v in r.items() if k not in timings} for r in single
+    ]
 
 
 def test_sweep_progress_advances_run_by_run() -> None:
