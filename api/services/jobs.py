@@ -51,6 +51,9 @@ def submit_job(
     session: Session, broker: Broker, settings: Settings, user: User, body: Any, idempotency_key: str | None
 ) -> Submission:
     kind, spec = validate_request(body, settings)
+    if kind is JobKind.cell:
+        raise InputRejected("kind: must be one of 'prune', 'sweep', not 'cell' (a sweep's cells are submitted with "
+                            "their sweep)")
     cost = check_cost(spec, settings)
     digest = request_hash(kind, spec)
     if idempotency_key is not None:

@@ -194,3 +194,14 @@ def test_cancel_of_a_sweep_reaches_every_cell_and_the_sweep_ends_with_its_last(
     with db.session() as session:
         assert cancel_job(session, user, other).state == "cancelled"
     assert {row(db, c).state for c in cells} == {"cancelled"}
+
+
+def test_a_cell_is_not_submitted_on_its_own(env, stories_model: Path, stories_text: Path) -> None:
+    from api.errors import InputRejected
+
+    settings, db = env
+    with db.session() as session:
+        user = user_for_key(session, create_key(session, "erin"))
+        with pytest.raises(InputRejected, match="not 'cell'"):
+            submit_job(session, EmbeddedBroker(), settings, user, {**job_body(stories_model, stories_text),
+                                                                   "kind": "cell"}, None)
