@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -13,6 +14,7 @@ from starlette.routing import Match
 
 from twossp_core.errors import (
     DataError,
+    FieldProblem,
     InfeasibleTarget,
     InvalidSpec,
     ModelNotFound,
@@ -24,9 +26,10 @@ from twossp_core.errors import (
 class ServiceError(Exception):
     status_code = 400
 
-    def __init__(self, detail: str) -> None:
+    def __init__(self, detail: str, *, field: str | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
+        self.field = field  # the request's field it is about, if one (twossp_core.errors)
 
 
 class NotFound(ServiceError):
@@ -80,12 +83,36 @@ def status_for(exc: Exception) -> int:
     return 500
 
 
-def _detail_from_validation(exc: RequestValidationError) -> str:
-    parts = []
+def _problems_from_validation(exc: RequestValidationError) -> list[FieldProblem]:
+    problems = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body",))
-        parts.append(f"{loc}: {err.get('msg', 'invalid')}" if loc else str(err.get("msg", "invalid")))
-    return "; ".join(parts) or "invalid request"
+        msg = str(err.get("msg", "invalid"))
+        problems.append(FieldProblem(loc, f"{loc}: {msg}", msg) if loc else FieldProblem(None, msg))
+    return problems
+
+
+def _detail_from_validation(exc: RequestValidationError) -> str:
+    return "; ".join(problem.message for problem in _problems_from_validation(exc)) or "invalid request"
+
+
+def problems_of(exc: Exception) -> list[FieldProblem]:
+    """An error's problems, each with the request field it is about (twossp_core.errors); empty for an error that is
+    not about the request."""
+    if isinstance(exc, TwosspError):
+        return list(exc.problems)
+    if isinstance(exc, ServiceError):
+        return [FieldProblem(exc.field, exc.detail)]
+    return []
+
+
+def error_body(detail: str, problems: list[FieldProblem]) -> dict[str, Any]:
+    """An error's JSON body: `detail`, and where the request's fields are at fault, `fields`: each problem with the
+    field it is about (null for one that spans fields) and its message (the OpenAPI schema's Error)."""
+    body: dict[str, Any] = {"detail": detail}
+    if any(problem.field for problem in problems):
+        body["fields"] = [{"field": problem.field, "message": problem.message} for problem in problems]
+    return body
 
 
 log = logging.getLogger(__name__)
@@ -112,7 +139,7 @@ def install_error_handlers(app: FastAPI) -> None:
             headers = {"Retry-After": str(exc.retry_after)}
         elif isinstance(exc, Unavailable):
             headers = {"Retry-After": retry_after}
-        return JSONResponse({"detail": str(exc)}, status_code=status_for(exc), headers=headers)
+        return JSONResponse(error_body(str(exc), problems_of(exc)), status_code=status_for(exc), headers=headers)
 
     async def handle_database(request: Request, exc: Exception) -> JSONResponse:
         reason = database_unavailable(exc)
@@ -127,7 +154,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def handle_validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        return JSONResponse({"detail": _detail_from_validation(exc)}, status_code=422)
+        return JSONResponse(error_body(_detail_from_validation(exc), _problems_from_validation(exc)), status_code=422)
 
     app.add_exception_handler(ServiceError, handle_known)
     app.add_exception_handler(TwosspError, handle_known)

@@ -1,5 +1,6 @@
 """The OpenAPI document, made to match what the service answers: every error is `{"detail": "reason"}`
-(422 included, not FastAPI's list of validation errors), `/jobs` routes may answer 429, and every route
+(422 included, not FastAPI's list of validation errors; a refusal of the request's fields adds `fields`, each problem
+with the field it is about), `/jobs` routes may answer 429, and every route
 but the probes may answer 503 with `Retry-After` (the database is down, or the process is at its in-flight limit);
 `/readyz`'s 503 carries it too. `POST /jobs` shows example bodies (api.examples)."""
 
@@ -15,8 +16,29 @@ from api.examples import request_examples
 ERROR_SCHEMA = {
     "title": "Error",
     "type": "object",
-    "properties": {"detail": {"type": "string", "description": "what went wrong"}},
+    "properties": {
+        "detail": {"type": "string", "description": "what went wrong"},
+        "fields": {
+            "type": "array",
+            "description": "present when the request's fields are at fault (422): every problem, each with the field "
+            "it is about — the request's JSON field, dotted for a nested one (`options.alpha`, `options.2ssp.alpha` "
+            "in a sweep, `export_options.type`, `heal.steps`, `eval.1`), null for a problem that spans fields — and "
+            "its message",
+            "items": {
+                "type": "object",
+                "properties": {"field": {"type": ["string", "null"]}, "message": {"type": "string"}},
+                "required": ["field", "message"],
+            },
+        },
+    },
     "required": ["detail"],
+    "examples": [{
+        "detail": "seq_len: Input should be greater than or equal to 8; sparsity: Input should be less than 1",
+        "fields": [
+            {"field": "seq_len", "message": "seq_len: Input should be greater than or equal to 8"},
+            {"field": "sparsity", "message": "sparsity: Input should be less than 1"},
+        ],
+    }],
 }
 ERROR_CONTENT = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
 RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "string"}}}

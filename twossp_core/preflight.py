@@ -13,7 +13,7 @@ import stat
 from pathlib import Path
 
 from twossp_core.data.sources import check_txt_range
-from twossp_core.errors import DataError, InvalidSpec, ModelNotFound
+from twossp_core.errors import DataError, InfeasibleTarget, InvalidSpec, ModelNotFound, UnsupportedModel
 from twossp_core.export.compact_config import to_base
 from twossp_core.gguf_source import gguf_file_of, local_gguf_config
 from twossp_core.local_inputs import UnusablePath, local_path, stat_path
@@ -49,52 +49,71 @@ def local_config(model: str, relative_paths: bool = True) -> dict | None:
         found = stat_path(path)
         config = stat_path(path / "config.json") if found is not None and stat.S_ISDIR(found.st_mode) else None
     except UnusablePath as exc:
-        raise ModelNotFound(f"model {model!r}: {exc}") from None
+        raise ModelNotFound(f"model {model!r}: {exc}", field="model") from None
     if found is None:
         if not is_hub_id(model):
-            raise ModelNotFound(f"model {model!r}: no such local model directory")
+            raise ModelNotFound(f"model {model!r}: no such local model directory", field="model")
         return None
     gguf = gguf_file_of(path) if config is None else None  # a .gguf file, or a directory holding one
     if gguf is not None:  # its header, checked readable (architecture, tensor types) in one line
         return local_gguf_config(gguf)
     if not stat.S_ISDIR(found.st_mode):
-        raise ModelNotFound(f"model {model!r}: not a directory (a local model is a directory with config.json)")
+        raise ModelNotFound(
+            f"model {model!r}: not a directory (a local model is a directory with config.json)", field="model"
+        )
     if config is None or not stat.S_ISREG(config.st_mode):
-        raise ModelNotFound(f"model {model!r}: a local model directory must contain config.json (a regular file)")
+        raise ModelNotFound(
+            f"model {model!r}: a local model directory must contain config.json (a regular file)", field="model"
+        )
     if config.st_size > MAX_CONFIG_BYTES:
-        raise ModelNotFound(f"model {model!r}: config.json is larger than {MAX_CONFIG_BYTES // 2**20} MiB")
+        raise ModelNotFound(
+            f"model {model!r}: config.json is larger than {MAX_CONFIG_BYTES // 2**20} MiB", field="model"
+        )
     try:
         return to_base(json.loads((path / "config.json").read_text()))  # a compact export is checked as its base
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelNotFound(f"model {model!r}: config.json is unreadable ({exc})") from None
+        raise ModelNotFound(f"model {model!r}: config.json is unreadable ({exc})", field="model") from None
 
 
-def check_data(sources: list[DataSource], doc_separator: str | None, relative_paths: bool = True) -> None:
-    """Local data files exist and their document ranges select something (hub datasets are checked later)."""
-    for source in sources:
-        if source.is_hub and not relative_paths:
-            continue
+def check_data(
+    sources: list[DataSource], doc_separator: str | None, relative_paths: bool = True, *, field: str | None = None
+) -> None:
+    """Local data files exist and their document ranges select something (hub datasets are checked later).
+    `field`: the request's list they come from (`eval`); a DataError is about its item (`eval.1`)."""
+    for index, source in enumerate(sources):
         try:
-            found = stat_path(local_path(source.name))
-        except UnusablePath as exc:
-            raise DataError(f"data source {source.label!r}: {exc}") from None
-        if source.is_hub and found is None:
-            continue
-        if found is None:
-            raise DataError(f"data source {source.label!r}: no such file")
-        if not stat.S_ISREG(found.st_mode):
-            raise DataError(f"data source {source.label!r}: not a regular file (a directory, FIFO or device)")
-        try:
-            check_txt_range(source, doc_separator)
-        except (OSError, UnicodeDecodeError) as exc:
-            raise DataError(f"data source {source.label!r}: cannot be read ({exc})") from None
+            _check_source(source, doc_separator, relative_paths)
+        except DataError as exc:
+            raise exc if field is None else exc.with_field(f"{field}.{index}") from None
+
+
+def _check_source(source: DataSource, doc_separator: str | None, relative_paths: bool) -> None:
+    if source.is_hub and not relative_paths:
+        return
+    try:
+        found = stat_path(local_path(source.name))
+    except UnusablePath as exc:
+        raise DataError(f"data source {source.label!r}: {exc}") from None
+    if source.is_hub and found is None:
+        return
+    if found is None:
+        raise DataError(f"data source {source.label!r}: no such file")
+    if not stat.S_ISREG(found.st_mode):
+        raise DataError(f"data source {source.label!r}: not a regular file (a directory, FIFO or device)")
+    try:
+        check_txt_range(source, doc_separator)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"data source {source.label!r}: cannot be read ({exc})") from None
 
 
 def check_local_model(model: str, relative_paths: bool = True) -> dict | None:
     """A local model's config.json (None for a hub id); ModelNotFound / UnsupportedModel when it cannot run."""
-    cfg = local_config(model, relative_paths)
-    if cfg is not None:
-        check_supported(cfg.get("model_type"))
+    try:
+        cfg = local_config(model, relative_paths)
+        if cfg is not None:
+            check_supported(cfg.get("model_type"))
+    except (ModelNotFound, UnsupportedModel) as exc:
+        raise exc.with_field("model") from None
     return cfg
 
 
@@ -119,14 +138,19 @@ def check_model(spec: PruneSpec, *, relative_paths: bool = True) -> None:
     """Raise UnsupportedModel / InfeasibleTarget / ModelNotFound / DataError when the request cannot run.
 
     relative_paths=False (the service): relative names are never resolved against the working directory."""
-    sources = [*spec.calibration_sources(), *spec.eval_sources(), *spec.heal_sources()]
-    check_data(sources, spec.doc_separator, relative_paths)
+    check_data(spec.calibration_sources(), spec.doc_separator, relative_paths, field="calibration")
+    check_data(spec.eval_sources(), spec.doc_separator, relative_paths, field="eval")
+    if spec.heal is not None and spec.heal.data:  # else it trains on the calibration sources, checked above
+        check_data(spec.heal_sources(), spec.doc_separator, relative_paths, field="heal.data")
     cfg = check_local_model(spec.model, relative_paths)
     if cfg is None:  # a hub id: its config when at hand (the service never downloads it here)
         cfg = hub_config(spec.model, fetch=relative_paths)
         if cfg is None:
             return
-        check_supported(cfg.get("model_type"))
+        try:
+            check_supported(cfg.get("model_type"))
+        except UnsupportedModel as exc:
+            raise exc.with_field("model") from None
     check_family(spec.export, cfg.get("model_type"))
     if spec.max_host_memory is not None or spec.max_device_memory is not None or spec.execution != "auto":
         # refuse a job that fits its budgets on none of the devices it may run on, before it is queued
@@ -141,7 +165,10 @@ def check_model(spec: PruneSpec, *, relative_paths: bool = True) -> None:
         else:
             raise errors[0]
     check = method_preflight(spec.method)
-    width = check(block_counts(cfg), spec.sparsity, spec.method_options()) if check is not None else None
+    try:
+        width = check(block_counts(cfg), spec.sparsity, spec.method_options()) if check is not None else None
+    except InfeasibleTarget as exc:  # the target the method cannot reach on this model
+        raise exc.with_field("sparsity") from None
     if width is not None:  # the method decides the FFN width it keeps
         check_ffn_width(spec.export, width, hint=" (2SSP: set `options.round_to=256`)")
     elif "round_to" not in type(spec.method_options()).model_fields:  # methods that keep the FFN width

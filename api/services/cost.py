@@ -23,7 +23,8 @@ def check_cost(spec: JobSpecBase, settings: Settings) -> Cost:
     if cost.tokens is None:
         raise InputRejected(
             f"eval_windows: unset, so eval source {cost.unbounded_source!r} is evaluated in full and the job's work "
-            f"has no bound (TWOSSP_MAX_JOB_TOKENS={settings.max_job_tokens:,} tokens); set eval_windows"
+            f"has no bound (TWOSSP_MAX_JOB_TOKENS={settings.max_job_tokens:,} tokens); set eval_windows",
+            field="eval_windows",
         )
     if cost.tokens > settings.max_job_tokens:
         raise InputRejected(

@@ -21,49 +21,55 @@ from twossp_core.preflight import is_hub_id, looks_local
 
 JobSpec = PruneSpec | SweepSpec
 
-def resolve_local(value: str, settings: Settings, what: str, kind: Literal["model directory", "file"]) -> Path:
+def resolve_local(
+    value: str, settings: Settings, what: str, kind: Literal["model directory", "file"], field: str
+) -> Path:
     """The real path of `value` if it is absolute, inside an allowed root and a readable `kind`; InputRejected
-    otherwise."""
+    (about the request's `field`) otherwise."""
     try:
         return resolve_allowed(value, settings.resolved_roots(), what, kind)
     except PathRefused as exc:
-        raise InputRejected(str(exc)) from None
+        raise InputRejected(str(exc), field=field) from None
 
 
 def check_model_id(model: str, settings: Settings) -> str:
     """Return the model id to store: a real local path, or the hub id unchanged."""
     if looks_local(model):
         if is_gguf_name(Path(model)):  # a GGUF file: the preflight reads its header
-            return str(resolve_local(model, settings, "model", "file"))
-        path = resolve_local(model, settings, "model", "model directory")
+            return str(resolve_local(model, settings, "model", "file", "model"))
+        path = resolve_local(model, settings, "model", "model directory", "model")
         try:
             config = stat_path(path / "config.json")
         except UnusablePath as exc:
-            raise ModelNotFound(f"model {model!r}: config.json {exc}") from None
+            raise ModelNotFound(f"model {model!r}: config.json {exc}", field="model") from None
         if (config is None or not S_ISREG(config.st_mode)) and gguf_file_of(path) is None:
             raise ModelNotFound(f"model {model!r}: a local model directory must contain config.json (or one .gguf "
-                                "file)")
+                                "file)", field="model")
         try:
             check_tree(path, settings.resolved_roots(), "model")
         except PathRefused as exc:
-            raise InputRejected(str(exc)) from None
+            raise InputRejected(str(exc), field="model") from None
         return str(path)
     if not is_hub_id(model):
         raise InputRejected(
-            f"model {model!r}: not a Hugging Face hub id (`org/name`) nor an absolute local path ({ROOTS_RULE})"
+            f"model {model!r}: not a Hugging Face hub id (`org/name`) nor an absolute local path ({ROOTS_RULE})",
+            field="model",
         )
     if not settings.allow_hub:
-        raise InputRejected(f"model {model!r}: hub models are disabled (TWOSSP_ALLOW_HUB=false); {ROOTS_RULE}")
+        raise InputRejected(f"model {model!r}: hub models are disabled (TWOSSP_ALLOW_HUB=false); {ROOTS_RULE}",
+                            field="model")
     return model
 
 
-def check_source(text: str, settings: Settings, what: str) -> str:
+def check_source(text: str, settings: Settings, what: str, field: str) -> str:
+    """The source to store (a real local path, or the hub dataset's name); InputRejected about `field` (the
+    request's item it came from: `eval.1`) when it is refused."""
     source = DataSource.parse(text)
     if source.is_hub:
         if not settings.allow_hub:
-            raise InputRejected(f"{what} {text!r}: hub datasets are disabled (TWOSSP_ALLOW_HUB=false)")
+            raise InputRejected(f"{what} {text!r}: hub datasets are disabled (TWOSSP_ALLOW_HUB=false)", field=field)
         return text
-    path = resolve_local(source.name, settings, what, "file")
+    path = resolve_local(source.name, settings, what, "file", field)
     rng = "" if source.start is None and source.end is None else source.label[len(source.name) :]
     return f"{path}{rng}"
 
@@ -84,15 +90,17 @@ def preflight(spec: JobSpec) -> None:
             try:
                 check_model(spec.prune_spec(method, sparsity), relative_paths=False)
             except InfeasibleTarget as exc:
-                raise InfeasibleTarget(f"{method} at sparsity {sparsity:g}: {exc}") from None
+                raise InfeasibleTarget(f"{method} at sparsity {sparsity:g}: {exc}", field="sparsities") from None
 
 
 def job_kind(body: dict[str, Any]) -> JobKind:
     if "kind" not in body and {"methods", "sparsities"} & body.keys():
-        raise InputRejected('methods and sparsities are fields of a sweep: add "kind": "sweep" to the request')
+        raise InputRejected('methods and sparsities are fields of a sweep: add "kind": "sweep" to the request',
+                            field="kind")
     kind = body.get("kind", JobKind.prune.value)
     if kind not in [k.value for k in JobKind]:
-        raise InputRejected(f"kind: must be one of {', '.join(repr(k.value) for k in JobKind)}, not {kind!r}")
+        raise InputRejected(f"kind: must be one of {', '.join(repr(k.value) for k in JobKind)}, not {kind!r}",
+                            field="kind")
     return JobKind(kind)
 
 
@@ -105,10 +113,12 @@ def validate_request(body: Any, settings: Settings) -> tuple[JobKind, JobSpec]:
     # strict: numbers must be JSON numbers, booleans JSON booleans ("0.5" is no sparsity)
     spec: JobSpec = parse_sweep_spec(fields, strict=True) if kind is JobKind.sweep else parse_spec(fields, strict=True)
     spec.model = check_model_id(spec.model, settings)
-    spec.calibration = [check_source(s, settings, "calibration source") for s in spec.calibration]
-    spec.eval = [check_source(s, settings, "eval source") for s in spec.eval]
+    spec.calibration = [check_source(s, settings, "calibration source", f"calibration.{i}")
+                        for i, s in enumerate(spec.calibration)]
+    spec.eval = [check_source(s, settings, "eval source", f"eval.{i}") for i, s in enumerate(spec.eval)]
     if spec.heal is not None and spec.heal.data:
-        spec.heal.data = [check_source(s, settings, "heal data source") for s in spec.heal.data]
+        spec.heal.data = [check_source(s, settings, "heal data source", f"heal.data.{i}")
+                          for i, s in enumerate(spec.heal.data)]
     preflight(spec)
     return kind, spec
 

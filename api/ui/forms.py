@@ -1,4 +1,5 @@
-"""The submit form: its fields → the API's request body, and the API's validation message → the field it is about.
+"""The submit form: its fields → the API's request body, and each problem of the API's refusal → the form field it
+is shown next to (the refusal names its fields as data: twossp_core.errors).
 
 The body goes through the same `submit_job` as `POST /jobs`, so the form accepts and refuses exactly what the
 API does. A number typed into a field is sent as a JSON number (the API takes no other); text that spells no
@@ -8,11 +9,11 @@ number is sent as typed, so it gets the API's own message for that field.
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 from api import examples as ex
-from twossp_core.errors import InfeasibleTarget, ModelNotFound, UnsupportedModel
+from api.errors import problems_of
+from twossp_core.errors import FieldProblem
 from twossp_core.plan.methods import METHODS
 
 LINE_LISTS = ("calibration", "eval")
@@ -108,37 +109,19 @@ def request_body(form: dict[str, list[str]]) -> dict[str, Any]:
     return body
 
 
-_LOC = re.compile(r"^(?P<field>[a-z_]+)(?:\.[\w.]+)?: ")
+def form_field(field: str | None) -> str:
+    """The form field a request field is shown next to: its head (`options.alpha` and `options.2ssp.alpha` by the
+    options, `eval.1` by the evaluation data), GENERAL for none (a problem that spans fields) or one the form does not
+    show."""
+    head = (field or "").split(".", 1)[0]
+    return head if head in FIELDS else GENERAL
 
 
-def field_of(message: str, exc: Exception, body: dict[str, Any] | None = None) -> str:
-    """Which form field a validation message is about (GENERAL when it is not about one field)."""
-    if message.startswith("data source ") and body:  # names the source, not the list it came from
-        for name in LINE_LISTS:
-            if any(f"data source {source!r}" in message for source in body.get(name) or []):
-                return name
-    if isinstance(exc, InfeasibleTarget):
-        return "sparsity"
-    if isinstance(exc, ModelNotFound | UnsupportedModel) or message.startswith("model "):
-        return "model"
-    for prefix, field in (("calibration source", "calibration"), ("eval source", "eval"),
-                          ("options for ", "options"), ("unknown method", "method"),
-                          ("export options", "export_options"),
-                          ("export ", "export"), ("every sparsity", "sparsities"), ("kind:", "kind"),
-                          ("methods and sparsities", "kind"), ("options given", "options")):
-        if message.startswith(prefix):
-            return field
-    match = _LOC.match(message)
-    if match and match["field"] in FIELDS:
-        return match["field"]
-    return GENERAL
-
-
-def field_errors(message: str, exc: Exception, body: dict[str, Any] | None = None) -> dict[str, str]:
-    """Split the API's `loc: msg; loc: msg` message over the fields it names."""
+def field_errors(exc: Exception) -> dict[str, str]:
+    """The API's refusal spread over the form: each problem next to the field it is about (twossp_core.errors:
+    the error carries its fields as data), the rest at the top of the form."""
     errors: dict[str, str] = {}
-    parts = [p for p in message.split("; ") if p] if _LOC.match(message) else [message]
-    for part in parts:
-        field = field_of(part, exc, body)
-        errors[field] = f"{errors[field]}; {part}" if field in errors else part
+    for problem in problems_of(exc) or [FieldProblem(None, str(exc))]:
+        name = form_field(problem.field)
+        errors[name] = f"{errors[name]}; {problem.message}" if name in errors else problem.message
     return errors

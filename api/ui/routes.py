@@ -196,7 +196,7 @@ async def submit(
     except (ServiceError, TwosspError) as exc:
         if isinstance(exc, ServiceError) and exc.status_code >= 500:
             raise
-        return _submit_form(request, ui, values, forms.field_errors(str(exc), exc, body), 422)
+        return _submit_form(request, ui, values, forms.field_errors(exc), 422)
     return RedirectResponse(f"/ui/jobs/{result.job.id}", 303)
 
 

@@ -4,12 +4,14 @@ line; every bad field at once; what is known before loading is checked before lo
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 import pytest
 
-from twossp_core.cli.main import main
-from twossp_core.errors import InvalidSpec
+from twossp_core.cli.main import build_parser, main
+from twossp_core.cli.terms import flags_of, in_cli_terms
+from twossp_core.errors import DataError, FieldProblem, InvalidSpec
 from twossp_core.plan.spec import parse_spec, parse_sweep_spec
 from twossp_core.preflight import check_model
 
@@ -62,6 +64,39 @@ def test_a_request_names_its_json_fields_and_every_bad_one() -> None:
     message = str(caught.value)
     assert "every sparsity must be strictly between 0 and 1" in message and "unknown method 'nope'" in message
     assert "options for 2ssp: alpha" in message
+
+
+def test_each_problem_carries_its_field_as_data() -> None:
+    with pytest.raises(InvalidSpec) as caught:
+        parse_spec({"model": "org/model", "sparsity": 1.5, "options": {"nope": 1}, "export": "gguf",
+                    "export_options": {"type": "f64"}, "heal": {"steps": 0}}, strict=True)
+    fields = {problem.field: problem for problem in caught.value.problems}
+    assert set(fields) == {"sparsity", "heal.steps", "options.nope", "export_options.type"}
+    assert fields["options.nope"].message == "options for 2ssp: nope: Extra inputs are not permitted"
+    assert fields["options.nope"].reason == "Extra inputs are not permitted"
+    with pytest.raises(InvalidSpec) as caught:
+        parse_sweep_spec({"model": "org/model", "methods": ["2ssp", "nope"], "sparsities": [0.5],
+                          "options": {"2ssp": {"alpha": "x"}}}, strict=True)
+    assert {p.field for p in caught.value.problems} == {"methods", "options.2ssp.alpha"}
+    with pytest.raises(InvalidSpec) as caught:
+        parse_spec({"model": "org/model", "sparsity": 0.5, "eval": ["wikitext2", "a.txt:5:2"]})
+    assert [p.field for p in caught.value.problems] == ["eval.1"]
+    # the field survives a trip between processes
+    copy = pickle.loads(pickle.dumps(DataError("data source 'x': no such file", field="eval.0")))
+    assert copy.field == "eval.0" and str(copy) == "data source 'x': no such file"
+
+
+def test_the_command_line_names_the_flag_from_the_field_not_from_the_wording() -> None:
+    flags = flags_of(build_parser())
+    error = InvalidSpec("several", parts=[
+        FieldProblem("options.2ssp.alpha", "the alpha of 2ssp is bad", "must be a number"),
+        FieldProblem("seq_len", "seq_len: too short", "too short"),
+        FieldProblem("eval.1", "the second source is missing", "no such file"),
+        FieldProblem("max_host_memory", "not a size"),  # no reason: the message as it is
+        FieldProblem(None, "needs `doc_separator`"),
+    ])
+    assert in_cli_terms(error, flags) == ("--option 2ssp.alpha: must be a number; --seq-len: too short; "
+                                          "--eval: no such file; not a size; needs `--doc-separator`")
 
 
 def test_a_hub_model_is_checked_from_its_config_before_it_is_loaded(

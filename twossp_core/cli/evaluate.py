@@ -14,7 +14,7 @@ from twossp_core.cli.summary import spread_text
 from twossp_core.errors import InvalidSpec
 from twossp_core.evaluation.zeroshot.sources import using_task_data
 from twossp_core.evaluation.zeroshot.summary import summary_lines
-from twossp_core.plan.schema import format_validation_error
+from twossp_core.plan.schema import format_validation_error, validation_problems
 from twossp_core.plan.spec import JobSpecBase
 from twossp_core.progress import Reporter
 
@@ -32,7 +32,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     try:
         spec = JobSpecBase.model_validate(data)  # evaluation only: the calibration fields go unused
     except ValidationError as exc:
-        raise InvalidSpec(format_validation_error(exc)) from None
+        raise InvalidSpec(format_validation_error(exc), parts=validation_problems(exc)) from None
     if not spec.eval:
         raise InvalidSpec("eval needs at least one --eval source")
     bars = StageBars(enabled=not args.no_progress)

@@ -53,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except TwosspError as exc:  # the library names the request's fields; say them as this command's flags
-        message = in_cli_terms(str(exc), flags_of(parser), sweep=args.command == "sweep")
+        message = in_cli_terms(exc, flags_of(parser))
         print(f"twossp: error: {message}", file=sys.stderr)
         return EXIT_USER_ERROR
     except OSError as exc:  # a path the file system refuses: no permission, a disk full, a loop in an output path

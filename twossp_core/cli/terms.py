@@ -1,8 +1,9 @@
 """Error messages in the command line's terms.
 
-The library's messages name what went wrong by the request's JSON fields (`doc_separator`, `options.round_to`), the
-terms of the API, the dashboard and a job's spec; the command line prints them with its own flags instead
-(`--doc-separator`, `--option round_to`), taken from its parser so a renamed flag cannot go stale.
+The library's errors name the request's JSON fields they are about (`doc_separator`, `options.round_to`), the terms of
+the API, the dashboard and a job's spec, and carry those fields as data (twossp_core.errors); the command line
+prints each problem with its own flag instead (`--doc-separator`, `--option round_to`), taken from its parser so a
+renamed flag cannot go stale. A field a message mentions in backquotes (`doc_separator`) is a flag there too.
 """
 
 from __future__ import annotations
@@ -10,13 +11,12 @@ from __future__ import annotations
 import argparse
 import re
 
+from twossp_core.errors import FieldProblem, TwosspError
+
 # JSON objects whose keys the command line takes as KEY=VALUE of one flag
 OBJECT_FLAGS = {"options": "--option", "export_options": "--export-option", "heal": "--heal-option"}
 _FIELD = r"[a-z_][a-z0-9_]*(?:\.[A-Za-z0-9_]+)*"
-_LEADING = re.compile(rf"^(?P<field>{_FIELD}): ")
 _QUOTED = re.compile(rf"`(?P<field>{_FIELD})(?P<rest>=[^`]*)?`")
-# the registries' wording of a bad option: "options for 2ssp: alpha: ...", "export options for gguf: dtype: ..."
-_OPTION = re.compile(r"^(?P<what>export )?options for (?P<owner>[\w.-]+): (?P<key>[A-Za-z_]\w*): ")
 
 
 def flags_of(parser: argparse.ArgumentParser) -> dict[str, str]:
@@ -35,25 +35,26 @@ def flags_of(parser: argparse.ArgumentParser) -> dict[str, str]:
 
 
 def _flag(field: str, flags: dict[str, str]) -> str | None:
+    """The flag that sets `field`: `options.alpha` is `--option alpha` (a sweep's `options.2ssp.alpha`:
+    `--option 2ssp.alpha`), `eval.1` (an item of a list) is `--eval`."""
     head, _, key = field.partition(".")
     if head in OBJECT_FLAGS and key:
         return f"{OBJECT_FLAGS[head]} {key}"
+    if key.isdigit():
+        return flags.get(head)
     return flags.get(field)
 
 
-def in_cli_terms(message: str, flags: dict[str, str], *, sweep: bool = False) -> str:
-    """`message` with the JSON fields it names (each "field: " part, a bad option, and `field` in backquotes) as
-    flags; `sweep`: method options are METHOD.KEY, as the sweep command takes them."""
+def _in_cli_terms(problem: FieldProblem, flags: dict[str, str]) -> str:
+    flag = _flag(problem.field, flags) if problem.field else None
+    if flag is None or problem.reason is None:  # no flag sets it, or the message does not start with where
+        return problem.message
+    return f"{flag}: {problem.reason}"
 
-    def leading(part: str) -> str:
-        option = _OPTION.match(part)
-        if option:
-            flag = OBJECT_FLAGS["export_options" if option["what"] else "options"]
-            key = f"{option['owner']}.{option['key']}" if sweep and not option["what"] else option["key"]
-            return f"{flag} {key}: {part[option.end():]}"
-        match = _LEADING.match(part)
-        flag = _flag(match["field"], flags) if match else None
-        return f"{flag}: {part[match.end():]}" if match and flag else part
+
+def in_cli_terms(error: TwosspError, flags: dict[str, str]) -> str:
+    """The error's message with each problem naming the flag that sets its field (`--seq-len: ...`, a bad option
+    as `--option KEY: ...`), and every `field` in backquotes as its flag."""
 
     def quoted(match: re.Match[str]) -> str:
         flag = _flag(match["field"], flags)
@@ -61,5 +62,5 @@ def in_cli_terms(message: str, flags: dict[str, str], *, sweep: bool = False) ->
             return match[0]
         return f"`{flag}{match['rest'] or ''}`"
 
-    parts = [leading(part) for part in message.split("; ")]
-    return _QUOTED.sub(quoted, "; ".join(parts))
+    message = "; ".join(_in_cli_terms(problem, flags) for problem in error.problems)
+    return _QUOTED.sub(quoted, message)

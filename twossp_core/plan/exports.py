@@ -82,7 +82,7 @@ def format_names() -> list[str]:
 
 
 def export_format(name: str) -> ExportFormat:
-    return entry_of(FORMATS, name, "export format")
+    return entry_of(FORMATS, name, "export format", field="export")
 
 
 def export_example(name: str) -> dict[str, Any]:
@@ -94,7 +94,8 @@ def export_options(name: str, options: BaseModel | Mapping[str, Any] | None = No
     """Validate `options` against the format's schema; unknown format or option → InvalidSpec. strict: every value
     of its exact type (the service's requests). Options already validated (the format's options model, as a parsed
     spec holds them) are returned as they are."""
-    return validate_options(export_format(name).options, options, strict=strict, label=f"export options for {name}")
+    return validate_options(export_format(name).options, options, strict=strict, label=f"export options for {name}",
+                            field="export_options")
 
 
 def check_methods(name: str, methods: list[str]) -> None:
@@ -106,7 +107,7 @@ def check_methods(name: str, methods: list[str]) -> None:
     if refused:
         raise InvalidSpec(
             f"export {name!r} cannot hold a model pruned by {', '.join(refused)} (a rotated residual stream "
-            "has no equivalent there); use 'compact'"
+            "has no equivalent there); use 'compact'", field="export",
         )
 
 
@@ -116,7 +117,7 @@ def check_family(name: str, model_type: str | None) -> None:
     if families is not None and model_type not in families:
         raise InvalidSpec(
             f"export {name!r} supports the model types {', '.join(families)}; this model is {model_type!r} "
-            "(use 'compact' or 'portable')"
+            "(use 'compact' or 'portable')", field="export",
         )
 
 
@@ -126,6 +127,6 @@ def check_ffn_width(name: str, width: int, *, hint: str = "") -> None:
     if multiple and width % multiple:
         raise InvalidSpec(
             f"export {name!r} can only hold FFN widths that are multiples of {multiple}; this model keeps {width} "
-            f"neurons per block{hint}"
+            f"neurons per block{hint}", field="export",
         )
 

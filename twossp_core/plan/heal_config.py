@@ -6,11 +6,19 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from twossp_core.errors import InvalidSpec
 from twossp_core.plan.limits import MAX_SEED, MAX_SEQ_LEN, MAX_WINDOWS
 from twossp_core.plan.sources import DataSource
 
 MAX_STEPS = 10_000_000
 MAX_TOKENS = 10**13
+
+
+def _parse_source(text: str, field: str) -> None:
+    try:
+        DataSource.parse(text)
+    except InvalidSpec as exc:  # the request's field it came from (a heal is the request's `heal`)
+        raise exc.with_field(field) from None
 
 
 class HealConfig(BaseModel):
@@ -67,8 +75,8 @@ class HealConfig(BaseModel):
         if value is not None:
             if not value:
                 raise ValueError("data needs at least one source (or null for the calibration sources)")
-            for item in value:
-                DataSource.parse(item)
+            for index, item in enumerate(value):
+                _parse_source(item, f"heal.data.{index}")
         return value
 
     @model_validator(mode="after")

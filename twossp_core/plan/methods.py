@@ -111,8 +111,8 @@ def method_names() -> list[str]:
     return list(METHODS)
 
 
-def method_entry(name: str) -> MethodEntry:
-    return entry_of(METHODS, name, "method")
+def method_entry(name: str, *, field: str | None = None) -> MethodEntry:
+    return entry_of(METHODS, name, "method", field=field)
 
 
 def methods_running(mode: str) -> list[str]:
@@ -131,11 +131,16 @@ def method_preflight(name: str) -> Callable[..., int | None] | None:
     return None if entry.preflight is None else load_object(entry.preflight)
 
 
-def method_config(name: str, options: BaseModel | Mapping[str, Any] | None = None, strict: bool = False) -> BaseModel:
+def method_config(
+    name: str, options: BaseModel | Mapping[str, Any] | None = None, strict: bool = False, *,
+    field: str = "options", method_field: str = "method",
+) -> BaseModel:
     """Validate `options` against the method's schema; unknown method or option → InvalidSpec. strict: every value
     of its exact type (a number must be a number, not "1.5"; the service's requests). Options already validated
-    (the method's config model, as a parsed spec holds them) are returned as they are."""
-    return validate_options(method_entry(name).config, options, strict=strict, label=f"options for {name}")
+    (the method's config model, as a parsed spec holds them) are returned as they are. `field` / `method_field`:
+    the request's fields the options and the method's name come from (a sweep's: `options.<method>`, `methods`)."""
+    entry = method_entry(name, field=method_field)
+    return validate_options(entry.config, options, strict=strict, label=f"options for {name}", field=field)
 
 
 def method_memory(name: str, options: BaseModel | Mapping[str, Any] | None, calibration_windows: int) -> MethodMemory:

@@ -17,11 +17,11 @@ from twossp_core.plan.exports import export_options
 from twossp_core.plan.methods import method_config, method_names
 
 
-def _problem(check: Callable[[], Any]) -> str | None:
+def _problem(check: Callable[[], Any]) -> InvalidSpec | None:
     try:
         check()
     except InvalidSpec as exc:
-        return str(exc)
+        return exc
     except (TypeError, ValueError, AttributeError, KeyError):
         return None  # a field of the wrong shape: its own validation says so
     return None
@@ -37,12 +37,13 @@ def _object(value: Any) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def registry_problems(data: Any, *, sweep: bool) -> list[str]:
+def registry_problems(data: Any, *, sweep: bool) -> list[InvalidSpec]:
     """The problems of the request's method(s) and options, and of its export format and export options, each
-    checked on its own (messages as the checks word them)."""
+    checked on its own (messages as the checks word them, each about its field: `options.alpha`, in a sweep
+    `options.<method>.alpha` and `methods`)."""
     if not isinstance(data, dict):
         return []
-    found: list[str | None] = []
+    found: list[InvalidSpec | None] = []
     export = data.get("export", "compact")
     if isinstance(export, str):
         found.append(_problem(lambda: export_options(export, _object(data.get("export_options")))))
@@ -51,9 +52,14 @@ def registry_problems(data: Any, *, sweep: bool) -> list[str]:
         methods = _names(data.get("methods", ["all"]))
         methods = method_names() if "all" in methods else methods
         for name in methods:
-            found.append(_problem(lambda name=name: method_config(name, _object(options.get(name)))))
+            found.append(_problem(lambda name=name: method_config(
+                name, _object(options.get(name)), field=f"options.{name}", method_field="methods")))
     else:
         method = data.get("method", "2ssp")
         if isinstance(method, str):
             found.append(_problem(lambda: method_config(method, options)))
-    return [problem for problem in dict.fromkeys(found) if problem]
+    unique: dict[str, InvalidSpec] = {}  # each message once
+    for problem in found:
+        if problem is not None:
+            unique.setdefault(str(problem), problem)
+    return list(unique.values())

@@ -9,7 +9,7 @@ from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, PlainSerializer, SerializationInfo, ValidationError, WrapValidator
 
-from twossp_core.errors import InvalidSpec
+from twossp_core.errors import FieldProblem, InvalidSpec
 
 EntryT = TypeVar("EntryT")
 
@@ -37,18 +37,20 @@ def load_object(path: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
-def entry_of(table: Mapping[str, EntryT], name: str, what: str) -> EntryT:
-    """`table[name]`, or InvalidSpec naming the known entries (`what`: "method", "export format")."""
+def entry_of(table: Mapping[str, EntryT], name: str, what: str, *, field: str | None = None) -> EntryT:
+    """`table[name]`, or InvalidSpec naming the known entries (`what`: "method", "export format"; `field`: the
+    request's field that names it)."""
     entry = table.get(name)
     if entry is None:
-        raise InvalidSpec(f"unknown {what} {name!r}; available: {', '.join(table)}")
+        raise InvalidSpec(f"unknown {what} {name!r}; available: {', '.join(table)}", field=field)
     return entry
 
 
 def validate_options(
-    schema: str, options: BaseModel | Mapping[str, Any] | None, *, strict: bool, label: str
+    schema: str, options: BaseModel | Mapping[str, Any] | None, *, strict: bool, label: str, field: str
 ) -> BaseModel:
-    """`options` as the schema ("module:Class") declares them; InvalidSpec "`label`: field: problem" otherwise.
+    """`options` as the schema ("module:Class") declares them; InvalidSpec "`label`: field: problem" otherwise, each
+    problem about its option under `field` (the request's field that holds the options: `options.alpha`).
     strict: every value of its exact type (a number must be a number, not "1.5"; the service's requests). Options
     already of the schema's class were validated when they were made and are returned as they are."""
     config_cls = load_object(schema)
@@ -57,14 +59,22 @@ def validate_options(
     try:
         return config_cls.model_validate(options or {}, strict=strict)
     except ValidationError as exc:
-        raise InvalidSpec(f"{label}: {format_validation_error(exc)}") from None
+        parts = [FieldProblem(p.field, f"{label}: {p.message}", p.reason).within(field)
+                 for p in validation_problems(exc)]
+        raise InvalidSpec(f"{label}: {format_validation_error(exc)}", field=field, parts=parts) from None
 
 
-def format_validation_error(exc: Any) -> str:
-    parts = []
+def validation_problems(exc: Any) -> list[FieldProblem]:
+    """pydantic's errors as problems: each about the field its `loc` names (None for a check of the whole model),
+    its message `loc: msg` as format_validation_error words it."""
+    problems = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err.get("loc", ()) if p != "__root__")
         msg = err.get("msg", "invalid")
         msg = msg.removeprefix("Value error, ")
-        parts.append(f"{loc}: {msg}" if loc else msg)
-    return "; ".join(parts)
+        problems.append(FieldProblem(loc, f"{loc}: {msg}", msg) if loc else FieldProblem(None, msg))
+    return problems
+
+
+def format_validation_error(exc: Any) -> str:
+    return "; ".join(problem.message for problem in validation_problems(exc))

@@ -11,13 +11,13 @@ from typing import Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from twossp_core.errors import InvalidSpec
+from twossp_core.errors import FieldProblem, InvalidSpec, joined_problems
 from twossp_core.plan.exports import check_methods, export_options
 from twossp_core.plan.heal_config import HealConfig
 from twossp_core.plan.limits import MAX_EVAL_WINDOWS, MAX_SEED, MAX_SEQ_LEN, MAX_TASK_LIMIT, MAX_WINDOWS
 from twossp_core.plan.methods import method_config, method_names
 from twossp_core.plan.problems import registry_problems
-from twossp_core.plan.schema import OptionsObject, format_validation_error
+from twossp_core.plan.schema import OptionsObject, format_validation_error, validation_problems
 from twossp_core.plan.sizes import parse_size
 from twossp_core.plan.sources import DataSource
 from twossp_core.plan.tasks import parse_tasks
@@ -101,9 +101,12 @@ class JobSpecBase(BaseModel):
 
     @field_validator("calibration", "eval")
     @classmethod
-    def _parse_sources(cls, value: list[str]) -> list[str]:
-        for item in value:
-            DataSource.parse(item)
+    def _parse_sources(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        for index, item in enumerate(value):
+            try:
+                DataSource.parse(item)
+            except InvalidSpec as exc:
+                raise exc.with_field(f"{info.field_name}.{index}") from None
         return value
 
     @field_validator("tasks", mode="before")
@@ -217,12 +220,13 @@ class SweepSpec(JobSpecBase):
         self.methods = list(dict.fromkeys(self.methods))
         self.sparsities = sorted(set(self.sparsities))
         if any(not 0.0 < s < 1.0 for s in self.sparsities):
-            raise ValueError("every sparsity must be strictly between 0 and 1")
+            raise InvalidSpec("every sparsity must be strictly between 0 and 1", field="sparsities")
         unknown = sorted(set(self.options) - set(self.methods))
         if unknown:
-            raise ValueError(f"options given for methods not in the sweep: {', '.join(unknown)}")
+            raise InvalidSpec(f"options given for methods not in the sweep: {', '.join(unknown)}", field="options")
         for name in self.methods:
-            self.options[name] = method_config(name, self.options.get(name), strict=_strict(info))
+            self.options[name] = method_config(name, self.options.get(name), strict=_strict(info),
+                                               field=f"options.{name}", method_field="methods")
         check_methods(self.export, self.methods)
         return self
 
@@ -242,20 +246,27 @@ def _strict(info: ValidationInfo) -> bool:
 
 
 def _validate(spec_cls: type[SpecT], data: dict[str, Any], strict: bool) -> SpecT:
-    """`data` as a `spec_cls`; InvalidSpec with pydantic's errors in one line. strict=True (the service's JSON
+    """`data` as a `spec_cls`; InvalidSpec with pydantic's errors in one line, and each with its field (the
+    error's problems). strict=True (the service's JSON
     requests): every value must have its JSON type, a number a JSON number ("0.5" is not a sparsity) and a boolean
     a JSON boolean, the method and export options included; the CLI and stored specs are validated as before."""
     try:
         if strict:
             where = _lone_surrogate(data)
             if where is not None:  # JSON text can escape one, but it is no Unicode character
-                raise InvalidSpec(f"{where}: not valid Unicode text (a lone surrogate)")
+                reason = "not valid Unicode text (a lone surrogate)"
+                raise InvalidSpec(f"{where}: {reason}", parts=[FieldProblem(where, f"{where}: {reason}", reason)])
             return spec_cls.model_validate_json(json.dumps(data), strict=True, context={"strict": True})
         return spec_cls.model_validate(data)
     except (ValidationError, InvalidSpec) as exc:  # with the cross-field checks pydantic did not reach
-        first = format_validation_error(exc) if isinstance(exc, ValidationError) else str(exc)
-        problems = dict.fromkeys([first, *registry_problems(data, sweep=spec_cls is SweepSpec)])
-        raise InvalidSpec("; ".join(problems)) from None
+        if isinstance(exc, ValidationError):
+            first = InvalidSpec(format_validation_error(exc), parts=validation_problems(exc))
+        else:
+            first = exc
+        errors = {str(first): first}
+        for problem in registry_problems(data, sweep=spec_cls is SweepSpec):
+            errors.setdefault(str(problem), problem)
+        raise InvalidSpec("; ".join(errors), parts=joined_problems(errors.values())) from None
 
 
 def _lone_surrogate(value: Any, where: str = "") -> str | None:
