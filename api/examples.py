@@ -8,10 +8,13 @@ from typing import Any
 
 from twossp_core.plan.exports import export_example, format_names
 from twossp_core.plan.methods import method_example, method_names
+from twossp_core.plan.tasks import PAPER, PAPER_TASKS
 
 EXAMPLE_MODEL = "meta-llama/Llama-2-7b-hf"
 # a heal's options: the options are HealConfig's (docs/heal.md)
 HEAL_EXAMPLE: dict[str, Any] = {"loss": "kd", "steps": 200}
+# zero-shot scoring on a subset: the whole of the paper's six is over a job's default planned work (plan/cost.py)
+ZERO_SHOT_LIMIT = 100
 
 
 def method_examples() -> dict[str, dict[str, Any]]:
@@ -39,7 +42,7 @@ def _prune(method: str, **fields: Any) -> dict[str, Any]:
 
 def request_examples() -> dict[str, dict[str, Any]]:
     """Named examples of `POST /jobs` bodies (OpenAPI `examples`): a prune with every method's example options, a
-    sweep, an export in every format that has options, and a heal."""
+    sweep, an export in every format that has options, a heal, and zero-shot scoring."""
     examples: dict[str, dict[str, Any]] = {}
     for method in method_names():
         examples[f"prune-{method}"] = {
@@ -59,4 +62,9 @@ def request_examples() -> dict[str, dict[str, Any]]:
                 "value": _prune("2ssp", export=name, export_options=options),
             }
     examples["heal"] = {"summary": "prune with 2ssp, then heal", "value": _prune("2ssp", heal=HEAL_EXAMPLE)}
+    examples["zero-shot"] = {
+        "summary": f"prune with 2ssp and score the paper's six zero-shot tasks ({', '.join(PAPER_TASKS)}), the "
+        f"first {ZERO_SHOT_LIMIT} items of each",
+        "value": _prune("2ssp", tasks=[PAPER], task_limit=ZERO_SHOT_LIMIT),
+    }
     return examples

@@ -15,19 +15,23 @@ from api import examples as ex
 from api.errors import problems_of
 from twossp_core.errors import FieldProblem
 from twossp_core.plan.methods import METHODS
+from twossp_core.plan.tasks import PAPER, PAPER_TASKS, TASK_NAMES, TASK_SIZES
 
 LINE_LISTS = ("calibration", "eval")
-TEXT_FIELDS = ("model", "doc_separator", "seq_len", "calibration_windows", "eval_windows", "seed", "export", "dtype")
+TEXT_FIELDS = (
+    "model", "doc_separator", "seq_len", "calibration_windows", "eval_windows", "seed", "export", "dtype", "task_limit",
+)
 NUMBER_FIELDS: dict[str, type[int] | type[float]] = {
-    "seq_len": int, "calibration_windows": int, "eval_windows": int, "seed": int, "sparsity": float,
+    "seq_len": int, "calibration_windows": int, "eval_windows": int, "seed": int, "sparsity": float, "task_limit": int,
 }
+LIST_FIELDS = ("methods", "tasks")  # checkboxes: every checked value
 PRUNE_FIELDS = ("method", "sparsity")
 SWEEP_FIELDS = ("sparsities",)
 # the fields the form shows, in order (errors for anything else go to the top of the form)
 FIELDS = (
     "kind", "model", "method", "sparsity", "methods", "sparsities", "options", "calibration", "eval",
     "doc_separator", "seq_len", "calibration_windows", "eval_windows", "seed", "dtype", "export",
-    "export_options", "measure_throughput", "save_models", "heal",
+    "export_options", "measure_throughput", "save_models", "heal", "tasks", "task_limit",
 )
 GENERAL = "_form"
 
@@ -40,6 +44,15 @@ class FormError(Exception):
 
 def method_choices() -> list[tuple[str, str]]:
     return [(name, entry.summary) for name, entry in METHODS.items()]
+
+
+def task_choices() -> list[tuple[str, str]]:
+    """The zero-shot tasks the form offers (twossp_core/plan/tasks.py): `paper` for the paper's six, then each one
+    with the items of its split."""
+    groups = {name: f" over {size.groups} subjects" if size.groups > 1 else "" for name, size in TASK_SIZES.items()}
+    return [(PAPER, f"the paper's six: {', '.join(PAPER_TASKS)}")] + [
+        (name, f"{TASK_SIZES[name].items:,} items{groups[name]}") for name in TASK_NAMES
+    ]
 
 
 def examples() -> dict[str, Any]:
@@ -79,6 +92,9 @@ def request_body(form: dict[str, list[str]]) -> dict[str, Any]:
         if lines or name == "eval":
             body[name] = lines
     body["measure_throughput"] = one("measure_throughput") == "on"
+    tasks = [name for name in form.get("tasks") or [] if name]
+    if tasks:  # none checked: no zero-shot scoring (the default)
+        body["tasks"] = tasks
     if kind == "sweep":
         body["methods"] = form.get("methods") or []
         for name in SWEEP_FIELDS:

@@ -162,7 +162,7 @@ def _submit_form(
     context = {
         "ui": ui, "values": values, "errors": errors, "general": errors.get(forms.GENERAL),
         "methods": forms.method_choices(), "form_id": values.get("form_id") or secrets.token_urlsafe(12),
-        "export_formats": format_names(), "examples": forms.examples(),
+        "export_formats": format_names(), "examples": forms.examples(), "tasks": forms.task_choices(),
     }
     return page(request, "submit.html", context, status)
 
@@ -182,7 +182,7 @@ async def submit(
     ui = auth.require_session(request, session)
     form = await form_data(request)
     auth.check_csrf(ui, _one(form, "csrf"))
-    values: dict[str, Any] = {k: (v if k == "methods" else v[-1]) for k, v in form.items()}
+    values: dict[str, Any] = {k: (v if k in forms.LIST_FIELDS else v[-1]) for k, v in form.items()}
     values["measure_throughput"] = _one(form, "measure_throughput") == "on"
     values["save_models"] = _one(form, "save_models") == "on"
     try:

@@ -265,7 +265,7 @@ def test_every_example_the_form_and_the_openapi_document_show_is_accepted(
 
     examples = TestClient(app).get("/openapi.json").json()["paths"]["/jobs"]["post"]["requestBody"]["content"][
         "application/json"]["examples"]
-    assert {f"prune-{name}" for name in method_names()} | {"sweep", "export-gguf", "heal"} <= set(examples)
+    assert {f"prune-{name}" for name in method_names()} | {"sweep", "export-gguf", "heal", "zero-shot"} <= set(examples)
     api = TestClient(app, headers={"Authorization": f"Bearer {key_for(app, 'erin')}"})
     local = {"model": str(stories_model), "calibration": [f"{stories_text}:0:50"], "eval": [f"{stories_text}:50:60"],
              "doc_separator": "<|endoftext|>", "seq_len": 128}

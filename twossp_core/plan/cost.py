@@ -4,8 +4,10 @@ A service refuses a job whose plan exceeds its limits and counts the plans of a 
 (service/settings.py). The plan is an upper bound where the spec leaves a figure open: an unset `seq_len` is the
 default window (capped by the model's context when its config is known), and an unset `eval_windows` evaluates the
 whole source, at most one token per byte of a local file (a hub dataset without a known size has no bound).
-Methods' own searches (EvoPress, BlockPruner) are bounded by their options' limits and counted as one
-calibration pass.
+Zero-shot scoring counts, on every model evaluated, items x choices x tokens per choice of each task: the items are
+the task's declared split, or its first `task_limit` (of each MMLU subject), and the tokens the bounds its data
+declares (twossp_core/plan/tasks.py TASK_SIZES). Methods' own searches (EvoPress, BlockPruner) are bounded by their
+options' limits and counted as one calibration pass.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 from twossp_core.local_inputs import UnusablePath, local_path, stat_path
 from twossp_core.plan.sources import DataSource
 from twossp_core.plan.spec import DEFAULT_SEQ_LEN, JobSpecBase
+from twossp_core.plan.tasks import TASK_SIZES
 
 # a heal step runs the student forward and backward (about two forward passes more) and, for `kd`, the teacher
 HEAL_PASSES = {"kd": 4, "lm": 3}
@@ -35,19 +38,22 @@ class Cost:
     unbounded_source: str | None  # the eval source that has no bound, if any
     heal_tokens: int  # tokens trained on over every heal of the job (the control's included)
     heal_passes: int
+    task_tokens: int = 0  # tokens of one model's zero-shot scoring over every task of the job (0: no tasks)
 
     @property
     def tokens(self) -> int | None:
         """The job's planned work; None when an evaluation has no bound."""
         if self.eval_tokens is None:
             return None
-        return (self.runs * self.calibration_tokens + self.evaluations * self.eval_tokens
+        return (self.runs * self.calibration_tokens + self.evaluations * (self.eval_tokens + self.task_tokens)
                 + self.heal_tokens * self.heal_passes)
 
     def breakdown(self) -> str:
         evaluation = "unbounded" if self.eval_tokens is None else f"{self.evaluations * self.eval_tokens:,}"
         text = (f"calibration {self.runs} x {self.calibration_tokens:,}, evaluation {evaluation} "
                 f"({self.evaluations} models)")
+        if self.task_tokens:
+            text += f", zero-shot {self.evaluations} x {self.task_tokens:,}"
         if self.heal_tokens:
             text += f", heal {self.heal_tokens:,} tokens x {self.heal_passes} passes"
         return f"{text}; windows of {self.seq_len} tokens"
@@ -70,6 +76,11 @@ def source_tokens(source: DataSource, seq_len: int, eval_windows: int | None) ->
     except UnusablePath:
         return None
     return None if found is None else found.st_size  # a token spans at least one byte of text
+
+
+def task_tokens(tasks: list[str], limit: int | None) -> int:
+    """Tokens through one model to score the zero-shot `tasks` on it (each task's first `limit` items, or all)."""
+    return sum(TASK_SIZES[task].planned_tokens(limit) for task in tasks)
 
 
 def plan_cost(spec: JobSpecBase, config: dict[str, Any] | None = None) -> Cost:
@@ -95,4 +106,4 @@ def plan_cost(spec: JobSpecBase, config: dict[str, Any] | None = None) -> Cost:
         evaluations += runs + (1 if spec.heal.control else 0)
     return Cost(runs=runs, seq_len=seq_len, calibration_tokens=spec.calibration_windows * seq_len,
                 evaluations=evaluations, eval_tokens=eval_tokens, unbounded_source=unbounded,
-                heal_tokens=heal_tokens, heal_passes=passes)
+                heal_tokens=heal_tokens, heal_passes=passes, task_tokens=task_tokens(spec.tasks, spec.task_limit))

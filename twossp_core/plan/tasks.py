@@ -2,12 +2,53 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from twossp_core.errors import InvalidSpec
 
 # the paper's six, in the order its tables list them
 PAPER_TASKS = ("winogrande", "arc_easy", "arc_challenge", "hellaswag", "piqa", "mmlu")
 PAPER = "paper"
 TASK_NAMES = ("winogrande", "arc_easy", "arc_challenge", "hellaswag", "piqa", "mmlu")
+
+
+@dataclass(frozen=True)
+class TaskSize:
+    """The split of a task that lm-eval-harness scores, as its data declares it (the task data's SOURCES.md: the same
+    split read from local files or from the Hub), in what a job's plan counts (twossp_core/plan/cost.py).
+
+    Tokens are bounded by the text's UTF-8 bytes plus 2 per request (a token spans at least one byte; the BOS and a
+    tokenizer's leading space marker add at most 2), measured over the data: `tokens` is the mean over the whole split
+    per choice (items x choices x tokens bounds the whole task), `first_tokens` the largest mean per choice over the
+    first N items for any N (N x choices x first_tokens bounds the first N items). A task whose limit applies per
+    group (MMLU: the first N items of each of its 57 subjects) gives the mean over its groups of each group's
+    `first_tokens`, so groups x N x choices x first_tokens bounds the first N of every group."""
+
+    items: int
+    choices: int  # requests (choices) per item, at most
+    tokens: int
+    first_tokens: int
+    groups: int = 1
+
+    def planned_tokens(self, limit: int | None) -> int:
+        """Tokens through the model to score the task on one model: its first `limit` items (of each group), or
+        the whole split."""
+        whole = self.items * self.choices * self.tokens
+        if limit is None:
+            return whole
+        return min(whole, self.groups * limit * self.choices * self.first_tokens)
+
+
+# measured on the task data (../shared/data/tasks; HellaSwag's text extraction, whose items are lm-eval's own)
+TASK_SIZES = {
+    "winogrande": TaskSize(items=1267, choices=2, tokens=108, first_tokens=110),
+    "arc_easy": TaskSize(items=2376, choices=5, tokens=126, first_tokens=133),  # 3 to 5 choices, most 4
+    "arc_challenge": TaskSize(items=1172, choices=5, tokens=146, first_tokens=235),
+    "hellaswag": TaskSize(items=10042, choices=4, tokens=365, first_tokens=365),
+    "piqa": TaskSize(items=1838, choices=2, tokens=156, first_tokens=242),
+    "mmlu": TaskSize(items=14042, choices=4, tokens=557, first_tokens=576, groups=57),
+}
+assert tuple(TASK_SIZES) == TASK_NAMES, "every task declares its size"
 
 
 def parse_tasks(value: str | list[str] | tuple[str, ...] | None) -> list[str]:
