@@ -18,7 +18,9 @@ JOB_FIELDS_DOC = (
 
 class SweepCell(BaseModel):
     id: str = Field(description="the cell's job (GET /jobs/{id}: its state, events, artifact)")
-    name: str = Field(description="`<method>-<sparsity>`, the cell's folder under runs/ in the comparison")
+    name: str = Field(description="`<method>-<sparsity>` (`<model>/<method>-<sparsity>` in a sweep over several "
+                      "models), the cell's folder under runs/ in the comparison")
+    model: str
     method: str | None
     sparsity: float | None
     state: JobState
@@ -30,7 +32,8 @@ class SweepCell(BaseModel):
     model_config = {
         "json_schema_extra": {
             "examples": [{
-                "id": "0b7c7a2e-4f0e-4d55-9d0c-3f1d2a9b8c11", "name": "shortgpt-0.5", "method": "shortgpt",
+                "id": "0b7c7a2e-4f0e-4d55-9d0c-3f1d2a9b8c11", "name": "shortgpt-0.5",
+                "model": "/data/models/stories260k", "method": "shortgpt",
                 "sparsity": 0.5, "state": "running", "stage": "evaluate_pruned", "progress": 71.4, "queue": "small",
                 "error": None,
             }]
@@ -53,7 +56,8 @@ class SweepCells(BaseModel):
         "json_schema_extra": {
             "examples": [{
                 "total": 4, "queued": 1, "running": 2, "succeeded": 1, "failed": 0, "cancelled": 0,
-                "items": [{"id": "0b7c7a2e-4f0e-4d55-9d0c-3f1d2a9b8c11", "name": "2ssp-0.25", "method": "2ssp",
+                "items": [{"id": "0b7c7a2e-4f0e-4d55-9d0c-3f1d2a9b8c11", "name": "2ssp-0.25",
+                           "model": "/data/models/stories260k", "method": "2ssp",
                            "sparsity": 0.25, "state": "succeeded", "stage": "done", "progress": 100.0,
                            "queue": "small", "error": None}],
             }]
@@ -76,7 +80,10 @@ class Comparison(BaseModel):
         description="comparison.json's rows so far (a failed or cancelled cell: `error`)"
     )
     dense: dict[str, Any] | None = Field(None, description="the dense model's measurements (from the first cell that "
-                                         "succeeded)")
+                                         "succeeded; null in a sweep over several models)")
+    dense_by_model: dict[str, dict[str, Any]] | None = Field(
+        None, description="a sweep over several models: each model's dense measurements (its rows have `model`)"
+    )
     cells: SweepCells
 
     model_config = {

@@ -74,6 +74,32 @@ def write_json_atomic(path: Path, data: Any) -> None:
     tmp.replace(path)
 
 
+def model_label(model: str) -> str:
+    """A model's name in file names: a local directory's name, or a hub id with `--` for `/`."""
+    path = Path(model)
+    return path.name if path.is_absolute() else model.replace("/", "--")
+
+
+def write_model_comparisons(
+    out_dir: Path, rows: list[dict[str, Any]], dense: dict[str, dict[str, Any]]
+) -> list[str]:
+    """The comparison of a sweep over several models: comparison.json (every row, each with its `model`),
+    comparison.md (one table per model) and one plot per model (comparison-<model>.png / .svg); `dense` is each
+    model's dense measurements. Returns the files' names."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out_dir / COMPARISON_JSON, rows)
+    sections, files = [], [COMPARISON_JSON, COMPARISON_MD]
+    for model, reference in dense.items():
+        own = [{k: v for k, v in row.items() if k != "model"} for row in rows if row.get("model") == model]
+        sections.append(comparison_markdown(own, reference, title=f"Comparison on {model}"))
+        label = model_label(model)
+        plots = [f"comparison-{label}.png", f"comparison-{label}.svg"]
+        plot_comparison(own, reference, [out_dir / name for name in plots], title=label)
+        files += plots
+    (out_dir / COMPARISON_MD).write_text("\n\n".join(sections))
+    return files
+
+
 def write_comparison(out_dir: Path, rows: list[dict[str, Any]], dense: dict[str, Any], model: str) -> list[str]:
     """comparison.json, .md, .png and .svg of `rows` (against the `dense` measurements) into out_dir; their names."""
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -33,7 +33,7 @@ from twossp_core.comparison import (
     run_name,
     write_comparison,
 )
-from twossp_core.errors import InfeasibleTarget, UnsupportedModel
+from twossp_core.errors import InfeasibleTarget, InvalidSpec, UnsupportedModel
 from twossp_core.pipeline import (
     Workspace,
     heal_control,
@@ -131,6 +131,9 @@ def run_sweep(
     should_cancel: CancelFn | None = None,
 ) -> dict[str, Any]:
     """Run every (method, sparsity) of the sweep; returns {"rows", "dense", "files", ...} and writes out_dir."""
+    if spec.models:
+        raise InvalidSpec(f"models: a sweep over {len(spec.models)} models runs in the service (one cell job per "
+                          "model, method and sparsity); here, run one sweep per model")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     reporter = Reporter(progress, should_cancel)

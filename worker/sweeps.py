@@ -85,7 +85,7 @@ def _finish(db: Database, claim: lifecycle.Claim, state: JobState, error: str | 
 
 
 def _write(db: Database, store: ArtifactStore, claim: lifecycle.Claim, work: Path, beat: _Beat) -> str:
-    from twossp_core.comparison import SWEEP_JSON, run_name, write_comparison, write_json_atomic
+    from twossp_core.comparison import SWEEP_JSON, write_comparison, write_json_atomic, write_model_comparisons
 
     started = time.monotonic()
     try:
@@ -98,6 +98,7 @@ def _write(db: Database, store: ArtifactStore, claim: lifecycle.Claim, work: Pat
         rows, _ = views.comparison(spec, cells)
         timings = views.stage_timings(cells)
         context = views.cell_context(cells)
+        several = len(views.models_of(spec)) > 1
         if context is None:
             errors = [f"{row['method']}@{row['sparsity_target']:g}: {row['error']}" for row in rows]
             error = f"every cell of the sweep failed ({'; '.join(errors)})"[:4000]
@@ -107,16 +108,21 @@ def _write(db: Database, store: ArtifactStore, claim: lifecycle.Claim, work: Pat
         for cell in cells:
             report = views.run_report(cell)
             if report is not None:
-                write_json_atomic(out / "runs" / run_name(cell.method or "?", cell.sparsity or 0.0) / "report.json",
-                                  report)
-        write_comparison(out, rows, context["dense"], model)
-        summary = {
-            "dense": context["dense"],
+                write_json_atomic(out / "runs" / views.cell_path(cell, several) / "report.json", report)
+        summary: dict[str, Any]
+        if several:  # a model column, one table and one plot per model, each model's dense measurements
+            by_model = {model: c["dense"] for model, c in views.contexts(cells).items()}
+            write_model_comparisons(out, rows, by_model)
+            summary = {"models": views.models_of(spec), "dense_by_model": by_model}
+        else:
+            write_comparison(out, rows, context["dense"], model)
+            summary = {"dense": context["dense"]}
+        summary.update({
             "data": context["data"],
             "timings": _timings(cells, sweep_started),
             "runtime": context["runtime"],
             "cells": views.cell_items(cells),
-        }
+        })
         write_json_atomic(out / SWEEP_JSON, {"spec": spec, **summary})
         timings[COMPARISON_STAGE] = round(time.monotonic() - started, 3)
         beat.stage = UPLOAD_STAGE
@@ -144,11 +150,12 @@ def _timings(cells: list[Job], started: datetime) -> dict[str, Any]:
 
     total: dict[str, Any] = {}
     per_cell: dict[str, float] = {}
+    several = views.several_models(cells)
     for cell in cells:
         own = ((cell.report or {}).get("sweep") or {}).get("timings") or {}
         for key, seconds in own.items():
             if key != "total_s" and isinstance(seconds, int | float):
                 total[key] = total.get(key, 0.0) + seconds
         if "total_s" in own:
-            per_cell[views.cell_name(cell.method, cell.sparsity)] = own["total_s"]
+            per_cell[views.cell_path(cell, several)] = own["total_s"]
     return {**total, "cells_s": per_cell, "total_s": (utcnow() - started).total_seconds()}

@@ -48,6 +48,8 @@ def requested_cells(body: Any) -> int:
     if not isinstance(body, dict) or body.get("kind") != JobKind.sweep.value:
         return 1
     methods, sparsities = body.get("methods", ["all"]), body.get("sparsities")
+    models = body.get("models")
+    several = len(set(models)) if isinstance(models, list) and all(isinstance(m, str) for m in models) else 1
     if isinstance(methods, str):
         methods = [m.strip() for m in methods.split(",") if m.strip()]
     if not isinstance(methods, list) or not isinstance(sparsities, list):
@@ -57,7 +59,7 @@ def requested_cells(body: Any) -> int:
 
         methods = method_names()
     try:
-        return max(1, len(set(methods)) * len(set(sparsities)))
+        return max(1, several * len(set(methods)) * len(set(sparsities)))
     except TypeError:  # unhashable entries: the validation refuses the request
         return 1
 
@@ -206,7 +208,7 @@ def comparison(
     job_id: str, session: SessionDep, user: UserDep,
     format: Annotated[str, Query(pattern="^(json|markdown)$")] = "json",
 ) -> Response:
-    from service.sweeps import cell_context
+    from service.sweeps import cell_context, contexts, models_of
     from service.sweeps import comparison as rows_of
 
     job = service.get_job(session, user, job_id)
@@ -214,14 +216,22 @@ def comparison(
     if job.kind != JobKind.sweep.value or not cells:
         raise Conflict(f"job {job_id} is not a sweep with cells")
     rows, complete = rows_of(job.spec, cells)
+    models = models_of(job.spec)
+    by_model = {model: c["dense"] for model, c in contexts(cells).items()} if len(models) > 1 else None
     context = cell_context(cells)
-    dense = context["dense"] if context else None
+    dense = context["dense"] if context and by_model is None else None
     if format == "markdown":
         from twossp_core.report_table import comparison_markdown
 
-        text = comparison_markdown(rows, dense or {"perplexity": []}, title=f"Comparison on {job.model}")
-        return Response(text, media_type="text/markdown")
-    body = Comparison(complete=complete, rows=rows, dense=dense, cells=SweepCells.of(cells))
+        tables = [
+            comparison_markdown([{k: v for k, v in r.items() if k != "model"} for r in rows if r.get("model") == m],
+                                (by_model or {}).get(m) or {"perplexity": []}, title=f"Comparison on {m}")
+            for m in models
+        ] if by_model is not None else [
+            comparison_markdown(rows, dense or {"perplexity": []}, title=f"Comparison on {job.model}")
+        ]
+        return Response("\n\n".join(tables), media_type="text/markdown")
+    body = Comparison(complete=complete, rows=rows, dense=dense, dense_by_model=by_model, cells=SweepCells.of(cells))
     return JSONResponse(body.model_dump(mode="json"))
 
 

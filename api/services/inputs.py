@@ -92,6 +92,14 @@ def preflight(spec: JobSpec) -> None:
             except InfeasibleTarget as exc:
                 raise InfeasibleTarget(f"{method} at sparsity {sparsity:g}: {exc}", field="sparsities") from None
 
+    for model in spec.models[1:]:  # a sweep's other models: each of their cells too
+        for method in spec.methods:
+            for sparsity in spec.sparsities:
+                try:
+                    check_model(spec.prune_spec(method, sparsity, model), relative_paths=False)
+                except InfeasibleTarget as exc:
+                    raise InfeasibleTarget(f"{model}: {method} at sparsity {sparsity:g}: {exc}") from None
+
 
 def job_kind(body: dict[str, Any]) -> JobKind:
     if "kind" not in body and {"methods", "sparsities"} & body.keys():
@@ -113,6 +121,9 @@ def validate_request(body: Any, settings: Settings) -> tuple[JobKind, JobSpec]:
     # strict: numbers must be JSON numbers, booleans JSON booleans ("0.5" is no sparsity)
     spec: JobSpec = parse_sweep_spec(fields, strict=True) if kind is JobKind.sweep else parse_spec(fields, strict=True)
     spec.model = check_model_id(spec.model, settings)
+    if isinstance(spec, SweepSpec) and spec.models:  # several models: each checked; `model` is the first
+        spec.models = [check_model_id(model, settings) for model in spec.models]
+        spec.model = spec.models[0]
     spec.calibration = [check_source(s, settings, "calibration source", f"calibration.{i}")
                         for i, s in enumerate(spec.calibration)]
     spec.eval = [check_source(s, settings, "eval source", f"eval.{i}") for i, s in enumerate(spec.eval)]

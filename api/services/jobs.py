@@ -66,11 +66,19 @@ def submit_job(
     cells: list[Job] = []
     if isinstance(spec, SweepSpec):  # the parent runs nothing itself: each cell is routed and counted as a job
         queue, planned = None, 0
-        for method in spec.methods:
-            for sparsity in spec.sparsities:
-                cell = _cell_job(session, broker, settings, user, spec.prune_spec(method, sparsity))
-                planned += cell.planned_tokens or 0
-                cells.append(cell)
+        models = spec.model_list()
+        if len(models) * len(spec.methods) * len(spec.sparsities) > settings.max_sweep_runs:
+            raise InputRejected(
+                f"sweep: {len(models) * len(spec.methods) * len(spec.sparsities)} runs ({len(models)} models x "
+                f"{len(spec.methods)} methods x {len(spec.sparsities)} sparsities) exceed "
+                f"TWOSSP_MAX_SWEEP_RUNS={settings.max_sweep_runs}; split it into smaller sweeps"
+            )
+        for model in models:
+            for method in spec.methods:
+                for sparsity in spec.sparsities:
+                    cell = _cell_job(session, broker, settings, user, spec.prune_spec(method, sparsity, model))
+                    planned += cell.planned_tokens or 0
+                    cells.append(cell)
         if len(cells) > settings.max_active_jobs_per_user:
             raise InputRejected(
                 f"sweep: {len(cells)} cells, more than the {settings.max_active_jobs_per_user} jobs a user may have "

@@ -196,3 +196,43 @@ def test_cancel_of_a_sweep_cancels_its_queued_and_running_cells(
     assert kinds[-1] == "cancelled" and "cancel_requested" in kinds and kinds.count("cell_ended") == 4
     # nothing is left for the workers: a new job runs at once
     assert stack.alice.http.get(f"/jobs/{sweep_id}/comparison").json()["rows"][0]["error"] == "cancelled by user"
+
+
+def test_a_sweep_over_two_models_has_a_model_column_and_one_plot_per_model(
+    stack: Stack, stories_model: Path, slow_model: Path, stories_text: Path, tmp_path: Path
+) -> None:
+    models = [str(stories_model), str(slow_model)]
+    body = sweep_body(stories_model, stories_text, methods=["shortgpt"], sparsities=[0.5], models=models)
+    del body["model"]  # the first of models
+    submitted = stack.alice.submit(body)
+    assert submitted.status_code == 202, submitted.text
+    sweep = submitted.json()
+    assert sweep["spec"]["models"] == models and sweep["model"] == models[0]
+    assert [c["model"] for c in sweep["cells"]["items"]] == models
+    assert [c["name"] for c in sweep["cells"]["items"]] == ["stories260k/shortgpt-0.5", "slow-llama/shortgpt-0.5"]
+    job = stack.alice.wait_done(sweep["id"], timeout=300)
+    assert job["state"] == "succeeded", job
+    rows = job["report"]["rows"]
+    assert [r["model"] for r in rows] == models and all(r["error"] is None for r in rows)
+    assert set(job["report"]["dense_by_model"]) == set(models)
+
+    # each model's rows are the one-process sweep's of that model
+    from twossp_core.plan.spec import parse_sweep_spec
+    from twossp_core.sweep import run_sweep
+
+    for model, row in zip(models, rows, strict=True):
+        single_spec = {k: v for k, v in job["spec"].items() if k != "models"}
+        single = run_sweep(parse_sweep_spec({**single_spec, "model": model}), tmp_path / Path(model).name)
+        assert without({k: v for k, v in row.items() if k != "model"}, TIMING_KEYS) == without(
+            single["rows"][0], TIMING_KEYS)
+        assert job["report"]["dense_by_model"][model]["perplexity"] == single["dense"]["perplexity"]
+
+    out = download_artifact(stack.base, stack.alice.key, sweep["id"], tmp_path / "download")
+    assert json.loads((out / "comparison.json").read_text()) == rows
+    for label in ("stories260k", "slow-llama"):
+        assert (out / f"comparison-{label}.png").read_bytes().startswith(b"\x89PNG")
+        assert (out / "runs" / label / "shortgpt-0.5" / "report.json").is_file()
+    markdown = (out / "comparison.md").read_text()
+    assert f"Comparison on {models[0]}" in markdown and f"Comparison on {models[1]}" in markdown
+    shown = stack.alice.http.get(f"/jobs/{sweep['id']}/comparison").json()
+    assert shown["complete"] and shown["rows"] == rows and shown["dense"] is None

@@ -205,3 +205,35 @@ def test_a_cell_is_not_submitted_on_its_own(env, stories_model: Path, stories_te
         with pytest.raises(InputRejected, match="not 'cell'"):
             submit_job(session, EmbeddedBroker(), settings, user, {**job_body(stories_model, stories_text),
                                                                    "kind": "cell"}, None)
+
+
+def test_a_sweep_over_several_models_has_a_cell_per_model_method_and_sparsity(
+    env, stories_model: Path, slow_model: Path, stories_text: Path, test_data: Path
+) -> None:
+    from api.errors import InputRejected
+    from twossp_core.errors import InvalidSpec
+
+    settings, db = env
+    settings = Settings(**{**settings.model_dump(), "allowed_local_roots": [test_data, slow_model.parent],
+                           "max_sweep_runs": 4})
+    body = job_body(stories_model, stories_text, eval=[f"{stories_text}:500:540"], calibration_windows=4)
+    del body["sparsity"], body["model"]
+    body.update(kind="sweep", methods=["2ssp", "shortgpt"], sparsities=[0.5],
+                models=[str(stories_model), str(slow_model), str(stories_model)])
+    with db.session() as session:
+        user = user_for_key(session, create_key(session, "frank"))
+        parent = submit_job(session, EmbeddedBroker(), settings, user, body, None).job
+        cells = list(session.scalars(select(Job).where(Job.parent_id == parent.id).order_by(Job.created_at)))
+        assert parent.model == str(stories_model) and parent.spec["models"] == [str(stories_model), str(slow_model)]
+        assert [(c.model, c.method) for c in cells] == [
+            (m, method) for m in (str(stories_model), str(slow_model)) for method in ("2ssp", "shortgpt")
+        ]
+        assert all(c.spec["model"] == c.model for c in cells)
+        with pytest.raises(InputRejected, match=r"6 runs \(2 models x 3 methods x 1 sparsities\)"):
+            submit_job(session, EmbeddedBroker(), settings, user, {**body, "methods": ["2ssp", "shortgpt", "window"]},
+                       None)
+        with pytest.raises(InvalidSpec, match="is not one of models"):
+            submit_job(session, EmbeddedBroker(), settings, user, {**body, "model": "/elsewhere"}, None)
+        with pytest.raises(InputRejected, match="TWOSSP_ALLOWED_LOCAL_ROOTS"):
+            submit_job(session, EmbeddedBroker(), settings, user, {**body, "models": [str(stories_model), "/etc"]},
+                       None)

@@ -9,4 +9,5 @@ MAX_EVAL_WINDOWS = 100_000
 MAX_SEQ_LEN = 131_072
 MAX_DOCUMENT_INDEX = 10**9
 MAX_SEED = 2**63 - 1
+MAX_SWEEP_MODELS = 16  # models one sweep compares
 MAX_TASK_LIMIT = 1_000_000  # items per zero-shot task (the largest task, MMLU, has 14,042)

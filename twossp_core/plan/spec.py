@@ -14,7 +14,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from twossp_core.errors import FieldProblem, InvalidSpec, joined_problems
 from twossp_core.plan.exports import check_methods, export_options
 from twossp_core.plan.heal_config import HealConfig
-from twossp_core.plan.limits import MAX_EVAL_WINDOWS, MAX_SEED, MAX_SEQ_LEN, MAX_TASK_LIMIT, MAX_WINDOWS
+from twossp_core.plan.limits import (
+    MAX_EVAL_WINDOWS,
+    MAX_SEED,
+    MAX_SEQ_LEN,
+    MAX_SWEEP_MODELS,
+    MAX_TASK_LIMIT,
+    MAX_WINDOWS,
+)
 from twossp_core.plan.methods import method_config, method_names
 from twossp_core.plan.problems import registry_problems
 from twossp_core.plan.schema import OptionsObject, format_validation_error, validation_problems
@@ -195,6 +202,37 @@ class SweepSpec(JobSpecBase):
     # each method's config model once parsed; JSON objects in requests and storage
     options: dict[str, OptionsObject] = Field(default_factory=dict, description="per-method options")
     save_models: bool = Field(False, description="also export every pruned model under models/")
+    models: list[str] = Field(
+        default_factory=list, max_length=MAX_SWEEP_MODELS,
+        description="several models to compare in one sweep (hub ids or local model directories; `model` may be left "
+        "out and is then the first): every method and sparsity runs on each, and the comparison has a model column "
+        "and one plot per model",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _first_model(cls, data: Any) -> Any:
+        """`model` left out of a request that names `models`: the first of them."""
+        if isinstance(data, dict) and "model" not in data and isinstance(data.get("models"), list) and data["models"]:
+            data = {**data, "model": data["models"][0]}
+        return data
+
+    @model_validator(mode="after")
+    def _check_models(self) -> SweepSpec:
+        models = list(dict.fromkeys(self.models))
+        if models and self.model not in models:
+            raise ValueError(f"model {self.model!r} is not one of models: leave it out, or list it there")
+        if any(not m.strip() for m in models):
+            raise ValueError("models: every model must be a non-empty hub id or path")
+        # one model is the plain sweep; with several, `model` is the first
+        self.models = models if len(models) > 1 else []
+        if self.models:
+            self.model = self.models[0]
+        return self
+
+    def model_list(self) -> list[str]:
+        """The models the sweep runs on, in order."""
+        return list(self.models) or [self.model]
 
     @field_validator("methods", mode="before")
     @classmethod
@@ -230,9 +268,11 @@ class SweepSpec(JobSpecBase):
         check_methods(self.export, self.methods)
         return self
 
-    def prune_spec(self, method: str, sparsity: float) -> PruneSpec:
-        """The single-run request one cell of the sweep corresponds to."""
-        return PruneSpec(**self.shared_fields(), sparsity=sparsity, method=method, options=self.options[method])
+    def prune_spec(self, method: str, sparsity: float, model: str | None = None) -> PruneSpec:
+        """The single-run request one cell of the sweep corresponds to (on `model`, one of the sweep's; by default
+        its first)."""
+        fields = {**self.shared_fields(), "model": model or self.model}
+        return PruneSpec(**fields, sparsity=sparsity, method=method, options=self.options[method])
 
     def pruning(self) -> Pruning:
         return Pruning(options={m: self.options[m] for m in self.methods}, sparsities=list(self.sparsities))
