@@ -18,6 +18,7 @@ from sqlalchemy import func, select
 
 from service.db.models import Job, JobKind, JobState
 from service.db.session import Database
+from service.lifecycle import is_parent
 
 # jobs run from seconds (tiny models) to hours (7B+ on CPU)
 DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 28800, float("inf"))
@@ -72,6 +73,10 @@ class JobCollector:
     def collect(self) -> Iterator[Metric]:
         with self.db.session() as session:
             by_state = session.execute(select(Job.state, Job.kind, func.count()).group_by(Job.state, Job.kind)).all()
+            # a sweep with cells waits for them, not for a worker: its cells are the queue
+            waiting = session.scalar(
+                select(func.count()).select_from(Job).where(Job.state == JobState.queued.value, ~is_parent())
+            )
             outbox = session.scalar(
                 select(func.count()).where(Job.state == JobState.queued.value, Job.dispatched.is_(False))
             )
@@ -81,9 +86,8 @@ class JobCollector:
                 .group_by(Job.worker_id)
             ).all()
             finished = session.execute(
-                select(Job.kind, Job.method, Job.state, Job.started_at, Job.finished_at, Job.stage_timings).where(
-                    Job.state.in_(FINISHED)
-                )
+                select(Job.kind, Job.method, Job.state, Job.started_at, Job.finished_at, Job.stage_timings,
+                       is_parent()).where(Job.state.in_(FINISHED))
             ).all()
 
         jobs = GaugeMetricFamily("twossp_jobs", "Jobs by state and kind", labels=["state", "kind"])
@@ -93,8 +97,8 @@ class JobCollector:
         for (state, kind), count in sorted(counts.items()):
             jobs.add_metric([state, kind], count)
         yield jobs
-        queued = sum(c for (s, _), c in counts.items() if s == JobState.queued.value)
-        yield GaugeMetricFamily("twossp_queue_depth", "Jobs waiting for a worker (state queued)", value=queued)
+        yield GaugeMetricFamily("twossp_queue_depth", "Jobs waiting for a worker (state queued; a sweep's cells, not "
+                                "the sweep)", value=waiting or 0)
         yield GaugeMetricFamily(
             "twossp_outbox_pending", "Queued jobs not yet accepted by the broker (the outbox)", value=outbox or 0
         )
@@ -115,11 +119,13 @@ class JobCollector:
 
         job_s: dict[tuple[str, ...], list[float]] = defaultdict(list)
         stage_s: dict[tuple[str, ...], list[float]] = defaultdict(list)
-        for kind, method, state, started, ended, timings in finished:
+        for kind, method, state, started, ended, timings, parent in finished:
             label = method or kind
             seconds = _seconds(started, ended)
             if seconds is not None:
                 job_s[(label, state)].append(seconds)
+            if parent:  # a sweep's timings sum its cells', which count themselves
+                continue
             for stage, value in (timings or {}).items():
                 if isinstance(value, int | float):
                     stage_s[stage_method(method, stage)].append(float(value))
