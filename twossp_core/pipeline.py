@@ -64,9 +64,10 @@ class Workspace:
     model_is_dense: bool = True  # False once a run pruned `model` in place (then a heal reloads the teacher)
     memory_plan: MemoryPlan | None = None
     source: dict[str, Any] | None = None  # the GGUF file the model came from (gguf_source.model_source)
-    control: HealRun | None = None  # the heal's control, once run (`heal_control`)
+    control: HealRun | StoredControl | None = None  # the heal's control, once run (`heal_control`) or read
     zero_shot_tasks: list[Any] = field(default_factory=list)  # the spec's tasks, read and tokenized (PreparedTask)
     dense_zero_shot: dict[str, Any] = field(default_factory=dict)  # the dense model's scores per task
+    shared: list[dict[str, Any]] = field(default_factory=list)  # the shared artifacts it read or stored (shared.py)
 
     @property
     def device(self) -> torch.device:
@@ -89,10 +90,11 @@ def effective_seq_len(spec: JobSpecBase, config: Any) -> int:
 
 
 def prepare(
-    spec: JobSpecBase, reporter: Reporter, *, with_calibration: bool = True, plan_spec: Any | None = None
+    spec: JobSpecBase, reporter: Reporter, *, with_calibration: bool = True, plan_spec: Any | None = None,
+    measure: bool = True,
 ) -> Workspace:
-    """Load the model and data, and measure the dense model. The memory plan is `plan_spec`'s (a sweep's: it
-    holds a pruned copy besides the dense model), by default `spec`'s."""
+    """Load the model and data, and (`measure`) measure the dense model (`measure_dense`). The memory plan is
+    `plan_spec`'s (a sweep's: it holds a pruned copy besides the dense model), by default `spec`'s."""
     check_local_model(spec.model)
     sources = [*(spec.calibration_sources() if with_calibration else []), *spec.eval_sources()]
     check_data(sources, spec.doc_separator)
@@ -139,18 +141,32 @@ def prepare(
                    memory_plan=plan, source=model_source(spec.model))
     adapter = adapter_for(model)
     ws.dense_params = {"blocks": adapter.blocks_params(), "total": adapter.total_params()}
-    ws.dense_perplexity = evaluate_perplexity(ws, adapter, "evaluate_dense", reporter)
-    if measures_throughput(ws):
-        ws.dense_throughput = forward_throughput(adapter, ws.throughput_input(), checkpoint=reporter.checkpoint)
-    ws.timings.update(load_s=t1 - t0, data_s=t2 - t1, evaluate_dense_s=time.perf_counter() - t2)
+    ws.timings.update(load_s=t1 - t0, data_s=t2 - t1)
     if spec.tasks:
-        from twossp_core.evaluation.zeroshot.evaluate import prepare_tasks, score_model
+        from twossp_core.evaluation.zeroshot.evaluate import prepare_tasks
 
         t3 = time.perf_counter()
         ws.zero_shot_tasks = prepare_tasks(tokenizer, model.config, spec.tasks, spec.task_limit)
-        ws.dense_zero_shot = score_model(model, ws.zero_shot_tasks, reporter, "zero_shot_dense")
         ws.timings["zero_shot_dense_s"] = time.perf_counter() - t3
+    if measure:
+        measure_dense(ws, reporter)
     return ws
+
+
+def measure_dense(ws: Workspace, reporter: Reporter) -> None:
+    """The dense model's measurements: perplexity on every evaluation set, throughput, zero-shot scores."""
+    t0 = time.perf_counter()
+    adapter = adapter_for(ws.model)
+    ws.dense_perplexity = evaluate_perplexity(ws, adapter, "evaluate_dense", reporter)
+    if measures_throughput(ws):
+        ws.dense_throughput = forward_throughput(adapter, ws.throughput_input(), checkpoint=reporter.checkpoint)
+    ws.timings["evaluate_dense_s"] = time.perf_counter() - t0
+    if ws.zero_shot_tasks:
+        from twossp_core.evaluation.zeroshot.evaluate import score_model
+
+        t1 = time.perf_counter()
+        ws.dense_zero_shot = score_model(ws.model, ws.zero_shot_tasks, reporter, "zero_shot_dense")
+        ws.timings["zero_shot_dense_s"] = ws.timings.get("zero_shot_dense_s", 0.0) + time.perf_counter() - t1
 
 
 def ws_device(model: Any) -> torch.device:
@@ -324,6 +340,17 @@ class HealRun:
                 "seq_len": self.seq_len, "data_tokens": self.data_tokens, "timings": self.timings}
 
 
+@dataclass
+class StoredControl:
+    """A heal's control read back from where an earlier run stored it: its perplexities and its report."""
+
+    perplexity: dict[str, float]
+    summary: dict[str, Any]
+
+    def report(self) -> dict[str, Any]:
+        return self.summary
+
+
 def heal_and_evaluate(ws: Workspace, student: Any, teacher: Callable[[], Any], reporter: Reporter) -> HealRun:
     """Train `student` with ws.spec.heal (a kd heal distills `teacher()`, called once the data is read) and
     evaluate it on every evaluation set, reporting the stages `heal_data`, `heal`, `evaluate_healed`."""
@@ -359,7 +386,7 @@ def heal_and_evaluate(ws: Workspace, student: Any, teacher: Callable[[], Any], r
     return HealRun(model, result, healed, seq_len, stream.num_tokens, timings)
 
 
-def heal_control(ws: Workspace, reporter: Reporter) -> HealRun:
+def heal_control(ws: Workspace, reporter: Reporter) -> HealRun | StoredControl:
     """The heal's control (heal.control): a copy of the dense model healed with the same settings, data and seed
     (a kd heal distills the dense model into its own copy) and evaluated on every set, so that a healed model is
     judged against what the same heal does to the model it was pruned from. Run once per workspace, before

@@ -17,6 +17,7 @@ process, on any worker): the same `run_cell` on a workspace of its own (`cell_wo
 from __future__ import annotations
 
 import gc
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -34,9 +35,12 @@ from twossp_core.comparison import (
     write_comparison,
 )
 from twossp_core.errors import InfeasibleTarget, InvalidSpec, UnsupportedModel
+from twossp_core.evaluation.throughput import Throughput
 from twossp_core.pipeline import (
+    StoredControl,
     Workspace,
     heal_control,
+    measure_dense,
     prepare,
     run_cell,
     runtime_info,
@@ -46,6 +50,16 @@ from twossp_core.plan.spec import JobSpecBase, PruneSpec, SweepSpec
 from twossp_core.plan.stages import run_prefix
 from twossp_core.preflight import check_model
 from twossp_core.progress import CancelFn, PrefixReporter, ProgressFn, Reporter
+from twossp_core.shared import (
+    CONTROL_FILE,
+    DENSE_FILE,
+    ArtifactCache,
+    SharedCache,
+    describe_control,
+    describe_workspace,
+    digest,
+    load_or_compute,
+)
 
 __all__ = [
     "COMPARISON_JSON", "COMPARISON_MD", "COMPARISON_PNG", "COMPARISON_SVG", "SWEEP_JSON", "cell_workspace",
@@ -53,13 +67,59 @@ __all__ = [
 ]
 
 
-def cell_workspace(spec: PruneSpec, reporter: Reporter) -> Workspace:
-    """Where a cell run on its own gets the dense model and the dense measurements (perplexities, throughput,
-    zero-shot scores) and, with a heal, the heal's control: measured here, in the cell's process. This is the one
-    place a store of dense measurements shared across cells and workers would be read from."""
-    ws = prepare(spec, reporter)
+def cell_workspace(spec: PruneSpec, reporter: Reporter, shared: ArtifactCache | None = None) -> Workspace:
+    """Where a cell run on its own gets the dense model, the dense measurements (perplexities, throughput, zero-shot
+    scores), with a heal the heal's control, and the statistics methods share (`Workspace.cache`). Without `shared`
+    all of it is computed here, in the cell's process. With it (the service), each is read from the artifact an
+    earlier run stored under its content key (twossp_core/shared.py), or computed here under that key's lock and
+    stored for the others; `ws.shared` lists what was read and what was stored."""
+    if shared is None:
+        ws = prepare(spec, reporter)
+        if spec.heal is not None and spec.heal.control:
+            heal_control(ws, reporter)
+        return ws
+    ws = prepare(spec, reporter, measure=False)
+    described = describe_workspace(ws)
+    if described is None:  # the model's content cannot be told: nothing is shared
+        measure_dense(ws, reporter)
+        if spec.heal is not None and spec.heal.control:
+            heal_control(ws, reporter)
+        return ws
+    key = digest(described)
+
+    def compute_dense(out: Path) -> None:
+        measure_dense(ws, reporter)
+        write_json_atomic(out / DENSE_FILE, {
+            "perplexity": ws.dense_perplexity,
+            "throughput": ws.dense_throughput.as_dict() if ws.dense_throughput else None,
+            "zero_shot": ws.dense_zero_shot,
+        })
+
+    def apply_dense(files: Path) -> None:
+        record = json.loads((files / DENSE_FILE).read_text())
+        ws.dense_perplexity = record["perplexity"]
+        tp = record["throughput"]
+        ws.dense_throughput = Throughput(tp["median"], tp["min"], tp["max"], tp["runs"]) if tp else None
+        ws.dense_zero_shot = record["zero_shot"]
+        reporter.update("evaluate_dense", 1.0)
+
+    use = load_or_compute(shared, "dense", key, described, reporter.checkpoint, compute_dense, apply_dense)
+    ws.shared.append(use.as_dict())
     if spec.heal is not None and spec.heal.control:
-        heal_control(ws, reporter)
+        control = describe_control(ws, key)
+
+        def compute_control(out: Path) -> None:
+            run = heal_control(ws, reporter)
+            write_json_atomic(out / CONTROL_FILE, {"perplexity": run.perplexity, "report": run.report()})
+
+        def apply_control(files: Path) -> None:
+            record = json.loads((files / CONTROL_FILE).read_text())
+            ws.control = StoredControl(record["perplexity"], record["report"])
+
+        use = load_or_compute(shared, "control", digest(control), control, reporter.checkpoint, compute_control,
+                              apply_control)
+        ws.shared.append(use.as_dict())
+    ws.cache = SharedCache(shared, key, reporter.checkpoint)
     return ws
 
 
@@ -96,21 +156,29 @@ def run_sweep_cell(
     save_model: bool = False,
     progress: ProgressFn | None = None,
     should_cancel: CancelFn | None = None,
+    shared: ArtifactCache | None = None,
 ) -> dict[str, Any]:
     """One (method, sparsity) of a sweep on its own: writes runs/<method>-<sparsity>/report.json (and, with
     `save_model`, models/<method>-<sparsity>/) into out_dir, as `run_sweep` writes that run. Returns the run's report
-    with `sweep`: the dense measurements, data, setup timings and runtime the comparison needs. A target the method
-    cannot reach raises InfeasibleTarget or UnsupportedModel."""
+    with `sweep`: the dense measurements, data, setup timings and runtime the comparison needs, and (with `shared`,
+    where the dense work is kept across processes) `shared`: each artifact it read ("reused from ...") or stored. A
+    target the method cannot reach raises InfeasibleTarget or UnsupportedModel."""
     out_dir = Path(out_dir)
     reporter = Reporter(progress, should_cancel)
     start = time.perf_counter()
     check_model(cell)
-    ws = cell_workspace(cell, reporter)
+    ws = cell_workspace(cell, reporter, shared)
     reporter.checkpoint()
     name = run_name(cell.method, cell.sparsity)
     run_dir = out_dir / "runs" / name
     model_dir = out_dir / "models" / name if save_model else None
-    report, model = run_cell(ws, cell, reporter, model_dir=model_dir, plot_dir=run_dir, copy_model=False)
+    try:
+        report, model = run_cell(ws, cell, reporter, model_dir=model_dir, plot_dir=run_dir, copy_model=False)
+    finally:
+        if isinstance(ws.cache, SharedCache):  # the statistics it extended are stored, its locks released
+            ws.cache.flush()
+    if isinstance(ws.cache, SharedCache):
+        ws.shared.extend(ws.cache.iter_uses())
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(run_dir / "report.json", report)
     del model
@@ -120,6 +188,8 @@ def run_sweep_cell(
         "timings": {**ws.timings, "total_s": time.perf_counter() - start},
         "runtime": runtime_info(ws),
     }
+    if shared is not None:
+        context["shared"] = ws.shared
     return {**report, "sweep": context}
 
 

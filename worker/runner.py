@@ -250,7 +250,8 @@ class JobRunner:
                 redirected(inputs.redirects),
                 self._interruptible_section(),
             ):
-                report = self._execute(spec, work / "out", tracker.update, should_cancel, sweep_id=claim.parent_id)
+                report = self._execute(spec, work / "out", tracker.update, should_cancel, sweep_id=claim.parent_id,
+                                       job_id=claim.job_id)
             if should_cancel():
                 raise Cancelled("stopped after the last stage")
             tracker.update("upload", 0.0)
@@ -312,9 +313,10 @@ class JobRunner:
         progress: Callable[[str, float], None],
         should_cancel: Callable[[], bool],
         sweep_id: str | None = None,
+        job_id: str | None = None,
     ) -> dict[str, Any]:
         """Run the job's pipeline (its parsed spec) into out_dir; returns the job's report. `sweep_id`: the job is a
-        cell of that sweep."""
+        cell of that sweep, which reads the dense work from the store (or computes and stores it: worker/shared.py)."""
         if self.settings.torch_threads:
             import torch  # torch is imported only here, in the process running the job
 
@@ -325,8 +327,11 @@ class JobRunner:
         spec, caps = self.capped(spec)
         if sweep_id is not None:  # a sweep's cell
             assert isinstance(spec, PruneSpec)
+            from worker.shared import StoreArtifactCache
+
+            shared = StoreArtifactCache(self.store, self.db, self.settings.resolved_data_dir / "locks", job_id)
             result = run_sweep_cell(spec, out_dir, save_model=self._saves_models(sweep_id), progress=progress,
-                                    should_cancel=should_cancel)
+                                    should_cancel=should_cancel, shared=shared)
             if caps:
                 result["sweep"]["capped_by_worker"] = caps
             return result

@@ -395,7 +395,7 @@ def test_the_method_gives_the_same_prune_with_or_without_cached_scores(selection
     fused, separate = copy.deepcopy(dense), copy.deepcopy(dense)
     options = {"stage2_on_refit": True, "selection": selection}  # stage 1 runs inside the first refit pass then
     batch = method_config("2ssp-refit", options).batch_size
-    cache = {"2ssp.neuron_scores": stage1.neuron_scores(adapter_for(dense), windows, batch_size=batch)}
+    cache = {("2ssp.neuron_scores", batch): stage1.neuron_scores(adapter_for(dense), windows, batch_size=batch)}
     a = prune("2ssp-refit", fused, 0.4, options=options, windows=windows)
     b = prune("2ssp-refit", separate, 0.4, options=options, windows=windows, cache=cache)
     assert a.details["refit"]["stage1_in_refit_pass"] and not b.details["refit"]["stage1_in_refit_pass"]

@@ -46,13 +46,18 @@ class TwoSSP(PruningMethod):
     def neuron_scores(self, ctx: PruneContext) -> list[torch.Tensor]:
         """Stage 1's scores of the dense model, computed once per context cache (a sweep's sparsities share
         them)."""
-        scores = ctx.cache.get(SCORES_CACHE_KEY)
+        scores = ctx.cache.get(self.scores_key())
         if scores is None:
             scores = stage1.neuron_scores(
                 ctx.adapter, ctx.calibration, batch_size=self.config.batch_size, reporter=ctx.reporter
             )
-            ctx.cache[SCORES_CACHE_KEY] = scores
+            ctx.cache[self.scores_key()] = scores
         return scores
+
+    def scores_key(self) -> tuple[str, int]:
+        """The cache key of stage 1's scores: the batch size is part of it (batches of another size may round
+        differently), so a run always uses the scores its own options give."""
+        return (SCORES_CACHE_KEY, self.config.batch_size)
 
     def remove_attention(self, ctx: PruneContext, plan: BalancePlan) -> list[stage2.Removal]:
         """Stage 2: the planned number of attention modules, removed greedily."""

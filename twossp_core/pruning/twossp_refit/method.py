@@ -9,7 +9,7 @@ import torch
 
 from twossp_core.pruning.base import PruneContext, PruneOutcome
 from twossp_core.pruning.twossp import stage1
-from twossp_core.pruning.twossp.method import SCORES_CACHE_KEY, TwoSSP
+from twossp_core.pruning.twossp.method import TwoSSP
 from twossp_core.pruning.twossp.scores import top_k
 from twossp_core.pruning.twossp_refit import refit
 from twossp_core.pruning.twossp_refit.config import TwoSSPRefitConfig
@@ -36,7 +36,7 @@ class TwoSSPRefit(TwoSSP):
 
         residual = cfg.refit_inputs == "sequential" and resolve_target(adapter, cfg.refit_target) == "residual"
         # stage 1 inside the first refit pass: its dense path is stage 1's forward (unless a sweep has the scores)
-        fused = residual and cfg.stage2_on_refit and ctx.cache.get(SCORES_CACHE_KEY) is None
+        fused = residual and cfg.stage2_on_refit and ctx.cache.get(self.scores_key()) is None
         if not fused:
             t0 = time.perf_counter()
             scores = self.neuron_scores(ctx)
@@ -65,7 +65,7 @@ class TwoSSPRefit(TwoSSP):
                 blocks, scores = self._sequential(ctx, dense_layers, calls, plan.kept_neurons,
                                                   slice_to=plan.kept_neurons, stage=stage1.STAGE)
                 ctx.reporter.update(refit.STAGE, 1.0)
-                ctx.cache[SCORES_CACHE_KEY] = scores
+                ctx.cache[self.scores_key()] = scores
             elif cfg.stage2_on_refit:
                 blocks, _ = self._sequential(ctx, dense_layers, calls, plan.kept_neurons)
         timings["stage1_s" if fused else "refit_s"] = time.perf_counter() - t0
