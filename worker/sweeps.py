@@ -122,6 +122,7 @@ def _write(db: Database, store: ArtifactStore, claim: lifecycle.Claim, work: Pat
             "timings": _timings(cells, sweep_started),
             "runtime": context["runtime"],
             "cells": views.cell_items(cells),
+            "shared": _shared(cells),
         })
         write_json_atomic(out / SWEEP_JSON, {"spec": spec, **summary})
         timings[COMPARISON_STAGE] = round(time.monotonic() - started, 3)
@@ -141,6 +142,23 @@ def _write(db: Database, store: ArtifactStore, claim: lifecycle.Claim, work: Pat
         log.exception("writing the comparison of sweep %s failed", claim.job_id)
         _finish(db, claim, JobState.failed, f"internal error writing the comparison: {type(exc).__name__}: {exc}")
         return JobState.failed.value
+
+
+def _shared(cells: list[Job]) -> list[dict[str, Any]]:
+    """The dense work the cells shared (twossp_core/shared.py): per artifact, which cell computed it (none: every cell
+    reused it from an earlier sweep) and which cells read it."""
+    found: dict[str, dict[str, Any]] = {}
+    several = views.several_models(cells)
+    for cell in cells:
+        for use in ((cell.report or {}).get("sweep") or {}).get("shared") or []:
+            entry = found.setdefault(use["artifact"], {"artifact": use["artifact"], "kind": use["kind"],
+                                                       "computed_by": None, "reused_by": []})
+            name = views.cell_path(cell, several)
+            if use["reused"]:
+                entry["reused_by"].append(name)
+            else:
+                entry["computed_by"] = name
+    return list(found.values())
 
 
 def _timings(cells: list[Job], started: datetime) -> dict[str, Any]:

@@ -151,14 +151,39 @@ def test_a_sweep_runs_its_cells_on_two_workers_and_compares_like_run_sweep(
         assert without(ours, RUN_TIMING_KEYS) == without(theirs, RUN_TIMING_KEYS), name
     summary = json.loads((out / "sweep.json").read_text())
     assert {c["id"] for c in summary["cells"]} == cell_ids and summary["dense"] == job["report"]["dense"]
-    assert {"load", "evaluate_dense", "2ssp@0.5/stage1", "shortgpt@0.5/evaluate_pruned", "comparison"} <= set(
-        job["stage_timings"]
-    )
+    assert {"load", "evaluate_dense", "shortgpt@0.5/evaluate_pruned", "comparison"} <= set(job["stage_timings"])
+    # stage 1 ran in the 2SSP cell that computed the scores; the other read them
+    assert {"2ssp@0.05/stage1", "2ssp@0.5/stage1"} & set(job["stage_timings"])
 
     # the sweep's history: submitted, started with its first cell, one cell_ended per cell, the comparison, succeeded
     kinds = [e["kind"] for e in stack.alice.events(sweep["id"], limit=50)]
     assert kinds[0] == "submitted" and kinds[1] == "started" and kinds[-1] == "succeeded"
     assert kinds.count("cell_ended") == 4 and kinds.count("started") == 2
+
+    # the dense work ran once: one dense artifact, computed by at most one cell (none of the succeeded ones when the
+    # cell that failed at pruning computed it) and read by the others; 2SSP's scores computed by one of its two cells
+    # and read by the other, whichever worker ran each
+    shared = {entry["kind"]: entry for entry in summary["shared"]}
+    assert len([e for e in summary["shared"] if e["kind"] == "dense"]) == 1
+    assert len(shared["dense"]["reused_by"]) >= 2 and shared["dense"]["artifact"].startswith("shared/")
+    scores = shared["2ssp.neuron_scores"]
+    assert scores["computed_by"] is not None and len(scores["reused_by"]) == 1, scores
+    assert shared["depth.last_token_states"]["computed_by"] == "shortgpt-0.5"
+
+    # a second sweep on the same model and data reads all of it: nothing dense is computed, the rows are the same
+    again = stack.alice.submit(body)
+    assert again.status_code == 202, again.text
+    second = stack.alice.wait_done(again.json()["id"], timeout=300)
+    assert second["state"] == "succeeded", second
+    assert [without(r, TIMING_KEYS) for r in second["report"]["rows"]] == [without(r, TIMING_KEYS) for r in rows]
+    assert second["report"]["dense"] == job["report"]["dense"]
+    reread = {entry["kind"]: entry for entry in second["report"]["shared"]}
+    assert set(reread) == set(shared) and all(e["computed_by"] is None for e in reread.values()), reread
+    assert reread["dense"]["artifact"] == shared["dense"]["artifact"] and len(reread["dense"]["reused_by"]) == 3
+    for cell in second["cells"]["items"]:
+        if cell["state"] == "succeeded":
+            notes = [u["note"] for u in stack.alice.job(cell["id"])["report"]["sweep"]["shared"]]
+            assert notes and all(n.startswith("reused from shared/") for n in notes), notes
 
 
 def test_cancel_of_a_sweep_cancels_its_queued_and_running_cells(
