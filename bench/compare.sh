@@ -40,10 +40,18 @@ if [[ "$which" == "c4llama-8l" || "$which" == "all" ]]; then
 fi
 
 if [[ "$which" == "smollm2" ]]; then
+  # EvoPress with a CPU budget (the authors' defaults would take days on 2 cores at 135 M parameters): 16 random
+  # candidates on one window for the first parent, 12 generations of 16 offspring, selection on 1 then 4 windows.
+  # Throughput is not measured (the machine is shared). The committed results were made as two such commands run
+  # side by side, `--methods 2ssp,shortgpt,window,slicegpt,2ssp-refit` and `--methods blockpruner,evopress --out
+  # bench/results/comparison-smollm2-search`, each on one thread; bench/held_out_table.py merges the two.
   model="$(bash scripts/smollm2.sh | tail -n 1)"
   "$TWOSSP" sweep --model "$model" --methods all --sparsities 0.25,0.375,0.5 \
     --calibration "$DATA/text/c4-validation-2k.jsonl:0:1000" \
     --eval "$DATA/text/c4-validation-2k.jsonl:1000:2000" "${held_out[@]}" --eval-windows 10 \
-    --seq-len 512 --calibration-windows 32 \
+    --seq-len 512 --calibration-windows 32 --no-throughput \
+    --option evopress.initial_candidates=16 --option evopress.initial_tokens=512 --option evopress.offspring=16 \
+    --option 'evopress.selection_tokens=[512,2048]' --option 'evopress.selection_survivors=[2,1]' \
+    --option evopress.generations=12 \
     --out "bench/results/comparison-smollm2$suffix" --overwrite --no-progress "${heal[@]}" "${extra[@]}"
 fi

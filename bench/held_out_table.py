@@ -5,6 +5,7 @@ One row per method and target sparsity: achieved sparsity, perplexity on every h
 first. The best summary of each sparsity is in bold.
 
     .venv/bin/python bench/held_out_table.py bench/results/comparison-smollm2
+    .venv/bin/python bench/held_out_table.py --summary bench/results/comparison-c4llama-8l   # the README's pivot
 
 It reads the runs' report.json files; several directories of the same model and protocol merge: a later
 directory's run of a method and sparsity replaces an earlier one's (a method re-run alone with
@@ -98,10 +99,40 @@ def table(directories: list[Path]) -> str:
     return "\n".join(lines) + "\n"
 
 
+METHOD_ORDER = ("2ssp", "2ssp-refit", "shortgpt", "window", "blockpruner", "slicegpt", "evopress")
+
+
+def summary(directories: list[Path]) -> str:
+    """The README's pivot: one row per method, one column per target sparsity, each cell the held-out summary and
+    the achieved sparsity; the best of each column in bold."""
+    rows = [comparison_row(r) for r in merged_reports(directories) if r.get("held_out")]
+    done = [r for r in rows if not r.get("error")]
+    targets = sorted({r["sparsity_target"] for r in done})
+    cell = {(r["method"], r["sparsity_target"]): r for r in done}
+    best = {t: min(r["held_out"]["ratio"] for r in done if r["sparsity_target"] == t) for t in targets}
+    methods = sorted({r["method"] for r in done}, key=lambda m: METHOD_ORDER.index(m) if m in METHOD_ORDER else 99)
+    lines = ["| method | " + " | ".join(f"{t:.1%}" for t in targets) + " |", "|---|" + "---|" * len(targets)]
+    for method in methods:
+        cells = []
+        for t in targets:
+            r = cell.get((method, t))
+            if r is None:
+                cells.append("—")
+                continue
+            ratio = r["held_out"]["ratio"]
+            mark = "**" if ratio == best[t] else ""
+            cells.append(f"{mark}{ratio:.3f}{mark} ({r['sparsity_achieved']:.1%})")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", type=Path, nargs="+", help="bench/results/comparison-* directories")
-    print(table(parser.parse_args().results), end="")
+    parser.add_argument("--summary", action="store_true",
+                        help="print the README's pivot (held-out summary per method and sparsity) instead")
+    args = parser.parse_args()
+    print((summary if args.summary else table)(args.results), end="")
 
 
 if __name__ == "__main__":
