@@ -1,5 +1,6 @@
-"""The serving recipes of the README: `llama-server -m OUT/model.gguf` and `vllm serve OUT` each answer one chat
-completion with the exported chat template.
+"""The serving recipes of the README: `llama-server -m OUT/model.gguf`, `python -m llama_cpp.server --model
+OUT/model.gguf` (llama-cpp-python's OpenAI-compatible server, installed with the dev tools, so it runs wherever the
+tests run) and `vllm serve OUT` each answer one chat completion with the exported chat template.
 
 Each test needs its engine on PATH. Without it the test is skipped, unless TWOSSP_TEST_ENGINES names the engine
 (comma-separated: `llama-server,vllm`), as CI does where it installs them: then it fails.
@@ -11,6 +12,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -64,7 +66,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory, stories_model: Path) -> P
     return root
 
 
-def serve(argv: list[str], port: int, timeout_s: float = 600) -> Iterator[str]:
+def serve(argv: list[str], port: int, timeout_s: float = 600, ready: str = "/health") -> Iterator[str]:
     base = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -73,7 +75,7 @@ def serve(argv: list[str], port: int, timeout_s: float = 600) -> Iterator[str]:
             if proc.poll() is not None:
                 pytest.fail(f"{argv[0]} exited {proc.returncode}: {proc.stdout.read()[-3000:]}")  # type: ignore[union-attr]
             try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                if httpx.get(f"{base}{ready}", timeout=2).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
@@ -109,6 +111,18 @@ def test_llama_server_answers_a_chat_completion(exported: Path) -> None:
     argv = [binary, "-m", str(exported / "gguf" / "model.gguf"), "--host", "127.0.0.1", "--port", str(port),
             "-c", "256", "--jinja"]
     for base in serve(argv, port):
+        answer = one_chat_completion(base)
+        # the prompt went through the exported template: 5 template pieces + the question's tokens
+        assert answer["usage"]["prompt_tokens"] > 4
+
+
+def test_llama_cpp_python_server_answers_a_chat_completion(exported: Path) -> None:
+    """The GGUF export served by llama-cpp-python: its chat format comes from the file's tokenizer.chat_template."""
+    pytest.importorskip("llama_cpp.server", reason="llama-cpp-python's server extras are not installed")
+    port = free_port()
+    argv = [sys.executable, "-m", "llama_cpp.server", "--model", str(exported / "gguf" / "model.gguf"),
+            "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "256"]
+    for base in serve(argv, port, ready="/v1/models"):
         answer = one_chat_completion(base)
         # the prompt went through the exported template: 5 template pieces + the question's tokens
         assert answer["usage"]["prompt_tokens"] > 4
