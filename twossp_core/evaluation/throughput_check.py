@@ -26,7 +26,7 @@ def unreliable_reasons(spread: Mapping[str, Mapping[str, Any] | None] | None) ->
     for name, stats in sides.items():
         if stats["min"] > 0 and stats["max"] / stats["min"] > MAX_SPREAD:
             reasons.append(f"{name} passes vary {stats['max'] / stats['min']:.2f}x from slowest to fastest "
-                           f"(more than {MAX_SPREAD:g}x: the machine's load changed)")
+                           f"(more than {MAX_SPREAD:g}x: passes too short to time steadily, or a load that changed)")
     runs = {name: int(stats["runs"]) for name, stats in sides.items()}
     if min(runs.values()) < MIN_BALANCE * max(runs.values()):
         counts = ", ".join(f"{name} {count}" for name, count in runs.items())
