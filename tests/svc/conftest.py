@@ -11,6 +11,7 @@ import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -48,6 +49,18 @@ def stories_model(test_data: Path) -> Path:
 @pytest.fixture(scope="session")
 def stories_text(test_data: Path) -> Path:
     return test_data / "text" / "tinystories-val-1000.txt"
+
+
+@pytest.fixture
+def app(tmp_path: Path, test_data: Path) -> Iterator[Any]:
+    """The API and UI on SQLite with no worker (jobs stay queued); a module needing other settings defines its own."""
+    from api.app import create_app
+
+    settings = Settings(data_dir=tmp_path, embedded_worker=False, allowed_local_roots=[test_data])
+    upgrade_head(settings)
+    application = create_app(settings)
+    yield application
+    application.state.db.dispose()
 
 
 # ---- Postgres ---------------------------------------------------------------------------------------

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,23 +12,11 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import update
 
-from api.app import create_app
-from service.db.migrate import upgrade_head
 from service.db.models import ApiKey, Job
 from service.db.types import utcnow
 from service.keys import create_key
-from service.settings import Settings
 
 CSRF_RE = re.compile(r'name="csrf" value="([^"]+)"')
-
-
-@pytest.fixture
-def app(tmp_path: Path, test_data: Path) -> Iterator[Any]:
-    settings = Settings(data_dir=tmp_path, embedded_worker=False, allowed_local_roots=[test_data])
-    upgrade_head(settings)
-    application = create_app(settings)
-    yield application
-    application.state.db.dispose()
 
 
 def key_for(app: Any, name: str) -> str:

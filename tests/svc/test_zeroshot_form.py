@@ -4,30 +4,16 @@ app on SQLite (no worker: jobs stay queued)."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from fastapi.testclient import TestClient
 
-from api.app import create_app
-from service.db.migrate import upgrade_head
-from service.settings import Settings
 from twossp_core.plan.tasks import PAPER_TASKS, TASK_NAMES
 
 from .test_ui import csrf_of, form, jobs_in_db, key_for, signed_in
 
 ALERT = re.compile(r'id="error-(?P<field>[\w-]+)" role="alert">(?P<message>[^<]*)<')
-
-
-@pytest.fixture
-def app(tmp_path: Path, test_data: Path) -> Iterator[Any]:
-    settings = Settings(data_dir=tmp_path, embedded_worker=False, allowed_local_roots=[test_data])
-    upgrade_head(settings)
-    application = create_app(settings)
-    yield application
-    application.state.db.dispose()
 
 
 def test_the_form_offers_every_task_and_submits_the_checked_ones_with_their_limit(
