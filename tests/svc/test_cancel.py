@@ -33,8 +33,9 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def big_model(tmp_path_factory: pytest.TempPathFactory, stories_model: Path) -> Path:
-    """A randomly initialised 103 M-parameter Llama (8 blocks, hidden 1024; 413 MB of float32) with the stories260k
-    tokenizer: loading it in bfloat16 takes seconds, long enough to cancel it mid-load."""
+    """A randomly initialised 303 M-parameter Llama (24 blocks, hidden 1024; 1.2 GB of float32) with the stories260k
+    tokenizer: loading it in bfloat16 takes seconds even on an idle machine, long enough to cancel it mid-load (an
+    8-block one loaded before the cancel landed there)."""
     import shutil
 
     import torch
@@ -42,7 +43,7 @@ def big_model(tmp_path_factory: pytest.TempPathFactory, stories_model: Path) -> 
 
     out = tmp_path_factory.mktemp("models") / "big-llama"
     config = LlamaConfig(
-        vocab_size=512, hidden_size=1024, intermediate_size=2816, num_hidden_layers=8, num_attention_heads=8,
+        vocab_size=512, hidden_size=1024, intermediate_size=2816, num_hidden_layers=24, num_attention_heads=8,
         num_key_value_heads=8, max_position_embeddings=512, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2,
     )
     with torch.device("meta"):
