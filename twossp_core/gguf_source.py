@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from twossp_core.errors import ModelNotFound, UnsupportedModel
-from twossp_core.local_inputs import local_path
+from twossp_core.plan.sources import ModelInput
 
 GGUF_SUFFIX = ".gguf"
 GGUF_MAGIC = b"GGUF"
@@ -66,9 +66,9 @@ def gguf_file_of(path: Path) -> Path | None:
     return files[0] if files else None
 
 
-def local_gguf(model: str) -> Path | None:
-    """The GGUF file of the model name `model` (read through local_inputs' redirects), or None."""
-    path = local_path(model)
+def local_gguf(model: ModelInput | str) -> Path | None:
+    """The GGUF file of `model`, found where it says to open it, or None."""
+    path = ModelInput.of(model).open_path
     return gguf_file_of(path) if path.exists() else None
 
 
@@ -315,13 +315,13 @@ def source_record(path: Path, header: GGUFHeader | None = None) -> dict[str, Any
     }
 
 
-def model_source(model: str) -> dict[str, Any] | None:
+def model_source(model: ModelInput | str) -> dict[str, Any] | None:
     """The source record of a model name: a GGUF file's, or the one a directory written by `convert-gguf` keeps in
     its config.json; None for anything else (a hub id, a plain directory)."""
     gguf = local_gguf(model)
     if gguf is not None:
         return source_record(gguf)
-    config = local_path(model) / "config.json"
+    config = ModelInput.of(model).open_path / "config.json"
     if not config.is_file():
         return None
     try:

@@ -1,22 +1,18 @@
-"""Where local model directories and data files are read from.
+"""Checks of the local paths a request names (model directories, data files): whether a name can name a file at
+all, and what is at a path.
 
-A local input is read at the path the spec names, unless the caller redirected that name for the duration of a run:
-the service reads a job's inputs through a directory of files it opened and checked beforehand, so a path swapped
-after the check is never followed. Reports and labels keep the names the spec gave.
+Where a job opens each input is said by the input itself (twossp_core/plan/sources.py: `DataSource.open_path`,
+`ModelInput.open_path`, as a spec hands them out, with the paths `with_opened` gave it).
 """
 
 from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
 from pathlib import Path
 
 NAME_MAX = 255  # bytes in one path component (Linux, and most file systems elsewhere)
 PATH_MAX = 4096  # bytes in a whole path, its terminating NUL included
-
-_redirects: dict[str, Path] = {}
 
 
 class UnusablePath(ValueError):
@@ -52,21 +48,3 @@ def stat_path(path: Path | str) -> os.stat_result | None:
         if exc.errno == errno.ELOOP:
             raise UnusablePath("is a symlink loop (or a chain of more than 40 links)") from None
         raise UnusablePath(f"cannot be looked at ({exc.strerror or type(exc).__name__})") from None
-
-
-def local_path(name: str) -> Path:
-    """The path to open for the local input `name` (a model directory or a data file)."""
-    target = _redirects.get(name)
-    return target if target is not None else Path(name).expanduser()
-
-
-@contextmanager
-def redirected(mapping: Mapping[str, Path]) -> Iterator[None]:
-    """Read the inputs named in `mapping` from the paths it gives, until the block ends (one run per process)."""
-    previous = dict(_redirects)
-    _redirects.update(mapping)
-    try:
-        yield
-    finally:
-        _redirects.clear()
-        _redirects.update(previous)

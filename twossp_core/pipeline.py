@@ -32,6 +32,7 @@ from twossp_core.gguf_source import model_source
 from twossp_core.models.base import ModelAdapter
 from twossp_core.models.registry import adapter_for
 from twossp_core.plan.memory import MemoryPlan
+from twossp_core.plan.sources import ModelInput
 from twossp_core.plan.spec import DEFAULT_SEQ_LEN, JobSpecBase, PruneSpec
 from twossp_core.preflight import check_data, check_local_model, check_model
 from twossp_core.progress import CancelFn, PrefixReporter, ProgressFn, Reporter
@@ -95,10 +96,10 @@ def prepare(
 ) -> Workspace:
     """Load the model and data, and (`measure`) measure the dense model (`measure_dense`). The memory plan is
     `plan_spec`'s (a sweep's: it holds a pruned copy besides the dense model), by default `spec`'s."""
-    check_local_model(spec.model)
+    check_local_model(spec.model_input())
     sources = [*(spec.calibration_sources() if with_calibration else []), *spec.eval_sources()]
     check_data(sources, spec.doc_separator)
-    require_hub_datasets(sorted({s.name for s in sources if s.is_hub and not Path(s.name).exists()}))
+    require_hub_datasets(sorted({s.name for s in sources if s.is_hub and not s.open_path.exists()}))
     if spec.tasks:
         from twossp_core.evaluation.zeroshot.sources import check_sources
 
@@ -138,7 +139,7 @@ def prepare(
     t2 = time.perf_counter()
 
     ws = Workspace(spec=spec, model=model, tokenizer=tokenizer, seq_len=seq_len, calibration=calibration, evals=evals,
-                   memory_plan=plan, source=model_source(spec.model))
+                   memory_plan=plan, source=model_source(spec.model_input()))
     adapter = adapter_for(model)
     ws.dense_params = {"blocks": adapter.blocks_params(), "total": adapter.total_params()}
     ws.timings.update(load_s=t1 - t0, data_s=t2 - t1)
@@ -293,7 +294,7 @@ def dense_teacher(ws: Workspace) -> Any:
     else loaded again from the source (a single job pruned it in place), so it is never held twice."""
     if ws.model_is_dense:
         return ws.model
-    model, _ = load_model(ws.spec.model, dtype=ws.spec.dtype, device=ws.spec.device)
+    model, _ = load_model(ws.spec.model_input(), dtype=ws.spec.dtype, device=ws.spec.device)
     return model
 
 
@@ -488,12 +489,14 @@ def export_metadata(report: dict[str, Any]) -> dict[str, Any]:
 
 def export_model(
     model: Any, tokenizer: Any, out_dir: Path, metadata: dict[str, Any], export: str, options: BaseModel | None = None,
+    source: ModelInput | None = None,
 ) -> dict[str, Any]:
     """Save a pruned model in the requested export format with its validated options (the format's options model;
-    None: its defaults); returns the report's `export` entry."""
+    None: its defaults); returns the report's `export` entry. `source`: the model it was pruned from (the
+    metadata's `model`) with where it is opened (None: at that name)."""
     from twossp_core.export.registry import run_export
 
-    return run_export(export, model, tokenizer, Path(out_dir), {**metadata, "export": export}, options)
+    return run_export(export, model, tokenizer, Path(out_dir), {**metadata, "export": export}, options, source)
 
 
 def run_cell(
@@ -516,7 +519,8 @@ def run_cell(
         reporter.update("export", 0.0)
         t_export = time.perf_counter()
         report["export"] = export_model(
-            model, ws.tokenizer, model_dir, export_metadata(report), cell.export, cell.export_options
+            model, ws.tokenizer, model_dir, export_metadata(report), cell.export, cell.export_options,
+            ws.spec.model_input(),
         )
         report["timings"]["export_s"] = time.perf_counter() - t_export
         reporter.update("export", 1.0)

@@ -16,13 +16,13 @@ from twossp_core.data.sources import check_txt_range
 from twossp_core.errors import DataError, InfeasibleTarget, InvalidSpec, ModelNotFound, UnsupportedModel
 from twossp_core.export.compact_config import to_base
 from twossp_core.gguf_source import gguf_file_of, local_gguf_config
-from twossp_core.local_inputs import UnusablePath, local_path, stat_path
+from twossp_core.local_inputs import UnusablePath, stat_path
 from twossp_core.models.counts import block_counts
 from twossp_core.models.registry import check_supported
 from twossp_core.plan.exports import check_family, check_ffn_width
 from twossp_core.plan.memory import spec_plan
 from twossp_core.plan.methods import method_preflight
-from twossp_core.plan.sources import DataSource
+from twossp_core.plan.sources import DataSource, ModelInput
 from twossp_core.plan.spec import PruneSpec
 
 MAX_CONFIG_BYTES = 16 * 2**20  # a config.json larger than this is not read
@@ -39,10 +39,12 @@ def is_hub_id(model: str) -> bool:
     return not looks_local(model) and ".." not in model and "--" not in model and bool(HUB_ID_RE.fullmatch(model))
 
 
-def local_config(model: str, relative_paths: bool = True) -> dict | None:
-    """The config.json of a local model directory (a compact export's as its base), None for a hub id.
-    With relative_paths=False only an absolute path is looked up on disk; anything else is a hub id."""
-    path = local_path(model)
+def local_config(source: ModelInput | str, relative_paths: bool = True) -> dict | None:
+    """The config.json of a local model directory (a compact export's as its base), read where `source` says to
+    open it; None for a hub id. With relative_paths=False only an absolute name is looked up on disk; anything
+    else is a hub id."""
+    model_input = ModelInput.of(source)
+    model, path = model_input.name, model_input.open_path
     if not relative_paths and not Path(model).is_absolute():
         return None
     try:
@@ -91,7 +93,7 @@ def _check_source(source: DataSource, doc_separator: str | None, relative_paths:
     if source.is_hub and not relative_paths:
         return
     try:
-        found = stat_path(local_path(source.name))
+        found = stat_path(source.open_path)
     except UnusablePath as exc:
         raise DataError(f"data source {source.label!r}: {exc}") from None
     if source.is_hub and found is None:
@@ -106,7 +108,7 @@ def _check_source(source: DataSource, doc_separator: str | None, relative_paths:
         raise DataError(f"data source {source.label!r}: cannot be read ({exc})") from None
 
 
-def check_local_model(model: str, relative_paths: bool = True) -> dict | None:
+def check_local_model(model: ModelInput | str, relative_paths: bool = True) -> dict | None:
     """A local model's config.json (None for a hub id); ModelNotFound / UnsupportedModel when it cannot run."""
     try:
         cfg = local_config(model, relative_paths)
@@ -142,7 +144,7 @@ def check_model(spec: PruneSpec, *, relative_paths: bool = True) -> None:
     check_data(spec.eval_sources(), spec.doc_separator, relative_paths, field="eval")
     if spec.heal is not None and spec.heal.data:  # else it trains on the calibration sources, checked above
         check_data(spec.heal_sources(), spec.doc_separator, relative_paths, field="heal.data")
-    cfg = check_local_model(spec.model, relative_paths)
+    cfg = check_local_model(spec.model_input(), relative_paths)
     if cfg is None:  # a hub id: its config when at hand (the service never downloads it here)
         cfg = hub_config(spec.model, fetch=relative_paths)
         if cfg is None:

@@ -30,6 +30,7 @@ from typing import Any, Protocol
 import torch
 
 from twossp_core import __version__
+from twossp_core.local_inputs import stat_path
 
 log = logging.getLogger(__name__)
 
@@ -105,11 +106,9 @@ def code_digest() -> str:
 def model_identity(ws: Any) -> dict[str, Any] | None:
     """What the model's weights are: a GGUF file's sha256, every file of a local directory, or the hub revision the
     loader resolved; None when it cannot be told (then nothing is shared)."""
-    from twossp_core.local_inputs import local_path, stat_path
-
     if ws.source and ws.source.get("sha256"):
         return {"gguf": ws.source["sha256"]}
-    path = local_path(ws.spec.model)
+    path = ws.spec.model_input().open_path
     st = stat_path(path)
     if st is not None:
         if path.is_file():
@@ -158,12 +157,10 @@ def describe_workspace(ws: Any) -> dict[str, Any] | None:
 
 def describe_control(ws: Any, dense_key: str) -> dict[str, Any]:
     """What the heal's control depends on besides the workspace: the heal's settings, its data and the seed."""
-    from twossp_core.local_inputs import local_path, stat_path
-
     data = []
     for source in ws.spec.heal_sources():
-        path = local_path(source.name)
-        st = stat_path(path) if not source.is_hub or Path(source.name).exists() else None
+        path = source.open_path
+        st = stat_path(path) if not source.is_hub or path.exists() else None
         data.append({"source": source.label, "sha256": file_digest(path) if st is not None and path.is_file()
                      else None})
     assert ws.spec.heal is not None

@@ -4,7 +4,8 @@ Checking a path and opening it later leaves a gap in which a link can be swapped
 every file of a local model directory and every local data file, checks the real path of what it holds open
 (`/proc/self/fd/N`) against the allowed roots, and has the job read its inputs through a private directory of
 links to those open files (`/proc/PID/fd/N`, which always reaches the file that was opened and checked): a link
-swapped in afterwards is never followed. Needs Linux's /proc.
+swapped in afterwards is never followed. The job is handed `spec.with_opened(pinned.opened)`: its model and data
+sources say to open those links, while reports keep the names the spec gave. Needs Linux's /proc.
 """
 
 from __future__ import annotations
@@ -28,13 +29,13 @@ class _Unopenable(Exception):
 
 
 class PinnedInputs:
-    """The open files of one job and the directory of links to them; `redirects` maps each local input the spec
-    names to the path the job reads it from."""
+    """The open files of one job and the directory of links to them; `opened` maps each local input the spec
+    names to the path the job reads it from (what `JobSpecBase.with_opened` takes)."""
 
     def __init__(self, directory: Path, roots: list[Path]) -> None:
         self.directory = directory
         self.roots = roots
-        self.redirects: dict[str, Path] = {}
+        self.opened: dict[str, Path] = {}
         self._fds: list[int] = []
         directory.mkdir(parents=True, exist_ok=True)
 
@@ -84,23 +85,23 @@ class PinnedInputs:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
             raise PathRefused(f"{what}: not a regular file")
-        slot = self.directory / f"d{len(self.redirects)}"
+        slot = self.directory / f"d{len(self.opened)}"
         slot.mkdir()
         link = slot / (Path(value).name or "data")
         self._keep(fd, link)
-        self.redirects[value] = link
+        self.opened[value] = link
 
     def add_directory(self, value: str, what: str) -> None:
         """A local model directory: every file in it (hidden entries aside), in a mirror of its layout."""
         if not value.startswith("/") or "\x00" in value:
             raise PathRefused(f"{what}: {ROOTS_RULE}")
         fd = self._open(value, None, what, ".", directory=True)
-        target = self.directory / f"m{len(self.redirects)}" / (Path(value).name or "model")
+        target = self.directory / f"m{len(self.opened)}" / (Path(value).name or "model")
         try:
             self._mirror(fd, target, what, Path(), 0)
         finally:
             os.close(fd)
-        self.redirects[value] = target
+        self.opened[value] = target
 
     def _mirror(self, dir_fd: int, target: Path, what: str, relative: Path, depth: int) -> None:
         if depth > MAX_DEPTH:
@@ -126,9 +127,7 @@ class PinnedInputs:
 @contextmanager
 def pinned_inputs(spec: JobSpecBase, roots: list[Path], directory: Path) -> Iterator[PinnedInputs]:
     """Open and check the job's local model (a directory or a GGUF file) and data files (PathRefused if one is not
-    allowed); they stay open, and readable through `redirects`, until the block ends."""
-    from twossp_core.plan.sources import DataSource
-
+    allowed); they stay open, and readable at the paths in `opened`, until the block ends."""
     pinned = PinnedInputs(directory, roots)
     try:
         model = spec.model
@@ -136,10 +135,8 @@ def pinned_inputs(spec: JobSpecBase, roots: list[Path], directory: Path) -> Iter
             pinned.add_file(model, f"model {model!r}")
         elif Path(model).is_absolute():
             pinned.add_directory(model, f"model {model!r}")
-        heal_data = spec.heal.data if spec.heal is not None and spec.heal.data else []
-        for text in [*spec.calibration, *spec.eval, *heal_data]:
-            source = DataSource.parse(text)
-            if not source.is_hub and source.name not in pinned.redirects:
+        for source in [*spec.calibration_sources(), *spec.eval_sources(), *spec.heal_sources()]:
+            if not source.is_hub and source.name not in pinned.opened:
                 pinned.add_file(source.name, f"data source {source.name!r}")
         yield pinned
     finally:

@@ -13,7 +13,6 @@ from api.services.inputs import validate_request
 from service.settings import Settings
 from twossp_core.errors import ModelNotFound
 from twossp_core.gguf_source import local_gguf, read_header
-from twossp_core.local_inputs import redirected
 from twossp_core.plan.spec import parse_spec
 from twossp_core.runtime.loading import load_model
 from worker.inputs import pinned_inputs
@@ -70,15 +69,17 @@ def test_a_gguf_file_or_a_directory_holding_one_is_accepted_within_the_roots(tmp
 def test_the_worker_reads_the_gguf_file_it_opened_and_checked(tmp_path, roots, stories_model):
     allowed, gguf, outside = roots
     spec = parse_spec(_request(str(gguf), allowed))
-    with pinned_inputs(spec, [allowed], tmp_path / "inputs") as pinned, redirected(pinned.redirects):
-        view = pinned.redirects[str(gguf)]
+    with pinned_inputs(spec, [allowed], tmp_path / "inputs") as pinned:
+        source = spec.with_opened(pinned.opened).model_input()
+        view = pinned.opened[str(gguf)]
+        assert source.name == str(gguf) and source.open_path == view
         assert view != gguf and view.name == gguf.name
         gguf.rename(allowed / "moved.gguf")  # the name is swapped for a link out of the roots after the check
         gguf.symlink_to(outside / "other.gguf")
         try:
-            assert local_gguf(str(gguf)) == view
+            assert local_gguf(source) == view
             assert read_header(view).architecture == "llama"
-            model, _ = load_model(str(gguf), device="cpu")  # read through the open file
+            model, _ = load_model(source, device="cpu")  # read through the open file
             reference, _ = load_model(str(stories_model), device="cpu")
             ids = torch.arange(32).unsqueeze(0)
             with torch.no_grad():

@@ -1,9 +1,12 @@
 """The worker's view of a job's local inputs (worker/inputs.py): files opened first, checked where they really
-are, and read through links to the open files, so a path swapped afterwards is never followed."""
+are, and read through links to the open files, so a path swapped afterwards is never followed. The job is handed
+`spec.with_opened(pinned.opened)`: each input says where to open it, and only that spec's readers see those paths."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -11,9 +14,10 @@ import pytest
 
 from service.paths import PathRefused
 from twossp_core.data.sources import iter_documents
-from twossp_core.local_inputs import local_path, redirected
-from twossp_core.plan.sources import DataSource
-from twossp_core.plan.spec import JobSpecBase
+from twossp_core.export.source_files import source_json, source_name, source_sha256
+from twossp_core.plan.cost import source_tokens
+from twossp_core.plan.spec import JobSpecBase, SweepSpec
+from twossp_core.preflight import check_data, local_config
 from worker.inputs import pinned_inputs
 
 
@@ -44,22 +48,82 @@ def open_fds() -> set[str]:
 def test_files_swapped_for_links_after_the_check_are_not_followed(tmp_path: Path, tree: tuple[Path, Path]) -> None:
     allowed, outside = tree
     model, text = allowed / "model", allowed / "text.txt"
+    spec = spec_for(allowed)
     before = open_fds()
-    with pinned_inputs(spec_for(allowed), [allowed], tmp_path / "inputs") as pinned, redirected(pinned.redirects):
-        assert set(pinned.redirects) == {str(model), str(text)}  # the hub dataset is not a local input
+    with pinned_inputs(spec, [allowed], tmp_path / "inputs") as pinned:
+        assert set(pinned.opened) == {str(model), str(text)}  # the hub dataset is not a local input
+        job = spec.with_opened(pinned.opened)
         for path in (model / "model.safetensors", text):
             path.unlink()
             path.symlink_to(outside / path.name)
         assert (model / "model.safetensors").read_bytes() == b"outside weights"  # the swap is real
-        view = local_path(str(model))
+        source = job.model_input()
+        assert source.name == str(model)  # named as the spec named it, opened where it was checked
+        view = source.open_path
         assert view != model and view.name == "model"
         assert (view / "model.safetensors").read_bytes() == b"inside weights"
         assert (view / "config.json").read_text() == '{"inside": true}'
         assert (view / "sub" / "extra.json").read_text() == "{}"
-        docs = list(iter_documents(DataSource.parse(f"{text}:0:2"), "calibration", "<s>"))
-        assert docs == ["inside a", "inside b"]
+        # the readers open what they are handed
+        assert local_config(source) == {"inside": True}
+        assert source_json(source, "config.json") == {"inside": True}
+        assert source_sha256(source) == (hashlib.sha256(b"inside weights").hexdigest(), "model.safetensors")
+        calibration, evaluation = job.calibration_sources(), job.eval_sources()
+        assert [s.label for s in calibration] == [f"{text}:0:2"] and [s.label for s in evaluation] == ["wikitext2"]
+        assert list(iter_documents(calibration[0], "calibration", "<s>")) == ["inside a", "inside b"]
+        check_data(calibration, "<s>")
+        assert source_tokens(calibration[0], 8, None) == len("inside a<s>inside b")
+        # the request, its dump and what a card calls the model keep the spec's names: the directory named
+        # "model" (a generic name) is called after its parent, as the spec's path says, not after the copy
+        assert job == spec.with_opened(pinned.opened) and job.model_dump() == spec.model_dump()
+        assert source_name(source) == "allowed"
     assert open_fds() == before  # every file opened for the job is closed again
-    assert local_path(str(model)) == model  # and names mean their own paths again
+    # the spec itself still opens every input at its name
+    assert spec.model_input().open_path == model and spec.model_input().path is None
+    assert spec.calibration_sources()[0].open_path == text
+
+
+def test_two_runs_with_the_same_name_read_their_own_pinned_files(tmp_path: Path, tree: tuple[Path, Path]) -> None:
+    """Two jobs in one process name the same model and data file, pinned at different times (the files were
+    replaced in between): each job reads what was pinned for it, however their reads interleave."""
+    allowed, _ = tree
+    model, text = allowed / "model", allowed / "text.txt"
+    spec = spec_for(allowed)
+    with pinned_inputs(spec, [allowed], tmp_path / "first") as first:
+        first_job = spec.with_opened(first.opened)
+        for path, content in ((model / "model.safetensors", b"second weights"), (text, b"second a<s>second b")):
+            path.unlink()  # a new file under the same name, inside the roots
+            path.write_bytes(content)
+        with pinned_inputs(spec, [allowed], tmp_path / "second") as second:
+            second_job = spec.with_opened(second.opened)
+            barrier = threading.Barrier(2)
+            seen: dict[str, set[tuple[tuple[str, ...], bytes, str | None]]] = {"first": set(), "second": set()}
+
+            def run(label: str, job: JobSpecBase) -> None:
+                barrier.wait()  # both runs hold their spec before either reads
+                for _ in range(20):
+                    docs = tuple(iter_documents(job.calibration_sources()[0], "calibration", "<s>"))
+                    weights = (job.model_input().open_path / "model.safetensors").read_bytes()
+                    seen[label].add((docs, weights, (source_sha256(job.model_input()) or (None,))[0]))
+
+            threads = [threading.Thread(target=run, args=(label, job))
+                       for label, job in (("first", first_job), ("second", second_job))]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            assert seen == {
+                "first": {(("inside a", "inside b"), b"inside weights", hashlib.sha256(b"inside weights").hexdigest())},
+                "second": {(("second a", "second b"), b"second weights",
+                            hashlib.sha256(b"second weights").hexdigest())},
+            }
+            # a sweep's cells, and a copy with other budgets, keep the paths their spec was given
+            sweep = SweepSpec(model=str(model), calibration=spec.calibration, sparsities=[0.25], methods=["2ssp"])
+            pinned_model = first.opened[str(model)]
+            cell = sweep.with_opened(first.opened).prune_spec("2ssp", 0.25)
+            assert cell.model_input().open_path == pinned_model
+            assert cell.model_copy(update={"max_host_memory": 2**30}).model_input().open_path == pinned_model
+            assert sweep.prune_spec("2ssp", 0.25).model_input().path is None
 
 
 def test_links_out_of_the_roots_and_special_files_are_refused(tmp_path: Path, tree: tuple[Path, Path]) -> None:
@@ -101,5 +165,5 @@ def test_hidden_entries_and_dangling_links_are_left_out(tmp_path: Path, tree: tu
     (model / ".cache" / "lock").write_text("")
     (model / "gone.json").symlink_to(allowed / "no-such-file")
     with pinned_inputs(JobSpecBase(model=str(model)), [allowed], tmp_path / "inputs") as pinned:
-        view = pinned.redirects[str(model)]
+        view = pinned.opened[str(model)]
         assert sorted(p.name for p in view.iterdir()) == ["config.json", "model.safetensors", "sub"]

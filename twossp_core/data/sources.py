@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Literal
 
 from twossp_core.errors import DataError
-from twossp_core.local_inputs import local_path
 from twossp_core.plan.sources import HUB_DATASETS, DataSource
 
 Role = Literal["calibration", "eval"]
@@ -60,7 +59,7 @@ def _txt_documents(path: Path, separator: str | None) -> list[str]:
 def check_txt_range(source: DataSource, doc_separator: str | None) -> None:
     """Refuse a document range of a local .txt file that selects nothing, before any model is loaded: without a
     separator the file is one document (the usual slip is a forgotten --doc-separator)."""
-    path = local_path(source.name)
+    path = source.open_path
     if path.suffix.lower() != ".txt" or not source.start or not path.is_file():
         return
     if doc_separator is None:
@@ -122,12 +121,12 @@ def _hub_documents(source: DataSource, role: Role) -> Iterator[str]:
 
 
 def iter_documents(source: DataSource, role: Role, doc_separator: str | None = None) -> Iterator[str]:
-    """Documents START..END-1 of the source, in order."""
+    """Documents START..END-1 of the source (a local file read where the source says to open it), in order."""
     docs: Iterable[str]
-    if source.is_hub and not local_path(source.name).exists():
+    path = source.open_path
+    if source.is_hub and not path.exists():
         docs = _hub_documents(source, role)
     else:
-        path = local_path(source.name)
         _check_file(path, source.label)
         suffix = path.suffix.lower()
         if suffix == ".txt":

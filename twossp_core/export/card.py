@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from twossp_core.export.source_files import hub_id_of, source_json, source_name, source_sha256
-from twossp_core.local_inputs import local_path
+from twossp_core.export.source_files import hub_id_of, is_local, source_json, source_name, source_sha256
+from twossp_core.plan.sources import ModelInput
 
 CARD_FILE = "README.md"
 
@@ -40,34 +40,31 @@ class CardSection:
     base_model_relation: str = "finetune"
 
 
-def _is_local(model: str) -> bool:
-    return local_path(model).exists() or model.startswith((".", "/", "~"))
-
-
-def _base_card_text(model: str) -> str | None:
+def _base_card_text(source: ModelInput) -> str | None:
     """The base model's own README.md, from its local directory or the hub cache (never downloaded here)."""
-    if _is_local(model):
-        path = local_path(model) / CARD_FILE
+    if is_local(source):
+        path = source.open_path / CARD_FILE
         return path.read_text(errors="replace") if path.is_file() else None
     try:
         from huggingface_hub import try_to_load_from_cache
 
-        cached = try_to_load_from_cache(model, CARD_FILE)
+        cached = try_to_load_from_cache(source.name, CARD_FILE)
     except Exception:  # noqa: BLE001 - an invalid repo id or a broken cache: no base card
         return None
     return Path(cached).read_text(errors="replace") if isinstance(cached, str) else None
 
 
-def base_license(model: str) -> str | None:
+def base_license(model: ModelInput | str) -> str | None:
     """The `license:` of the base model's card metadata, when its card is at hand (a GGUF file's
     `general.license`)."""
     from twossp_core.gguf_source import local_gguf, read_header
 
-    gguf = local_gguf(model) if _is_local(model) else None
+    source = ModelInput.of(model)
+    gguf = local_gguf(source) if is_local(source) else None
     if gguf is not None:
         value = read_header(gguf).metadata.get("general.license")
         return value if isinstance(value, str) and value else None
-    text = _base_card_text(model)
+    text = _base_card_text(source)
     if not text or not text.startswith("---"):
         return None
     header = text.split("---", 2)[1]
@@ -82,38 +79,46 @@ def _sparsity_tag(target: Any) -> list[str]:
     return [f"sparsity-{float(target) * 100:.4g}"] if target is not None else []
 
 
-def source_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
-    """What the card's metadata says about the source model: `base_model` (a hub id) when it came from the hub,
-    else `source_model` {name, sha256 (of its weights, or of the GGUF file it was read from), sha256_of}."""
-    model = str(metadata.get("model") or "")
-    if not model:
+def _source_model(metadata: dict[str, Any], source: ModelInput | None) -> ModelInput:
+    """The model the export was pruned from: `source` (its name and where it is opened), else the metadata's
+    `model`, opened at its name."""
+    return source if source is not None else ModelInput(str(metadata.get("model") or ""))
+
+
+def source_metadata(metadata: dict[str, Any], source: ModelInput | None = None) -> dict[str, Any]:
+    """What the card's metadata says about the source model (`source`, else the metadata's `model`): `base_model`
+    (a hub id) when it came from the hub, else `source_model` {name, sha256 (of its weights, or of the GGUF file it
+    was read from), sha256_of}."""
+    model = _source_model(metadata, source)
+    if not model.name:
         return {}
     hub_id = hub_id_of(model)
     if hub_id:
         return {"base_model": hub_id}
     record: dict[str, Any] = {"name": source_name(model)}
-    source = metadata.get("source")
-    if isinstance(source, dict) and source.get("sha256"):  # a GGUF file (gguf_source.source_record)
-        record.update(sha256=source["sha256"], sha256_of=source.get("file"))
+    gguf = metadata.get("source")
+    if isinstance(gguf, dict) and gguf.get("sha256"):  # a GGUF file (gguf_source.source_record)
+        record.update(sha256=gguf["sha256"], sha256_of=gguf.get("file"))
     elif (digest := source_sha256(model)) is not None:
         record.update(sha256=digest[0], sha256_of=digest[1])
     return {"source_model": record}
 
 
-def source_license(model: str) -> str | None:
+def source_license(model: ModelInput | str) -> str | None:
     """The source's license: its card's `license:`, else its config.json's `license` (None when neither says)."""
-    if not model:
+    source = ModelInput.of(model)
+    if not source.name:
         return None
-    value = base_license(model) or source_json(model, "config.json").get("license")
+    value = base_license(source) or source_json(source, "config.json").get("license")
     return str(value) if value else None
 
 
-def _front_matter(metadata: dict[str, Any], section: CardSection) -> str:
+def _front_matter(metadata: dict[str, Any], section: CardSection, source: ModelInput | None = None) -> str:
     """The card metadata (YAML), written with huggingface_hub's ModelCardData so the hub's parser reads it back."""
     from huggingface_hub import ModelCardData
 
-    model = str(metadata.get("model") or "")
-    fields: dict[str, Any] = source_metadata(metadata)
+    model = _source_model(metadata, source)
+    fields: dict[str, Any] = source_metadata(metadata, model)
     if "base_model" in fields:
         fields["base_model_relation"] = section.base_model_relation
     license_ = source_license(model)
@@ -236,22 +241,26 @@ def _data(metadata: dict[str, Any]) -> list[str]:
     return lines or ["Not recorded."]
 
 
-def render_card(metadata: dict[str, Any], section: CardSection, config: Any, files: list[str] | None = None) -> str:
-    """The model card of an export: the run's metadata, and what the format (`section`) says about itself."""
+def render_card(
+    metadata: dict[str, Any], section: CardSection, config: Any, files: list[str] | None = None,
+    source: ModelInput | None = None,
+) -> str:
+    """The model card of an export: the run's metadata, and what the format (`section`) says about itself.
+    `source`: the model pruned (the metadata's `model`) with where it is opened, when not at its name."""
     method = metadata.get("method", "unknown")
-    model = metadata.get("model", "the base model")
+    model = source if source is not None else ModelInput(str(metadata.get("model", "the base model")))
     target, achieved = metadata.get("sparsity_target"), metadata.get("sparsity_achieved")
     sparsity = ""
     if target is not None and achieved is not None:
         sparsity = f" at target sparsity {target:.4f} (achieved {achieved:.4f} of the transformer-block parameters)"
-    license_note = [] if source_license(str(model)) else [
+    license_note = [] if source_license(model) else [
         "License: the source model's card and config state none, so the metadata says `license: other`; the "
         "source model's own terms apply."
     ]
     parts = [
-        _front_matter(metadata, section),
-        f"# {source_name(str(model))} pruned with {method}",
-        f"`{source_name(str(model))}` structurally pruned with **{method}**{sparsity} by "
+        _front_matter(metadata, section, source),
+        f"# {source_name(model)} pruned with {method}",
+        f"`{source_name(model)}` structurally pruned with **{method}**{sparsity} by "
         f"[twossp](https://arxiv.org/abs/2501.17771), saved in the **{section.format}** export format.",
         *license_note,
         "## What was removed",
@@ -270,10 +279,11 @@ def render_card(metadata: dict[str, Any], section: CardSection, config: Any, fil
 
 
 def write_card(
-    out_dir: Path, metadata: dict[str, Any], section: CardSection, config: Any, files: list[str] | None = None
+    out_dir: Path, metadata: dict[str, Any], section: CardSection, config: Any, files: list[str] | None = None,
+    source: ModelInput | None = None,
 ) -> Path:
     path = Path(out_dir) / CARD_FILE
     tmp = path.with_name(f".{CARD_FILE}.tmp")
-    tmp.write_text(render_card(metadata, section, config, files))
+    tmp.write_text(render_card(metadata, section, config, files, source))
     tmp.replace(path)
     return path

@@ -27,6 +27,7 @@ from twossp_core.export.context import exported_context
 from twossp_core.export.decilm_code.configuration_decilm import ffn_mult_to_intermediate_size
 from twossp_core.export.remote_modeling import SHORTCUT_KEY, STRUCTURE_KEY
 from twossp_core.plan.exports import check_ffn_width
+from twossp_core.plan.sources import ModelInput
 
 CODE_FILES = ("configuration_decilm.py", "modeling_decilm.py")
 ARCHITECTURE = "DeciLMForCausalLM"
@@ -107,7 +108,8 @@ CARD = CardSection("decilm", lambda files: USAGE, tags=("custom_code", "nemotron
 
 
 def export_decilm(
-    model: Any, tokenizer: Any, out_dir: Path, metadata: dict[str, Any], options: BaseModel
+    model: Any, tokenizer: Any, out_dir: Path, metadata: dict[str, Any], options: BaseModel,
+    source: ModelInput | None = None,
 ) -> dict[str, Any]:
     """Write config.json, model.safetensors, the tokenizer, the two code files and the model card."""
     from twossp_core.export.save import with_source_use_cache
@@ -119,8 +121,8 @@ def export_decilm(
     if (getattr(model.config, STRUCTURE_KEY, None) or {}).get(SHORTCUT_KEY):
         raise InvalidSpec("export 'decilm' cannot hold a rotated-and-sliced model (slicegpt); use 'compact'")
     adapter = adapter_for(model)
-    source = str(metadata.get("model") or "")
-    config = with_source_use_cache(decilm_config(model, adapter, metadata), source)
+    source_model = source if source is not None else ModelInput(str(metadata.get("model") or ""))
+    config = with_source_use_cache(decilm_config(model, adapter, metadata), source_model)
     out_dir = Path(out_dir)
     with staged_into(out_dir) as tmp:
         write_weights_by_block(model, tmp)  # tied embeddings once, as the embedding (DeciLM ties lm_head to it)
@@ -129,11 +131,11 @@ def export_decilm(
         if generation is not None:
             generation.save_pretrained(tmp)
         if tokenizer is not None:
-            save_tokenizer(tokenizer, tmp, source)
+            save_tokenizer(tokenizer, tmp, source_model)
         code_dir = Path(decilm_code.__file__).parent
         for name in CODE_FILES:
             shutil.copyfile(code_dir / name, tmp / name)
-    write_card(out_dir, metadata, CARD, model.config)
+    write_card(out_dir, metadata, CARD, model.config, source=source)
     context = config["max_position_embeddings"]
     return {"stored_params": adapter.total_params(), "layers": len(config["block_configs"]),
             "context_length": context,

@@ -47,6 +47,7 @@ from twossp_core.export.context import exported_context
 from twossp_core.export.gguf_vocab import gguf_vocab, write_vocab
 from twossp_core.export.remote_modeling import SHORTCUT_KEY, STRUCTURE_KEY
 from twossp_core.export.streamed import materialise
+from twossp_core.plan.sources import ModelInput
 
 GGUF_FILE = "model.gguf"
 ZERO_FFN_WIDTH = 1
@@ -348,12 +349,13 @@ CARD = CardSection("gguf", _usage, tags=("gguf", "llama.cpp"), library_name="ggu
 
 
 def export_gguf(
-    model: Any, tokenizer: Any, out_dir: Path, metadata: dict[str, Any], options: BaseModel
+    model: Any, tokenizer: Any, out_dir: Path, metadata: dict[str, Any], options: BaseModel,
+    source: ModelInput | None = None,
 ) -> dict[str, Any]:
     """The `gguf` export format: out_dir/model.gguf and the model card."""
     out_dir.mkdir(parents=True, exist_ok=True)
     weight_type = options.type  # type: ignore[attr-defined]
     summary = write_gguf(model, tokenizer, out_dir / GGUF_FILE, {**metadata, "gguf_type": weight_type}, weight_type,
                          options.ffn_multiple)  # type: ignore[attr-defined]
-    write_card(out_dir, metadata, CARD, model.config, summary["files"])
+    write_card(out_dir, metadata, CARD, model.config, summary["files"], source)
     return summary

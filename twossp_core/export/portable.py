@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from twossp_core.errors import InvalidSpec
 from twossp_core.export.card import CardSection
 from twossp_core.export.remote_modeling import SHORTCUT_KEY, STRUCTURE_KEY, decoder_layers
+from twossp_core.plan.sources import ModelInput
 from twossp_core.runtime.offload import editing_block
 
 KINDS = ("attention", "mlp")
@@ -72,7 +73,8 @@ CARD = CardSection("portable", lambda files: USAGE)
 
 
 def export_portable(
-    model: Any, tokenizer: Any, out_dir: Path, metadata: dict[str, Any], options: BaseModel
+    model: Any, tokenizer: Any, out_dir: Path, metadata: dict[str, Any], options: BaseModel,
+    source: ModelInput | None = None,
 ) -> dict[str, Any]:
     """The `portable` export format: the plain base architecture (the model is changed in place)."""
     from twossp_core.export.card import write_card
@@ -80,6 +82,6 @@ def export_portable(
     from twossp_core.models.registry import adapter_for
 
     make_portable(model)
-    save_pruned(model, tokenizer, out_dir, metadata)
-    write_card(out_dir, metadata, CARD, model.config)
+    save_pruned(model, tokenizer, out_dir, metadata, source)
+    write_card(out_dir, metadata, CARD, model.config, source=source)
     return {"stored_params": adapter_for(model).total_params()}

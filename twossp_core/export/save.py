@@ -16,6 +16,7 @@ from twossp_core.export.source_files import source_json
 from twossp_core.export.staging import staged_into
 from twossp_core.export.streamed import write_weights_by_block
 from twossp_core.export.tokenizer_files import save_tokenizer
+from twossp_core.plan.sources import ModelInput
 from twossp_core.runtime.offload import offloader_of
 
 BASE_LINE_MARK = "# twossp:base-class"
@@ -34,7 +35,7 @@ def modeling_source(base_architecture: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def with_source_use_cache(config: dict[str, Any], source: str) -> dict[str, Any]:
+def with_source_use_cache(config: dict[str, Any], source: ModelInput | str) -> dict[str, Any]:
     """`config` with the source model's `use_cache` (loading for pruning turns the cache off); without the source's
     config at hand, the architecture's default."""
     use_cache = source_json(source, "config.json").get("use_cache")
@@ -42,8 +43,12 @@ def with_source_use_cache(config: dict[str, Any], source: str) -> dict[str, Any]
     return config if use_cache is None else {**config, "use_cache": use_cache}
 
 
-def save_pruned(model: Any, tokenizer: Any, out_dir: Path, metadata: dict[str, Any]) -> Path:
-    """Save into `out_dir` atomically: files are written to a temporary sibling, then moved in place.
+def save_pruned(
+    model: Any, tokenizer: Any, out_dir: Path, metadata: dict[str, Any], source: ModelInput | None = None
+) -> Path:
+    """Save into `out_dir` atomically: files are written to a temporary sibling, then moved in place. `source`: the
+    model pruned (the metadata's `model`) with where it is opened, when not at its name; its files give the
+    tokenizer's settings and use_cache.
 
     Existing files in out_dir with the same names are replaced; nothing partial is left on failure.
     A block-by-block (offloaded) model is written shard by shard, one block in memory at a time (export.streamed).
@@ -57,11 +62,11 @@ def save_pruned(model: Any, tokenizer: Any, out_dir: Path, metadata: dict[str, A
             if getattr(model, "generation_config", None) is not None and model.can_generate():
                 model.generation_config.save_pretrained(tmp)
             write_weights_by_block(model, tmp)
-        source = str(metadata.get("model") or "")
+        source_model = source if source is not None else ModelInput(str(metadata.get("model") or ""))
         if tokenizer is not None:
-            save_tokenizer(tokenizer, tmp, source)
+            save_tokenizer(tokenizer, tmp, source_model)
         config_path = tmp / "config.json"
-        config = with_source_use_cache(json.loads(config_path.read_text()), source)
+        config = with_source_use_cache(json.loads(config_path.read_text()), source_model)
         config["twossp"] = metadata
         if needs_structure(config.get(STRUCTURE_KEY)):
             config = to_compact(config)  # its own model_type: never loads as the base architecture
@@ -89,11 +94,12 @@ CARD = CardSection("compact", lambda files: USAGE, tags=("custom_code",))
 
 
 def export_compact(
-    model: Any, tokenizer: Any, out_dir: Path, metadata: dict[str, Any], options: BaseModel
+    model: Any, tokenizer: Any, out_dir: Path, metadata: dict[str, Any], options: BaseModel,
+    source: ModelInput | None = None,
 ) -> dict[str, Any]:
     """The `compact` export format: only what remains, with modeling_twossp.py to rebuild it."""
     from twossp_core.models.registry import adapter_for
 
-    save_pruned(model, tokenizer, out_dir, metadata)
-    write_card(out_dir, metadata, CARD, model.config)
+    save_pruned(model, tokenizer, out_dir, metadata, source)
+    write_card(out_dir, metadata, CARD, model.config, source=source)
     return {"stored_params": adapter_for(model).total_params()}

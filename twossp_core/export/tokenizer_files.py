@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from twossp_core.export.source_files import source_json
+from twossp_core.plan.sources import ModelInput
 
 CONFIG_FILE = "tokenizer_config.json"
 LOADING_KEYS = ("is_local", "local_files_only", "auto_map", "_commit_hash", "name_or_path")
@@ -19,8 +20,8 @@ LOADING_KEYS = ("is_local", "local_files_only", "auto_map", "_commit_hash", "nam
 SOURCE_KEYS = ("model_max_length", "tokenizer_class")
 
 
-def save_tokenizer(tokenizer: Any, directory: Path, source: str) -> None:
-    """Save `tokenizer` into `directory`, with the source model's settings."""
+def save_tokenizer(tokenizer: Any, directory: Path, source: ModelInput | str) -> None:
+    """Save `tokenizer` into `directory`, with the source model's settings (read where `source` is opened)."""
     tokenizer.save_pretrained(directory)
     path = Path(directory) / CONFIG_FILE
     if not path.is_file():

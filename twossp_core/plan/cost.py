@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from twossp_core.local_inputs import UnusablePath, local_path, stat_path
+from twossp_core.local_inputs import UnusablePath, stat_path
 from twossp_core.plan.sources import DataSource
 from twossp_core.plan.spec import DEFAULT_SEQ_LEN, JobSpecBase
 from twossp_core.plan.tasks import TASK_SIZES
@@ -72,7 +72,7 @@ def source_tokens(source: DataSource, seq_len: int, eval_windows: int | None) ->
         size = HUB_EVAL_BYTES.get(source.name)
         return None if size is None or source.start is not None or source.end is not None else size
     try:
-        found = stat_path(local_path(source.name))
+        found = stat_path(source.open_path)
     except UnusablePath:
         return None
     return None if found is None else found.st_size  # a token spans at least one byte of text

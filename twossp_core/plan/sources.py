@@ -1,9 +1,17 @@
-"""A text source as a request names it: a hub dataset or a local file, with an optional document range."""
+"""A job's inputs as a request names them: text sources (a hub dataset or a local file, with an optional document
+range) and the model (a hub id, a local directory or GGUF file).
+
+Each also says where a job opens it: at its name, unless the caller gave it another path (the service's worker opens
+and checks a job's local files first, and has the job read exactly those: worker/inputs.py). Reports, labels and
+keys use the name; only reading uses the path.
+"""
 
 from __future__ import annotations
 
+import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 from twossp_core.errors import InvalidSpec
 from twossp_core.plan.limits import MAX_DOCUMENT_INDEX
@@ -22,10 +30,20 @@ class DataSource:
     name: str
     start: int | None = None
     end: int | None = None
+    path: Path | None = None  # where the job opens the file, when not at its name (`opened_at`)
 
     @property
     def is_hub(self) -> bool:
         return self.name in HUB_DATASETS
+
+    @property
+    def open_path(self) -> Path:
+        """The path to open: the one it was given (`opened_at`), else its name."""
+        return self.path if self.path is not None else Path(self.name).expanduser()
+
+    def opened_at(self, path: Path | None) -> DataSource:
+        """The same source, read from `path` (None: from its name)."""
+        return replace(self, path=path)
 
     @property
     def label(self) -> str:
@@ -52,3 +70,30 @@ class DataSource:
         if start is not None and end is not None and end <= start:
             raise InvalidSpec(f"data source {text!r}: END ({end}) must be greater than START ({start})")
         return cls(name=match["name"], start=start, end=end)
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """The model as a request names it (a hub id, a local model directory or GGUF file) and where a job opens it."""
+
+    name: str
+    path: Path | None = None  # where the job opens it, when not at its name
+
+    @classmethod
+    def of(cls, model: ModelInput | str) -> ModelInput:
+        """`model` as a ModelInput; a plain name is opened at itself."""
+        return model if isinstance(model, ModelInput) else cls(model)
+
+    @property
+    def open_path(self) -> Path:
+        """The path to open (a local directory or file; for a hub id, a path that is normally not there)."""
+        return self.path if self.path is not None else Path(self.name).expanduser()
+
+    @property
+    def named_path(self) -> Path:
+        """The path the name stands for, for what to call the model (its directory's name, a hub-cache repository):
+        where the name resolves; for a model opened elsewhere, the name itself, made absolute without following
+        links (the opened copy's own path says nothing about it)."""
+        if self.path is not None:
+            return Path(os.path.abspath(os.path.expanduser(self.name)))
+        return self.open_path.resolve()

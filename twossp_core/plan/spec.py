@@ -6,10 +6,21 @@ Torch-free on purpose, so the API can validate requests before anything is queue
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, TypeVar
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Self, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from twossp_core.errors import FieldProblem, InvalidSpec, joined_problems
 from twossp_core.plan.exports import check_methods, export_options
@@ -26,7 +37,7 @@ from twossp_core.plan.methods import method_config, method_names
 from twossp_core.plan.problems import registry_problems
 from twossp_core.plan.schema import OptionsObject, format_validation_error, validation_problems
 from twossp_core.plan.sizes import parse_size
-from twossp_core.plan.sources import DataSource
+from twossp_core.plan.sources import DataSource, ModelInput
 from twossp_core.plan.tasks import parse_tasks
 
 DEFAULT_SEQ_LEN = 2048
@@ -105,6 +116,9 @@ class JobSpecBase(BaseModel):
         None, ge=1, le=MAX_TASK_LIMIT,
         description="score the first N items of each zero-shot task (of each MMLU subject), in file order; default all",
     )
+    # local input name (the model, a data file) -> the path the job opens instead (`with_opened`); never part of a
+    # request, its dump or a report
+    _opened: Mapping[str, Path] = PrivateAttr(default_factory=dict)
 
     @field_validator("calibration", "eval")
     @classmethod
@@ -138,17 +152,34 @@ class JobSpecBase(BaseModel):
         except InvalidSpec as exc:
             raise ValueError(str(exc)) from None
 
+    def with_opened(self, opened: Mapping[str, Path]) -> Self:
+        """This request with its local inputs read from other paths: `opened` maps the name of a model or data file
+        to the path the job opens instead (the service's worker: the files it opened and checked). The request, its
+        dump and everything a run reports keep the names."""
+        spec = self.model_copy()
+        spec._opened = dict(opened)
+        return spec
+
+    def model_input(self, model: str | None = None) -> ModelInput:
+        """The model (`model`, one of a sweep's models; by default `self.model`) with where the job opens it."""
+        name = self.model if model is None else model
+        return ModelInput(name, self._opened.get(name))
+
+    def _source(self, text: str) -> DataSource:
+        source = DataSource.parse(text)
+        return source.opened_at(self._opened.get(source.name))
+
     def calibration_sources(self) -> list[DataSource]:
-        return [DataSource.parse(s) for s in self.calibration]
+        return [self._source(s) for s in self.calibration]
 
     def eval_sources(self) -> list[DataSource]:
-        return [DataSource.parse(s) for s in self.eval]
+        return [self._source(s) for s in self.eval]
 
     def heal_sources(self) -> list[DataSource]:
         """What a heal trains on: its own `data`, or else the calibration sources (empty without a heal)."""
         if self.heal is None:
             return []
-        return [DataSource.parse(s) for s in self.heal.data] if self.heal.data else self.calibration_sources()
+        return [self._source(s) for s in self.heal.data] if self.heal.data else self.calibration_sources()
 
     @model_validator(mode="after")
     def _check_export(self, info: ValidationInfo) -> JobSpecBase:
@@ -272,7 +303,8 @@ class SweepSpec(JobSpecBase):
         """The single-run request one cell of the sweep corresponds to (on `model`, one of the sweep's; by default
         its first)."""
         fields = {**self.shared_fields(), "model": model or self.model}
-        return PruneSpec(**fields, sparsity=sparsity, method=method, options=self.options[method])
+        cell = PruneSpec(**fields, sparsity=sparsity, method=method, options=self.options[method])
+        return cell.with_opened(self._opened)
 
     def pruning(self) -> Pruning:
         return Pruning(options={m: self.options[m] for m in self.methods}, sparsities=list(self.sparsities))

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from twossp_core.plan.placement import Placement
+from twossp_core.plan.sources import ModelInput
 
 
 def accelerate_device(name: str) -> int | str:
@@ -80,8 +81,9 @@ def is_dispatched(model: nn.Module) -> bool:
     return hasattr(model, "_hf_hook")
 
 
-def load_multi_device(model_id: str, *, dtype: str, placement: Placement) -> tuple[Any, Any]:
-    """(model dispatched over the placement's devices, tokenizer): see the module docstring."""
+def load_multi_device(source: ModelInput | str, *, dtype: str, placement: Placement) -> tuple[Any, Any]:
+    """(model dispatched over the placement's devices, tokenizer), read where `source` says to open it: see the
+    module docstring."""
     from accelerate import dispatch_model
 
     from twossp_core.models.registry import adapter_for
@@ -90,8 +92,9 @@ def load_multi_device(model_id: str, *, dtype: str, placement: Placement) -> tup
     from twossp_core.runtime.quiet import quiet_transformers
 
     quiet_transformers()
-    mapping = device_map(empty_model(model_id, load_config(model_id), resolve_dtype(dtype)), placement)
-    model, tokenizer = load_model(model_id, dtype=dtype, device_map=mapping)
+    model_input = ModelInput.of(source)
+    mapping = device_map(empty_model(model_input.name, load_config(model_input), resolve_dtype(dtype)), placement)
+    model, tokenizer = load_model(model_input, dtype=dtype, device_map=mapping)
     if not hasattr(adapter_for(model).layers[0], "_hf_hook"):  # one device: transformers attached no hooks
         # accelerate warns of parameters "offloaded to the cpu" for any map naming the CPU, even when the CPU is
         # where they compute (nothing is offloaded then)

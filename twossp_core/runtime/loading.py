@@ -10,21 +10,23 @@ from twossp_core.errors import InvalidSpec, ModelNotFound
 from twossp_core.export.compact_config import is_compact, to_base
 from twossp_core.export.remote_modeling import STRUCTURE_KEY, pruned_class
 from twossp_core.gguf_source import local_gguf
-from twossp_core.local_inputs import local_path
 from twossp_core.models.registry import check_supported
+from twossp_core.plan.sources import ModelInput
 from twossp_core.runtime.devices import resolve_device, resolve_dtype
 from twossp_core.runtime.hub import require_hub_model
 from twossp_core.runtime.quiet import quiet_transformers
 
 
-def load_config(model_id: str) -> Any:
-    """The model's config; a compact twossp export's as its base architecture's (its structure attached)."""
+def load_config(model: ModelInput | str) -> Any:
+    """The model's config (read where `model` says to open it); a compact twossp export's as its base
+    architecture's (its structure attached)."""
     from transformers import CONFIG_MAPPING, AutoConfig, PretrainedConfig
 
     quiet_transformers()
 
-    local = local_path(model_id)
-    gguf = local_gguf(model_id)
+    model_input = ModelInput.of(model)
+    model_id, local = model_input.name, model_input.open_path
+    gguf = local_gguf(model_input)
     if gguf is not None:
         return gguf_config_object(gguf)
     if local.exists() and not (local / "config.json").is_file():
@@ -84,17 +86,20 @@ def empty_model(model_id: str, config: Any, dtype: torch.dtype) -> Any:
 
 
 def load_model(
-    model_id: str, *, dtype: str = "float32", device: str = "cpu", device_map: dict[str, Any] | None = None
+    source: ModelInput | str, *, dtype: str = "float32", device: str = "cpu", device_map: dict[str, Any] | None = None
 ) -> tuple[Any, Any]:
-    """Return (model in eval mode on `device`, tokenizer). Pruned twossp directories load too. With `device_map`
-    (module name -> device, accelerate's form) every module is read onto its device instead (`device` is unused)."""
+    """Return (model in eval mode on `device`, tokenizer), read where `source` says to open it. Pruned twossp
+    directories load too. With `device_map` (module name -> device, accelerate's form) every module is read onto
+    its device instead (`device` is unused)."""
     from transformers import AutoTokenizer
 
     quiet_transformers()
 
+    model_input = ModelInput.of(source)
+    model_id = model_input.name
     torch_dtype = resolve_dtype(dtype)
     target = resolve_device(device) if device_map is None else None
-    gguf = local_gguf(model_id)
+    gguf = local_gguf(model_input)
     if gguf is not None:  # dequantized in memory (runtime/gguf_load.py); the memory plan keeps it there
         if device_map is not None:
             raise InvalidSpec(f"{model_id}: a GGUF file runs in memory on one device; convert it once with "
@@ -103,15 +108,16 @@ def load_model(
 
         model, tokenizer = dequantize_gguf(gguf, dtype=torch_dtype, name=model_id)
         return finish_loading(model, tokenizer, target)
-    config = load_config(model_id)
+    config = load_config(model_input)
     check_supported(getattr(config, "model_type", None))
-    source = str(local_path(model_id)) if local_path(model_id).exists() else model_id
+    local = model_input.open_path
+    where = str(local) if local.exists() else model_id
     kwargs: dict[str, Any] = {"dtype": torch_dtype, "trust_remote_code": False}
     if device_map is not None:
         kwargs["device_map"] = device_map
     try:
-        model = model_class(model_id, config).from_pretrained(source, config=config, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+        model = model_class(model_id, config).from_pretrained(where, config=config, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=False)
     except OSError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelNotFound(f"cannot load {model_id!r}: {first}") from None

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from twossp_core.plan.memory import MemoryPlan, spec_plan
+from twossp_core.plan.sources import ModelInput
 from twossp_core.runtime.peaks import PeakMeter, current_rss
 
 logger = logging.getLogger("twossp")
@@ -15,12 +16,12 @@ logger = logging.getLogger("twossp")
 RUNTIME_ALLOWANCE = 64 * 2**20
 
 
-def model_config_dict(model_id: str) -> dict[str, Any]:
+def model_config_dict(model: ModelInput | str) -> dict[str, Any]:
     from twossp_core.preflight import local_config
     from twossp_core.runtime.loading import load_config
 
-    cfg = local_config(model_id)
-    return cfg if cfg is not None else load_config(model_id).to_dict()
+    cfg = local_config(model)
+    return cfg if cfg is not None else load_config(model).to_dict()
 
 
 def visible_gpus(spec: Any) -> list[tuple[str, int]] | None:
@@ -44,7 +45,7 @@ def job_plan(spec: Any) -> MemoryPlan:
     from twossp_core.runtime.devices import resolve_device
 
     device = resolve_device(spec.device).type
-    plan = spec_plan(spec, model_config_dict(spec.model), device=device,
+    plan = spec_plan(spec, model_config_dict(spec.model_input()), device=device,
                      baseline=(current_rss() or 0) + RUNTIME_ALLOWANCE, devices=visible_gpus(spec))
     logger.info(plan.describe())
     return plan
@@ -55,16 +56,16 @@ def load_for_plan(spec: Any, plan: MemoryPlan) -> tuple[Any, Any]:
         from twossp_core.runtime.dispatch import load_multi_device
 
         assert plan.placement is not None
-        return load_multi_device(spec.model, dtype=spec.dtype, placement=plan.placement)
+        return load_multi_device(spec.model_input(), dtype=spec.dtype, placement=plan.placement)
     if plan.mode == "block-by-block":
         from twossp_core.runtime.offload import load_block_by_block, offloader_of
 
-        model, tokenizer = load_block_by_block(spec.model, dtype=spec.dtype, device=spec.device)
+        model, tokenizer = load_block_by_block(spec.model_input(), dtype=spec.dtype, device=spec.device)
         offloader_of(model).window_budget = plan.activation_windows  # type: ignore[union-attr]
         return model, tokenizer
     from twossp_core.runtime.loading import load_model
 
-    return load_model(spec.model, dtype=spec.dtype, device=spec.device)
+    return load_model(spec.model_input(), dtype=spec.dtype, device=spec.device)
 
 
 def memory_report(spec: Any, plan: MemoryPlan, meter: PeakMeter, model: Any) -> dict[str, Any]:

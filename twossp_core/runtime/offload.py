@@ -26,8 +26,8 @@ import torch
 from torch import nn
 
 from twossp_core.errors import ModelNotFound
-from twossp_core.local_inputs import local_path
 from twossp_core.models.base import ModelAdapter
+from twossp_core.plan.sources import ModelInput
 from twossp_core.runtime.tensor_files import TensorEntry, index_directory, read_header, read_tensor
 
 OFFLOADER_ATTR = "_twossp_offloader"
@@ -181,9 +181,11 @@ def editing_block(adapter: ModelAdapter, idx: int) -> Any:
     return nullcontext() if offloader is None else offloader.editing(adapter.layers[idx])
 
 
-def local_model_dir(model_id: str) -> Path:
-    """The directory holding the model's files (downloaded from the hub when the id is not a local path)."""
-    local = local_path(model_id)
+def local_model_dir(source: ModelInput | str) -> Path:
+    """The directory holding the model's files: where `source` says to open it, or downloaded from the hub when it
+    is not a local path."""
+    model_input = ModelInput.of(source)
+    model_id, local = model_input.name, model_input.open_path
     if local.exists():
         return local
     from huggingface_hub import snapshot_download
@@ -195,7 +197,7 @@ def local_model_dir(model_id: str) -> Path:
         raise ModelNotFound(f"cannot download {model_id!r}: {first}") from None
 
 
-def block_prefix(model_id: str) -> str:
+def block_prefix(source: ModelInput | str) -> str:
     """The checkpoint name prefix of a model's decoder blocks (e.g. "model.layers."), from its family's adapter on
     the model built on the meta device from its config (no weights are read)."""
     from twossp_core.models.registry import adapter_for, check_supported
@@ -203,17 +205,18 @@ def block_prefix(model_id: str) -> str:
     from twossp_core.runtime.quiet import quiet_transformers
 
     quiet_transformers()
-    config = load_config(str(local_model_dir(model_id)))
+    config = load_config(str(local_model_dir(source)))
     check_supported(getattr(config, "model_type", None))
-    return adapter_for(empty_model(model_id, config, torch.float32)).layers_prefix
+    return adapter_for(empty_model(ModelInput.of(source).name, config, torch.float32)).layers_prefix
 
 
 @torch.no_grad()
 def load_block_by_block(
-    model_id: str, *, dtype: str = "float32", device: str = "cpu", entries: dict[str, TensorEntry] | None = None,
+    source: ModelInput | str, *, dtype: str = "float32", device: str = "cpu",
+    entries: dict[str, TensorEntry] | None = None,
 ) -> tuple[Any, Any]:
-    """(model with offloaded blocks, tokenizer): see the module docstring. `entries`: the model's safetensors
-    index when the caller has read it already (`index_directory`)."""
+    """(model with offloaded blocks, tokenizer), read where `source` says to open it: see the module docstring.
+    `entries`: the model's safetensors index when the caller has read it already (`index_directory`)."""
     from transformers import AutoTokenizer
 
     from twossp_core.models.registry import adapter_for, check_supported
@@ -222,7 +225,8 @@ def load_block_by_block(
     from twossp_core.runtime.quiet import quiet_transformers
 
     quiet_transformers()
-    local = local_model_dir(model_id)
+    model_id = ModelInput.of(source).name
+    local = local_model_dir(source)
     config = load_config(str(local))
     check_supported(getattr(config, "model_type", None))
     torch_dtype, target = resolve_dtype(dtype), resolve_device(device)
