@@ -172,3 +172,77 @@ def loss_curve_chart(heal: dict[str, Any], width: int = 520, height: int = 240) 
     parts.append(f'<polyline class="loss" points="{line}" fill="none" stroke="#16a34a" stroke-width="2"/>')
     parts.append("</svg>")
     return Markup("".join(parts))
+
+
+METHOD_COLORS = ("#2563eb", "#ea580c", "#16a34a", "#9333ea", "#dc2626", "#0891b2", "#ca8a04", "#db2777")
+
+
+def _log_ticks(lo: float, hi: float) -> list[float]:
+    """1-2-5 ticks from lo to hi (both > 0) for a logarithmic axis."""
+    ticks = []
+    for exp in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1):
+        for step in (1, 2, 5):
+            value = step * 10.0 ** exp
+            if lo <= value * 1.0001 and value <= hi * 1.0001:
+                ticks.append(value)
+    return ticks
+
+
+def held_out_chart(
+    points: list[dict[str, Any]], sparsities: list[float], *, title: str, width: int = 560, height: int = 280
+) -> Markup:
+    """The held-out summary (geometric mean of pruned / dense perplexity over the held-out sets; dense is 1) against
+    the achieved sparsity, one line per method, on a logarithmic axis. `points`: {method, target, sparsity, ratio};
+    `sparsities`: the sweep's targets, marked on the x axis."""
+    methods = list(dict.fromkeys(p["method"] for p in points))
+    colors = {m: METHOD_COLORS[i % len(METHOD_COLORS)] for i, m in enumerate(methods)}
+    ratios = [p["ratio"] for p in points]
+    lo, hi = min([1.0, *ratios]), max([2.0, *ratios])
+    lo, hi = 10 ** (math.floor(math.log10(lo) * 4) / 4), 10 ** (math.ceil(math.log10(hi) * 4) / 4)
+    xs = [p["sparsity"] for p in points] + list(sparsities)
+    x_lo, x_hi = max(0.0, min(xs, default=0.0) - 0.05), min(1.0, max(xs, default=1.0) + 0.05)
+    left, right, top_pad, bottom = 56, 16, 34, 58
+    plot_w, plot_h = width - left - right, height - top_pad - bottom
+
+    def x(value: float) -> float:
+        return left + plot_w * (value - x_lo) / max(x_hi - x_lo, 1e-9)
+
+    def y(value: float) -> float:
+        return top_pad + plot_h - plot_h * (math.log10(value) - math.log10(lo)) / (math.log10(hi) - math.log10(lo))
+
+    parts = _open(title, "chart-held-out", width, height, left)
+    for value in _log_ticks(lo, hi):
+        parts.append(f'<line x1="{left}" x2="{width - right}" y1="{y(value):.1f}" y2="{y(value):.1f}" '
+                     'stroke="#e5e7eb"/>')
+        parts.append(f'<text x="{left - 6}" y="{y(value) + 4:.1f}" text-anchor="end" fill="#4b5563">'
+                     f"×{_fmt(value)}</text>")
+    parts.append(f'<line class="dense" x1="{left}" x2="{width - right}" y1="{y(1.0):.1f}" y2="{y(1.0):.1f}" '
+                 'stroke="#6b7280" stroke-dasharray="4 3"/>')
+    for target in sorted(set(sparsities)):
+        parts.append(f'<text x="{x(target):.1f}" y="{top_pad + plot_h + 15}" text-anchor="middle" fill="#4b5563">'
+                     f"{target * 100:g}%</text>")
+    parts.append(f'<text x="{left + plot_w / 2:.1f}" y="{top_pad + plot_h + 30}" text-anchor="middle" '
+                 'fill="#4b5563">achieved sparsity of block parameters</text>')
+    parts.append(f'<text x="12" y="{top_pad + plot_h / 2:.1f}" transform="rotate(-90 12 {top_pad + plot_h / 2:.1f})" '
+                 'text-anchor="middle" fill="#4b5563">held-out × (log)</text>')
+    for method in methods:
+        own = sorted((p for p in points if p["method"] == method), key=lambda p: p["sparsity"])
+        if len(own) > 1:
+            line = " ".join(f"{x(p['sparsity']):.1f},{y(p['ratio']):.1f}" for p in own)
+            parts.append(f'<polyline class="method-line" data-method="{escape(method)}" points="{line}" fill="none" '
+                         f'stroke="{colors[method]}" stroke-width="2"/>')
+        for p in own:
+            parts.append(
+                f'<circle class="point" cx="{x(p["sparsity"]):.1f}" cy="{y(p["ratio"]):.1f}" r="4" '
+                f'fill="{colors[method]}" data-method="{escape(method)}" data-target="{p["target"]:g}" '
+                f'data-sparsity="{p["sparsity"]}" data-ratio="{p["ratio"]}"><title>{escape(method)} at '
+                f'{p["target"]:g}: ×{_fmt(p["ratio"])} (achieved {p["sparsity"]:.3f})</title></circle>'
+            )
+    lx = left
+    for name in [*methods, "dense"]:  # legend
+        color = colors.get(name, "#6b7280")
+        parts.append(f'<rect x="{lx}" y="{height - 16}" width="10" height="10" fill="{color}"/>')
+        parts.append(f'<text x="{lx + 14}" y="{height - 7}" fill="#111827">{escape(name)}</text>')
+        lx += 24 + 7 * len(name)
+    parts.append("</svg>")
+    return Markup("".join(parts))

@@ -28,8 +28,9 @@ from api.errors import Conflict, NotFound, ServiceError
 from api.routes.jobs import artifact as artifact_download
 from api.routes.jobs import manifest as manifest_download
 from api.services import jobs as service
-from api.ui import auth, charts, forms, views
+from api.ui import auth, charts, forms, sweep, views
 from service.db.models import TERMINAL_STATES, Job, JobState
+from service.sweeps import models_of as sweep_models
 from twossp_core.errors import TwosspError
 from twossp_core.plan.exports import format_names
 
@@ -135,9 +136,12 @@ def _state_filter(state: str | None) -> JobState | None:
 
 
 def _listing(session: Any, ui: auth.UiSession, state: str | None, offset: int) -> dict[str, Any]:
+    """The user's top-level jobs (a sweep stands for its cells, as in `GET /jobs`), each sweep with its cells'
+    summary."""
     rows, total = service.list_jobs(session, ui.user, _state_filter(state), PAGE_SIZE, max(offset, 0))
     return {"ui": ui, "jobs": rows, "total": total, "state": state or "", "offset": max(offset, 0),
-            "page_size": PAGE_SIZE, "states": [s.value for s in JobState]}
+            "page_size": PAGE_SIZE, "states": [s.value for s in JobState],
+            "cell_summaries": sweep.summaries(session, rows)}
 
 
 @router.get("")
@@ -202,9 +206,13 @@ async def submit(
 
 # ---- one job -------------------------------------------------------------------------------------------------
 def _live(session: Any, ui: auth.UiSession, job: Job) -> dict[str, Any]:
-    """What the status panel shows: the job and its timeline (from `GET /jobs/{id}/events`' own query)."""
+    """What the status panel shows: the job (a sweep's stage and percent from its cells) and its timeline (from
+    `GET /jobs/{id}/events`' own query)."""
     events, more = service.list_events(session, ui.user, job.id, 0, TIMELINE_MAX)
-    return {"ui": ui, "job": job, "events": views.timeline(job, events), "more_events": more}
+    summary = sweep.summaries(session, [job]).get(job.id)
+    stage, progress = summary.shown(job) if summary is not None else (job.stage, job.progress)
+    return {"ui": ui, "job": job, "events": views.timeline(job, events), "more_events": more, "stage": stage,
+            "progress": progress}
 
 
 def _job_context(session: Any, ui: auth.UiSession, job: Job, store: Any) -> dict[str, Any]:
@@ -212,12 +220,14 @@ def _job_context(session: Any, ui: auth.UiSession, job: Job, store: Any) -> dict
     files = views.manifest_files(store, job)
     context: dict[str, Any] = {
         **_live(session, ui, job), "report": report, "files": files, "notice": None,
-        "images": views.comparison_images(files) if job.kind == "sweep" else [],
+        "images": views.comparison_images(files, sweep_models(job.spec)) if job.kind == "sweep" else [],
         "spec_rows": views.options_rows(job.spec or {}),
     }
+    if job.kind == "sweep":
+        context.update(sweep.sweep_context(session, job))
     if report is not None:
         context["zero_shot"] = views.zero_shot_table(report)
-    if report is not None and job.kind == "prune":
+    if report is not None and job.kind in ("prune", "cell"):  # a cell's report is its run's
         context["tables"] = views.report_tables(report)
         heal = report.get("heal") or {}
         chart_list = (charts.perplexity_chart(report), charts.throughput_chart(report), charts.loss_curve_chart(heal))
@@ -250,6 +260,22 @@ def job_live(request: Request, job_id: str, session: SessionDep) -> Response:
     except NotFound as exc:
         return Response(str(exc), status_code=404)
     return page(request, "job_live.html", _live(session, ui, job))
+
+
+@router.get("/jobs/{job_id}/cells")
+def cells_fragment(request: Request, job_id: str, session: SessionDep) -> Response:
+    """A sweep's cells table and comparison so far alone, polled by the sweep's page."""
+    ui = auth.current_session(request, session)
+    if ui is None:
+        return Response("sign in again", status_code=401)
+    try:
+        job = service.get_job(session, ui.user, job_id)
+    except NotFound as exc:
+        return Response(str(exc), status_code=404)
+    if job.kind != "sweep":
+        return Response(f"job {job_id} is not a sweep", status_code=409)
+    context = {"ui": ui, "job": job, "images": [], **sweep.sweep_context(session, job)}
+    return page(request, "sweep_cells.html", context)
 
 
 @router.post("/jobs/{job_id}/cancel")

@@ -11,6 +11,7 @@ from typing import Any
 from service.db.models import Job, JobState
 from service.db.types import utcnow
 from service.store import ArtifactStore
+from twossp_core.comparison import model_label
 
 IMAGE_TYPES = {".svg": "image/svg+xml", ".png": "image/png"}
 
@@ -74,12 +75,17 @@ def manifest_files(store: ArtifactStore, job: Job) -> list[dict[str, Any]]:
     return list(manifest.get("files", []))
 
 
-def comparison_images(files: list[dict[str, Any]]) -> list[str]:
-    """A sweep's comparison chart(s) in the artifact, SVG preferred."""
+def comparison_images(files: list[dict[str, Any]], models: Sequence[str] = ()) -> list[str]:
+    """A sweep's comparison chart(s) in the artifact, SVG preferred: comparison.svg, or one comparison-<model>.svg
+    per model of a sweep over several (in the order of `models`)."""
     names = {f["path"] for f in files}
-    if "comparison.svg" in names:
-        return ["comparison.svg"]
-    return ["comparison.png"] if "comparison.png" in names else []
+    for suffix in (".svg", ".png"):
+        if f"comparison{suffix}" in names:
+            return [f"comparison{suffix}"]
+        found = [name for m in models if (name := f"comparison-{model_label(m)}{suffix}") in names]
+        if found:
+            return found
+    return []
 
 
 def report_tables(report: dict[str, Any]) -> dict[str, list[tuple[str, str]]]:
