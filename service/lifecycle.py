@@ -146,8 +146,13 @@ def submit(session: Session, job: Job, cells: Sequence[Job] = ()) -> None:
         row.cancel_requested, row.attempt, row.dispatched = False, 0, False
         row.id = row.id or new_id()
     job.dispatched = bool(cells)
-    for cell in cells:
+    submitted = job.created_at or utcnow()
+    job.created_at = submitted
+    for index, cell in enumerate(cells, start=1):
         cell.parent_id = job.id
+        # one microsecond apart, in submission order: (created_at, id) lists a sweep's cells in its order even
+        # where the clock gives several rows the same instant
+        cell.created_at = submitted + timedelta(microseconds=index)
     session.add(job)
     try:
         session.flush()

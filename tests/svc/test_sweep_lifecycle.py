@@ -237,3 +237,22 @@ def test_a_sweep_over_several_models_has_a_cell_per_model_method_and_sparsity(
         with pytest.raises(InputRejected, match="TWOSSP_ALLOWED_LOCAL_ROOTS"):
             submit_job(session, EmbeddedBroker(), settings, user, {**body, "models": [str(stories_model), "/etc"]},
                        None)
+
+
+def test_a_sweeps_cells_are_listed_in_its_order(env, stories_model: Path, stories_text: Path) -> None:
+    """Cells inserted in one flush may share a clock reading; the listing (and so the comparison's rows and the
+    dashboard's table) still follows the sweep's methods x sparsities order, never the random ids'."""
+    from service.sweeps import cells_of
+
+    settings, db = env
+    methods, sparsities = ["window", "2ssp", "shortgpt", "slicegpt"], [0.5, 0.25, 0.375]
+    _, parent_id, _ = submit(settings, db, stories_model, stories_text, methods, sparsities)
+    with db.session() as session:
+        spec = session.get(Job, parent_id).spec  # its canonical order: methods as given, sparsities ascending
+        assert spec["methods"] == methods and spec["sparsities"] == sorted(sparsities)
+        cells = cells_of(session, [parent_id])[parent_id]
+        assert [(c.method, c.spec["sparsity"]) for c in cells] == [
+            (m, s) for m in spec["methods"] for s in spec["sparsities"]
+        ]
+        stamps = [c.created_at for c in cells]
+        assert stamps == sorted(set(stamps))  # strictly increasing
