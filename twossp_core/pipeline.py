@@ -100,10 +100,11 @@ def prepare(
     sources = [*(spec.calibration_sources() if with_calibration else []), *spec.eval_sources()]
     check_data(sources, spec.doc_separator)
     require_hub_datasets(sorted({s.name for s in sources if s.is_hub and not s.open_path.exists()}))
+    task_data = spec.task_data()  # where the zero-shot tasks are read from, the same for the check and the reading
     if spec.tasks:
         from twossp_core.evaluation.zeroshot.sources import check_sources
 
-        check_sources(spec.tasks)
+        check_sources(spec.tasks, task_data)
     torch.manual_seed(spec.seed)
     t0 = time.perf_counter()
     plan = job_plan(plan_spec or spec)  # refuses a job that cannot fit its memory budgets before anything is loaded
@@ -147,7 +148,7 @@ def prepare(
         from twossp_core.evaluation.zeroshot.evaluate import prepare_tasks
 
         t3 = time.perf_counter()
-        ws.zero_shot_tasks = prepare_tasks(tokenizer, model.config, spec.tasks, spec.task_limit)
+        ws.zero_shot_tasks = prepare_tasks(tokenizer, model.config, spec.tasks, spec.task_limit, task_data)
         ws.timings["zero_shot_dense_s"] = time.perf_counter() - t3
     if measure:
         measure_dense(ws, reporter)

@@ -36,8 +36,8 @@ from service.records import StageMark
 from service.settings import Settings
 from service.store import ArtifactStore, make_store
 from service.workers import Capacity
-from twossp_core.evaluation.zeroshot.sources import TaskData, using_task_data
 from twossp_core.plan.spec import PruneSpec, SweepSpec, parse_job_spec
+from twossp_core.plan.tasks import TaskData
 from worker.inputs import pinned_inputs
 from worker.progress import ProgressTracker, job_stages
 
@@ -241,14 +241,15 @@ class JobRunner:
             if spec is None:
                 assert invalid is not None
                 raise invalid
-            # the API checked the paths at submission; the files may have changed since: open them now, check
-            # what was opened, and hand the job a spec that reads exactly those files (its names unchanged)
+            # the API checked the paths at submission; the files may have changed since: open them now (and the
+            # zero-shot tasks' files, from this worker's task data), check what was opened, and hand the job a spec
+            # that reads exactly those files (its names unchanged)
+            spec = spec.with_task_data(TaskData(root=self.settings.task_data))
             with (
                 pinned_inputs(spec, self.settings.resolved_roots(), work / "inputs") as inputs,
-                using_task_data(TaskData(root=self.settings.task_data)),  # the zero-shot tasks' files
                 self._interruptible_section(),
             ):
-                report = self._execute(spec.with_opened(inputs.opened), work / "out", tracker.update, should_cancel,
+                report = self._execute(inputs.job_spec(spec), work / "out", tracker.update, should_cancel,
                                        sweep_id=claim.parent_id, job_id=claim.job_id)
             if should_cancel():
                 raise Cancelled("stopped after the last stage")

@@ -3,6 +3,7 @@ request on every family, and the accuracies against their definition."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import random
@@ -13,11 +14,12 @@ import torch
 from conftest import require_data
 from tiny_models import FAMILIES, tiny_model
 
+from twossp_core.cli.options import task_data
 from twossp_core.errors import DataError, InvalidSpec
 from twossp_core.evaluation.zeroshot.items import Item
 from twossp_core.evaluation.zeroshot.metrics import accuracies
 from twossp_core.evaluation.zeroshot.scoring import loglikelihoods, pack, segment
-from twossp_core.evaluation.zeroshot.sources import TaskData, check_sources, load_task, using_task_data
+from twossp_core.evaluation.zeroshot.sources import TaskData, check_sources, load_task
 from twossp_core.models.registry import adapter_for
 from twossp_core.plan.tasks import PAPER_TASKS, parse_tasks
 
@@ -99,8 +101,10 @@ def test_task_names_and_missing_data(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="holds none of the files"):
         check_sources(["piqa"], TaskData(root=tmp_path))
     monkeypatch.setenv("TWOSSP_TASK_DATA", str(tmp_path))
-    with using_task_data(TaskData(paths={"winogrande": tmp_path})), pytest.raises(DataError, match="no winogrande"):
-        check_sources(["winogrande"])
+    cli_data = task_data(argparse.Namespace(task_data=None, task_file=[f"winogrande={tmp_path}"]))
+    assert cli_data.root == tmp_path  # the CLI's default directory, the task's own path before it
+    with pytest.raises(DataError, match="no winogrande"):
+        check_sources(["winogrande"], cli_data)
 
 
 # ---- scoring ----------------------------------------------------------------------------------------------------

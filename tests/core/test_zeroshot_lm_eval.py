@@ -33,7 +33,6 @@ def model_and_tokenizer():
 @pytest.mark.slow
 def test_scores_equal_lm_eval_on_the_six_tasks(model_and_tokenizer, tmp_path):
     from twossp_core.evaluation.zeroshot.reference import hellaswag_rows_from_extraction, run_lm_eval
-    from twossp_core.evaluation.zeroshot.sources import using_task_data
 
     model, tokenizer = model_and_tokenizer
     tasks_dir = require_data("tasks")
@@ -44,8 +43,7 @@ def test_scores_equal_lm_eval_on_the_six_tasks(model_and_tokenizer, tmp_path):
     data = TaskData(root=tasks_dir, paths={"hellaswag": hellaswag})
     tasks = list(PAPER_TASKS)
 
-    with using_task_data(data):
-        prepared = prepare_tasks(tokenizer, model.config, tasks, LIMIT)
+    prepared = prepare_tasks(tokenizer, model.config, tasks, LIMIT, data)
     assert not any(p.task.approximate for p in prepared)
     ours = loglikelihoods_per_task(adapter_for(model), prepared)
     reference = run_lm_eval(model, tokenizer, tasks, LIMIT, tmp_path / "lm-eval", data=data)

@@ -1,10 +1,13 @@
 """Zero-shot tasks in jobs: `--tasks`/`--task-limit` on prune, eval and sweep, the report's `zero_shot` block (dense
-and pruned on the same items), progress stages, the summary, the sweep comparison, and refusals of bad input."""
+and pruned on the same items), progress stages, the summary, the sweep comparison, refusals of bad input, and runs
+in one process each reading the task data it was handed."""
 
 from __future__ import annotations
 
 import json
 import math
+import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,9 +16,9 @@ from conftest import require_data
 from twossp_core.cli.main import main
 from twossp_core.errors import InvalidSpec
 from twossp_core.evaluation.zeroshot.evaluate import prepare_tasks, score_tasks
-from twossp_core.evaluation.zeroshot.sources import TaskData, using_task_data
+from twossp_core.evaluation.zeroshot.sources import TaskData
 from twossp_core.models.registry import adapter_for
-from twossp_core.plan.spec import parse_spec, parse_sweep_spec
+from twossp_core.plan.spec import JobSpecBase, parse_spec, parse_sweep_spec
 from twossp_core.plan.stages import prune_stages
 
 TASKS = ["winogrande", "arc_easy", "hellaswag"]
@@ -37,8 +40,8 @@ def scores_of(model_dir, task_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    with using_task_data(TaskData(root=task_dir)):
-        prepared = prepare_tasks(AutoTokenizer.from_pretrained(model_dir), model.config, TASKS, LIMIT)
+    prepared = prepare_tasks(AutoTokenizer.from_pretrained(model_dir), model.config, TASKS, LIMIT,
+                             TaskData(root=task_dir))
     return score_tasks(adapter_for(model), prepared)
 
 
@@ -78,8 +81,8 @@ def test_progress_has_the_zero_shot_stages(stories_model, stories_text, task_dir
                        "doc_separator": "<|endoftext|>", "measure_throughput": False, "tasks": ["winogrande"],
                        "task_limit": 3})
     seen: list[str] = []
-    with using_task_data(TaskData(root=task_dir)):
-        run_prune(spec, tmp_path / "o", progress=lambda stage, f: seen.append(stage))
+    run_prune(spec.with_task_data(TaskData(root=task_dir)), tmp_path / "o",
+              progress=lambda stage, f: seen.append(stage))
     entered = [stage for i, stage in enumerate(seen) if i == 0 or seen[i - 1] != stage]
     assert entered == [s.name for s in prune_stages(spec)]
     assert {"zero_shot_dense", "zero_shot_pruned"} <= set(entered)
@@ -141,3 +144,67 @@ def test_request_fields():
     with pytest.raises(InvalidSpec, match="tasks: unknown zero-shot task"):
         parse_sweep_spec({"model": "m", "sparsities": [0.5], "tasks": ["nope"]})
     assert parse_spec(base).tasks == [] and parse_spec(base).task_limit is None
+
+
+def winogrande_dir(root: Path, word: str) -> Path:
+    """A task data directory whose WinoGrande items all say `word`."""
+    rows = [{"qID": f"{word}-{k}", "sentence": f"The {word} trophy did not fit in _ number {k}.", "option1": "the case",
+             "option2": "the bag", "answer": "1"} for k in range(3)]
+    (root / "winogrande").mkdir(parents=True)
+    (root / "winogrande" / "dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+def test_two_evaluations_in_one_process_read_their_own_task_data(stories_model, stories_text, tmp_path, monkeypatch):
+    """Two evaluations at once in one process (two threads), each handed its own task data directory: each finds
+    and reads its own files, however their steps interleave (both are under way before either looks for a file)."""
+    from twossp_core import pipeline
+    from twossp_core.evaluation.zeroshot import winogrande
+    from twossp_core.progress import Reporter
+
+    monkeypatch.delenv("TWOSSP_TASK_DATA", raising=False)
+    words = ("golden", "silver")
+    data = {word: TaskData(root=winogrande_dir(tmp_path / word, word)) for word in words}
+    barrier = threading.Barrier(2, timeout=60)
+    local_file = winogrande.local_file
+
+    def in_step(task: str, path: Path) -> Path | None:
+        barrier.wait()  # each lookup of a task file (the check, then the reading) waits for the other evaluation
+        return local_file(task, path)
+
+    monkeypatch.setattr(winogrande, "local_file", in_step)
+    # transformers' loading is not thread-safe (its meta-device initialisation is process-wide): one load at a time,
+    # between the two lookups
+    loading, load_for_plan = threading.Lock(), pipeline.load_for_plan
+
+    def one_load_at_a_time(*args, **kwargs):
+        with loading:
+            return load_for_plan(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "load_for_plan", one_load_at_a_time)
+    spec = JobSpecBase(model=str(stories_model), eval=[f"{stories_text}:500:510"], doc_separator="<|endoftext|>",
+                       seq_len=64, eval_windows=1, measure_throughput=False, tasks=["winogrande"], task_limit=2)
+    read: dict[str, object] = {}
+    errors: list[BaseException] = []
+
+    def evaluate(word: str) -> None:
+        try:
+            ws = pipeline.prepare(spec.with_task_data(data[word]), Reporter(), with_calibration=False)
+            read[word] = (ws.zero_shot_tasks[0].task, ws.dense_zero_shot["winogrande"])
+        except BaseException as exc:  # reported below; the other thread must not wait for this one
+            errors.append(exc)
+            barrier.abort()
+
+    threads = [threading.Thread(target=evaluate, args=(word,)) for word in words]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    for word in words:
+        task, scores = read[word]
+        assert task.source == str(tmp_path / word / "winogrande" / "dev.jsonl")
+        assert len(task.items) == 2 and all(f"The {word} trophy" in context for item in task.items
+                                            for context, _ in item.requests)
+        assert set(scores) >= {"acc", "acc_stderr"}
+    assert spec.task_data() == TaskData()  # the spec itself reads TWOSSP_TASK_DATA (unset here)

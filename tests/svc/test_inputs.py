@@ -1,10 +1,12 @@
 """The worker's view of a job's local inputs (worker/inputs.py): files opened first, checked where they really
 are, and read through links to the open files, so a path swapped afterwards is never followed. The job is handed
-`spec.with_opened(pinned.opened)`: each input says where to open it, and only that spec's readers see those paths."""
+`spec.with_opened(pinned.opened)`: each input says where to open it, and only that spec's readers see those paths.
+The zero-shot tasks' local files (the worker's task data) are opened with them (`pinned.job_spec(spec)`)."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import threading
 import time
@@ -14,9 +16,12 @@ import pytest
 
 from service.paths import PathRefused
 from twossp_core.data.sources import iter_documents
+from twossp_core.evaluation.zeroshot.mmlu import SUBJECTS
+from twossp_core.evaluation.zeroshot.sources import check_sources, load_task, local_source
 from twossp_core.export.source_files import source_json, source_name, source_sha256
 from twossp_core.plan.cost import source_tokens
 from twossp_core.plan.spec import JobSpecBase, SweepSpec
+from twossp_core.plan.tasks import TaskData
 from twossp_core.preflight import check_data, local_config
 from worker.inputs import pinned_inputs
 
@@ -167,3 +172,56 @@ def test_hidden_entries_and_dangling_links_are_left_out(tmp_path: Path, tree: tu
     with pinned_inputs(JobSpecBase(model=str(model)), [allowed], tmp_path / "inputs") as pinned:
         view = pinned.opened[str(model)]
         assert sorted(p.name for p in view.iterdir()) == ["config.json", "model.safetensors", "sub"]
+
+
+def write_tasks(tasks: Path, word: str) -> None:
+    """WinoGrande (one file), PIQA (a file and its labels beside it) and MMLU (a folder of CSVs) saying `word`."""
+    for name in ("winogrande", "piqa", "mmlu"):
+        (tasks / name).mkdir(parents=True, exist_ok=True)
+    row = {"sentence": f"{word} _ here.", "option1": "a", "option2": "b", "answer": "1"}
+    (tasks / "winogrande" / "dev.jsonl").write_text(json.dumps(row) + "\n")
+    (tasks / "piqa" / "valid.jsonl").write_text(json.dumps({"goal": word, "sol1": "x", "sol2": "y"}) + "\n")
+    (tasks / "piqa" / "valid-labels.lst").write_text("1\n" if word == "opened" else "0\n")
+    for subject in SUBJECTS:
+        (tasks / "mmlu" / f"{subject}_test.csv").write_text(f"{word},a,b,c,d,A\n")
+
+
+def test_task_files_are_read_where_they_were_opened(tmp_path: Path, tree: tuple[Path, Path]) -> None:
+    """The zero-shot tasks' local files, where the worker's task data says (outside the allowed roots: the request
+    does not name them), are looked up and opened with the job's other inputs: the job reads those files, names
+    them as found, and does not read a task folder that appears later."""
+    allowed, _ = tree
+    tasks = tmp_path / "tasks"
+    write_tasks(tasks, "opened")
+    wino, piqa, mmlu = tasks / "winogrande" / "dev.jsonl", tasks / "piqa" / "valid.jsonl", tasks / "mmlu"
+    spec = JobSpecBase(model=str(allowed / "model"), tasks=["winogrande", "piqa", "mmlu", "arc_easy"])
+    spec = spec.with_task_data(TaskData(root=tasks))
+    before = open_fds()
+    with pinned_inputs(spec, [allowed], tmp_path / "inputs") as pinned:
+        assert set(pinned.opened) == {str(allowed / "model"), str(wino), str(piqa), str(mmlu)}
+        assert pinned.task_data == TaskData(paths={"winogrande": wino, "piqa": piqa, "mmlu": mmlu})
+        job = pinned.job_spec(spec)
+        for path in [wino, piqa, piqa.with_name("valid-labels.lst"), *mmlu.iterdir()]:
+            path.unlink()  # new files under the same names
+        write_tasks(tasks, "swapped")
+        (tasks / "arc_easy").mkdir()
+        (tasks / "arc_easy" / "test.jsonl").write_text("not read")
+        data = job.task_data()
+        assert check_sources(["winogrande", "piqa", "mmlu"], data) == {
+            "winogrande": str(wino), "piqa": str(piqa), "mmlu": str(mmlu)}
+        assert local_source("arc_easy", data) is None  # no local data when the inputs were opened: the Hub
+        read = {task: load_task(task, None, data) for task in ("winogrande", "piqa", "mmlu")}
+        assert {task: items.source for task, items in read.items()} == {
+            "winogrande": str(wino), "piqa": str(piqa), "mmlu": str(mmlu)}
+        assert read["winogrande"].items[0].requests[0][0] == "opened a"
+        assert read["piqa"].items[0].requests[0][0] == "Question: opened\nAnswer:" and read["piqa"].items[0].gold == 1
+        assert len(read["mmlu"].items) == 57 and all("\n\nopened\nA. a" in i.requests[0][0] for i in read["mmlu"].items)
+        assert job.model_dump() == spec.model_dump()
+        # a sweep's cells read the tasks where the sweep does
+        sweep = SweepSpec(model=str(allowed / "model"), sparsities=[0.25], methods=["2ssp"], tasks=["winogrande"])
+        cell = pinned.job_spec(sweep).prune_spec("2ssp", 0.25)
+        assert cell.task_data().open_path(wino) == pinned.opened[str(wino)]
+        assert load_task("winogrande", None, cell.task_data()).items[0].requests[0][0] == "opened a"
+    assert open_fds() == before
+    # the spec itself reads the directory as it is now
+    assert load_task("winogrande", None, spec.task_data()).items[0].requests[0][0] == "swapped a"

@@ -12,7 +12,6 @@ from twossp_core.cli.options import add_data_arguments, add_task_arguments, memo
 from twossp_core.cli.running import StageBars
 from twossp_core.cli.summary import spread_text
 from twossp_core.errors import InvalidSpec
-from twossp_core.evaluation.zeroshot.sources import using_task_data
 from twossp_core.evaluation.zeroshot.summary import summary_lines
 from twossp_core.plan.schema import format_validation_error, validation_problems
 from twossp_core.plan.spec import JobSpecBase
@@ -37,8 +36,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise InvalidSpec("eval needs at least one --eval source")
     bars = StageBars(enabled=not args.no_progress)
     try:
-        with using_task_data(task_data(args)):
-            ws = prepare(spec, Reporter(bars), with_calibration=False)
+        ws = prepare(spec.with_task_data(task_data(args)), Reporter(bars), with_calibration=False)
     finally:
         bars.close()
     result = {

@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from twossp_core.errors import InvalidSpec
-from twossp_core.evaluation.zeroshot.sources import TaskData
 from twossp_core.local_inputs import UnusablePath, stat_path
 from twossp_core.plan.exports import FORMATS
-from twossp_core.plan.tasks import parse_tasks
+from twossp_core.plan.tasks import TaskData, parse_tasks
 
 
 def option_value(text: str) -> tuple[str, Any]:
@@ -66,7 +65,8 @@ def add_task_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def task_data(args: argparse.Namespace) -> TaskData:
-    """The task data the command reads (--task-data, --task-file), for `using_task_data`."""
+    """The task data the command reads (--task-data, else TWOSSP_TASK_DATA; --task-file), for the spec's
+    `with_task_data`."""
     paths = {}
     for text in args.task_file or []:
         task, sep, path = text.partition("=")
@@ -74,7 +74,8 @@ def task_data(args: argparse.Namespace) -> TaskData:
         if len(names) != 1:
             raise InvalidSpec(f"--task-file expects TASK=PATH for one task, got {text!r}")
         paths[names[0]] = Path(path).expanduser()
-    return TaskData(root=Path(args.task_data).expanduser() if args.task_data else None, paths=paths)
+    root = Path(args.task_data).expanduser() if args.task_data else TaskData.from_environment().root
+    return TaskData(root=root, paths=paths)
 
 
 def add_export_argument(p: argparse.ArgumentParser, *, flag: str = "--export", default: str = "compact") -> None:

@@ -11,7 +11,7 @@ from typing import Any
 from tqdm import tqdm
 
 from twossp_core.cli.options import check_out_dir, task_data
-from twossp_core.evaluation.zeroshot.sources import using_task_data
+from twossp_core.plan.spec import JobSpecBase
 
 
 class StageBars:
@@ -42,13 +42,13 @@ class StageBars:
             self.bar = None
 
 
-def run_into_out_dir(args: argparse.Namespace, run: Callable[..., dict[str, Any]], spec: Any) -> dict[str, Any]:
-    """Check --out, then run a job (run_prune or run_sweep) into it with progress bars."""
+def run_into_out_dir(args: argparse.Namespace, run: Callable[..., dict[str, Any]], spec: JobSpecBase) -> dict[str, Any]:
+    """Check --out, then run a job (run_prune or run_sweep) into it with progress bars, its zero-shot tasks read
+    from where the command's flags say."""
     out = Path(args.out)
     check_out_dir(out, args.overwrite)
     bars = StageBars(enabled=not args.no_progress)
     try:
-        with using_task_data(task_data(args)):
-            return run(spec, out, progress=bars)
+        return run(spec.with_task_data(task_data(args)), out, progress=bars)
     finally:
         bars.close()

@@ -38,7 +38,7 @@ from twossp_core.plan.problems import registry_problems
 from twossp_core.plan.schema import OptionsObject, format_validation_error, validation_problems
 from twossp_core.plan.sizes import parse_size
 from twossp_core.plan.sources import DataSource, ModelInput
-from twossp_core.plan.tasks import parse_tasks
+from twossp_core.plan.tasks import TaskData, parse_tasks
 
 DEFAULT_SEQ_LEN = 2048
 
@@ -116,9 +116,11 @@ class JobSpecBase(BaseModel):
         None, ge=1, le=MAX_TASK_LIMIT,
         description="score the first N items of each zero-shot task (of each MMLU subject), in file order; default all",
     )
-    # local input name (the model, a data file) -> the path the job opens instead (`with_opened`); never part of a
-    # request, its dump or a report
+    # local input name (the model, a data file, a zero-shot task's file or folder) -> the path the job opens instead
+    # (`with_opened`); never part of a request, its dump or a report
     _opened: Mapping[str, Path] = PrivateAttr(default_factory=dict)
+    # where the job reads its zero-shot tasks (`with_task_data`; None: TWOSSP_TASK_DATA); never part of a request
+    _task_data: TaskData | None = PrivateAttr(default=None)
 
     @field_validator("calibration", "eval")
     @classmethod
@@ -159,6 +161,20 @@ class JobSpecBase(BaseModel):
         spec = self.model_copy()
         spec._opened = dict(opened)
         return spec
+
+    def with_task_data(self, data: TaskData) -> Self:
+        """This request with its zero-shot tasks read from `data` (the CLI's --task-data and --task-file, the
+        service's settings) instead of the default, the directory TWOSSP_TASK_DATA names. Like `with_opened`, it
+        says only where files are read: the request, its dump and its reports are unchanged."""
+        spec = self.model_copy()
+        spec._task_data = data
+        return spec
+
+    def task_data(self) -> TaskData:
+        """Where the job reads its zero-shot tasks (`with_task_data`; by default TWOSSP_TASK_DATA), with the paths
+        it opens their files at (`with_opened`)."""
+        data = self._task_data if self._task_data is not None else TaskData.from_environment()
+        return data.opened_at(self._opened)
 
     def model_input(self, model: str | None = None) -> ModelInput:
         """The model (`model`, one of a sweep's models; by default `self.model`) with where the job opens it."""
@@ -301,9 +317,10 @@ class SweepSpec(JobSpecBase):
 
     def prune_spec(self, method: str, sparsity: float, model: str | None = None) -> PruneSpec:
         """The single-run request one cell of the sweep corresponds to (on `model`, one of the sweep's; by default
-        its first)."""
+        its first), reading its inputs where the sweep does (`with_opened`, `with_task_data`)."""
         fields = {**self.shared_fields(), "model": model or self.model}
         cell = PruneSpec(**fields, sparsity=sparsity, method=method, options=self.options[method])
+        cell._task_data = self._task_data
         return cell.with_opened(self._opened)
 
     def pruning(self) -> Pruning:

@@ -1,10 +1,16 @@
-"""The zero-shot tasks a request may name (scored by twossp_core/evaluation/zeroshot)."""
+"""The zero-shot tasks a request may name (scored by twossp_core/evaluation/zeroshot), and where a run reads their
+local files from (`TaskData`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from twossp_core.errors import InvalidSpec
+
+ENV_VARIABLE = "TWOSSP_TASK_DATA"  # the directory of task folders a run reads when it is given none
 
 # the paper's six, in the order its tables list them
 PAPER_TASKS = ("winogrande", "arc_easy", "arc_challenge", "hellaswag", "piqa", "mmlu")
@@ -49,6 +55,35 @@ TASK_SIZES = {
     "mmlu": TaskSize(items=14042, choices=4, tokens=557, first_tokens=576, groups=57),
 }
 assert tuple(TASK_SIZES) == TASK_NAMES, "every task declares its size"
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """Where a run reads its zero-shot tasks: a task's own file or folder (`paths`), else its folder in a directory
+    with one folder per task (`root`: `arc_easy/`, `hellaswag/`, `mmlu/`, ..., the layout of shared/data/tasks); a
+    task with neither is read from the Hugging Face Hub. A run is handed it (the spec's `task_data()`: the CLI's
+    --task-data and --task-file, the service's settings; by default TWOSSP_TASK_DATA) and reads nothing else.
+
+    `opened` maps a task's file or folder, as found there, to the path the run opens instead (the service's worker
+    opens a job's task files first: worker/inputs.py); what a run reports names the file as found."""
+
+    root: Path | None = None  # a directory with one folder per task
+    paths: Mapping[str, Path] = field(default_factory=dict)  # task -> its file or folder, before the root
+    opened: Mapping[str, Path] = field(default_factory=dict)  # a task's file or folder -> where the run opens it
+
+    @classmethod
+    def from_environment(cls) -> TaskData:
+        """The default: the directory TWOSSP_TASK_DATA names, if it is set."""
+        value = os.environ.get(ENV_VARIABLE)
+        return cls(root=Path(value).expanduser() if value else None)
+
+    def open_path(self, path: Path) -> Path:
+        """Where the run opens a task's file or folder `path` (as found): the path `opened` gives it, else itself."""
+        return self.opened.get(str(path), path)
+
+    def opened_at(self, opened: Mapping[str, Path]) -> TaskData:
+        """The same task data, its files opened at the paths `opened` gives (what `open_path` reads)."""
+        return replace(self, opened=dict(opened))
 
 
 def parse_tasks(value: str | list[str] | tuple[str, ...] | None) -> list[str]:

@@ -12,6 +12,7 @@ from twossp_core.evaluation.zeroshot.metrics import accuracies
 from twossp_core.evaluation.zeroshot.scoring import Encoder, Segment, item_segments, loglikelihoods, max_length
 from twossp_core.evaluation.zeroshot.sources import load_task
 from twossp_core.models.base import ModelAdapter
+from twossp_core.plan.tasks import TaskData
 
 SUBSET = "first N items per task in file order (per subject for MMLU, as lm-eval's --limit)"
 
@@ -22,13 +23,16 @@ class PreparedTask:
     segments: list[Segment]
 
 
-def prepare_tasks(tokenizer: Any, config: Any, tasks: list[str], limit: int | None) -> list[PreparedTask]:
-    """Read every task (its first `limit` items) and tokenize its requests for this tokenizer."""
+def prepare_tasks(
+    tokenizer: Any, config: Any, tasks: list[str], limit: int | None, data: TaskData
+) -> list[PreparedTask]:
+    """Read every task (its first `limit` items) from where `data` says, and tokenize its requests for this
+    tokenizer."""
     encoder = Encoder(tokenizer)
     context = max_length(config, tokenizer)
     prepared = []
     for name in tasks:
-        task = load_task(name, limit)
+        task = load_task(name, limit, data)
         prepared.append(PreparedTask(task, item_segments(encoder, task.items, context)))
     return prepared
 

@@ -34,6 +34,12 @@ def labels_file(path: Path) -> Path:
     return path.with_name(path.name.replace(".jsonl", "-labels.lst"))
 
 
+def companion_files(path: Path) -> list[Path]:
+    """The files read beside `path`: its labels file, when there is one."""
+    labels = labels_file(path)
+    return [labels] if labels.is_file() else []
+
+
 def read_local(task: str, path: Path, limit: int | None) -> TaskItems:
     docs = read_jsonl(path)
     if not all("label" in d for d in docs):

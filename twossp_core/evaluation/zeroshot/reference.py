@@ -18,7 +18,7 @@ from typing import Any
 
 from twossp_core.errors import DataError, InvalidSpec
 from twossp_core.evaluation.zeroshot.mmlu import SUBJECTS, description
-from twossp_core.evaluation.zeroshot.sources import TaskData, current_task_data, local_source
+from twossp_core.evaluation.zeroshot.sources import TaskData, local_source
 
 PREFIX = "twossp_"
 
@@ -64,16 +64,16 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
     return path
 
 
-def write_configs(tasks: list[str], work: Path, data: TaskData | None = None) -> dict[str, list[str]]:
-    """Write lm-eval task configurations reading the local files into `work`; returns, per task, the lm-eval task
-    names it runs as (one per MMLU subject)."""
-    data = data or current_task_data()
+def write_configs(tasks: list[str], work: Path, data: TaskData) -> dict[str, list[str]]:
+    """Write lm-eval task configurations reading the local files `data` gives into `work`; returns, per task, the
+    lm-eval task names it runs as (one per MMLU subject)."""
     work.mkdir(parents=True, exist_ok=True)
     names: dict[str, list[str]] = {}
     for task in tasks:
-        source = local_source(task, data)
-        if source is None:
+        found = local_source(task, data)
+        if found is None:
             raise DataError(f"task {task}: the lm-eval reference reads local files only")
+        source = data.open_path(found)
         if task in ("arc_easy", "arc_challenge", "winogrande"):
             _write_config(work, PREFIX + task, task, source)
             names[task] = [PREFIX + task]
@@ -131,11 +131,11 @@ def hellaswag_rows_from_extraction(extraction: Path, count: int) -> list[dict[st
 
 
 def run_lm_eval(
-    model: Any, tokenizer: Any, tasks: list[str], limit: int | None, work: Path, *, batch_size: int = 8,
-    data: TaskData | None = None,
+    model: Any, tokenizer: Any, tasks: list[str], limit: int | None, work: Path, *, data: TaskData,
+    batch_size: int = 8,
 ) -> Reference:
-    """lm-eval's HF backend on the in-memory model: per task the log-likelihood of each request of each item, and
-    the accuracies lm-eval reports."""
+    """lm-eval's HF backend on the in-memory model, on the local files `data` gives: per task the log-likelihood of
+    each request of each item, and the accuracies lm-eval reports."""
     require_lm_eval()
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM

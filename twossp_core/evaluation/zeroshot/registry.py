@@ -7,7 +7,8 @@ from types import ModuleType
 
 from twossp_core.plan.tasks import TASK_NAMES
 
-# task name -> the module that reads it (local_file, read_local, read_hub)
+# task name -> the module that reads it (local_file, read_local, read_hub; companion_files where a local file is
+# read with others beside it)
 READERS = {
     "winogrande": "winogrande", "arc_easy": "arc", "arc_challenge": "arc", "hellaswag": "hellaswag", "piqa": "piqa",
     "mmlu": "mmlu",

@@ -1,65 +1,39 @@
-"""Where task data is read from: per-task paths, a directory of task folders, or the Hugging Face Hub.
+"""Where a task is read from: its own file or folder, its folder in a directory of task folders, or the Hugging Face
+Hub.
 
-The directory is laid out one folder per task, named as the task (`arc_easy/`, `hellaswag/`, `mmlu/`, ...; the
-layout of shared/data/tasks). It is the environment variable TWOSSP_TASK_DATA unless a caller (the CLI's
---task-data, the service's settings) sets it for a run with `using_task_data`. A task with no local files is read
-from the Hub through `datasets` when the Hub can be reached.
+Every function here reads the `TaskData` it is handed (twossp_core/plan/tasks.py; a job's is its spec's
+`task_data()`: the CLI's --task-data and --task-file, the service's settings, by default TWOSSP_TASK_DATA). The
+directory is laid out one folder per task, named as the task (`arc_easy/`, `hellaswag/`, `mmlu/`, ...; the layout of
+shared/data/tasks). A task with no local files is read from the Hub through `datasets` when the Hub can be reached.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import replace
 from pathlib import Path
 
 from twossp_core.errors import DataError
 from twossp_core.evaluation.zeroshot.items import TaskItems
 from twossp_core.evaluation.zeroshot.registry import reader
+from twossp_core.plan.tasks import ENV_VARIABLE, TaskData
 
-ENV_VARIABLE = "TWOSSP_TASK_DATA"
-
-
-@dataclass(frozen=True)
-class TaskData:
-    root: Path | None = None  # a directory with one folder per task
-    paths: Mapping[str, Path] = field(default_factory=dict)  # task -> its file or folder, before the root
-
-
-_current: list[TaskData] = []
-
-
-def current_task_data() -> TaskData:
-    if _current:
-        return _current[-1]
-    env = os.environ.get(ENV_VARIABLE)
-    return TaskData(root=Path(env).expanduser() if env else None)
-
-
-@contextmanager
-def using_task_data(data: TaskData) -> Iterator[None]:
-    """Read task data from `data` until the block ends (a root of None falls back to TWOSSP_TASK_DATA)."""
-    if data.root is None:
-        data = TaskData(root=current_task_data().root, paths=data.paths)
-    _current.append(data)
-    try:
-        yield
-    finally:
-        _current.pop()
+__all__ = ["ENV_VARIABLE", "TaskData", "check_sources", "companion_files", "found_sources", "load_task",
+           "local_source"]
 
 
 def local_source(task: str, data: TaskData) -> Path | None:
-    """The local file or folder a task is read from, or None when it has no local data (then the Hub)."""
+    """The local file or folder a task is read from, as `data` names it, or None when it has no local data (then
+    the Hub). A task's own path is looked at where the run opens it (`TaskData.open_path`)."""
     module = reader(task)
     given = data.paths.get(task)
     if given is not None:
-        if not given.exists():
+        where = data.open_path(given)
+        if not where.exists():
             raise DataError(f"task {task}: {given} does not exist")
-        found = module.local_file(task, given)
+        found = module.local_file(task, where)
         if found is None:
             raise DataError(f"task {task}: no {task} data in {given}")
-        return found
+        return given if found == where else found
     if data.root is not None:
         if not data.root.is_dir():
             raise DataError(f"task data directory {data.root} ({ENV_VARIABLE}) is not a directory")
@@ -72,10 +46,26 @@ def local_source(task: str, data: TaskData) -> Path | None:
     return None
 
 
-def check_sources(tasks: list[str], data: TaskData | None = None) -> dict[str, str]:
+def found_sources(tasks: list[str], data: TaskData) -> TaskData:
+    """The task data of a run reading `tasks` from `data`, each task's local file or folder looked up now and given
+    as its own path (a folder that appears in the root later is not read); the tasks without local data are read
+    from the Hub."""
+    found = {task: local_source(task, data) for task in tasks}
+    return TaskData(paths={task: path for task, path in found.items() if path is not None}, opened=data.opened)
+
+
+def companion_files(task: str, found: Path) -> list[Path]:
+    """The files a task reads beside its local file `found` (PIQA: the labels file); none for a folder, which is
+    read whole."""
+    companions = getattr(reader(task), "companion_files", None)  # only the readers that read more than one file
+    if companions is None or found.is_dir():
+        return []
+    return [path for path in companions(found) if path != found]
+
+
+def check_sources(tasks: list[str], data: TaskData) -> dict[str, str]:
     """Where each task will be read from (a path, or `hub`), before any model is loaded: a task with no local
     data on a machine without the Hub fails here, naming what to set."""
-    data = data or current_task_data()
     where = {}
     for task in tasks:
         found = local_source(task, data)
@@ -93,8 +83,10 @@ def check_sources(tasks: list[str], data: TaskData | None = None) -> dict[str, s
     return where
 
 
-def load_task(task: str, limit: int | None, data: TaskData | None = None) -> TaskItems:
-    data = data or current_task_data()
+def load_task(task: str, limit: int | None, data: TaskData) -> TaskItems:
+    """A task's first `limit` items (all: None) from where `data` says; its `source` names the file as found."""
     module = reader(task)
     found = local_source(task, data)
-    return module.read_local(task, found, limit) if found is not None else module.read_hub(task, limit)
+    if found is None:
+        return module.read_hub(task, limit)
+    return replace(module.read_local(task, data.open_path(found), limit), source=str(found))
