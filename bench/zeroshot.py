@@ -56,7 +56,7 @@ def main() -> None:
     from twossp_core.evaluation.zeroshot.metrics import accuracies
     from twossp_core.evaluation.zeroshot.reference import hellaswag_rows_from_extraction
     from twossp_core.evaluation.zeroshot.scoring import Encoder, item_segments, loglikelihoods, max_length
-    from twossp_core.evaluation.zeroshot.sources import TaskData, using_task_data
+    from twossp_core.evaluation.zeroshot.sources import TaskData
     from twossp_core.models.registry import adapter_for
     from twossp_core.plan.tasks import parse_tasks
 
@@ -67,8 +67,8 @@ def main() -> None:
     (work / "hellaswag").mkdir()
     rows = hellaswag_rows_from_extraction(data_dir() / "tasks" / "hellaswag" / "hellaswag_val_full.txt.bz2", args.limit)
     (work / "hellaswag" / "hellaswag_val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    with using_task_data(TaskData(root=data_dir() / "tasks", paths={"hellaswag": work / "hellaswag"})):
-        prepared = prepare_tasks(tokenizer, model.config, tasks, args.limit)
+    prepared = prepare_tasks(tokenizer, model.config, tasks, args.limit,
+                             TaskData(root=data_dir() / "tasks", paths={"hellaswag": work / "hellaswag"}))
     adapter = adapter_for(model)
     lm_by_size = {b: HFLM(pretrained=model, tokenizer=tokenizer, batch_size=b, device=args.device)
                   for b in (int(x) for x in args.batch_sizes.split(","))}

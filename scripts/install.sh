@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 MODE=${1:-dev}
 case "$MODE" in
   main) TARGET="."; IMPORTS="twossp_core, service, api, worker, server" ;;
-  dev) TARGET=".[dev]"; IMPORTS="twossp_core, service, api, worker, server, moto, pytest, playwright, llama_cpp" ;;
+  dev) TARGET=".[dev]"; IMPORTS="twossp_core, service, api, worker, server, moto, pytest, playwright, llama_cpp, lm_eval" ;;
   *) echo "usage: $0 [main|dev]" >&2; exit 2 ;;
 esac
 
