@@ -41,6 +41,12 @@ class Settings(BaseSettings):
         3600.0, gt=0, description="how often the reaper deletes attempts that never published a manifest"
     )
     presign_expiry_s: int = Field(300, ge=10, le=7 * 24 * 3600)
+    shared_artifact_ttl_days: float = Field(
+        30.0, ge=0, description="the reaper deletes a shared dense artifact (a sweep's dense measurements, heal "
+        "control or statistic, `shared/<key>` in the artifact store) that no cell has read or written for this many "
+        "days (checked every artifact_gc_interval_s; one whose lock a cell holds is kept); a cell that needs a "
+        "deleted one computes it again. 0 keeps them forever",
+    )
 
     # request validation
     allowed_local_roots: Annotated[list[Path], NoDecode] = Field(

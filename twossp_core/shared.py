@@ -50,7 +50,10 @@ PERSISTED: dict[str, str] = {
 
 
 class ArtifactCache(Protocol):
-    """Where shared dense work is kept (the service: its artifact store, locks in its database)."""
+    """Where shared dense work is kept (the service: its artifact store, locks in its database). A cache may delete
+    artifacts nobody used for a while (the service's expiry counts each `load` and `save` as a use and never deletes
+    one whose lock is held); a `load` that finds the files gone returns None or raises, and the caller computes them
+    again."""
 
     def load(self, key: str, into: Path) -> dict[str, Any] | None:
         """Copy the artifact's files into `into` (checked against its manifest) and return the manifest, or None

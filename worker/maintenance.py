@@ -14,7 +14,9 @@
 - A sweep whose cells all ended and whose comparison nobody wrote (its last cell was killed or reaped, or the
   process that ended it died first) gets its comparison written here (worker/sweeps.py).
 Every `TWOSSP_ARTIFACT_GC_INTERVAL_S` it also deletes the artifact prefixes of attempts that never published
-a manifest. Every transition is a compare-and-set in `service.lifecycle`, so several reapers may run at once.
+a manifest, and the shared dense artifacts no cell read or wrote for `TWOSSP_SHARED_ARTIFACT_TTL_DAYS`
+(worker/shared.py `expire_shared_artifacts`). Every transition is a compare-and-set in `service.lifecycle`, so
+several reapers may run at once.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from service.workers import worker_classes
 from twossp_core.errors import TwosspError
 from twossp_core.plan.spec import parse_job_spec
 from twossp_core.preflight import local_config
+from worker.shared import expire_shared_artifacts
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +54,7 @@ class MaintenanceResult:
     dispatched: list[str] = field(default_factory=list)
     rerouted: list[str] = field(default_factory=list)
     sweeps: list[str] = field(default_factory=list)  # sweeps whose comparison this pass wrote
+    expired_shared: list[str] = field(default_factory=list)  # shared artifacts this pass deleted (unused too long)
 
 
 def reap_expired_leases(db: Database, result: MaintenanceResult) -> None:
@@ -226,5 +230,10 @@ class Reaper:
                 collect_incomplete_attempts(self.db, self.store)
             except Exception:
                 log.exception("collecting incomplete artifact attempts failed; next try in %g s",
+                              self.settings.artifact_gc_interval_s)
+            try:
+                result.expired_shared = expire_shared_artifacts(self.db, self.store, self.settings)
+            except Exception:
+                log.exception("expiring shared artifacts failed; next try in %g s",
                               self.settings.artifact_gc_interval_s)
         return result

@@ -23,8 +23,10 @@ def serve_forever(settings: Settings, stop: threading.Event) -> None:
     broker = make_broker(settings.broker_url, settings.celery_queue)
     reaper = Reaper(db, broker, settings, make_store(settings))
     log.info(
-        "reaper started: a maintenance pass every %g s (cancel grace %g s, dispatch grace %g s)",
+        "reaper started: a maintenance pass every %g s (cancel grace %g s, dispatch grace %g s; shared artifacts "
+        "expire after %g days unused, 0: never)",
         settings.reaper_interval_s, settings.cancel_grace_s, settings.dispatch_grace_s,
+        settings.shared_artifact_ttl_days,
     )
     try:
         while not stop.is_set():
@@ -35,6 +37,9 @@ def serve_forever(settings: Settings, stop: threading.Event) -> None:
                         "requeued=%s failed=%s cancelled=%s rerouted=%s dispatched=%s",
                         result.requeued, result.failed, result.cancelled, result.rerouted, result.dispatched,
                     )
+                if result.expired_shared:
+                    log.info("deleted shared artifacts unused for %g days: %s", settings.shared_artifact_ttl_days,
+                             result.expired_shared)
             except Exception:
                 log.exception("maintenance pass failed; retrying")
             stop.wait(settings.reaper_interval_s)

@@ -1,7 +1,7 @@
-"""Tables: users, their API keys (hashed), jobs, job events, workers and worker queues. The job row is the source of
-truth for a job; its events are the append-only history of how it got there; a worker row is what a running Celery
-worker advertises (its queue and memory), renewed while it runs; a worker queue row says until when a queue had a
-live worker."""
+"""Tables: users, their API keys (hashed), jobs, job events, workers, worker queues and shared artifacts. The job row
+is the source of truth for a job; its events are the append-only history of how it got there; a worker row is what a
+running Celery worker advertises (its queue and memory), renewed while it runs; a worker queue row says until when a
+queue had a live worker; a shared artifact row says when a shared dense artifact was last used."""
 
 from __future__ import annotations
 
@@ -206,3 +206,19 @@ class WorkerQueue(Base):
 
     queue: Mapped[str] = mapped_column(String(200), primary_key=True)
     live_until: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class SharedArtifact(Base):
+    """A shared dense artifact in the artifact store (`shared/<key>`, worker/shared.py): when it was stored and when a
+    cell last read or wrote it. The reaper deletes the artifacts unused for `shared_artifact_ttl_days`; an artifact
+    the store holds without a row (stored before rows were kept) gets one, used when the reaper first finds it."""
+
+    __tablename__ = "shared_artifacts"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)  # the content key (sha256 hex)
+    kind: Mapped[str | None] = mapped_column(String(100), nullable=True)  # dense, control, or the statistic
+    total_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    created_by_job: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_used_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+    reads: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # times a cell reused it

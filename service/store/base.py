@@ -128,6 +128,10 @@ class ArtifactStore(ABC):
     def delete_prefix(self, prefix: str) -> None:
         """Delete every key under `prefix` (a `/`-terminated folder)."""
 
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Delete one key (nothing when it is not there)."""
+
     def attempts(self) -> dict[tuple[str, int], bool]:
         """(job id, attempt) of every attempt prefix in the store -> whether it has a manifest."""
         found: dict[tuple[str, int], bool] = {}

@@ -103,5 +103,8 @@ class S3Store(ArtifactStore):
             batch = [{"Key": k} for k in keys[start : start + 1000]]
             self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
 
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
     def check(self) -> None:
         self.client.head_bucket(Bucket=self.bucket)
