@@ -38,7 +38,8 @@ class Settings(BaseSettings):
     s3_prefix: str = ""
     upload_retries: int = Field(4, ge=0, description="retries of a failed artifact upload (backoff 0.5 s, doubling)")
     artifact_gc_interval_s: float = Field(
-        3600.0, gt=0, description="how often the reaper deletes attempts that never published a manifest"
+        3600.0, gt=0, description="how often the reaper deletes attempts that never published a manifest and "
+        "expires unused shared artifacts (shared_artifact_ttl_days)"
     )
     presign_expiry_s: int = Field(300, ge=10, le=7 * 24 * 3600)
     shared_artifact_ttl_days: float = Field(

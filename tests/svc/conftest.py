@@ -103,7 +103,7 @@ def pg_url(pg_database: str, pg_factory: Callable[[], str]) -> str:
     try:
         with psycopg.connect(dsn, autocommit=True, connect_timeout=3) as conn:
             conn.execute("SET lock_timeout = '3s'")
-            conn.execute("TRUNCATE job_events, jobs, api_keys, users, workers, worker_queues")
+            conn.execute("TRUNCATE job_events, jobs, api_keys, users, workers, worker_queues, shared_artifacts")
     except psycopg.errors.LockNotAvailable:
         return pg_factory()
     return pg_database

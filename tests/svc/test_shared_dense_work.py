@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from service.db.migrate import upgrade_head
 from service.db.session import Database
 from service.settings import Settings
 from service.store.local import LocalStore
@@ -36,6 +37,7 @@ def test_cells_compute_the_dense_work_once_and_reuse_it_across_sweeps(
     spec = parse_sweep_spec({**body, "methods": ["2ssp", "shortgpt", "blockpruner"], "sparsities": [0.05, 0.375],
                              "options": {"blockpruner": {"windows": 2}}})
     settings = Settings(data_dir=tmp_path / "data")
+    upgrade_head(settings)  # the artifacts' use records live in the database
     cache = StoreArtifactCache(LocalStore(tmp_path / "store"), Database(settings), tmp_path / "locks")
     single = run_sweep(spec, tmp_path / "single")
 
