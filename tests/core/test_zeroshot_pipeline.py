@@ -99,6 +99,18 @@ def test_eval_prints_the_accuracy(stories_model, stories_text, task_dir, capsys)
     assert entry["n"] == 4 and entry["source"].endswith("dev.jsonl") and "pruned" not in entry
 
 
+def test_eval_of_tasks_alone_needs_no_text(stories_model, task_dir, capsys, monkeypatch):
+    """`twossp eval --tasks` without `--eval` scores the tasks only: no perplexity set (the default one is a Hub
+    dataset, which an offline machine cannot read), no throughput (it times a text window)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code = main(["eval", "--model", str(stories_model), "--no-progress", "--tasks", "winogrande", "--task-limit", "2",
+                 "--task-file", f"winogrande={task_dir / 'winogrande' / 'dev.jsonl'}", "--json"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["perplexity"] == [] and result["throughput_tokens_per_s"] is None
+    assert result["zero_shot"]["tasks"]["winogrande"]["n"] == 2
+
+
 @pytest.mark.slow
 def test_sweep_compares_the_accuracy(stories_model, stories_text, task_dir, tmp_path):
     out = tmp_path / "sweep"

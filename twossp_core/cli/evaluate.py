@@ -28,12 +28,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     }
     if args.eval is not None:
         data["eval"] = args.eval
+    elif args.tasks:  # zero-shot tasks alone: no perplexity, and no text window to time a forward pass on
+        data["eval"], data["measure_throughput"] = [], False
     try:
         spec = JobSpecBase.model_validate(data)  # evaluation only: the calibration fields go unused
     except ValidationError as exc:
         raise InvalidSpec(format_validation_error(exc), parts=validation_problems(exc)) from None
-    if not spec.eval:
-        raise InvalidSpec("eval needs at least one --eval source")
+    if not spec.eval and not spec.tasks:
+        raise InvalidSpec("eval needs at least one --eval source or --tasks")
     bars = StageBars(enabled=not args.no_progress)
     try:
         ws = prepare(spec.with_task_data(task_data(args)), Reporter(bars), with_calibration=False)

@@ -30,7 +30,7 @@ def add_data_arguments(p: argparse.ArgumentParser, *, calibration: bool = True) 
                        help="calibration data: wikitext2 | c4 | fineweb-edu | PATH[:START:END] (default: c4)")
         p.add_argument("--calibration-windows", type=int, default=32, help="windows for stage 1 (default 32)")
     p.add_argument("--eval", nargs="+", action="extend", metavar="SRC",
-                   help="evaluation data, same spelling (default: wikitext2)")
+                   help="evaluation data, same spelling (default: wikitext2; with --tasks, none)")
     p.add_argument("--eval-windows", type=int, default=None, help="cap on evaluation windows per dataset")
     p.add_argument("--doc-separator", default=None, help="split .txt files into documents on this string")
     p.add_argument("--seq-len", type=int, default=None, help="window length (default 2048, capped by context)")
