@@ -249,29 +249,35 @@ def job_page(request: Request, job_id: str, session: SessionDep, store: StoreDep
     return page(request, "job.html", _job_context(session, ui, job, store))
 
 
-@router.get("/jobs/{job_id}/live")
-def job_live(request: Request, job_id: str, session: SessionDep) -> Response:
-    """The job's status panel alone (state, stage, progress, timeline), polled by the job page."""
+def _polled_job(request: Request, session: Any, job_id: str) -> tuple[auth.UiSession, Job] | Response:
+    """The signed-in user and their job for a fragment the page polls, or the plain-text answer when there is none
+    (a fragment is swapped into a page, never a whole page of its own)."""
     ui = auth.current_session(request, session)
     if ui is None:
         return Response("sign in again", status_code=401)
     try:
-        job = service.get_job(session, ui.user, job_id)
+        return ui, service.get_job(session, ui.user, job_id)
     except NotFound as exc:
         return Response(str(exc), status_code=404)
+
+
+@router.get("/jobs/{job_id}/live")
+def job_live(request: Request, job_id: str, session: SessionDep) -> Response:
+    """The job's status panel alone (state, stage, progress, timeline), polled by the job page."""
+    found = _polled_job(request, session, job_id)
+    if isinstance(found, Response):
+        return found
+    ui, job = found
     return page(request, "job_live.html", _live(session, ui, job))
 
 
 @router.get("/jobs/{job_id}/cells")
 def cells_fragment(request: Request, job_id: str, session: SessionDep) -> Response:
     """A sweep's cells table and comparison so far alone, polled by the sweep's page."""
-    ui = auth.current_session(request, session)
-    if ui is None:
-        return Response("sign in again", status_code=401)
-    try:
-        job = service.get_job(session, ui.user, job_id)
-    except NotFound as exc:
-        return Response(str(exc), status_code=404)
+    found = _polled_job(request, session, job_id)
+    if isinstance(found, Response):
+        return found
+    ui, job = found
     if job.kind != "sweep":
         return Response(f"job {job_id} is not a sweep", status_code=409)
     context = {"ui": ui, "job": job, "images": [], **sweep.sweep_context(session, job)}
