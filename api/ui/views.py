@@ -12,6 +12,7 @@ from service.db.models import Job, JobState
 from service.db.types import utcnow
 from service.store import ArtifactStore
 from twossp_core.comparison import model_label
+from twossp_core.evaluation.zeroshot.summary import accuracy_text
 
 IMAGE_TYPES = {".svg": "image/svg+xml", ".png": "image/png"}
 
@@ -117,11 +118,7 @@ def report_tables(report: dict[str, Any]) -> dict[str, list[tuple[str, str]]]:
 
 
 def _accuracy(scores: dict[str, Any] | None, metric: str) -> str:
-    value = (scores or {}).get(metric)
-    if value is None:
-        return "–"
-    err = (scores or {}).get(f"{metric}_stderr")
-    return f"{value:.4f}" + (f" ± {err:.4f}" if err is not None else "")
+    return accuracy_text(scores, metric, plus_minus=" ± ", missing="–")
 
 
 def zero_shot_table(report: dict[str, Any]) -> dict[str, Any] | None:

@@ -185,3 +185,17 @@ def test_accuracies_follow_lm_eval():
     assert scores["acc_stderr"] == pytest.approx(math.sqrt((1 / 3) * (2 / 3) / 2))
     assert scores["acc_norm_stderr"] == 0.0
     assert accuracies(items[:1], lls[:1], ("acc",))["acc_stderr"] is None
+
+
+def test_paired_difference_is_the_mean_per_item_difference_with_its_standard_error():
+    from twossp_core.evaluation.zeroshot.metrics import paired_difference, with_paired_differences
+
+    mean, err = paired_difference("1100", "1010")  # differences 0, -1, +1, 0
+    assert mean == 0.0 and err == pytest.approx(math.sqrt(2 / 3) / 2)
+    mean, err = paired_difference("0000", "1111")
+    assert mean == 1.0 and err == 0.0  # every item moved the same way: no spread
+    with pytest.raises(ValueError):
+        paired_difference("101", "10")
+    dense = {"acc": 0.5, "acc_per_item": "1100"}
+    scored = with_paired_differences(dense, {"acc": 0.25, "acc_per_item": "1000"}, ["acc", "acc_norm"])
+    assert scored["acc_delta"] == pytest.approx(-0.25) and "acc_norm_delta" not in scored

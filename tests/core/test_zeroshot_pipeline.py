@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import threading
 from pathlib import Path
 
@@ -66,7 +67,18 @@ def test_prune_reports_dense_and_pruned_accuracy_on_the_same_items(stories_model
     # the scores are those of the dense model and of the saved pruned model on these items
     dense, pruned = scores_of(stories_model, task_dir), scores_of(out, task_dir)
     for name, entry in block["tasks"].items():
-        assert entry["dense"] == pytest.approx(dense[name]) and entry["pruned"] == pytest.approx(pruned[name])
+        paired = {k: v for k, v in entry["pruned"].items() if "_delta" in k}
+        unpaired = {k: v for k, v in entry["pruned"].items() if "_delta" not in k}
+        assert entry["dense"] == pytest.approx(dense[name]) and unpaired == pytest.approx(pruned[name])
+        # the pruned model against the dense one item by item: the difference and its paired standard error
+        for metric in entry["metrics"]:
+            hits = [(int(a), int(b)) for a, b in zip(entry["dense"][f"{metric}_per_item"],
+                                                   entry["pruned"][f"{metric}_per_item"], strict=True)]
+            assert len(hits) == LIMIT
+            assert paired[f"{metric}_delta"] == pytest.approx(entry["pruned"][metric] - entry["dense"][metric])
+            assert paired[f"{metric}_delta_stderr"] == pytest.approx(
+                statistics.stdev(b - a for a, b in hits) / math.sqrt(LIMIT))
+    assert "(Δ " in printed
     assert block["average_acc"]["pruned"] == pytest.approx(sum(pruned[t]["acc"] for t in TASKS) / len(TASKS))
     assert "zero-shot accuracy (dense -> pruned" in printed and "hellaswag* acc_norm" in printed
     assert "approximate: read from the text extraction" in printed

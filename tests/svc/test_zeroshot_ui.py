@@ -31,5 +31,7 @@ def test_a_sweep_shows_the_dense_model_and_every_run(test_data: Path) -> None:
     assert table["rows"][0][:2] == ["winogrande", "4"] and table["rows"][1][0] == "hellaswag*"
     for row in table["rows"]:
         assert [cell.split(" ± ")[0] for cell in row[2:]] == ["0.7500", "0.5000", "0.2500"]
+        # each run against the dense model on the same items: 2ssp lost item 3, shortgpt items 2 and 3
+        assert "Δ" not in row[2] and "(Δ -0.2500 ± 0.2500)" in row[3] and "(Δ -0.5000 ± 0.2887)" in row[4]
     assert table["subset"].startswith("first 4 items per task") and "text extraction" in table["notes"][0]
     assert zero_shot_table({"perplexity": []}) is None

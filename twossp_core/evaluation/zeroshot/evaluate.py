@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from twossp_core.evaluation.zeroshot.items import TaskItems
-from twossp_core.evaluation.zeroshot.metrics import accuracies
+from twossp_core.evaluation.zeroshot.metrics import accuracies, with_paired_differences
 from twossp_core.evaluation.zeroshot.scoring import Encoder, Segment, item_segments, loglikelihoods, max_length
 from twossp_core.evaluation.zeroshot.sources import load_task
 from twossp_core.models.base import ModelAdapter
@@ -59,7 +59,7 @@ def loglikelihoods_per_task(
 
 def score_tasks(
     adapter: ModelAdapter, prepared: list[PreparedTask], *, on_progress: Callable[[float], None] | None = None
-) -> dict[str, dict[str, float | None]]:
+) -> dict[str, dict[str, Any]]:
     """Per task, the accuracies of the model (acc[, acc_norm] and their standard errors)."""
     lls = loglikelihoods_per_task(adapter, prepared, on_progress=on_progress)
     return {p.task.name: accuracies(p.task.items, values, p.task.metrics) for p, values in zip(prepared, lls,
@@ -67,7 +67,7 @@ def score_tasks(
 
 
 def zero_shot_report(
-    prepared: list[PreparedTask], limit: int | None, scores: dict[str, dict[str, dict[str, float | None]]]
+    prepared: list[PreparedTask], limit: int | None, scores: dict[str, dict[str, dict[str, Any]]]
 ) -> dict[str, Any]:
     """The report's `zero_shot` block. `scores` maps a model label (dense, pruned, healed) to score_tasks()."""
     tasks: dict[str, Any] = {}
@@ -77,8 +77,10 @@ def zero_shot_report(
                                  "approximate": t.approximate, "source": t.source}
         if t.note:
             entry["note"] = t.note
+        dense = scores.get("dense", {}).get(t.name)
         for label, per_task in scores.items():
-            entry[label] = per_task[t.name]
+            entry[label] = per_task[t.name] if label == "dense" or dense is None else \
+                with_paired_differences(dense, per_task[t.name], t.metrics)
         tasks[t.name] = entry
     average = {label: sum(per_task[p.task.name]["acc"] or 0.0 for p in prepared) / len(prepared)
                for label, per_task in scores.items()} if prepared else {}
@@ -108,5 +110,6 @@ def score_model(model: Any, prepared: list[PreparedTask], reporter: Any, stage: 
 def add_scores(block: dict[str, Any], label: str, scores: dict[str, dict[str, Any]]) -> None:
     """Add a model's scores (e.g. healed) to an existing `zero_shot` block."""
     for name, entry in block["tasks"].items():
-        entry[label] = scores[name]
+        dense = entry.get("dense")
+        entry[label] = scores[name] if dense is None else with_paired_differences(dense, scores[name], entry["metrics"])
     block["average_acc"][label] = sum(scores[name]["acc"] or 0.0 for name in block["tasks"]) / len(block["tasks"])

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twossp_core.evaluation.zeroshot.summary import labels
+from twossp_core.evaluation.zeroshot.summary import accuracy_text, labels
 
 # task -> (Hub dataset lm-eval 0.4 reads, display name, config, split)
 DATASETS = {
@@ -56,15 +56,12 @@ def eval_results(block: dict[str, Any]) -> list[Any]:
 def card_table(block: dict[str, Any]) -> list[str]:
     """Markdown lines: every task's accuracy (± standard error) for the dense, pruned (and healed) models."""
     shown = labels(block)
-    lines = [f"Scored as lm-eval-harness 0.4 scores these tasks, 0-shot; {block['subset']}; ± the standard error.", "",
+    lines = [f"Scored as lm-eval-harness 0.4 scores these tasks, 0-shot; {block['subset']}; ± the standard error; "
+             "Δ: the difference from the dense model on the same items (paired).", "",
              "| task | metric | items | " + " | ".join(shown) + " |", "|---|---|---|" + "---|" * len(shown)]
     for name, entry in block["tasks"].items():
         for metric in entry["metrics"]:
-            cells = []
-            for label in shown:
-                scores = entry.get(label) or {}
-                value, err = scores.get(metric), scores.get(f"{metric}_stderr")
-                cells.append("–" if value is None else f"{value:.4f}" + (f" ± {err:.4f}" if err is not None else ""))
+            cells = [accuracy_text(entry.get(label), metric, plus_minus=" ± ", missing="–") for label in shown]
             title = name + (" (approximate)" if entry.get("approximate") else "")
             lines.append(f"| {title} | {metric} | {entry['n']} | " + " | ".join(cells) + " |")
     notes = sorted({e["note"] for e in block["tasks"].values() if e.get("approximate") and e.get("note")})

@@ -8,11 +8,22 @@ ORDER = ("dense", "pruned", "healed")
 APPROXIMATE_MARK = "*"
 
 
-def _cell(scores: dict[str, Any], metric: str) -> str:
+def accuracy_text(scores: dict[str, Any] | None, metric: str, plus_minus: str = " ±", missing: str = "—") -> str:
+    """A model's `metric` ± its standard error, and for a pruned or healed model its paired difference from the
+    dense model on the same items, "(Δ -0.0850 ±0.0240)"; `missing` when it was not scored."""
+    scores = scores or {}
     value, err = scores.get(metric), scores.get(f"{metric}_stderr")
     if value is None:
-        return "—"
-    return f"{value:.4f}" + (f" ±{err:.4f}" if err is not None else "")
+        return missing
+    text = f"{value:.4f}" + (f"{plus_minus}{err:.4f}" if err is not None else "")
+    delta, delta_err = scores.get(f"{metric}_delta"), scores.get(f"{metric}_delta_stderr")
+    if delta is not None:
+        text += f" (Δ {delta:+.4f}" + (f"{plus_minus}{delta_err:.4f}" if delta_err is not None else "") + ")"
+    return text
+
+
+def _cell(scores: dict[str, Any], metric: str) -> str:
+    return accuracy_text(scores, metric)
 
 
 def labels(block: dict[str, Any]) -> list[str]:
@@ -25,10 +36,12 @@ def task_title(name: str, entry: dict[str, Any]) -> str:
 
 
 def summary_lines(block: dict[str, Any]) -> list[str]:
-    """One line per task and metric (acc, acc_norm): each model's accuracy ± its standard error, then the average
-    acc; an approximate task is starred and the note says why."""
+    """One line per task and metric (acc, acc_norm): each model's accuracy ± its standard error (a pruned or healed
+    model's also with its paired difference from the dense model, Δ ± standard error), then the average acc; an
+    approximate task is starred and the note says why."""
     names = labels(block)
-    lines = [f"zero-shot accuracy ({' -> '.join(names)}; {block['subset']}; ± standard error):"]
+    lines = [f"zero-shot accuracy ({' -> '.join(names)}; {block['subset']}; ± standard error; Δ: paired difference "
+             "from dense):"]
     width = max((len(task_title(n, e)) for n, e in block["tasks"].items()), default=8) + len(" acc_norm")
     for name, entry in block["tasks"].items():
         for metric in entry["metrics"]:
