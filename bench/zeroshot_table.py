@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -68,26 +69,60 @@ def score(model: Path, tasks: list[str], limit: int, out: Path) -> dict[str, Any
 
 
 def cell(task: dict[str, Any]) -> str:
+    """acc ± its standard error; a pruned model's with its paired difference from the dense model (Δ ± s.e.)."""
     scores = task["dense"]
-    return f"{100 * scores['acc']:.1f} ± {100 * scores['acc_stderr']:.1f}"
+    text = f"{100 * scores['acc']:.1f} ± {100 * scores['acc_stderr']:.1f}"
+    if "delta" in task:
+        text += f" (Δ {100 * task['delta'][0]:+.1f} ± {100 * task['delta'][1]:.1f})"
+    return text
+
+
+def paired(dense: dict[str, Any], model: dict[str, Any]) -> tuple[float, float] | None:
+    """The model's acc minus the dense model's on the same items, with the paired standard error."""
+    from twossp_core.evaluation.zeroshot.metrics import paired_difference
+
+    base, other = dense["dense"].get("acc_per_item"), model["dense"].get("acc_per_item")
+    if not base or not other:
+        return None
+    mean, err = paired_difference(base, other)
+    return mean, err or 0.0
+
+
+def average_delta(tasks: dict[str, Any]) -> str:
+    """The paired difference of the five-task average acc (tasks on separate items: standard errors add in
+    quadrature)."""
+    deltas = [tasks[t].get("delta") for t in FIVE]
+    if any(d is None for d in deltas):
+        return ""
+    mean = sum(d[0] for d in deltas) / len(deltas)
+    err = math.sqrt(sum(d[1] ** 2 for d in deltas)) / len(deltas)
+    return f"{100 * mean:+.1f} ± {100 * err:.1f}"
 
 
 def table(rows: list[tuple[str, dict[str, Any], dict[str, Any]]], limit: int, mmlu_limit: int) -> str:
     tasks_shown = FIVE + ["mmlu"]
     head = ["model", "achieved", "held-out ×"] + [f"{LABELS[t]}{' *' if t == 'hellaswag' else ''}" for t in tasks_shown]
-    head += ["average (6)", "average (5, no MMLU)"]
+    head += ["average (6)", "average (5, no MMLU)", "Δ average (5)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    dense_tasks = rows[0][2]
     for name, report, tasks in rows:
+        if name != "dense":
+            for t in tasks_shown:
+                difference = paired(dense_tasks[t], tasks[t])
+                if difference is not None:
+                    tasks[t] = {**tasks[t], "delta": difference}
         achieved = report.get("sparsity_achieved")
         ratio = (report.get("held_out") or {}).get("ratio")
         accs = [tasks[t]["dense"]["acc"] for t in FIVE + ["mmlu"]]
         first = [name, "" if achieved is None else f"{100 * achieved:.1f}%", "1.00" if not report else f"{ratio:.3f}"]
         lines.append("| " + " | ".join(
             first + [cell(tasks[t]) for t in tasks_shown]
-            + [f"{100 * sum(accs) / 6:.1f}", f"{100 * sum(accs[:5]) / 5:.1f}"]) + " |")
+            + [f"{100 * sum(accs) / 6:.1f}", f"{100 * sum(accs[:5]) / 5:.1f}", average_delta(tasks)]) + " |")
     n = {t: rows[0][2][t]["n"] for t in FIVE + ["mmlu"]}
     lines.append("")
-    lines.append(f"acc in %, ± lm-eval's binomial standard error; the first {limit} items of each of the five tasks "
+    lines.append(f"acc in %, ± lm-eval's binomial standard error; (Δ ± s.e.): the difference from the dense model "
+                 "on the same items, paired (the standard error of the mean per-item difference); "
+                 f"the first {limit} items of each of the five tasks "
                  f"in file order, the first {mmlu_limit} of each MMLU subject ({n['mmlu']} items); 0-shot. "
                  "\\* HellaSwag read from the text extraction in the shared data (approximate, docs/zeroshot.md).")
     return "\n".join(lines)
