@@ -18,6 +18,8 @@ from pathlib import Path
 
 import httpx
 
+from twossp_core.example_data import example_data_dir
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -35,8 +37,10 @@ def twossp(*args: str) -> list[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=os.environ.get("TWOSSP_EXAMPLE_DATA", str(REPO.parent / "shared" / "data")),
-                        help="folder with models/stories260k and text/tinystories-val-1000.txt")
+    parser.add_argument("--data", default=str(example_data_dir(REPO, "TWOSSP_EXAMPLE_DATA")),
+                        help="folder with models/stories260k and text/tinystories-val-1000.txt (default: "
+                             "$TWOSSP_EXAMPLE_DATA, else shared/data beside this checkout or beside the one it was "
+                             "cloned from)")
     parser.add_argument("--sparsity", type=float, default=0.375)
     parser.add_argument("--method", default="2ssp")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -48,7 +52,8 @@ def main() -> int:
     data = Path(args.data).resolve()
     model, text = data / "models" / "stories260k", data / "text" / "tinystories-val-1000.txt"
     if not model.is_dir() or not text.is_file():
-        print(f"quickstart: {model} or {text} not found (pass --data)", file=sys.stderr)
+        print(f"quickstart: {model} or {text} not found: pass --data DIR (or set TWOSSP_EXAMPLE_DATA) to the "
+              "folder holding models/ and text/", file=sys.stderr)
         return 1
     env = {**os.environ, "TWOSSP_DATA_DIR": args.workdir, "TWOSSP_ALLOWED_LOCAL_ROOTS": str(data)}
     for key in ("TWOSSP_DATABASE_URL", "TWOSSP_BROKER_URL", "TWOSSP_ARTIFACT_STORE"):

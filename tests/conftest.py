@@ -7,11 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from twossp_core.example_data import example_data_dir
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 def data_dir() -> Path:
-    return Path(os.environ.get("TWOSSP_TEST_DATA", REPO.parent / "shared" / "data")).resolve()
+    return example_data_dir(REPO, "TWOSSP_TEST_DATA")
 
 
 def require_data(*relative: str) -> Path:
