@@ -26,6 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from twossp_core.evaluation.zeroshot.metrics import paired_difference
+
 REPO = Path(__file__).resolve().parents[1]
 FIVE = ["winogrande", "arc_easy", "arc_challenge", "hellaswag", "piqa"]
 LABELS = {"winogrande": "WinoGrande", "arc_easy": "ARC-e", "arc_challenge": "ARC-c", "hellaswag": "HellaSwag",
@@ -79,8 +81,6 @@ def cell(task: dict[str, Any]) -> str:
 
 def paired(dense: dict[str, Any], model: dict[str, Any]) -> tuple[float, float] | None:
     """The model's acc minus the dense model's on the same items, with the paired standard error."""
-    from twossp_core.evaluation.zeroshot.metrics import paired_difference
-
     base, other = dense["dense"].get("acc_per_item"), model["dense"].get("acc_per_item")
     if not base or not other:
         return None

@@ -77,10 +77,8 @@ def zero_shot_report(
                                  "approximate": t.approximate, "source": t.source}
         if t.note:
             entry["note"] = t.note
-        dense = scores.get("dense", {}).get(t.name)
-        for label, per_task in scores.items():
-            entry[label] = per_task[t.name] if label == "dense" or dense is None else \
-                with_paired_differences(dense, per_task[t.name], t.metrics)
+        for label in sorted(scores, key=lambda name: name != "dense"):  # the dense model first: the others pair with it
+            _set_scores(entry, label, scores[label][t.name])
         tasks[t.name] = entry
     average = {label: sum(per_task[p.task.name]["acc"] or 0.0 for p in prepared) / len(prepared)
                for label, per_task in scores.items()} if prepared else {}
@@ -110,6 +108,12 @@ def score_model(model: Any, prepared: list[PreparedTask], reporter: Any, stage: 
 def add_scores(block: dict[str, Any], label: str, scores: dict[str, dict[str, Any]]) -> None:
     """Add a model's scores (e.g. healed) to an existing `zero_shot` block."""
     for name, entry in block["tasks"].items():
-        dense = entry.get("dense")
-        entry[label] = scores[name] if dense is None else with_paired_differences(dense, scores[name], entry["metrics"])
+        _set_scores(entry, label, scores[name])
     block["average_acc"][label] = sum(scores[name]["acc"] or 0.0 for name in block["tasks"]) / len(block["tasks"])
+
+
+def _set_scores(entry: dict[str, Any], label: str, scores: dict[str, Any]) -> None:
+    """A model's scores on a task's entry; a model other than the dense one with its paired difference from it."""
+    dense = entry.get("dense")
+    entry[label] = scores if label == "dense" or dense is None else with_paired_differences(dense, scores,
+                                                                                            entry["metrics"])
