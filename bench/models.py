@@ -12,18 +12,19 @@ Attention is grouped-query (2 query heads per key/value head), as in current Lla
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from twossp_core.example_data import example_data_dir
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 def data_dir() -> Path:
-    return Path(os.environ.get("TWOSSP_TEST_DATA", REPO.parent / "shared" / "data")).resolve()
+    return example_data_dir(REPO, "TWOSSP_TEST_DATA")
 
 
 @dataclass(frozen=True)

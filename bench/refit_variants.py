@@ -29,12 +29,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from twossp_core.example_data import example_data_dir
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -48,7 +49,7 @@ HELD_OUT_EVAL_WINDOWS = 20
 
 
 def data_dir() -> Path:
-    return Path(os.environ.get("TWOSSP_TEST_DATA", REPO.parent / "shared" / "data"))
+    return example_data_dir(REPO, "TWOSSP_TEST_DATA")
 
 
 def protocol(name: str) -> dict[str, object]:

@@ -27,13 +27,15 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import torch  # noqa: E402
+import torch
+
+from twossp_core.example_data import example_data_dir
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def data_dir() -> Path:
-    return Path(os.environ.get("TWOSSP_TEST_DATA", REPO.parent / "shared" / "data")).resolve()
+    return example_data_dir(REPO, "TWOSSP_TEST_DATA")
 
 
 def main() -> None:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from twossp_core.evaluation.zeroshot.metrics import paired_difference
+from twossp_core.example_data import example_data_dir
 
 REPO = Path(__file__).resolve().parents[1]
 FIVE = ["winogrande", "arc_easy", "arc_challenge", "hellaswag", "piqa"]
@@ -35,7 +36,7 @@ LABELS = {"winogrande": "WinoGrande", "arc_easy": "ARC-e", "arc_challenge": "ARC
 
 
 def data_dir() -> Path:
-    return Path(os.environ.get("TWOSSP_TEST_DATA", REPO.parent / "shared" / "data")).resolve()
+    return example_data_dir(REPO, "TWOSSP_TEST_DATA")
 
 
 def models(dense: Path, sweeps: list[Path]) -> list[tuple[str, Path, dict[str, Any]]]:

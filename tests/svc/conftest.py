@@ -17,6 +17,7 @@ import pytest
 
 from service.db.migrate import upgrade_head
 from service.settings import Settings
+from twossp_core.example_data import example_data_dir
 
 from .support import free_port
 
@@ -35,7 +36,7 @@ def unavailable(reason: str) -> None:
 
 @pytest.fixture(scope="session")
 def test_data() -> Path:
-    root = Path(os.environ.get("TWOSSP_TEST_DATA", REPO.parent / "shared" / "data")).resolve()
+    root = example_data_dir(REPO, "TWOSSP_TEST_DATA")
     if not (root / "models" / "stories260k" / "config.json").is_file():
         unavailable(f"test data not found under {root} (set TWOSSP_TEST_DATA)")
     return root
