@@ -41,6 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from service.settings import Settings  # noqa: E402
+from twossp_core.example_data import example_data_dir  # noqa: E402
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
@@ -344,8 +345,7 @@ def main() -> None:
     parser.add_argument("--faults", default="dead_class,cancel,cancelled_queued")
     parser.add_argument("--cancels", type=int, default=5, help="cancels per stage")
     parser.add_argument("--queued", type=int, default=50, help="cancelled queued messages")
-    parser.add_argument("--data", type=Path, default=Path(os.environ.get("TWOSSP_TEST_DATA", REPO.parent / "shared"
-                                                                          / "data")))
+    parser.add_argument("--data", type=Path, default=example_data_dir(REPO, "TWOSSP_TEST_DATA"))
     parser.add_argument("--pg-dsn", default=os.environ.get("TWOSSP_TEST_PG_DSN",
                                                            "host=127.0.0.1 port=5432 user=postgres dbname=test"))
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/14")

@@ -43,6 +43,7 @@ sys.path.insert(0, str(REPO))
 from service.db.migrate import upgrade_head  # noqa: E402
 from service.settings import Settings  # noqa: E402
 from tests.svc.procs import Api, Proc, create_key, start_api, start_reaper, start_worker, wait_until  # noqa: E402
+from twossp_core.example_data import example_data_dir  # noqa: E402
 
 METHODS = ["2ssp", "shortgpt", "window", "blockpruner"]
 SPARSITIES = [0.25, 0.375, 0.5]
@@ -187,7 +188,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--no-again", action="store_true", help="skip the repeat sweep on the last run's store")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "sweep-workers.json")
     args = p.parse_args(argv)
-    data = Path(os.environ.get("TWOSSP_TEST_DATA", REPO.parent / "shared" / "data")).resolve()
+    data = example_data_dir(REPO, "TWOSSP_TEST_DATA")
 
     runs = []
     for n in args.workers:
