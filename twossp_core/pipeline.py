@@ -314,6 +314,7 @@ def heal_pruned(ws: Workspace, model: Any, report: dict[str, Any], reporter: Rep
             entry["dense_healed"] = ws.control.perplexity[entry["dataset"]]
     if report.get("held_out"):
         report["held_out"]["healed_ratio"] = held_out_summary(report["perplexity"], key="healed")["ratio"]
+    report.setdefault("warnings", []).extend(heal_warnings(report["perplexity"], result.config.lr))
     report["heal"] = {**result.report(), "data": [s.label for s in ws.spec.heal_sources()],
                       "data_tokens": run.data_tokens, "seq_len": run.seq_len, "plot": LOSS_PLOT}
     if ws.control is not None:
@@ -435,6 +436,28 @@ def overlap_warnings(rows: list[dict[str, Any]]) -> list[str]:
             "score" for row in rows if row.get("domain") == "overlaps-calibration"]
 
 
+def heal_warnings(rows: list[dict[str, Any]], lr: float) -> list[str]:
+    """Warnings when a heal made a model worse: the healed model above the pruned one, or the control (the dense
+    model healed the same way) above the dense one, on any evaluation set. Both mean these heal settings damage
+    the model they train (most often a learning rate too high for its size), which a user must not miss."""
+
+    def worse(after: str, before: str) -> list[str]:
+        return [f"{r['dataset']} {r[before]:.3f} -> {r[after]:.3f}" for r in rows
+                if r.get(after) is not None and r.get(before) is not None and r[after] > r[before]]
+
+    warnings = []
+    healed, control = worse("healed", "pruned"), worse("dense_healed", "dense")
+    if healed:
+        warnings.append(f"the heal raised the pruned model's perplexity on {len(healed)} of {len(rows)} evaluation "
+                        f"sets ({'; '.join(healed)}): the unhealed pruned model is better there; a lower heal.lr "
+                        f"(this heal's: {lr:g}) or fewer steps may help")
+    if control:
+        warnings.append(f"the control heal raised the dense model's perplexity on {len(control)} of {len(rows)} "
+                        f"evaluation sets ({'; '.join(control)}): these heal settings (lr {lr:g}) damage any model, "
+                        "not only the pruned one")
+    return warnings
+
+
 def measure_pruned_throughput(
     ws: Workspace, model: Any, adapter: ModelAdapter, reporter: Reporter
 ) -> dict[str, Throughput | None]:
@@ -472,7 +495,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 METADATA_KEYS = (
     "method", "model", "sparsity_target", "sparsity_achieved", "removed_attention", "removed_mlp", "removed_blocks",
-    "kept_ffn_neurons", "params", "perplexity", "held_out", "options", "data", "source", "zero_shot",
+    "kept_ffn_neurons", "params", "perplexity", "held_out", "options", "data", "source", "zero_shot", "warnings",
 )
 
 

@@ -142,3 +142,41 @@ def test_heal_control_flag_needs_a_heal(stories_model, tmp_path, capsys, flag):
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("twossp: error:") and f"{flag} needs --heal" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_heal_warnings_name_each_set_a_heal_made_worse():
+    from twossp_core.pipeline import heal_warnings
+
+    rows = [{"dataset": "a", "dense": 10.0, "pruned": 20.0, "healed": 15.0, "dense_healed": 9.5},
+            {"dataset": "b", "dense": 30.0, "pruned": 40.0, "healed": 41.0, "dense_healed": 31.0}]
+    healed, control = heal_warnings(rows, 3e-3)
+    assert "1 of 2 evaluation sets (b 40.000 -> 41.000)" in healed and "0.003" in healed
+    assert "1 of 2 evaluation sets (b 30.000 -> 31.000)" in control
+    better = [{**r, "healed": r["pruned"] - 1, "dense_healed": r["dense"]} for r in rows]
+    assert heal_warnings(better, 3e-3) == []  # equal to dense is not worse
+    assert heal_warnings([{k: v for k, v in r.items() if k != "dense_healed"} for r in better], 3e-3) == []
+
+
+@pytest.mark.slow
+def test_a_heal_that_makes_the_models_worse_is_said_in_the_report_the_card_and_the_cli(
+    stories_model, stories_text, tmp_path, capsys
+):
+    # a learning rate far too high for any model: both heals wreck the weights they train
+    out = tmp_path / "job"
+    code = main(["prune", "--model", str(stories_model), "--sparsity", "0.5", "--calibration", f"{stories_text}:0:500",
+                 "--eval", f"{stories_text}:500:700", "--doc-separator", "<|endoftext|>", "--seq-len", "256",
+                 "--calibration-windows", "8", "--eval-windows", "4", "--no-throughput", "--no-progress",
+                 "--heal", "kd", "--heal-option", "steps=4", "--heal-option", "batch_size=2",
+                 "--heal-option", "seq_len=128", "--heal-option", "lr=0.1", "--heal-option", "control=true",
+                 "--out", str(out)])
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    (row,) = report["perplexity"]
+    assert row["healed"] > row["pruned"] and row["dense_healed"] > row["dense"], row
+    warnings = [w for w in report["warnings"] if "heal" in w]
+    assert len(warnings) == 2 and "lower heal.lr (this heal's: 0.1)" in warnings[0], warnings
+    err = capsys.readouterr().err
+    assert all(f"twossp: warning: {w}" in err for w in warnings)
+    card = (out / "README.md").read_text()
+    assert "## Warnings" in card and all(w in card for w in warnings)
+    assert json.loads((out / "config.json").read_text())["twossp"]["warnings"] == report["warnings"]

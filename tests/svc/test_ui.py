@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from markupsafe import escape
 from sqlalchemy import update
 
 from service.db.models import ApiKey, Job
@@ -215,6 +216,29 @@ def test_the_job_page_names_the_worker_class_the_job_was_routed_to(
         session.execute(update(Job).where(Job.id == job_id).values(queue="large"))
         session.commit()
     assert "worker class <code>large</code>" in alice.get(f"/ui/jobs/{job_id}").text
+
+
+def test_the_job_page_shows_the_report_s_warnings_and_the_heal_s_control(
+    app: Any, stories_model: Path, stories_text: Path
+) -> None:
+    alice = signed_in(app, "alice")
+    created = alice.post("/ui/submit", data={**form(stories_model, stories_text), "csrf": csrf_of(alice)},
+                         follow_redirects=False)
+    job_id = created.headers["location"].rsplit("/", 1)[-1]
+    warning = "the heal raised the pruned model's perplexity on 1 of 1 evaluation sets (a 20.000 -> 25.000)"
+    report = {"method": "2ssp", "sparsity_target": 0.375, "warnings": [warning],
+              "perplexity": [{"dataset": "a", "dense": 10.0, "pruned": 20.0, "healed": 25.0, "dense_healed": 11.5}]}
+    with app.state.db.session() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(state="succeeded", report=report))
+        session.commit()
+    page = alice.get(f"/ui/jobs/{job_id}").text
+    assert 'id="report-warnings"' in page and str(escape(warning)) in page
+    assert "<th>Dense healed (control)</th>" in page and "<td>11.500</td>" in page
+    report.pop("warnings")
+    with app.state.db.session() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(report=report))
+        session.commit()
+    assert 'id="report-warnings"' not in alice.get(f"/ui/jobs/{job_id}").text
 
 
 def test_every_example_the_form_and_the_openapi_document_show_is_accepted(

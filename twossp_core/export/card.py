@@ -263,6 +263,7 @@ def render_card(
         f"`{source_name(model)}` structurally pruned with **{method}**{sparsity} by "
         f"[twossp](https://arxiv.org/abs/2501.17771), saved in the **{section.format}** export format.",
         *license_note,
+        *(["## Warnings", "\n".join(f"- {w}" for w in metadata["warnings"])] if metadata.get("warnings") else []),
         "## What was removed",
         "\n".join(_structure(metadata, config)),
         "## Perplexity",
