@@ -360,8 +360,8 @@ def heal_and_evaluate(ws: Workspace, student: Any, teacher: Callable[[], Any], r
     from twossp_core.heal.data import load_stream
     from twossp_core.heal.loop import heal
 
-    config = ws.spec.heal
-    assert config is not None
+    assert ws.spec.heal is not None
+    config = ws.spec.heal.for_model(ws.dense_params["total"])  # a heal and its control: the same learning rate
     reporter.checkpoint()
     reporter.update("heal_data", 0.0)
     t0 = time.perf_counter()

@@ -50,12 +50,14 @@ def test_control_is_the_dense_model_healed_separately_and_leaves_the_pruning_alo
     ws = prepare(spec, Reporter())
     stream = load_stream(spec.heal_sources(), ws.tokenizer, seq_len=HEAL["seq_len"], doc_separator=spec.doc_separator,
                          max_tokens=HEAL["steps"] * HEAL["batch_size"] * HEAL["seq_len"])
-    student, result = heal(copy.deepcopy(ws.model), ws.model, stream, spec.heal, seed=spec.seed, reporter=Reporter())
+    config = spec.heal.for_model(ws.dense_params["total"])
+    student, result = heal(copy.deepcopy(ws.model), ws.model, stream, config, seed=spec.seed, reporter=Reporter())
     separately = evaluate_perplexity(ws, adapter_for(student), "evaluate_healed", Reporter())
     assert len(report["perplexity"]) == 2
     for entry in report["perplexity"]:
         assert entry["dense_healed"] == separately[entry["dataset"]], entry
         assert entry["dense_healed"] != entry["dense"]  # the heal moved the dense model
+    assert spec.heal.lr is None and report["heal"]["lr"] == config.lr == 3e-3  # the rate chosen for a 0.26 M model
     control = report["heal"]["control"]
     assert control["steps"] == HEAL["steps"] and control["tokens"] == HEAL["steps"] * HEAL["batch_size"] * 128
     assert control["loss"] == pytest.approx(sum(result.losses[-10:]) / len(result.losses[-10:]))

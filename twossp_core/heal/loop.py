@@ -103,6 +103,8 @@ def heal(
     fine-tuning, the merged base model for LoRA) and what happened."""
     if config.loss == "kd" and teacher is None:
         raise ValueError("a kd heal needs the dense model as teacher")
+    if config.lr is None:
+        raise ValueError("the heal's learning rate is not set: HealConfig.for_model chooses it for the model")
     start = time.perf_counter()
     steps = config.total_steps(stream.seq_len)
     device = next(student.parameters()).device

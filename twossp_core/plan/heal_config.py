@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -12,6 +13,26 @@ from twossp_core.plan.sources import DataSource
 
 MAX_STEPS = 10_000_000
 MAX_TOKENS = 10**13
+
+# The default peak learning rate by the dense model's size (docs/heal.md, "Learning rate and model size"): SMALL_LR up
+# to SMALL_MODEL parameters, where it was measured best on our two small models; above, falling as a power of the
+# size through REAL_LR at REAL_MODEL (SmolLM2-135M-Instruct, measured best of 3e-3, 3e-4, 1e-4 and 3e-5), never
+# below MIN_LR. LoRA trains adapters that start at zero: LORA_FACTOR times the full rate, at most SMALL_LR.
+SMALL_LR, SMALL_MODEL = 3e-3, 2_500_000
+REAL_LR, REAL_MODEL = 3e-4, 134_515_008
+MIN_LR = 1e-5
+LORA_FACTOR = 10.0
+
+
+def default_lr(parameters: int, params: str = "full") -> float:
+    """The default peak learning rate of a heal of a model that had `parameters` parameters before pruning."""
+    if parameters <= SMALL_MODEL:
+        full = SMALL_LR
+    else:
+        slope = math.log(REAL_LR / SMALL_LR) / math.log(REAL_MODEL / SMALL_MODEL)
+        full = max(MIN_LR, SMALL_LR * (parameters / SMALL_MODEL) ** slope)
+    rate = min(SMALL_LR, full * LORA_FACTOR) if params == "lora" else full
+    return float(f"{rate:.2g}")  # a figure a user can type back
 
 
 def _parse_source(text: str, field: str) -> None:
@@ -41,7 +62,10 @@ class HealConfig(BaseModel):
                                          "accumulation); default batch_size")
     seq_len: int | None = Field(None, ge=8, le=MAX_SEQ_LEN,
                                 description="training window length; default the job's seq_len")
-    lr: float = Field(3e-3, gt=0.0, le=1.0, description="peak learning rate")
+    lr: float | None = Field(
+        None, gt=0.0, le=1.0, description="peak learning rate; null: chosen from the size of the model before pruning "
+        "(3e-3 up to 2.5 M parameters, 3e-4 at 135 M, falling with size to at least 1e-5; 10x that, at most 3e-3, "
+        "for lora); the report records the rate used")
     schedule: Literal["onecycle", "cosine", "constant"] = Field(
         "onecycle", description="onecycle: linear warm-up to lr over warmup of the steps, then cosine to "
         "lr x final_lr_ratio; cosine: the same without warm-up; constant")
@@ -86,6 +110,13 @@ class HealConfig(BaseModel):
         if self.params == "lora" and self.lora_targets is not None and not self.lora_targets:
             raise ValueError("lora_targets must name at least one module (or be null for every linear layer)")
         return self
+
+    def for_model(self, parameters: int) -> HealConfig:
+        """These options with the learning rate set: the request's, else default_lr for a model that had
+        `parameters` parameters before pruning (the same for a heal and its control)."""
+        if self.lr is not None:
+            return self
+        return self.model_copy(update={"lr": default_lr(parameters, self.params)})
 
     def total_steps(self, seq_len: int) -> int:
         """Optimizer steps of one heal with windows of `seq_len` tokens."""
