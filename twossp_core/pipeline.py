@@ -436,25 +436,30 @@ def overlap_warnings(rows: list[dict[str, Any]]) -> list[str]:
             "score" for row in rows if row.get("domain") == "overlaps-calibration"]
 
 
+HEAL_WORSE_TOLERANCE = 0.01  # a heal is said to make a model worse on a set where it rose by more than 1 %
+
+
 def heal_warnings(rows: list[dict[str, Any]], lr: float) -> list[str]:
-    """Warnings when a heal made a model worse: the healed model above the pruned one, or the control (the dense
-    model healed the same way) above the dense one, on any evaluation set. Both mean these heal settings damage
-    the model they train (most often a learning rate too high for its size), which a user must not miss."""
+    """Warnings when a heal made a model worse: the healed model more than HEAL_WORSE_TOLERANCE above the pruned
+    one, or the control (the dense model healed the same way) above the dense one, on any evaluation set. Both mean
+    these heal settings damage the model they train (most often a learning rate too high for its size), which a
+    user must not miss; a rise within the tolerance is the noise of a short heal, not damage."""
 
     def worse(after: str, before: str) -> list[str]:
         return [f"{r['dataset']} {r[before]:.3f} -> {r[after]:.3f}" for r in rows
-                if r.get(after) is not None and r.get(before) is not None and r[after] > r[before]]
+                if r.get(after) is not None and r.get(before) is not None
+                and r[after] > r[before] * (1 + HEAL_WORSE_TOLERANCE)]
 
     warnings = []
     healed, control = worse("healed", "pruned"), worse("dense_healed", "dense")
     if healed:
-        warnings.append(f"the heal raised the pruned model's perplexity on {len(healed)} of {len(rows)} evaluation "
-                        f"sets ({'; '.join(healed)}): the unhealed pruned model is better there; a lower heal.lr "
-                        f"(this heal's: {lr:g}) or fewer steps may help")
+        warnings.append(f"the heal raised the pruned model's perplexity by over 1 % on {len(healed)} of {len(rows)} "
+                        f"evaluation sets ({'; '.join(healed)}): the unhealed pruned model is better there; a lower "
+                        f"heal.lr (this heal's: {lr:g}) or fewer steps may help")
     if control:
-        warnings.append(f"the control heal raised the dense model's perplexity on {len(control)} of {len(rows)} "
-                        f"evaluation sets ({'; '.join(control)}): these heal settings (lr {lr:g}) damage any model, "
-                        "not only the pruned one")
+        warnings.append(f"the control heal raised the dense model's perplexity by over 1 % on {len(control)} of "
+                        f"{len(rows)} evaluation sets ({'; '.join(control)}): these heal settings (lr {lr:g}) damage "
+                        "any model, not only the pruned one")
     return warnings
 
 

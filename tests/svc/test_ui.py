@@ -225,7 +225,7 @@ def test_the_job_page_shows_the_report_s_warnings_and_the_heal_s_control(
     created = alice.post("/ui/submit", data={**form(stories_model, stories_text), "csrf": csrf_of(alice)},
                          follow_redirects=False)
     job_id = created.headers["location"].rsplit("/", 1)[-1]
-    warning = "the heal raised the pruned model's perplexity on 1 of 1 evaluation sets (a 20.000 -> 25.000)"
+    warning = "the heal raised the pruned model's perplexity by over 1 % on 1 of 1 evaluation sets (a 20.000 -> 25.000)"
     report = {"method": "2ssp", "sparsity_target": 0.375, "warnings": [warning],
               "perplexity": [{"dataset": "a", "dense": 10.0, "pruned": 20.0, "healed": 25.0, "dense_healed": 11.5}]}
     with app.state.db.session() as session:
