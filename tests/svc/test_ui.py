@@ -204,40 +204,41 @@ def test_a_heal_shows_its_loss_curve_and_summary() -> None:
     assert loss_curve_chart({"loss_curve": [[1, 4.0]]}) is None
 
 
-def test_the_job_page_names_the_worker_class_the_job_was_routed_to(
-    app: Any, stories_model: Path, stories_text: Path
-) -> None:
+def submitted(app: Any, stories_model: Path, stories_text: Path) -> tuple[TestClient, str]:
+    """alice, signed in, and the id of the job she submitted through the form (queued: no worker here)."""
     alice = signed_in(app, "alice")
     created = alice.post("/ui/submit", data={**form(stories_model, stories_text), "csrf": csrf_of(alice)},
                          follow_redirects=False)
-    job_id = created.headers["location"].rsplit("/", 1)[-1]
-    assert "worker class" not in alice.get(f"/ui/jobs/{job_id}").text  # embedded: not routed
+    return alice, created.headers["location"].rsplit("/", 1)[-1]
+
+
+def set_job(app: Any, job_id: str, **values: Any) -> None:
     with app.state.db.session() as session:
-        session.execute(update(Job).where(Job.id == job_id).values(queue="large"))
+        session.execute(update(Job).where(Job.id == job_id).values(**values))
         session.commit()
+
+
+def test_the_job_page_names_the_worker_class_the_job_was_routed_to(
+    app: Any, stories_model: Path, stories_text: Path
+) -> None:
+    alice, job_id = submitted(app, stories_model, stories_text)
+    assert "worker class" not in alice.get(f"/ui/jobs/{job_id}").text  # embedded: not routed
+    set_job(app, job_id, queue="large")
     assert "worker class <code>large</code>" in alice.get(f"/ui/jobs/{job_id}").text
 
 
 def test_the_job_page_shows_the_report_s_warnings_and_the_heal_s_control(
     app: Any, stories_model: Path, stories_text: Path
 ) -> None:
-    alice = signed_in(app, "alice")
-    created = alice.post("/ui/submit", data={**form(stories_model, stories_text), "csrf": csrf_of(alice)},
-                         follow_redirects=False)
-    job_id = created.headers["location"].rsplit("/", 1)[-1]
+    alice, job_id = submitted(app, stories_model, stories_text)
     warning = "the heal raised the pruned model's perplexity by over 1 % on 1 of 1 evaluation sets (a 20.000 -> 25.000)"
     report = {"method": "2ssp", "sparsity_target": 0.375, "warnings": [warning],
               "perplexity": [{"dataset": "a", "dense": 10.0, "pruned": 20.0, "healed": 25.0, "dense_healed": 11.5}]}
-    with app.state.db.session() as session:
-        session.execute(update(Job).where(Job.id == job_id).values(state="succeeded", report=report))
-        session.commit()
+    set_job(app, job_id, state="succeeded", report=report)
     page = alice.get(f"/ui/jobs/{job_id}").text
     assert 'id="report-warnings"' in page and str(escape(warning)) in page
     assert "<th>Dense healed (control)</th>" in page and "<td>11.500</td>" in page
-    report.pop("warnings")
-    with app.state.db.session() as session:
-        session.execute(update(Job).where(Job.id == job_id).values(report=report))
-        session.commit()
+    set_job(app, job_id, report={k: v for k, v in report.items() if k != "warnings"})
     assert 'id="report-warnings"' not in alice.get(f"/ui/jobs/{job_id}").text
 
 
