@@ -227,6 +227,22 @@ def test_summary_names_every_kind_of_removal():
     assert "removed blocks: [4]" in lines
 
 
+def test_summary_says_when_every_held_out_set_is_from_the_calibration_source():
+    from twossp_core.cli.summary import format_summary
+    from twossp_core.data.held_out import held_out_summary
+
+    def summary(domains: list[str]) -> str:
+        rows = [{"dataset": f"set{i}", "domain": d, "dense": 10.0, "pruned": 20.0} for i, d in enumerate(domains)]
+        report = {"method": "2ssp", "sparsity_target": 0.5, "sparsity_achieved": 0.5, "kept_ffn_neurons": None,
+                  "params": {"blocks_before": 10, "blocks_after": 5, "total_before": 20, "total_after": 15},
+                  "perplexity": rows, "held_out": held_out_summary(rows), "timings": {"prune_s": 1.0}}
+        return format_summary(report)
+
+    assert "every set is from the calibration source" in summary(["in-domain"])
+    assert "every set is from the calibration source" not in summary(["in-domain", "out-of-domain"])
+    assert "every set is from the calibration source" not in summary(["out-of-domain"])
+
+
 def test_version(capsys):
     from twossp_core import __version__
 

@@ -45,6 +45,10 @@ def format_summary(report: dict[str, Any]) -> str:
         healed_ratio = f" -> healed x{held_out['healed_ratio']:.3f}" if held_out.get("healed_ratio") else ""
         lines.append(f"held-out summary (geometric mean of pruned/dense perplexity over {len(held_out['datasets'])} "
                      f"set{'s' if len(held_out['datasets']) != 1 else ''}): x{held_out['ratio']:.3f}{healed_ratio}")
+        domains = {row.get("domain") for row in report["perplexity"] if row["dataset"] in held_out["datasets"]}
+        if domains == {"in-domain"}:  # documents the run did not fit on, but from its calibration source only
+            lines.append("  (every set is from the calibration source: add --eval sets from other sources, e.g. "
+                         "WikiText-2 or PTB, to judge the model off its calibration domain)")
     if "heal" in report:
         h = report["heal"]
         lines.append(f"heal {h['method']} ({h['params']}): {h['steps']} steps, {h['tokens']:,} tokens, lr {h['lr']:g}, "
