@@ -167,7 +167,8 @@ def describe_control(ws: Any, dense_key: str) -> dict[str, Any]:
         data.append({"source": source.label, "sha256": file_digest(path) if st is not None and path.is_file()
                      else None})
     assert ws.spec.heal is not None
-    return {"workspace": dense_key, "heal": ws.spec.heal.model_dump(mode="json"), "data": data, "seed": ws.spec.seed}
+    heal = ws.spec.heal.for_model(ws.dense_params["total"])  # the rate it runs with, whether chosen or requested
+    return {"workspace": dense_key, "heal": heal.model_dump(mode="json"), "data": data, "seed": ws.spec.seed}
 
 
 @dataclass

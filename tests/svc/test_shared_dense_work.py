@@ -96,3 +96,25 @@ def test_cells_compute_the_dense_work_once_and_reuse_it_across_sweeps(
     other = parse_sweep_spec({**spec.model_dump(), "eval": [f"{stories_text}:520:530"]})
     report = run_sweep_cell(other.prune_spec("2ssp", 0.375), tmp_path / "other", shared=cache)
     assert [u["reused"] for u in report["sweep"]["shared"]] == [False, False]
+
+
+def test_the_heal_s_control_is_shared_by_the_learning_rate_it_runs_with(
+    tmp_path: Path, stories_model: Path, stories_text: Path
+) -> None:
+    body = job_body(stories_model, stories_text, eval=[f"{stories_text}:500:520"], calibration_windows=4)
+    del body["sparsity"]
+    heal = {"steps": 2, "batch_size": 2, "seq_len": 64, "control": True}
+    settings = Settings(data_dir=tmp_path / "data")
+    upgrade_head(settings)
+    cache = StoreArtifactCache(LocalStore(tmp_path / "store"), Database(settings), tmp_path / "locks")
+
+    def control_use(lr: float | None, out: str) -> dict[str, Any]:
+        spec = parse_sweep_spec({**body, "methods": ["2ssp"], "sparsities": [0.375], "heal": {**heal, "lr": lr}})
+        report = run_sweep_cell(spec.prune_spec("2ssp", 0.375), tmp_path / out, shared=cache)
+        (use,) = [u for u in report["sweep"]["shared"] if u["kind"] == "control"]
+        assert report["heal"]["lr"] == (lr or 3e-3)  # unset: the rate chosen for a 0.26 M-parameter model
+        return use
+
+    assert control_use(None, "chosen")["reused"] is False
+    assert control_use(3e-3, "requested")["reused"] is True  # the rate the unset one ran with: the same control
+    assert control_use(1e-3, "other")["reused"] is False
