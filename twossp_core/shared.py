@@ -30,6 +30,7 @@ from typing import Any, Protocol
 import torch
 
 from twossp_core import __version__
+from twossp_core.file_digests import file_digest
 from twossp_core.local_inputs import stat_path
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,9 @@ class ArtifactCache(Protocol):
     def lock(self, key: str, checkpoint: Callable[[], None]) -> AbstractContextManager[None]:
         """Held while one process computes `key`; waiting calls `checkpoint` between tries (it may raise to stop)."""
 
+    def file_digest(self, path: Path) -> str:
+        """sha256 of a file of the model (a cache may remember them, e.g. with FileDigests)."""
+
 
 def canonical(data: Any) -> str:
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
@@ -79,14 +83,6 @@ def tensor_digest(tensor: torch.Tensor) -> str:
     t = tensor.detach().to("cpu").contiguous()
     h = hashlib.sha256(f"{t.dtype}{tuple(t.shape)}".encode())
     h.update(t.numpy().tobytes())
-    return h.hexdigest()
-
-
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
     return h.hexdigest()
 
 
@@ -106,18 +102,18 @@ def code_digest() -> str:
     return _CODE
 
 
-def model_identity(ws: Any) -> dict[str, Any] | None:
-    """What the model's weights are: a GGUF file's sha256, every file of a local directory, or the hub revision the
-    loader resolved; None when it cannot be told (then nothing is shared)."""
+def model_identity(ws: Any, sha256: Callable[[Path], str] = file_digest) -> dict[str, Any] | None:
+    """What the model's weights are: a GGUF file's sha256, every file of a local directory (hashed by `sha256`), or
+    the hub revision the loader resolved; None when it cannot be told (then nothing is shared)."""
     if ws.source and ws.source.get("sha256"):
         return {"gguf": ws.source["sha256"]}
     path = ws.spec.model_input().open_path
     st = stat_path(path)
     if st is not None:
         if path.is_file():
-            return {"file": file_digest(path)}
+            return {"file": sha256(path)}
         files = sorted(p for p in path.rglob("*") if p.is_file())
-        return {"files": {p.relative_to(path).as_posix(): file_digest(p) for p in files}}
+        return {"files": {p.relative_to(path).as_posix(): sha256(p) for p in files}}
     revision = getattr(ws.model.config, "_commit_hash", None)
     return {"hub": ws.spec.model, "revision": revision} if revision else None
 
@@ -130,12 +126,12 @@ def device_name(device: torch.device) -> str:
     return f"{device.type}:{platform.machine()}"
 
 
-def describe_workspace(ws: Any) -> dict[str, Any] | None:
+def describe_workspace(ws: Any, sha256: Callable[[Path], str] = file_digest) -> dict[str, Any] | None:
     """Everything the dense measurements and statistics of a workspace depend on (None: the model's content cannot
-    be told, so nothing is shared)."""
+    be told, so nothing is shared); `sha256` hashes the model's files (a FileDigests remembers them)."""
     import transformers
 
-    model = model_identity(ws)
+    model = model_identity(ws, sha256)
     if model is None:
         return None
     spec = ws.spec

@@ -79,7 +79,7 @@ def cell_workspace(spec: PruneSpec, reporter: Reporter, shared: ArtifactCache | 
             heal_control(ws, reporter)
         return ws
     ws = prepare(spec, reporter, measure=False)
-    described = describe_workspace(ws)
+    described = describe_workspace(ws, shared.file_digest)
     if described is None:  # the model's content cannot be told: nothing is shared
         measure_dense(ws, reporter)
         if spec.heal is not None and spec.heal.control:

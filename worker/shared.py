@@ -39,6 +39,7 @@ from service.db.types import utcnow
 from service.settings import Settings
 from service.store import ArtifactStore
 from service.store.base import MANIFEST_NAME, file_sha256, local_files
+from twossp_core.file_digests import FileDigests
 
 log = logging.getLogger(__name__)
 PREFIX = "shared"
@@ -56,6 +57,8 @@ class StoreArtifactCache:
 
     def __init__(self, store: ArtifactStore, db: Database, lock_dir: Path, job_id: str | None = None) -> None:
         self.store, self.db, self.lock_dir, self.job_id = store, db, lock_dir, job_id
+        # the model files' sha256, remembered on this machine (beside the locks, in the worker's data directory)
+        self.file_digest = FileDigests(lock_dir.parent / "file-digests")
 
     def load(self, key: str, into: Path) -> dict[str, Any] | None:
         prefix = artifact_prefix(key)

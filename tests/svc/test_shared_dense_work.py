@@ -4,6 +4,7 @@ cells, and a second sweep on the same model and data, read them; every report eq
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -116,5 +117,9 @@ def test_the_heal_s_control_is_shared_by_the_learning_rate_it_runs_with(
         return use
 
     assert control_use(None, "chosen")["reused"] is False
+    # the model's files were hashed once, remembered beside the locks for the next cells
+    files = sorted(p for p in stories_model.rglob("*") if p.is_file())
+    entries = sorted(e.read_text() for e in (tmp_path / "file-digests").iterdir())
+    assert entries == sorted(hashlib.sha256(p.read_bytes()).hexdigest() for p in files)
     assert control_use(3e-3, "requested")["reused"] is True  # the rate the unset one ran with: the same control
     assert control_use(1e-3, "other")["reused"] is False
