@@ -16,7 +16,7 @@ MAX_TOKENS = 10**13
 
 # The default peak learning rate by the dense model's size (docs/heal.md, "Learning rate and model size"): SMALL_LR up
 # to SMALL_MODEL parameters, where it was measured best on our two small models; above, falling as a power of the
-# size through REAL_LR at REAL_MODEL (SmolLM2-135M-Instruct, measured best of 3e-3, 3e-4, 1e-4 and 3e-5), never
+# size through REAL_LR at REAL_MODEL (SmolLM2-135M-Instruct, measured best of 3e-3, 1e-3, 3e-4 and 1e-4), never
 # below MIN_LR. LoRA trains adapters that start at zero: LORA_FACTOR times the full rate, at most SMALL_LR.
 SMALL_LR, SMALL_MODEL = 3e-3, 2_500_000
 REAL_LR, REAL_MODEL = 3e-4, 134_515_008
