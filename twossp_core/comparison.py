@@ -49,6 +49,8 @@ def comparison_row(report: dict[str, Any]) -> dict[str, Any]:
     }
     if report.get("zero_shot"):
         row["zero_shot"] = report["zero_shot"]
+    if report.get("warnings"):  # e.g. a heal that made the model worse: never only in the run's own report
+        row["warnings"] = report["warnings"]
     if "sparsity_meaning" in details:
         row["note"] = details["sparsity_meaning"]
     return row

@@ -154,6 +154,8 @@ def comparison_markdown(rows: list[dict[str, Any]], dense: dict[str, Any], *, ti
     notes = sorted({r["note"] for r in rows if r.get("note")})
     notes += [f"{r['method']} at {r['sparsity_target']:.1%}: speed-up not reliable, "
               f"{'; '.join(r['throughput_unreliable'])}" for r in rows if r.get("throughput_unreliable")]
+    notes += [f"{r['method']} at {r['sparsity_target']:.1%}: warning: {w}"
+              for r in rows for w in r.get("warnings") or []]
     if notes:
         lines += ["", *[f"Note — {n}." for n in notes]]
     if dense.get("zero_shot"):

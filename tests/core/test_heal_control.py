@@ -184,3 +184,21 @@ def test_a_heal_that_makes_the_models_worse_is_said_in_the_report_the_card_and_t
     card = (out / "README.md").read_text()
     assert "## Warnings" in card and all(w in card for w in warnings)
     assert json.loads((out / "config.json").read_text())["twossp"]["warnings"] == report["warnings"]
+
+
+@pytest.mark.slow
+def test_a_sweep_s_comparison_carries_each_run_s_warnings(stories_model, stories_text, tmp_path):
+    from twossp_core.comparison import comparison_row
+    from twossp_core.report_table import comparison_markdown
+
+    spec = parse_sweep_spec({**_fields(stories_model, stories_text, {**HEAL, "lr": 0.1, "control": False}),
+                             "methods": "2ssp", "sparsities": [0.4]})
+    result = run_sweep(spec, tmp_path / "s")
+    (row,) = result["rows"]
+    report = json.loads((tmp_path / "s" / "runs" / "2ssp-0.4" / "report.json").read_text())
+    heal_warnings = [w for w in report["warnings"] if w.startswith("the heal raised")]
+    assert heal_warnings and row["warnings"] == report["warnings"]
+    md = (tmp_path / "s" / "comparison.md").read_text()
+    assert all(f"Note — 2ssp at 40.0%: warning: {w}." in md for w in report["warnings"])
+    quiet = comparison_row({**report, "warnings": []})
+    assert "warnings" not in quiet and "warning:" not in comparison_markdown([quiet], result["dense"])

@@ -242,6 +242,18 @@ def test_the_job_page_shows_the_report_s_warnings_and_the_heal_s_control(
     assert 'id="report-warnings"' not in alice.get(f"/ui/jobs/{job_id}").text
 
 
+def test_a_finished_sweep_s_comparison_shows_each_row_s_warnings(
+    app: Any, stories_model: Path, stories_text: Path
+) -> None:
+    alice, job_id = submitted(app, stories_model, stories_text)
+    warning = "the heal raised the pruned model's perplexity by over 1 % on 1 of 1 evaluation sets (a 20.000 -> 25.000)"
+    row = {"method": "2ssp", "sparsity_target": 0.375, "sparsity_achieved": 0.37, "speedup": None, "error": None,
+           "perplexity": [{"dataset": "a", "dense": 10.0, "pruned": 20.0, "healed": 25.0}], "warnings": [warning]}
+    set_job(app, job_id, kind="sweep", state="succeeded", report={"rows": [row], "dense": {"perplexity": []}})
+    page = alice.get(f"/ui/jobs/{job_id}").text
+    assert f'<span class="row-warning">warning: {escape(warning)}</span>' in page
+
+
 def test_every_example_the_form_and_the_openapi_document_show_is_accepted(
     app: Any, stories_model: Path, stories_text: Path
 ) -> None:
