@@ -15,7 +15,6 @@ through transformers' GGUF reader and dequantized into a plain model (twossp_cor
 
 from __future__ import annotations
 
-import hashlib
 import json
 import mmap
 import struct
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from twossp_core.errors import ModelNotFound, UnsupportedModel
+from twossp_core.file_digests import file_digest
 from twossp_core.plan.sources import ModelInput
 
 GGUF_SUFFIX = ".gguf"
@@ -292,13 +292,6 @@ def local_gguf_config(path: Path) -> dict[str, Any]:
 
 # -- the source record --------------------------------------------------------------------------------------------
 
-def sha256_of(path: Path, chunk: int = 2**24) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
 
 def source_record(path: Path, header: GGUFHeader | None = None) -> dict[str, Any]:
     """What the report (`source`) and the model card keep about a GGUF file."""
@@ -306,7 +299,7 @@ def source_record(path: Path, header: GGUFHeader | None = None) -> dict[str, Any
     return {
         "format": "gguf",
         "file": path.name,
-        "sha256": sha256_of(path),
+        "sha256": file_digest(path),
         "bytes": path.stat().st_size,
         "quantization": header.quantization(),
         "tensor_types": header.tensor_types(),

@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from twossp_core.file_digests import file_digest
 from twossp_core.plan.sources import ModelInput
 
 # directory names that say nothing about the model in them (".../SmolLM2-135M-Instruct/hf")
@@ -85,14 +86,6 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
 _DIGESTS: dict[tuple[str, tuple[tuple[str, int, int], ...]], tuple[str, str]] = {}
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def source_sha256(model: ModelInput | str) -> tuple[str, str] | None:
     """(sha256, what it is of) for a local source: its one weights file's sha256, or for several the sha256 of
     their `sha256sum` lines (`sha256sum model-*.safetensors | sha256sum`); None when the source is not local or
@@ -112,8 +105,8 @@ def source_sha256(model: ModelInput | str) -> tuple[str, str] | None:
     key = (str(path.resolve()), tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files))
     if key not in _DIGESTS:
         if len(files) == 1:
-            _DIGESTS[key] = (_sha256_file(files[0]), files[0].name)
+            _DIGESTS[key] = (file_digest(files[0]), files[0].name)
         else:
-            lines = "".join(f"{_sha256_file(p)}  {p.name}\n" for p in files)
+            lines = "".join(f"{file_digest(p)}  {p.name}\n" for p in files)
             _DIGESTS[key] = (hashlib.sha256(lines.encode()).hexdigest(), f"sha256sum of {len(files)} weight files")
     return _DIGESTS[key]
