@@ -13,8 +13,10 @@ from twossp_core.plan.tasks import PAPER, PAPER_TASKS
 EXAMPLE_MODEL = "meta-llama/Llama-2-7b-hf"
 # a heal's options: the options are HealConfig's (docs/heal.md)
 HEAL_EXAMPLE: dict[str, Any] = {"loss": "kd", "steps": 200}
-# zero-shot scoring on a subset: the whole of the paper's six is over a job's default planned work (plan/cost.py)
+# zero-shot scoring on a subset: the whole of the paper's six is over a job's default planned work (plan/cost.py);
+# MMLU's limit counts per subject (57 of them)
 ZERO_SHOT_LIMIT = 100
+ZERO_SHOT_LIMITS = {"mmlu": 5}
 
 
 def method_examples() -> dict[str, dict[str, Any]]:
@@ -64,7 +66,7 @@ def request_examples() -> dict[str, dict[str, Any]]:
     examples["heal"] = {"summary": "prune with 2ssp, then heal", "value": _prune("2ssp", heal=HEAL_EXAMPLE)}
     examples["zero-shot"] = {
         "summary": f"prune with 2ssp and score the paper's six zero-shot tasks ({', '.join(PAPER_TASKS)}), the "
-        f"first {ZERO_SHOT_LIMIT} items of each",
-        "value": _prune("2ssp", tasks=[PAPER], task_limit=ZERO_SHOT_LIMIT),
+        f"first {ZERO_SHOT_LIMIT} items of each, of MMLU the first {ZERO_SHOT_LIMITS['mmlu']} of each subject",
+        "value": _prune("2ssp", tasks=[PAPER], task_limit=ZERO_SHOT_LIMIT, task_limits=ZERO_SHOT_LIMITS),
     }
     return examples

@@ -69,7 +69,7 @@ def main() -> None:
     (work / "hellaswag").mkdir()
     rows = hellaswag_rows_from_extraction(data_dir() / "tasks" / "hellaswag" / "hellaswag_val_full.txt.bz2", args.limit)
     (work / "hellaswag" / "hellaswag_val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    prepared = prepare_tasks(tokenizer, model.config, tasks, args.limit,
+    prepared = prepare_tasks(tokenizer, model.config, dict.fromkeys(tasks, args.limit),
                              TaskData(root=data_dir() / "tasks", paths={"hellaswag": work / "hellaswag"}))
     adapter = adapter_for(model)
     lm_by_size = {b: HFLM(pretrained=model, tokenizer=tokenizer, batch_size=b, device=args.device)

@@ -148,7 +148,7 @@ def prepare(
         from twossp_core.evaluation.zeroshot.evaluate import prepare_tasks
 
         t3 = time.perf_counter()
-        ws.zero_shot_tasks = prepare_tasks(tokenizer, model.config, spec.tasks, spec.task_limit, task_data)
+        ws.zero_shot_tasks = prepare_tasks(tokenizer, model.config, spec.task_limit_map(), task_data)
         ws.timings["zero_shot_dense_s"] = time.perf_counter() - t3
     if measure:
         measure_dense(ws, reporter)

@@ -141,7 +141,7 @@ def describe_workspace(ws: Any, sha256: Callable[[Path], str] = file_digest) -> 
         "calibration": tensor_digest(ws.calibration),
         "eval": {label: tensor_digest(w) for label, w in ws.evals.items()},
         "eval_order": list(ws.evals),
-        "tasks": {"names": list(spec.tasks), "limit": spec.task_limit,
+        "tasks": {"names": list(spec.tasks), "limits": spec.task_limit_map(),
                   "items": hashlib.sha256(repr([t.segments for t in ws.zero_shot_tasks]).encode()).hexdigest()}
         if ws.zero_shot_tasks else None,
         "dtype": spec.dtype,

@@ -13,16 +13,16 @@ from typing import Any
 
 from api import examples as ex
 from api.errors import problems_of
-from twossp_core.errors import FieldProblem
+from twossp_core.errors import FieldProblem, InvalidSpec
 from twossp_core.plan.methods import METHODS
-from twossp_core.plan.tasks import PAPER, PAPER_TASKS, TASK_NAMES, TASK_SIZES
+from twossp_core.plan.tasks import PAPER, PAPER_TASKS, TASK_NAMES, TASK_SIZES, parse_task_limits
 
 LINE_LISTS = ("calibration", "eval")
 TEXT_FIELDS = (
-    "model", "doc_separator", "seq_len", "calibration_windows", "eval_windows", "seed", "export", "dtype", "task_limit",
+    "model", "doc_separator", "seq_len", "calibration_windows", "eval_windows", "seed", "export", "dtype",
 )
 NUMBER_FIELDS: dict[str, type[int] | type[float]] = {
-    "seq_len": int, "calibration_windows": int, "eval_windows": int, "seed": int, "sparsity": float, "task_limit": int,
+    "seq_len": int, "calibration_windows": int, "eval_windows": int, "seed": int, "sparsity": float,
 }
 LIST_FIELDS = ("methods", "tasks")  # checkboxes: every checked value
 PRUNE_FIELDS = ("method", "sparsity")
@@ -34,6 +34,7 @@ FIELDS = (
     "export_options", "measure_throughput", "save_models", "heal", "tasks", "task_limit",
 )
 GENERAL = "_form"
+ALIASES = {"task_limits": "task_limit"}  # request fields shown by another field of the form
 
 
 class FormError(Exception):
@@ -95,6 +96,14 @@ def request_body(form: dict[str, list[str]]) -> dict[str, Any]:
     tasks = [name for name in form.get("tasks") or [] if name]
     if tasks:  # none checked: no zero-shot scoring (the default)
         body["tasks"] = tasks
+    try:  # `100`, or `100, mmlu=5` (the command line's spelling)
+        every, per_task = parse_task_limits(one("task_limit"))
+    except InvalidSpec as exc:
+        raise FormError("task_limit", str(exc)) from None
+    if every is not None:
+        body["task_limit"] = every
+    if per_task:
+        body["task_limits"] = per_task
     if kind == "sweep":
         body["methods"] = form.get("methods") or []
         for name in SWEEP_FIELDS:
@@ -130,6 +139,7 @@ def form_field(field: str | None) -> str:
     options, `eval.1` by the evaluation data), GENERAL for none (a problem that spans fields) or one the form does not
     show."""
     head = (field or "").split(".", 1)[0]
+    head = ALIASES.get(head, head)
     return head if head in FIELDS else GENERAL
 
 

@@ -67,6 +67,9 @@ def test_zero_shot_scoring_counts_on_every_model_evaluated() -> None:
     assert limited.task_tokens == sum(size.planned_tokens(100) for size in TASK_SIZES.values()) < whole
     assert limited.tokens is not None and limited.tokens < 40_000_000
     assert plan_cost(spec.model_copy(update={"tasks": []})).task_tokens == 0
+    # MMLU's own limit (per subject) in place of the one for every task
+    mmlu_five = plan_cost(spec.model_copy(update={"task_limit": 100, "task_limits": {"mmlu": 5}}))
+    assert mmlu_five.task_tokens == limited.task_tokens - mmlu.planned_tokens(100) + 57 * 5 * 4 * mmlu.first_tokens
 
 
 @pytest.mark.parametrize("task", TASK_NAMES)

@@ -43,7 +43,7 @@ def test_scores_equal_lm_eval_on_the_six_tasks(model_and_tokenizer, tmp_path):
     data = TaskData(root=tasks_dir, paths={"hellaswag": hellaswag})
     tasks = list(PAPER_TASKS)
 
-    prepared = prepare_tasks(tokenizer, model.config, tasks, LIMIT, data)
+    prepared = prepare_tasks(tokenizer, model.config, dict.fromkeys(tasks, LIMIT), data)
     assert not any(p.task.approximate for p in prepared)
     ours = loglikelihoods_per_task(adapter_for(model), prepared)
     reference = run_lm_eval(model, tokenizer, tasks, LIMIT, tmp_path / "lm-eval", data=data)

@@ -41,7 +41,7 @@ def scores_of(model_dir, task_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    prepared = prepare_tasks(AutoTokenizer.from_pretrained(model_dir), model.config, TASKS, LIMIT,
+    prepared = prepare_tasks(AutoTokenizer.from_pretrained(model_dir), model.config, dict.fromkeys(TASKS, LIMIT),
                              TaskData(root=task_dir))
     return score_tasks(adapter_for(model), prepared)
 
@@ -123,6 +123,22 @@ def test_eval_of_tasks_alone_needs_no_text(stories_model, task_dir, capsys, monk
     assert result["zero_shot"]["tasks"]["winogrande"]["n"] == 2
 
 
+def test_a_task_can_have_its_own_limit(stories_model, task_dir, capsys, monkeypatch):
+    """`--task-limit 2,arc_easy=3`: the first 2 items of every task but arc_easy, of which the first 3; the report
+    says which, per task and in words."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code = main(["eval", "--model", str(stories_model), "--no-progress", "--tasks", "winogrande,arc_easy",
+                 "--task-limit", "2,arc_easy=3", "--task-data", str(task_dir), "--json"])
+    assert code == 0
+    block = json.loads(capsys.readouterr().out)["zero_shot"]
+    tasks = block["tasks"]
+    assert (tasks["winogrande"]["n"], tasks["winogrande"]["limit"]) == (2, 2)
+    assert (tasks["arc_easy"]["n"], tasks["arc_easy"]["limit"]) == (3, 3)
+    assert block["limit"] == 2 and block["subset"].startswith("first 2 items per task")
+    assert block["subset"].endswith("; arc_easy: first 3")
+    assert len(tasks["arc_easy"]["dense"]["acc_per_item"]) == 3
+
+
 @pytest.mark.slow
 def test_sweep_compares_the_accuracy(stories_model, stories_text, task_dir, tmp_path):
     out = tmp_path / "sweep"
@@ -155,6 +171,14 @@ def test_bad_task_input_is_refused_in_one_line(stories_model, tmp_path, capsys):
     assert "is not a directory" in err and "Loading" not in err
     assert main([*base, "--tasks", "piqa", "--task-limit", "0"]) == 2
     assert "--task-limit" in capsys.readouterr().err
+    assert main([*base, "--tasks", "piqa", "--task-limit", "piqa=0"]) == 2
+    assert "--task-limit piqa: Input should be greater than or equal to 1" in capsys.readouterr().err
+    assert main([*base, "--tasks", "piqa", "--task-limit", "mmlu=5"]) == 2
+    assert "--task-limit mmlu: 'mmlu' is not a task of this job (the job's tasks are piqa)" in capsys.readouterr().err
+    assert main([*base, "--tasks", "piqa", "--task-limit", "5", "--task-limit", "6"]) == 2
+    assert "--task-limit: two limits for every task (5 and 6)" in capsys.readouterr().err
+    assert main([*base, "--tasks", "piqa", "--task-limit", "piqa=2,=3"]) == 2
+    assert "--task-limit: '=3' is neither N nor TASK=N" in capsys.readouterr().err
 
 
 def test_request_fields():
@@ -168,6 +192,19 @@ def test_request_fields():
     with pytest.raises(InvalidSpec, match="tasks: unknown zero-shot task"):
         parse_sweep_spec({"model": "m", "sparsities": [0.5], "tasks": ["nope"]})
     assert parse_spec(base).tasks == [] and parse_spec(base).task_limit is None
+    # a task's own limit, over the one for every task
+    spec = parse_spec({**base, "tasks": ["paper"], "task_limit": 100, "task_limits": {"mmlu": 5}}, strict=True)
+    assert spec.task_limit_map() == {**dict.fromkeys(spec.tasks, 100), "mmlu": 5}
+    assert parse_spec({**base, "tasks": ["piqa", "mmlu"], "task_limits": {"mmlu": 5}}).task_limit_map() == {
+        "piqa": None, "mmlu": 5}
+    for limits, field, message in (({"mmlu": 0}, "task_limits.mmlu", "greater than or equal to 1"),
+                                   ({"mmlu": "5"}, "task_limits.mmlu", "valid integer"),
+                                   ({"boolq": 5}, "task_limits.boolq", "'boolq' is not a task of this job")):
+        with pytest.raises(InvalidSpec, match=message) as caught:
+            parse_spec({**base, "tasks": ["piqa", "mmlu"], "task_limits": limits}, strict=True)
+        assert [p.field for p in caught.value.problems] == [field]
+    with pytest.raises(InvalidSpec, match="the job scores no task"):
+        parse_sweep_spec({"model": "m", "sparsities": [0.5], "task_limits": {"piqa": 3}})
 
 
 def winogrande_dir(root: Path, word: str) -> Path:

@@ -28,12 +28,14 @@ def test_the_form_offers_every_task_and_submits_the_checked_ones_with_their_limi
     data = {**form(stories_model, stories_text, task_limit="10"), "tasks": ["paper"], "csrf": csrf_of(alice)}
     response = alice.post("/ui/submit", data=data, follow_redirects=False)
     assert response.status_code == 303, ALERT.findall(response.text)
-    data = {**form(stories_model, stories_text), "tasks": ["piqa", "arc_easy"], "csrf": csrf_of(alice)}
+    data = {**form(stories_model, stories_text, task_limit="arc_easy=7"), "tasks": ["piqa", "arc_easy"],
+            "csrf": csrf_of(alice)}
     assert alice.post("/ui/submit", data=data, follow_redirects=False).status_code == 303
     data = {**form(stories_model, stories_text), "csrf": csrf_of(alice)}  # none checked: no zero-shot scoring
     assert alice.post("/ui/submit", data=data, follow_redirects=False).status_code == 303
     specs = sorted((job.spec for job in jobs_in_db(app)), key=lambda spec: -len(spec["tasks"]))
     assert (specs[0]["tasks"], specs[0]["task_limit"]) == (list(PAPER_TASKS), 10)
+    assert (specs[0]["task_limits"], specs[1]["task_limits"]) == ({}, {"arc_easy": 7})
     assert (specs[1]["tasks"], specs[1]["task_limit"]) == (["piqa", "arc_easy"], None)
     assert specs[2]["tasks"] == []
 
@@ -49,6 +51,13 @@ def test_bad_zero_shot_fields_are_shown_next_to_them_and_the_boxes_stay_checked(
     assert set(shown) == {"tasks", "task_limit"}, shown
     assert "unknown zero-shot task 'nope'" in shown["tasks"] and "greater than or equal to 1" in shown["task_limit"]
     assert re.search(r'name="tasks" value="piqa" checked', response.text)
+    # a task's own limit is typed into the same field, and its refusal is shown there
+    for typed, message in (("5, mmlu=2", "'mmlu' is not a task of this job"), ("piqa=", "neither N nor TASK=N")):
+        data = {**form(stories_model, stories_text, task_limit=typed), "tasks": ["piqa"], "csrf": csrf_of(alice)}
+        response = alice.post("/ui/submit", data=data)
+        assert response.status_code == 422
+        shown = {m["field"]: m["message"].replace("&#39;", "'") for m in ALERT.finditer(response.text)}
+        assert list(shown) == ["task_limit"] and message in shown["task_limit"], shown
     assert jobs_in_db(app) == []
 
 

@@ -1,6 +1,6 @@
 """Zero-shot tasks through the service: a job asking for tasks runs them from the workers' TWOSSP_TASK_DATA, its
 report carries the dense and pruned accuracy, the job page shows them, and the exported model's card lists them as
-model-index results (the approximate task left out)."""
+model-index results (the approximate task left out), each with the limit it was scored to."""
 
 from __future__ import annotations
 
@@ -39,13 +39,15 @@ def test_a_job_reports_its_tasks_on_the_page_and_in_the_card(
 ) -> None:
     from huggingface_hub import ModelCard
 
-    body = job_body(stories_model, stories_text, tasks=["winogrande", "hellaswag"], task_limit=4)
+    body = job_body(stories_model, stories_text, tasks=["winogrande", "hellaswag"], task_limit=4,
+                    task_limits={"winogrande": 3})
     response = serve.api.submit(body)
     assert response.status_code == 202, response.text
     job = serve.api.wait_done(response.json()["id"], timeout=180)
     assert job["state"] == "succeeded", job.get("error")
     block = job["report"]["zero_shot"]
-    assert [block["tasks"][t]["n"] for t in ("winogrande", "hellaswag")] == [4, 4]
+    assert [block["tasks"][t]["n"] for t in ("winogrande", "hellaswag")] == [3, 4]
+    assert block["subset"].endswith("; winogrande: first 3")
     assert block["tasks"]["hellaswag"]["approximate"] and not block["tasks"]["winogrande"]["approximate"]
     assert block["tasks"]["winogrande"]["source"] == str(test_data / "tasks" / "winogrande" / "dev.jsonl")
     pruned = block["tasks"]["winogrande"]["pruned"]
@@ -59,5 +61,5 @@ def test_a_job_reports_its_tasks_on_the_page_and_in_the_card(
     results = {(r.dataset_type, r.metric_type): r for r in card.data.eval_results}
     assert set(results) == {("allenai/winogrande", "acc")}  # the approximate HellaSwag figure stays out
     result = results["allenai/winogrande", "acc"]
-    assert result.metric_value == round(pruned["acc"], 4) and result.dataset_args == {"num_few_shot": 0, "limit": 4}
+    assert result.metric_value == round(pruned["acc"], 4) and result.dataset_args == {"num_few_shot": 0, "limit": 3}
     assert "hellaswag (approximate)" in card.text

@@ -13,7 +13,7 @@ from twossp_core.evaluation.zeroshot.sources import TaskData, load_task
 
 def test_a_sweep_shows_the_dense_model_and_every_run(test_data: Path) -> None:
     data = TaskData(root=test_data / "tasks")
-    prepared = [PreparedTask(load_task(name, 4, data), []) for name in ("winogrande", "hellaswag")]
+    prepared = [PreparedTask(load_task(name, 4, data), [], 4) for name in ("winogrande", "hellaswag")]
 
     def scores(bias: int) -> dict:  # the gold choice likelier in the first `bias` items
         return {p.task.name: accuracies(p.task.items, [[0.0 if (k == i.gold) == (n < bias) else -1.0

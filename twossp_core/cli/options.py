@@ -11,7 +11,7 @@ from typing import Any
 from twossp_core.errors import InvalidSpec
 from twossp_core.local_inputs import UnusablePath, stat_path
 from twossp_core.plan.exports import FORMATS
-from twossp_core.plan.tasks import TaskData, parse_tasks
+from twossp_core.plan.tasks import TaskData, parse_task_limits, parse_tasks
 
 
 def option_value(text: str) -> tuple[str, Any]:
@@ -55,8 +55,9 @@ def add_task_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tasks", default=None, metavar="TASKS",
                    help="zero-shot tasks scored as lm-eval-harness 0.4 scores them, comma-separated: winogrande, "
                    "arc_easy, arc_challenge, hellaswag, piqa, mmlu, or 'paper' for the six")
-    p.add_argument("--task-limit", type=int, default=None, metavar="N",
-                   help="score the first N items of each task (of each MMLU subject) in file order (default all)")
+    p.add_argument("--task-limit", action="append", default=None, metavar="N|TASK=N",
+                   help="score the first N items of each task (of each MMLU subject) in file order (default all); "
+                   "TASK=N for one task, e.g. --task-limit 200,mmlu=5 (repeatable)")
     p.add_argument("--task-data", default=None, metavar="DIR",
                    help="task files, one folder per task (default $TWOSSP_TASK_DATA; a task without local files "
                    "is read from the Hugging Face Hub)")
@@ -156,7 +157,8 @@ def job_fields(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def task_fields(args: argparse.Namespace) -> dict[str, Any]:
-    return {"tasks": args.tasks or [], "task_limit": args.task_limit}
+    every, per_task = parse_task_limits(args.task_limit)
+    return {"tasks": args.tasks or [], "task_limit": every, "task_limits": per_task}
 
 
 def memory_fields(args: argparse.Namespace) -> dict[str, Any]:

@@ -14,7 +14,8 @@ import re
 from twossp_core.errors import FieldProblem, TwosspError
 
 # JSON objects whose keys the command line takes as KEY=VALUE of one flag
-OBJECT_FLAGS = {"options": "--option", "export_options": "--export-option", "heal": "--heal-option"}
+OBJECT_FLAGS = {"options": "--option", "export_options": "--export-option", "heal": "--heal-option",
+                "task_limits": "--task-limit"}
 _FIELD = r"[a-z_][a-z0-9_]*(?:\.[A-Za-z0-9_]+)*"
 _QUOTED = re.compile(rf"`(?P<field>{_FIELD})(?P<rest>=[^`]*)?`")
 

@@ -5,13 +5,14 @@ A service refuses a job whose plan exceeds its limits and counts the plans of a 
 default window (capped by the model's context when its config is known), and an unset `eval_windows` evaluates the
 whole source, at most one token per byte of a local file (a hub dataset without a known size has no bound).
 Zero-shot scoring counts, on every model evaluated, items x choices x tokens per choice of each task: the items are
-the task's declared split, or its first `task_limit` (of each MMLU subject), and the tokens the bounds its data
-declares (twossp_core/plan/tasks.py TASK_SIZES). Methods' own searches (EvoPress, BlockPruner) are bounded by their
-options' limits and counted as one calibration pass.
+the task's declared split, or its first `task_limit` items (or its own `task_limits` figure; of each MMLU subject),
+and the tokens the bounds its data declares (twossp_core/plan/tasks.py TASK_SIZES). Methods' own searches (EvoPress,
+BlockPruner) are bounded by their options' limits and counted as one calibration pass.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,9 +79,10 @@ def source_tokens(source: DataSource, seq_len: int, eval_windows: int | None) ->
     return None if found is None else found.st_size  # a token spans at least one byte of text
 
 
-def task_tokens(tasks: list[str], limit: int | None) -> int:
-    """Tokens through one model to score the zero-shot `tasks` on it (each task's first `limit` items, or all)."""
-    return sum(TASK_SIZES[task].planned_tokens(limit) for task in tasks)
+def task_tokens(limits: Mapping[str, int | None]) -> int:
+    """Tokens through one model to score the zero-shot tasks of `limits` on it (each task's first `limits[task]`
+    items, or all: the spec's task_limit_map)."""
+    return sum(TASK_SIZES[task].planned_tokens(limit) for task, limit in limits.items())
 
 
 def plan_cost(spec: JobSpecBase, config: dict[str, Any] | None = None) -> Cost:
@@ -106,4 +108,4 @@ def plan_cost(spec: JobSpecBase, config: dict[str, Any] | None = None) -> Cost:
         evaluations += runs + (1 if spec.heal.control else 0)
     return Cost(runs=runs, seq_len=seq_len, calibration_tokens=spec.calibration_windows * seq_len,
                 evaluations=evaluations, eval_tokens=eval_tokens, unbounded_source=unbounded,
-                heal_tokens=heal_tokens, heal_passes=passes, task_tokens=task_tokens(spec.tasks, spec.task_limit))
+                heal_tokens=heal_tokens, heal_passes=passes, task_tokens=task_tokens(spec.task_limit_map()))

@@ -9,7 +9,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Self, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -38,7 +38,7 @@ from twossp_core.plan.problems import registry_problems
 from twossp_core.plan.schema import OptionsObject, format_validation_error, validation_problems
 from twossp_core.plan.sizes import parse_size
 from twossp_core.plan.sources import DataSource, ModelInput
-from twossp_core.plan.tasks import TaskData, parse_tasks
+from twossp_core.plan.tasks import TASK_NAMES, TaskData, parse_tasks
 
 DEFAULT_SEQ_LEN = 2048
 
@@ -116,6 +116,11 @@ class JobSpecBase(BaseModel):
         None, ge=1, le=MAX_TASK_LIMIT,
         description="score the first N items of each zero-shot task (of each MMLU subject), in file order; default all",
     )
+    task_limits: dict[str, Annotated[int, Field(ge=1, le=MAX_TASK_LIMIT)]] = Field(
+        default_factory=dict, max_length=len(TASK_NAMES),
+        description="items for the named tasks, instead of task_limit, e.g. {\"mmlu\": 5}: the first 5 of each MMLU "
+        "subject (each name one of tasks)",
+    )
     # local input name (the model, a data file, a zero-shot task's file or folder) -> the path the job opens instead
     # (`with_opened`); never part of a request, its dump or a report
     _opened: Mapping[str, Path] = PrivateAttr(default_factory=dict)
@@ -143,6 +148,29 @@ class JobSpecBase(BaseModel):
             return parse_tasks(value)
         except InvalidSpec as exc:
             raise ValueError(str(exc)) from None
+
+    @field_validator("task_limits")
+    @classmethod
+    def _check_task_limits(cls, value: dict[str, int], info: ValidationInfo) -> dict[str, int]:
+        tasks = info.data.get("tasks")
+        if tasks is None:  # the tasks were refused: their own error says why
+            return value
+        for name in value:
+            if name not in tasks:
+                where = f"task_limits.{name}"
+                known = f"the job's tasks are {', '.join(tasks)}" if tasks else "the job scores no task"
+                reason = f"{name!r} is not a task of this job ({known})"
+                raise InvalidSpec(f"{where}: {reason}", parts=[FieldProblem(where, f"{where}: {reason}", reason)])
+        return value
+
+    def task_limit_for(self, task: str) -> int | None:
+        """How many items of `task` (of each MMLU subject) the job scores: its own limit, else task_limit (None:
+        all)."""
+        return self.task_limits.get(task, self.task_limit)
+
+    def task_limit_map(self) -> dict[str, int | None]:
+        """Each of the job's tasks with the items it scores (task_limit_for)."""
+        return {task: self.task_limit_for(task) for task in self.tasks}
 
     @field_validator("max_device_memory", "max_host_memory", mode="before")
     @classmethod

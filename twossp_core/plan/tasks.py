@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from twossp_core.errors import InvalidSpec
+from twossp_core.errors import FieldProblem, InvalidSpec
 
 ENV_VARIABLE = "TWOSSP_TASK_DATA"  # the directory of task folders a run reads when it is given none
 
@@ -107,3 +107,38 @@ def parse_tasks(value: str | list[str] | tuple[str, ...] | None) -> list[str]:
             if task not in names:
                 names.append(task)
     return names
+
+
+def parse_task_limits(parts: list[str] | str | None) -> tuple[int | str | None, dict[str, int | str]]:
+    """The command line's and the submit form's spelling of how many items to score: `N` for every task and
+    `TASK=N` for one task (`mmlu=5`: the first 5 of each MMLU subject), comma-separated or repeated, e.g.
+    `200,mmlu=5`. Returns (task_limit, task_limits) as a request spells them; a figure that is not a whole number is
+    kept as written, so the request's validation names its field. InvalidSpec (field `task_limit`) for a malformed
+    part or a task named twice."""
+    texts = [parts] if isinstance(parts, str) else list(parts or [])
+    every: int | str | None = None
+    per_task: dict[str, int | str] = {}
+    for part in (p.strip() for text in texts for p in text.split(",")):
+        name, sep, figure = (piece.strip() for piece in part.partition("="))
+        if not part:
+            continue
+        if not sep:
+            if every is not None:
+                raise _bad_limit(f"two limits for every task ({every} and {part})")
+            every = _whole(part)
+        elif not name or not figure:
+            raise _bad_limit(f"{part!r} is neither N nor TASK=N (e.g. 200 or mmlu=5)")
+        elif name in per_task:
+            raise _bad_limit(f"two limits for {name}")
+        else:
+            per_task[name] = _whole(figure)
+    return every, per_task
+
+
+def _whole(text: str) -> int | str:
+    """`text` as a whole number when it spells one, else as written (the request's validation then names it)."""
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
+def _bad_limit(reason: str) -> InvalidSpec:
+    return InvalidSpec(f"task_limit: {reason}", parts=[FieldProblem("task_limit", f"task_limit: {reason}", reason)])

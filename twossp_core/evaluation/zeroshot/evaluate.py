@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,20 +21,27 @@ SUBSET = "first N items per task in file order (per subject for MMLU, as lm-eval
 class PreparedTask:
     task: TaskItems
     segments: list[Segment]
+    limit: int | None = None  # the first `limit` items (of each MMLU subject) were read; None: all
 
 
-def prepare_tasks(
-    tokenizer: Any, config: Any, tasks: list[str], limit: int | None, data: TaskData
-) -> list[PreparedTask]:
-    """Read every task (its first `limit` items) from where `data` says, and tokenize its requests for this
-    tokenizer."""
+def prepare_tasks(tokenizer: Any, config: Any, limits: Mapping[str, int | None], data: TaskData) -> list[PreparedTask]:
+    """Read every task of `limits` (its first `limits[task]` items; None: all, as the spec's task_limit_map) from
+    where `data` says, and tokenize its requests for this tokenizer."""
     encoder = Encoder(tokenizer)
     context = max_length(config, tokenizer)
     prepared = []
-    for name in tasks:
+    for name, limit in limits.items():
         task = load_task(name, limit, data)
-        prepared.append(PreparedTask(task, item_segments(encoder, task.items, context)))
+        prepared.append(PreparedTask(task, item_segments(encoder, task.items, context), limit))
     return prepared
+
+
+def subset_text(limit: int | None, prepared: list[PreparedTask]) -> str:
+    """Which items were scored, in words: `limit` for every task, then each task scored to another limit."""
+    text = SUBSET.replace("N", str(limit)) if limit is not None else "all items"
+    others = [f"{p.task.name}: {'all items' if p.limit is None else f'first {p.limit}'}" for p in prepared
+              if p.limit != limit]
+    return f"{text}; {', '.join(others)}" if others else text
 
 
 def loglikelihoods_per_task(
@@ -69,11 +76,12 @@ def score_tasks(
 def zero_shot_report(
     prepared: list[PreparedTask], limit: int | None, scores: dict[str, dict[str, dict[str, Any]]]
 ) -> dict[str, Any]:
-    """The report's `zero_shot` block. `scores` maps a model label (dense, pruned, healed) to score_tasks()."""
+    """The report's `zero_shot` block. `limit`: the request's task_limit (each task's own is in its entry);
+    `scores` maps a model label (dense, pruned, healed) to score_tasks()."""
     tasks: dict[str, Any] = {}
     for p in prepared:
         t = p.task
-        entry: dict[str, Any] = {"n": len(t.items), "total": t.total, "metrics": list(t.metrics),
+        entry: dict[str, Any] = {"n": len(t.items), "total": t.total, "limit": p.limit, "metrics": list(t.metrics),
                                  "approximate": t.approximate, "source": t.source}
         if t.note:
             entry["note"] = t.note
@@ -84,7 +92,7 @@ def zero_shot_report(
                for label, per_task in scores.items()} if prepared else {}
     return {
         "limit": limit,
-        "subset": SUBSET.replace("N", str(limit)) if limit is not None else "all items",
+        "subset": subset_text(limit, prepared),
         "tasks": tasks,
         "average_acc": average,
         "approximate": any(p.task.approximate for p in prepared),

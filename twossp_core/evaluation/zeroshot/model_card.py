@@ -33,13 +33,12 @@ def eval_results(block: dict[str, Any]) -> list[Any]:
     from huggingface_hub import EvalResult
 
     label = exported_label(block)
-    args: dict[str, Any] = {"num_few_shot": 0}
-    if block.get("limit") is not None:
-        args["limit"] = block["limit"]
     results = []
     for name, entry in block["tasks"].items():
         if entry.get("approximate") or name not in DATASETS:
             continue
+        limit = entry.get("limit", block.get("limit"))  # reports before per-task limits carry the block's only
+        args: dict[str, Any] = {"num_few_shot": 0} if limit is None else {"num_few_shot": 0, "limit": limit}
         dataset, title, config, split = DATASETS[name]
         for metric in entry["metrics"]:
             value = (entry.get(label) or {}).get(metric)
