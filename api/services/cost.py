@@ -30,6 +30,6 @@ def check_cost(spec: JobSpecBase, settings: Settings) -> Cost:
         raise InputRejected(
             f"planned work: {cost.tokens:,} tokens through the model ({cost.breakdown()}) exceeds "
             f"TWOSSP_MAX_JOB_TOKENS={settings.max_job_tokens:,}; lower heal.steps or heal.tokens, eval_windows, "
-            "calibration_windows, seq_len, task_limit (or the tasks) or the sweep's size"
+            "calibration_windows, seq_len, task_limit or task_limits (or the tasks) or the sweep's size"
         )
     return cost
