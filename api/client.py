@@ -16,7 +16,8 @@ from typing import Any
 
 import httpx
 
-from service.store.base import CHUNK, file_sha256
+from service.store.base import CHUNK
+from twossp_core.file_digests import file_digest
 
 
 class VerificationError(Exception):
@@ -35,7 +36,7 @@ def verify_model_dir(model_dir: Path, manifest: dict[str, Any]) -> None:
             raise VerificationError(f"{entry['path']}: missing")
         if path.stat().st_size != entry["size"]:
             raise VerificationError(f"{entry['path']}: size {path.stat().st_size} != manifest {entry['size']}")
-        if file_sha256(path) != entry["sha256"]:
+        if file_digest(path) != entry["sha256"]:
             raise VerificationError(f"{entry['path']}: sha256 differs from the manifest")
 
 

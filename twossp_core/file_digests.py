@@ -1,5 +1,6 @@
-"""sha256 of files, and a memo of them by what stat says of each file (torch-free: the worker's artifact cache
-holds one)."""
+"""sha256 of files — the one function the artifact manifests, the API client's download check, a GGUF source's record
+and the model card's source digest call — and a memo of them by what stat says of each file (the worker's artifact
+cache holds one). Torch-free."""
 
 from __future__ import annotations
 

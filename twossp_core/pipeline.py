@@ -451,13 +451,14 @@ def heal_warnings(rows: list[dict[str, Any]], lr: float) -> list[str]:
                 and r[after] > r[before] * (1 + HEAL_WORSE_TOLERANCE)]
 
     warnings = []
+    over = f"{HEAL_WORSE_TOLERANCE:.0%}".replace("%", " %")
     healed, control = worse("healed", "pruned"), worse("dense_healed", "dense")
     if healed:
-        warnings.append(f"the heal raised the pruned model's perplexity by over 1 % on {len(healed)} of {len(rows)} "
+        warnings.append(f"the heal raised the pruned model's perplexity by over {over} on {len(healed)} of {len(rows)} "
                         f"evaluation sets ({'; '.join(healed)}): the unhealed pruned model is better there; a lower "
                         f"heal.lr (this heal's: {lr:g}) or fewer steps may help")
     if control:
-        warnings.append(f"the control heal raised the dense model's perplexity by over 1 % on {len(control)} of "
+        warnings.append(f"the control heal raised the dense model's perplexity by over {over} on {len(control)} of "
                         f"{len(rows)} evaluation sets ({'; '.join(control)}): these heal settings (lr {lr:g}) damage "
                         "any model, not only the pruned one")
     return warnings

@@ -38,8 +38,8 @@ from service.db.session import Database
 from service.db.types import utcnow
 from service.settings import Settings
 from service.store import ArtifactStore
-from service.store.base import MANIFEST_NAME, file_sha256, local_files
-from twossp_core.file_digests import FileDigests
+from service.store.base import MANIFEST_NAME, local_files
+from twossp_core.file_digests import FileDigests, file_digest
 
 log = logging.getLogger(__name__)
 PREFIX = "shared"
@@ -87,7 +87,7 @@ class StoreArtifactCache:
         listed = []
         for path in local_files(files):
             rel = path.relative_to(files).as_posix()
-            listed.append({"path": rel, "size": path.stat().st_size, "sha256": file_sha256(path)})
+            listed.append({"path": rel, "size": path.stat().st_size, "sha256": file_digest(path)})
             self.store._retrying(rel, lambda rel=rel, path=path: self.store.put_file(  # type: ignore[misc]
                 f"{prefix}/files/{rel}", path))
         full = {**manifest, "files": listed, "total_bytes": sum(f["size"] for f in listed),

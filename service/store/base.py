@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TypedDict
 
 from service.records import ArtifactRecord
+from twossp_core.file_digests import file_digest
 
 log = logging.getLogger(__name__)
 MANIFEST_NAME = "manifest.json"
@@ -41,14 +42,6 @@ def attempt_prefix(job_id: str, attempt: int) -> str:
     return f"jobs/{job_id}/attempt-{attempt}"
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def local_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() and not p.is_symlink())
 
@@ -57,7 +50,7 @@ def build_manifest(root: Path, job_id: str, attempt: int) -> Manifest:
     files: list[ManifestFile] = []
     for path in local_files(root):
         files.append(
-            {"path": path.relative_to(root).as_posix(), "size": path.stat().st_size, "sha256": file_sha256(path)}
+            {"path": path.relative_to(root).as_posix(), "size": path.stat().st_size, "sha256": file_digest(path)}
         )
     return {
         "job_id": job_id,

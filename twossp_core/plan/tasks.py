@@ -118,10 +118,8 @@ def parse_task_limits(parts: list[str] | str | None) -> tuple[int | str | None, 
     texts = [parts] if isinstance(parts, str) else list(parts or [])
     every: int | str | None = None
     per_task: dict[str, int | str] = {}
-    for part in (p.strip() for text in texts for p in text.split(",")):
+    for part in (p.strip() for text in texts for p in text.split(",") if p.strip()):
         name, sep, figure = (piece.strip() for piece in part.partition("="))
-        if not part:
-            continue
         if not sep:
             if every is not None:
                 raise _bad_limit(f"two limits for every task ({every} and {part})")
